@@ -1,0 +1,202 @@
+"""Structured configs (omegaconf dataclasses) and presets.
+
+The dataclass defaults are the ``tiny`` preset; ``configs/tiny.yaml`` spells it out and
+``configs/base.yaml`` overrides what differs for one H100. Every CLI command loads a preset or a
+file with ``--config`` and applies ``key=value`` overrides on top; an unknown key or a value of
+the wrong type is a :class:`ConfigError` that names the key.
+
+Models never read these objects: small builder functions turn a section into constructor kwargs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from streamchar.timeline import Timeline
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PRESET_DIR = REPO_ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says what to change."""
+
+
+# -- codecs -------------------------------------------------------------------------------------
+@dataclass
+class VideoCodecConfig:
+    kind: str = "tiny"  # tiny (AutoencoderTiny) | kl (AutoencoderKL) | wan (AutoencoderKLWan)
+    path: str | None = None  # a trained codec folder (streamchar train vae) or a local diffusers checkpoint
+    image_size: int = 128
+    latent_channels: int = 4
+    # constructor kwargs for the diffusers class when building from scratch (kind-specific)
+    arch: dict[str, Any] = field(
+        default_factory=lambda: {
+            "encoder_block_out_channels": [32, 32, 32, 32],
+            "decoder_block_out_channels": [32, 32, 32, 32],
+            "num_encoder_blocks": [1, 3, 3, 3],
+            "num_decoder_blocks": [3, 3, 3, 1],
+        }
+    )
+
+
+@dataclass
+class AudioCodecConfig:
+    kind: str = "mel"  # mel | encodec
+    path: str | None = None  # EnCodec checkpoint (HF folder or Meta's .th file)
+    n_mels: int = 80
+    n_fft: int = 1024
+    hop_length: int = 160  # 10 ms at 16 kHz
+    win_length: int = 1024
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    log_floor: float = 1e-5
+    # latent normalisation of log-mel values: (log_mel - mean) / std
+    log_mel_mean: float = -5.0
+    log_mel_std: float = 2.5
+    griffin_lim_iters: int = 32
+    griffin_lim_momentum: float = 0.99
+
+
+# -- data ---------------------------------------------------------------------------------------
+@dataclass
+class SynthConfig:
+    seed: int = 0
+    num_characters: int = 240
+    clips_per_character: int = 8
+    dialogue_fraction: float = 0.2  # fraction of a character's clips that are two-character dialogues
+    listening_fraction: float = 0.05  # clips where the character only listens (idle, nods, blinks)
+    styles: list[str] = field(default_factory=lambda: ["cartoon", "shaded", "textured"])
+    heldout_identity_fraction: float = 0.1
+    heldout_sentence_fraction: float = 0.1
+    min_words: int = 4
+    max_words: int = 14
+    max_sentences: int = 2
+    lead_silence: list[float] = field(default_factory=lambda: [0.2, 0.9])  # seconds, [min, max]
+    tail_silence: list[float] = field(default_factory=lambda: [0.3, 1.0])
+    clips_per_shard: int = 32
+    workers: int = 0  # 0 = one per core
+
+
+@dataclass
+class PrepareConfig:
+    clips_per_shard: int = 32
+    min_seconds: float = 0.5
+    max_seconds: float = 60.0
+    video_extensions: list[str] = field(default_factory=lambda: [".mp4", ".mkv", ".mov", ".webm", ".avi"])
+
+
+@dataclass
+class EncodeConfig:
+    batch_frames: int = 64
+    dtype: str = "float16"  # storage dtype of latents: float16 | float32
+    device: str = "auto"
+
+
+@dataclass
+class DataConfig:
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+
+
+# -- training -----------------------------------------------------------------------------------
+@dataclass
+class TrainVAEConfig:
+    steps: int = 20000
+    batch_size: int = 16
+    crop_size: int = 64  # train on random crops (multiples of the spatial factor); 0 = full frames
+    lr: float = 1e-3
+    lr_min: float = 1e-5
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    l1_weight: float = 1.0
+    mse_weight: float = 1.0
+    kl_weight: float = 1e-6  # for kl / wan codecs only
+    frames_per_clip: int = 24  # frames sampled from each clip into the in-memory training pool
+    eval_frames: int = 256
+    log_every: int = 50
+    eval_every: int = 1000
+    ckpt_every: int = 500
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    seed: int = 0
+    num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+
+
+@dataclass
+class TrainConfig:
+    vae: TrainVAEConfig = field(default_factory=TrainVAEConfig)
+
+
+@dataclass
+class StreamCharConfig:
+    preset: str = "tiny"
+    timeline: Timeline = field(default_factory=Timeline)
+    video_codec: VideoCodecConfig = field(default_factory=VideoCodecConfig)
+    audio_codec: AudioCodecConfig = field(default_factory=AudioCodecConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# -- loading ------------------------------------------------------------------------------------
+def resolve_config_path(name_or_path: str) -> Path:
+    """A preset name (``tiny``, ``base``) or a YAML path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist; pass an existing YAML file or a preset name.")
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if not preset.is_file():
+        names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"Unknown preset '{name_or_path}'; use one of {names} or a path to a YAML file.")
+    return preset
+
+
+def _describe(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    first_line = str(err).splitlines()[0]
+    return f"{key}: {first_line}" if key else first_line
+
+
+def load_config(config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> StreamCharConfig:
+    """Load a preset or YAML file, apply ``key=value`` overrides and validate against the schema."""
+    schema = OmegaConf.structured(StreamCharConfig)
+    layers: list[DictConfig] = []
+    if config is not None:
+        path = resolve_config_path(str(config))
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as err:  # yaml errors come in several types
+            raise ConfigError(f"Could not parse {path}: {err}; fix the YAML syntax.") from err
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override '{item}' is not of the form key=value (for example timeline.fps=25).")
+    if overrides:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    try:
+        merged = OmegaConf.merge(schema, *layers)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except ConfigKeyError as err:
+        raise ConfigError(f"Unknown config key {_describe(err)}; check the spelling against configs/tiny.yaml.") from err
+    except ValidationError as err:
+        raise ConfigError(f"Wrong type for {_describe(err)}; give a value of the type configs/tiny.yaml shows.") from err
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"Invalid config: {_describe(err)}.") from err
+    except ValueError as err:  # semantic checks in dataclass __post_init__ (e.g. Timeline)
+        raise ConfigError(str(err)) from err
+
+
+def to_yaml(cfg: StreamCharConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
