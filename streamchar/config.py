@@ -34,8 +34,9 @@ class VideoCodecConfig:
     path: str | None = None  # a trained codec folder (streamchar train vae) or a local diffusers checkpoint
     image_size: int = 128
     latent_channels: int = 4
-    # constructor kwargs for the diffusers class when building from scratch (kind-specific)
-    arch: dict[str, Any] = field(
+    # constructor kwargs for the diffusers class when building from scratch (kind-specific); null = the
+    # class's own defaults, or the checkpoint's config when loading. Overrides merge key by key.
+    arch: dict[str, Any] | None = field(
         default_factory=lambda: {
             "encoder_block_out_channels": [32, 32, 32, 32],
             "decoder_block_out_channels": [32, 32, 32, 32],
