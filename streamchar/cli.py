@@ -76,6 +76,12 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
     _print_json(prepare_corpus(_config(args), args.source, args.out))
 
 
+def cmd_data_export(args: argparse.Namespace) -> None:
+    from streamchar.data.prepare import export_videos
+
+    _print_json(export_videos(args.corpus, args.out, split=args.split, max_clips=args.max_clips))
+
+
 def cmd_data_encode(args: argparse.Namespace) -> None:
     from streamchar.data.latents import encode_corpus
 
@@ -164,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="corpus folder")
     _add_config_args(p)
     p.set_defaults(func=cmd_data_prepare)
+
+    p = data_sub.add_parser(
+        "export", help="write corpus clips as mp4 + transcript + TextGrid (the layout `data prepare` reads)"
+    )
+    p.add_argument("corpus", help="corpus folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--split", default=None, help="train or test (default: all)")
+    p.add_argument("--max-clips", type=int, default=None, help="export at most this many clips")
+    p.set_defaults(func=cmd_data_export)
 
     p = data_sub.add_parser("encode", help="encode a corpus into the latent cache (resumable)")
     p.add_argument("corpus", help="corpus folder")

@@ -62,6 +62,7 @@ class AudioCodecConfig:
     log_mel_std: float = 2.5
     griffin_lim_iters: int = 32
     griffin_lim_momentum: float = 0.99
+    mel_inversion_iters: int = 30  # NNLS refinement of the mel pseudo-inverse
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ class TrainVAEConfig:
     log_every: int = 50
     eval_every: int = 1000
     ckpt_every: int = 500
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str = "auto"  # auto (bf16 where native: CUDA, or AVX512-BF16/AMX CPUs) | no | bf16 | fp16
     seed: int = 0
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
 

@@ -294,6 +294,59 @@ def write_mp4(
     return Path(path)
 
 
+def read_video_timed(path: str | Path, audio_rate: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Decode a video file with the presentation time of every frame.
+
+    Returns ``frames`` uint8 ``[T, H, W, 3]``, ``times`` float64 ``[T]`` (seconds from the first
+    frame), and mono float32 audio at ``audio_rate`` that starts at the first frame's time (padded
+    or trimmed by the streams' start offset), or ``None`` when the file has no audio stream.
+    """
+    import av
+
+    path = Path(path)
+    try:
+        container = av.open(str(path))
+    except Exception as err:
+        raise MediaError(f"Could not open {path} ({type(err).__name__}); the file is missing or corrupt.") from err
+    try:
+        with container:
+            if not container.streams.video:
+                raise MediaError(f"{path} has no video stream.")
+            vstream = container.streams.video[0]
+            frames, times = [], []
+            for frame in container.decode(vstream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                times.append(float(frame.time) if frame.time is not None else len(times) / float(vstream.average_rate or 25))
+            has_audio = bool(container.streams.audio)
+            audio_start = None
+            if has_audio:
+                astream = container.streams.audio[0]
+                if astream.start_time is not None:
+                    audio_start = float(astream.start_time * astream.time_base)
+    except MediaError:
+        raise
+    except Exception as err:
+        raise MediaError(f"Could not decode {path} ({type(err).__name__}: {err}); the file is corrupt.") from err
+    if not frames:
+        raise MediaError(f"{path} has a video stream with no decodable frames.")
+    times_arr = np.asarray(times, dtype=np.float64)
+    first = times_arr[0]
+    audio = None
+    if has_audio:
+        try:
+            samples, rate = _decode_audio_pyav(path)
+        except Exception as err:
+            raise MediaError(f"Could not decode the audio of {path} ({type(err).__name__}).") from err
+        samples = resample(samples, rate, audio_rate)
+        offset = int(round(((audio_start if audio_start is not None else first) - first) * audio_rate))
+        if offset > 0:
+            samples = np.concatenate([np.zeros(offset, np.float32), samples])
+        elif offset < 0:
+            samples = samples[-offset:]
+        audio = samples.astype(np.float32)
+    return np.stack(frames), times_arr - first, audio
+
+
 def read_video(path: str | Path, audio_rate: int | None = None) -> tuple[np.ndarray, float, np.ndarray | None, int]:
     """Decode a whole video file.
 
