@@ -76,6 +76,8 @@ class DiffusersVideoCodec(nn.Module):
     ) -> None:
         super().__init__()
         self.kind = kind
+        if kind in ("tiny", "kl"):  # 2D convolutions run ~5x faster channels-last on CPU (oneDNN, measured)
+            model = model.to(memory_format=torch.channels_last)
         self.model = model.eval()
         self.image_size = image_size
         self.latent_channels, self.spatial_factor, self.temporal_factor = _model_sizes(kind, model)
@@ -102,6 +104,7 @@ class DiffusersVideoCodec(nn.Module):
     # -- raw (un-normalised) passes, [T, 3, H, W] in [-1, 1] <-> [T, C, h, w] ----------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Per-frame codecs: images ``[B, 3, H, W]`` -> raw latents ``[B, C, h, w]`` (differentiable)."""
+        images = images.contiguous(memory_format=torch.channels_last)
         if self.kind == "tiny":
             return self.model.encode(images).latents
         if self.kind == "kl":
@@ -111,7 +114,7 @@ class DiffusersVideoCodec(nn.Module):
     def decode_images(self, latents: torch.Tensor) -> torch.Tensor:
         """Per-frame codecs: raw latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` (differentiable)."""
         if self.kind in ("tiny", "kl"):
-            return self.model.decode(latents).sample
+            return self.model.decode(latents.contiguous(memory_format=torch.channels_last)).sample
         raise CodecError("decode_images is for per-frame codecs; use decode() for the causal Wan codec.")
 
     def normalise(self, raw: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -280,6 +283,10 @@ def load_video_codec(path: str | Path, kind: str | None = None, image_size: int 
     if image_size is None:
         raise CodecError(f"{folder} does not record its image size; set video_codec.image_size.")
     cls = _diffusers_class(kind)
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # AutoencoderTiny warns about a config key it writes itself
     try:
         model = cls.from_pretrained(folder)
     except Exception as err:
@@ -287,6 +294,8 @@ def load_video_codec(path: str | Path, kind: str | None = None, image_size: int 
             f"Could not load a {cls.__name__} from {folder} ({type(err).__name__}: {err}); the checkpoint is corrupt "
             "or of another kind, so check video_codec.kind or re-export it."
         ) from err
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     return DiffusersVideoCodec(kind, model, int(image_size), meta.get("latent_mean"), meta.get("latent_std"))
 
 
