@@ -181,8 +181,11 @@ def guard_run_config(run_dir: str | Path, section_name: str, section: dict) -> N
 def resolve_mixed_precision(value: str) -> str:
     """``auto`` -> ``bf16`` where the hardware runs it natively (CUDA with bf16, or a CPU with
     AVX512-BF16/AMX, where oneDNN convolutions run several times faster), else ``no``."""
+    value = str(value).lower()
+    if value in ("no", "false", "fp32", "off", "none"):  # YAML reads a bare `no` as false
+        return "no"
     if value != "auto":
-        if value not in ("no", "bf16", "fp16"):
+        if value not in ("bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, got '{value}'.")
         return value
     if torch.cuda.is_available():

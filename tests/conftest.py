@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny synthetic corpus built once per session, and the GPU marker."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamchar.config import load_config
+
+TINY_CORPUS_OVERRIDES = [
+    "video_codec.image_size=64",
+    "data.synth.num_characters=4",
+    "data.synth.clips_per_character=2",
+    "data.synth.dialogue_fraction=0.3",
+    "data.synth.listening_fraction=0.15",
+    "data.synth.heldout_identity_fraction=0.25",
+    "data.synth.clips_per_shard=3",
+    "data.synth.max_sentences=1",
+    "data.synth.max_words=8",
+    "data.synth.workers=1",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return load_config(None, TINY_CORPUS_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory, tiny_config):
+    from streamchar.data.synth import synth_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    synth_corpus(tiny_config, out, progress=False)
+    return out

@@ -1,0 +1,47 @@
+"""The streamchar command: help everywhere, one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from streamchar.cli import build_parser, main
+
+COMMANDS = [[], ["config", "show"], ["data", "synth"], ["data", "preview"], ["data", "verify"], ["data", "prepare"],
+            ["data", "export"], ["data", "encode"], ["train", "vae"], ["codec", "eval"], ["demo"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: streamchar" in capsys.readouterr().out
+
+
+def test_every_leaf_command_is_covered():
+    parser = build_parser()
+    leaves = set()
+    for action in parser._subparsers._group_actions:
+        for name, sub in action.choices.items():
+            nested = [a for a in sub._actions if a.__class__.__name__ == "_SubParsersAction"]
+            if nested:
+                leaves |= {(name, n) for n in nested[0].choices}
+            else:
+                leaves.add((name,))
+    assert leaves == {tuple(c) for c in COMMANDS if c}
+
+
+def test_config_show_and_errors(capsys):
+    assert main(["config", "show", "timeline.fps=25"]) == 0
+    assert "chunk_latent_frames: 12" in capsys.readouterr().out
+    assert main(["config", "show", "timeline.fsp=25"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("streamchar: error: Unknown config key timeline.fsp") and "\n" not in err
+    assert main(["data", "verify", "/nonexistent/corpus"]) == 2
+    assert "no corpus.json" in capsys.readouterr().err
+
+
+def test_console_script_entry_point():
+    out = subprocess.run([sys.executable, "-m", "streamchar.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "data" in out.stdout
