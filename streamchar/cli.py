@@ -104,7 +104,9 @@ def cmd_codec_eval(args: argparse.Namespace) -> None:
     cfg = _config(args)
     if args.video_codec:
         cfg.video_codec.path = args.video_codec
-    result = evaluate_codecs(cfg, args.data, split=args.split, max_clips=args.max_clips, audio_only=args.audio_only)
+    result = evaluate_codecs(
+        cfg, args.data, split=args.split, max_clips=args.max_clips, audio_only=args.audio_only
+    )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -135,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config_show)
 
     # data
-    p_data = sub.add_parser("data", help="corpora: synthesise, preview, verify, prepare real clips, encode latents")
+    p_data = sub.add_parser(
+        "data", help="corpora: synthesise, preview, verify, prepare real clips, encode latents"
+    )
     data_sub = p_data.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
     p = data_sub.add_parser(
         "synth",
@@ -143,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Synthesise the synthetic talking-character corpus into shards; re-running resumes.",
     )
     p.add_argument("--out", required=True, help="corpus folder")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: data.synth.workers, 0 = all cores)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="processes (default: data.synth.workers, 0 = all cores)"
+    )
     _add_config_args(p)
     p.set_defaults(func=cmd_data_synth)
 
@@ -153,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=6, help="clips to show")
     p.set_defaults(func=cmd_data_preview)
 
-    p = data_sub.add_parser("verify", help="check ground truth against audio (mouth-energy r, phoneme silences)")
+    p = data_sub.add_parser(
+        "verify", help="check ground truth against audio (mouth-energy r, phoneme silences)"
+    )
     p.add_argument("corpus", help="corpus folder")
     p.add_argument("--split", default=None, help="train or test (default: all)")
     p.add_argument("--max-clips", type=int, default=None, help="check at most this many clips")
@@ -198,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", required=True, help="corpus folder")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, final codec)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this invocation")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps in this invocation"
+    )
     _add_config_args(p)
     p.set_defaults(func=cmd_train_vae)
 
@@ -227,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     from streamchar.config import ConfigError
     from streamchar.data.espeak import EspeakError
     from streamchar.data.shards import CorpusError
@@ -236,7 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         args.func(args)
-    except (CLIError, ConfigError, CorpusError, MediaError, EspeakError, FileNotFoundError, ValueError) as err:
+    except (
+        CLIError,
+        ConfigError,
+        CorpusError,
+        MediaError,
+        EspeakError,
+        FileNotFoundError,
+        ValueError,
+    ) as err:
         if args.verbose:
             raise
         print(f"streamchar: error: {err}", file=sys.stderr)

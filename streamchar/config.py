@@ -127,7 +127,9 @@ class TrainVAEConfig:
     log_every: int = 50
     eval_every: int = 1000
     ckpt_every: int = 500
-    mixed_precision: str = "auto"  # auto (bf16 where native: CUDA, or AVX512-BF16/AMX CPUs) | no | bf16 | fp16
+    mixed_precision: str = (
+        "auto"  # auto (bf16 where native: CUDA, or AVX512-BF16/AMX CPUs) | no | bf16 | fp16
+    )
     seed: int = 0
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
 
@@ -153,7 +155,9 @@ def resolve_config_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise ConfigError(f"Config file {path} does not exist; pass an existing YAML file or a preset name.")
+            raise ConfigError(
+                f"Config file {path} does not exist; pass an existing YAML file or a preset name."
+            )
         return path
     preset = PRESET_DIR / f"{name_or_path}.yaml"
     if not preset.is_file():
@@ -168,7 +172,9 @@ def _describe(err: OmegaConfBaseException) -> str:
     return f"{key}: {first_line}" if key else first_line
 
 
-def load_config(config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> StreamCharConfig:
+def load_config(
+    config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> StreamCharConfig:
     """Load a preset or YAML file, apply ``key=value`` overrides and validate against the schema."""
     schema = OmegaConf.structured(StreamCharConfig)
     layers: list[DictConfig] = []
@@ -180,16 +186,22 @@ def load_config(config: str | Path | None = None, overrides: list[str] | tuple[s
             raise ConfigError(f"Could not parse {path}: {err}; fix the YAML syntax.") from err
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"Override '{item}' is not of the form key=value (for example timeline.fps=25).")
+            raise ConfigError(
+                f"Override '{item}' is not of the form key=value (for example timeline.fps=25)."
+            )
     if overrides:
         layers.append(OmegaConf.from_dotlist(list(overrides)))
     try:
         merged = OmegaConf.merge(schema, *layers)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except ConfigKeyError as err:
-        raise ConfigError(f"Unknown config key {_describe(err)}; check the spelling against configs/tiny.yaml.") from err
+        raise ConfigError(
+            f"Unknown config key {_describe(err)}; check the spelling against configs/tiny.yaml."
+        ) from err
     except ValidationError as err:
-        raise ConfigError(f"Wrong type for {_describe(err)}; give a value of the type configs/tiny.yaml shows.") from err
+        raise ConfigError(
+            f"Wrong type for {_describe(err)}; give a value of the type configs/tiny.yaml shows."
+        ) from err
     except OmegaConfBaseException as err:
         raise ConfigError(f"Invalid config: {_describe(err)}.") from err
     except ValueError as err:  # semantic checks in dataclass __post_init__ (e.g. Timeline)

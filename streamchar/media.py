@@ -151,7 +151,9 @@ class Mp4Writer:
 
     def _open_video(self, height: int, width: int) -> None:
         if height % 2 or width % 2:
-            raise MediaError(f"H.264 needs even frame sizes, got {width}x{height}; resize or crop by one pixel.")
+            raise MediaError(
+                f"H.264 needs even frame sizes, got {width}x{height}; resize or crop by one pixel."
+            )
         stream = self._container.add_stream("libx264", rate=self.fps)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
@@ -307,7 +309,9 @@ def read_video_timed(path: str | Path, audio_rate: int) -> tuple[np.ndarray, np.
     try:
         container = av.open(str(path))
     except Exception as err:
-        raise MediaError(f"Could not open {path} ({type(err).__name__}); the file is missing or corrupt.") from err
+        raise MediaError(
+            f"Could not open {path} ({type(err).__name__}); the file is missing or corrupt."
+        ) from err
     try:
         with container:
             if not container.streams.video:
@@ -316,7 +320,11 @@ def read_video_timed(path: str | Path, audio_rate: int) -> tuple[np.ndarray, np.
             frames, times = [], []
             for frame in container.decode(vstream):
                 frames.append(frame.to_ndarray(format="rgb24"))
-                times.append(float(frame.time) if frame.time is not None else len(times) / float(vstream.average_rate or 25))
+                times.append(
+                    float(frame.time)
+                    if frame.time is not None
+                    else len(times) / float(vstream.average_rate or 25)
+                )
             has_audio = bool(container.streams.audio)
             audio_start = None
             if has_audio:
@@ -326,7 +334,9 @@ def read_video_timed(path: str | Path, audio_rate: int) -> tuple[np.ndarray, np.
     except MediaError:
         raise
     except Exception as err:
-        raise MediaError(f"Could not decode {path} ({type(err).__name__}: {err}); the file is corrupt.") from err
+        raise MediaError(
+            f"Could not decode {path} ({type(err).__name__}: {err}); the file is corrupt."
+        ) from err
     if not frames:
         raise MediaError(f"{path} has a video stream with no decodable frames.")
     times_arr = np.asarray(times, dtype=np.float64)
@@ -347,7 +357,9 @@ def read_video_timed(path: str | Path, audio_rate: int) -> tuple[np.ndarray, np.
     return np.stack(frames), times_arr - first, audio
 
 
-def read_video(path: str | Path, audio_rate: int | None = None) -> tuple[np.ndarray, float, np.ndarray | None, int]:
+def read_video(
+    path: str | Path, audio_rate: int | None = None
+) -> tuple[np.ndarray, float, np.ndarray | None, int]:
     """Decode a whole video file.
 
     Returns ``frames`` uint8 ``[T, H, W, 3]``, the average frame rate, mono float32 audio ``[N]``

@@ -52,7 +52,8 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], skeleton: dict) 
     state: dict[int, dict] = {}
     for param_id, entries in skeleton["state"].items():
         state[int(param_id)] = {
-            name: tensors[spec["tensor"]] if "tensor" in spec else spec["value"] for name, spec in entries.items()
+            name: tensors[spec["tensor"]] if "tensor" in spec else spec["value"]
+            for name, spec in entries.items()
         }
     return {"state": state, "param_groups": skeleton["param_groups"]}
 
@@ -191,9 +192,10 @@ def resolve_mixed_precision(value: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     cpu = torch.cpu
-    native = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-        cpu, "_is_amx_tile_supported", lambda: False
-    )()
+    native = (
+        getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    )
     return "bf16" if native else "no"
 
 

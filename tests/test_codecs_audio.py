@@ -28,7 +28,9 @@ def test_mel_token_layout(speech):
     # token k packs mel frames 4k..4k+3 (frame m centred on sample 160 m)
     logmel = codec.log_mel(speech)[0]
     k = 7
-    assert torch.allclose(codec.latents_to_log_mel(latents[None])[0, 4 * k : 4 * k + 4], logmel[4 * k : 4 * k + 4], atol=1e-5)
+    assert torch.allclose(
+        codec.latents_to_log_mel(latents[None])[0, 4 * k : 4 * k + 4], logmel[4 * k : 4 * k + 4], atol=1e-5
+    )
     # a click in token 10 shows up in token 10, not elsewhere
     click = np.zeros(640 * 20, np.float32)
     click[640 * 10 + 300] = 1.0
@@ -52,7 +54,11 @@ def test_griffin_lim_round_trip_quality(speech):
     wave = codec.decode(latents)
     assert wave.shape[0] == len(speech)
     again = codec.encode(wave)
-    logmel_db = (codec.latents_to_log_mel(latents[None]) - codec.latents_to_log_mel(again[None])).abs().mean() * 20 / np.log(10)
+    logmel_db = (
+        (codec.latents_to_log_mel(latents[None]) - codec.latents_to_log_mel(again[None])).abs().mean()
+        * 20
+        / np.log(10)
+    )
     spec = codec.stft(torch.from_numpy(speech)[None]).abs()
     spec2 = codec.stft(wave[None]).abs()
     convergence = torch.linalg.norm(spec - spec2) / torch.linalg.norm(spec)
@@ -100,7 +106,9 @@ def _as_meta_checkpoint(model) -> dict:
         if ".lstm." in key:
             state[re.sub(r"^(encoder|decoder)\.layers\.", r"\1.model.", key)] = value.clone()
         if key.startswith("quantizer."):
-            state[re.sub(r"^quantizer\.layers\.(\d+)\.codebook\.", r"quantizer.vq.layers.\1._codebook.", key)] = value.clone()
+            state[
+                re.sub(r"^quantizer\.layers\.(\d+)\.codebook\.", r"quantizer.vq.layers.\1._codebook.", key)
+            ] = value.clone()
     return state
 
 
@@ -149,4 +157,6 @@ def test_key_mapping_examples():
         "encoder.layers.1.block.3.conv.parametrizations.weight.original1"
     )
     assert meta_key_to_hf("decoder.model.3.convtr.convtr.bias", False) == "decoder.layers.3.conv.bias"
-    assert meta_key_to_hf("quantizer.vq.layers.2._codebook.embed", True) == "quantizer.layers.2.codebook.embed"
+    assert (
+        meta_key_to_hf("quantizer.vq.layers.2._codebook.embed", True) == "quantizer.layers.2.codebook.embed"
+    )

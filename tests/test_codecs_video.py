@@ -10,7 +10,12 @@ from streamchar.codecs.video import build_video_codec, load_video_codec
 TINY = {"encoder_block_out_channels": [8, 8, 8, 8], "decoder_block_out_channels": [8, 8, 8, 8]}
 KL = {"block_out_channels": [8, 8], "down_block_types": ["DownEncoderBlock2D"] * 2,
       "up_block_types": ["UpDecoderBlock2D"] * 2, "norm_num_groups": 4, "layers_per_block": 1}  # fmt: skip
-WAN = {"base_dim": 8, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1, "temperal_downsample": [False, True, True]}
+WAN = {
+    "base_dim": 8,
+    "dim_mult": [1, 1, 1, 1],
+    "num_res_blocks": 1,
+    "temperal_downsample": [False, True, True],
+}
 
 
 def _frames(n=9, size=32, seed=0):

@@ -18,7 +18,9 @@ def test_base_preset():
 
 
 def test_overrides_apply_with_types():
-    cfg = load_config("tiny", ["timeline.chunk_latent_frames=8", "data.synth.styles=[cartoon]", "video_codec.path=x"])
+    cfg = load_config(
+        "tiny", ["timeline.chunk_latent_frames=8", "data.synth.styles=[cartoon]", "video_codec.path=x"]
+    )
     assert cfg.timeline.chunk_latent_frames == 8
     assert cfg.data.synth.styles == ["cartoon"]
     assert cfg.video_codec.path == "x"

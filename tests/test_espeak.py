@@ -12,7 +12,7 @@ def test_words_and_phonemes_have_timings():
     assert [p.label for p in spoken][:4] == ["h", "@", "l", "oU"]
     starts = [p.start for p in utt.phonemes]
     assert starts == sorted(starts)
-    for a, b in zip(utt.phonemes, utt.phonemes[1:]):
+    for a, b in zip(utt.phonemes, utt.phonemes[1:], strict=False):
         assert a.end == pytest.approx(b.start)  # phonemes tile the utterance
     for word in utt.words:
         assert word.start < word.end <= utt.duration + 1e-6

@@ -16,7 +16,9 @@ from tests.conftest import TINY_CORPUS_OVERRIDES
 def cache(tiny_corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     torch.manual_seed(0)
-    codec = build_video_codec("tiny", 64, 4, {"encoder_block_out_channels": [8] * 4, "decoder_block_out_channels": [8] * 4})
+    codec = build_video_codec(
+        "tiny", 64, 4, {"encoder_block_out_channels": [8] * 4, "decoder_block_out_channels": [8] * 4}
+    )
     codec.save(root / "codec")
     cfg = load_config(None, TINY_CORPUS_OVERRIDES + [f"video_codec.path={root / 'codec'}"])
     summary = encode_corpus(cfg, tiny_corpus, root / "latents", progress=False)
@@ -45,7 +47,10 @@ def test_resume_and_mismatch(tiny_corpus, cache, tmp_path):
     cfg = load_config(None, TINY_CORPUS_OVERRIDES + [f"video_codec.path={cache.parent / 'codec'}"])
     again = encode_corpus(cfg, tiny_corpus, cache, progress=False)
     assert again["encoded_now"] == 0
-    cfg_bad = load_config(None, TINY_CORPUS_OVERRIDES + [f"video_codec.path={cache.parent / 'codec'}", "data.encode.dtype=float32"])
+    cfg_bad = load_config(
+        None,
+        TINY_CORPUS_OVERRIDES + [f"video_codec.path={cache.parent / 'codec'}", "data.encode.dtype=float32"],
+    )
     with pytest.raises(CorpusError, match="other codecs or settings"):
         encode_corpus(cfg_bad, tiny_corpus, cache, progress=False)
     with pytest.raises(Exception, match="video_codec.path"):
@@ -62,7 +67,10 @@ def test_windows_follow_the_layout(cache):
         entry = next(e for e in lc.entries() if e["key"] == item["key"])
         L, M, S = tl.chunk_latent_frames, tl.motion_latent_frames, tl.sink_latent_frames
         assert item["video"].shape == (4, L, 8, 8) and item["audio"].shape == (L, 320)
-        assert item["ref_image"].shape == (4, 1, 8, 8) and item["ref_voice"].shape == (tl.reference_voice_tokens, 320)
+        assert item["ref_image"].shape == (4, 1, 8, 8) and item["ref_voice"].shape == (
+            tl.reference_voice_tokens,
+            320,
+        )
         s = item["start"]
         assert torch.equal(item["video"], lc.tensor(entry, "video")[:, s : s + L].float())
         if item["has_sink"]:

@@ -1,7 +1,7 @@
 """mp4 writing: audio and video line up to the sample after an AAC round trip."""
 
-import subprocess
 import shutil
+import subprocess
 
 import numpy as np
 import pytest

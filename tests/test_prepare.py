@@ -1,8 +1,8 @@
 """Real-clip ingestion, tested on mp4 files exported from the synthetic corpus."""
 
 import json
-import subprocess
 import shutil
+import subprocess
 
 import numpy as np
 import pytest

@@ -1,6 +1,13 @@
 import pytest
 
-from streamchar.data.textgrid import TextGrid, TextGridError, Tier, format_textgrid, intervals_with_gaps, parse_textgrid
+from streamchar.data.textgrid import (
+    TextGrid,
+    TextGridError,
+    Tier,
+    format_textgrid,
+    intervals_with_gaps,
+    parse_textgrid,
+)
 
 SHORT = '''File type = "ooTextFile"
 Object class = "TextGrid"

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
+from streamchar.codecs.train_vae import train_vae
 from streamchar.codecs.video import load_video_codec
 from streamchar.config import load_config
-from streamchar.codecs.train_vae import train_vae
 from streamchar.training import CheckpointError
 from tests.conftest import TINY_CORPUS_OVERRIDES
 
@@ -32,7 +32,7 @@ def test_train_resume_and_codec(tiny_corpus, tmp_path):
     # resuming from step 12 reproduces the uninterrupted run exactly
     a = load_video_codec(tmp_path / "whole" / "codec")
     b = load_video_codec(tmp_path / "split" / "codec")
-    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters(), strict=True):
         assert torch.equal(p, q), name
     assert second["heldout_psnr_db"] == pytest.approx(whole["heldout_psnr_db"])
 

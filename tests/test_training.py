@@ -42,7 +42,7 @@ def test_resume_is_exact(tmp_path):
     state = resume_latest(tmp_path, model2, opt2)
     assert state["step"] == 5 and state["note"] == "x"
     _train(model2, opt2, 5)  # same RNG stream and optimiser moments as the first run
-    for a, b in zip(reference, model2.parameters()):
+    for a, b in zip(reference, model2.parameters(), strict=True):
         assert torch.equal(a, b)
 
 

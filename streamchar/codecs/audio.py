@@ -2,9 +2,10 @@
 
 With a 10 ms hop and 25 tokens per second, a token packs 4 consecutive 80-bin log-mel frames into
 a 320-dim vector; mel frame ``m`` is centred on sample ``m * hop`` (``center=True``), so token
-``k`` covers samples ``[k * 640, (k + 1) * 640)``. Decoding inverts the mel filterbank (pseudo-inverse, refined
-by non-negative least squares with multiplicative updates) and recovers phase with fast Griffin-Lim (Perraudin et al., 2013), written on
-``torch.stft`` / ``torch.istft`` so it runs batched and on a GPU.
+``k`` covers samples ``[k * 640, (k + 1) * 640)``. Decoding inverts the mel filterbank (the
+pseudo-inverse, refined by non-negative least squares with multiplicative updates) and recovers
+phase with fast Griffin-Lim (Perraudin et al., 2013), written on ``torch.stft`` / ``torch.istft``
+so it runs batched and on a GPU.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class MelCodec(nn.Module):
                 f"({samples_per_token}); pick a hop such as 160 for 25 tokens/s at 16 kHz."
             )
         if f_max > sample_rate / 2:
-            raise CodecError(f"audio_codec.f_max ({f_max}) is above the Nyquist frequency ({sample_rate / 2}).")
+            raise CodecError(
+                f"audio_codec.f_max ({f_max}) is above the Nyquist frequency ({sample_rate / 2})."
+            )
         self.sample_rate = sample_rate
         self.samples_per_token = samples_per_token
         self.frames_per_token = samples_per_token // hop_length
@@ -79,7 +82,9 @@ class MelCodec(nn.Module):
         )
 
     def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
-        return torch.istft(spec, self.n_fft, self.hop_length, self.win_length, self.window, center=True, length=length)
+        return torch.istft(
+            spec, self.n_fft, self.hop_length, self.win_length, self.window, center=True, length=length
+        )
 
     def log_mel(self, wave: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Log-mel frames ``[B, M, n_mels]`` (natural log of magnitude mel), ``M = N // hop``."""
@@ -109,7 +114,9 @@ class MelCodec(nn.Module):
     def latents_to_log_mel(self, latents: torch.Tensor) -> torch.Tensor:
         """``[B, T_a, D_a]`` -> log-mel ``[B, T_a * frames_per_token, n_mels]``."""
         b, t, _ = latents.shape
-        return (latents * self.log_mel_std + self.log_mel_mean).reshape(b, t * self.frames_per_token, self.n_mels)
+        return (latents * self.log_mel_std + self.log_mel_mean).reshape(
+            b, t * self.frames_per_token, self.n_mels
+        )
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -134,7 +141,11 @@ class MelCodec(nn.Module):
         basis_t = self.mel_basis.transpose(0, 1)  # [F, n_mels]
         numerator = torch.matmul(basis_t, mel)
         for _ in range(self.mel_inversion_iters):
-            magnitude = magnitude * numerator / (torch.matmul(basis_t, torch.matmul(self.mel_basis, magnitude)) + 1e-8)
+            magnitude = (
+                magnitude
+                * numerator
+                / (torch.matmul(basis_t, torch.matmul(self.mel_basis, magnitude)) + 1e-8)
+            )
         return magnitude
 
     def griffin_lim(
@@ -180,6 +191,8 @@ def build_audio_codec(cfg, timeline) -> nn.Module:
         from streamchar.codecs.encodec import load_encodec_codec
 
         if not ac.path:
-            raise CodecError("audio_codec.kind is encodec but audio_codec.path is not set; point it at a local checkpoint.")
+            raise CodecError(
+                "audio_codec.kind is encodec but audio_codec.path is not set; point it at a local checkpoint."
+            )
         return load_encodec_codec(ac.path, timeline)
     raise CodecError(f"Unknown audio codec kind '{ac.kind}'; use mel or encodec.")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from pathlib import Path
 
@@ -74,11 +73,15 @@ def load_encodec_model(path: str | Path, config_path: str | Path | None = None) 
     path = Path(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise CodecError(f"{path} has no config.json; give an EnCodec folder in HF format or Meta's .th file.")
+            raise CodecError(
+                f"{path} has no config.json; give an EnCodec folder in HF format or Meta's .th file."
+            )
         try:
             return EncodecModel.from_pretrained(path).eval()
         except Exception as err:
-            raise CodecError(f"Could not load EnCodec from {path} ({err}); the checkpoint may be corrupt.") from err
+            raise CodecError(
+                f"Could not load EnCodec from {path} ({err}); the checkpoint may be corrupt."
+            ) from err
     if not path.is_file():
         raise CodecError(f"No EnCodec checkpoint at {path}; set audio_codec.path to a local file or folder.")
     if config_path is None and path.with_suffix(".json").is_file():
@@ -92,7 +95,9 @@ def load_encodec_model(path: str | Path, config_path: str | Path | None = None) 
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CodecError(f"Could not read {path} ({err}); the file is corrupt or not an EnCodec checkpoint.") from err
+        raise CodecError(
+            f"Could not read {path} ({err}); the file is corrupt or not an EnCodec checkpoint."
+        ) from err
     if isinstance(state, dict) and "best_state" in state:  # training checkpoints wrap the weights
         state = state["best_state"]
     model = EncodecModel(config)
@@ -149,7 +154,9 @@ class EncodecCodec(nn.Module):
         x = x.unsqueeze(0) if single else x
         tokens = x.shape[-1] // self.samples_per_token
         if tokens == 0:
-            raise CodecError(f"Audio shorter than one token ({self.samples_per_token} samples) cannot be encoded.")
+            raise CodecError(
+                f"Audio shorter than one token ({self.samples_per_token} samples) cannot be encoded."
+            )
         x = x[:, : tokens * self.samples_per_token].cpu().numpy()
         model_wave = np.stack([resample(row, self.sample_rate, self.model_rate) for row in x])
         frames_needed = tokens * self.frames_per_token
@@ -169,7 +176,9 @@ class EncodecCodec(nn.Module):
         if lat.shape[-1] != self.latent_dim:
             raise CodecError(f"EnCodec latents must have {self.latent_dim} dims, got {lat.shape[-1]}.")
         b, tokens, _ = lat.shape
-        emb = (lat.float() * self.latent_std + self.latent_mean).reshape(b, tokens * self.frames_per_token, self.hidden)
+        emb = (lat.float() * self.latent_std + self.latent_mean).reshape(
+            b, tokens * self.frames_per_token, self.hidden
+        )
         audio = self.model.decoder(emb.transpose(1, 2).to(self.device))[:, 0]  # [B, N_model]
         waves = [resample(row, self.model_rate, self.sample_rate) for row in audio.cpu().numpy()]
         length = tokens * self.samples_per_token
@@ -180,7 +189,3 @@ class EncodecCodec(nn.Module):
 def load_encodec_codec(path: str | Path, timeline, config_path: str | Path | None = None) -> EncodecCodec:
     model = load_encodec_model(path, config_path)
     return EncodecCodec(model, timeline.sample_rate, timeline.samples_per_audio_token)
-
-
-def frames_per_second(model: nn.Module) -> float:
-    return model.config.sampling_rate / math.prod(model.config.upsampling_ratios)

@@ -23,7 +23,9 @@ from streamchar.data.shards import Corpus
 def _entries(corpus: Corpus, split: str, max_clips: int | None, speaking: bool = False) -> list[dict]:
     entries = corpus.entries(split)
     if speaking:
-        entries = [e for e in entries if e.get("speaking_seconds") is None or e.get("speaking_seconds", 0) > 0]
+        entries = [
+            e for e in entries if e.get("speaking_seconds") is None or e.get("speaking_seconds", 0) > 0
+        ]
     return entries[:max_clips] if max_clips else entries
 
 
@@ -31,7 +33,9 @@ def evaluate_video_codec(codec, corpus: Corpus, split: str, max_clips: int | Non
     per_style: dict[str, list[float]] = {}
     total_sq, total_n, frames = 0.0, 0, 0
     t0 = time.perf_counter()
-    for entry in _entries(corpus, split, max_clips):
+    from tqdm.auto import tqdm
+
+    for entry in tqdm(_entries(corpus, split, max_clips), desc="video codec", unit="clip", leave=False):
         clip_frames = corpus.reader(entry["shard"]).frames(entry["key"])
         recon = codec.decode(codec.encode(clip_frames)).cpu().numpy()
         n = min(len(recon), len(clip_frames))
@@ -60,7 +64,11 @@ def evaluate_audio_codec(codec, corpus: Corpus, split: str, max_clips: int | Non
     analysis = MelCodec(sample_rate=codec.sample_rate, samples_per_token=codec.samples_per_token)
     logmel_db, convergence, seconds = [], [], 0.0
     decode_time = 0.0
-    for entry in _entries(corpus, split, max_clips, speaking=True):
+    from tqdm.auto import tqdm
+
+    for entry in tqdm(
+        _entries(corpus, split, max_clips, speaking=True), desc="audio codec", unit="clip", leave=False
+    ):
         audio, _ = corpus.reader(entry["shard"]).audio(entry["key"])
         tokens = len(audio) // codec.samples_per_token
         if tokens == 0:
@@ -90,7 +98,11 @@ def evaluate_audio_codec(codec, corpus: Corpus, split: str, max_clips: int | Non
 
 
 def evaluate_codecs(
-    cfg: StreamCharConfig, data: str | Path, split: str = "test", max_clips: int | None = 24, audio_only: bool = False
+    cfg: StreamCharConfig,
+    data: str | Path,
+    split: str = "test",
+    max_clips: int | None = 24,
+    audio_only: bool = False,
 ) -> dict:
     from streamchar.codecs.audio import build_audio_codec
     from streamchar.codecs.video import video_codec_from_config
@@ -99,6 +111,9 @@ def evaluate_codecs(
     result: dict = {"corpus": str(data)}
     if not audio_only:
         codec = video_codec_from_config(cfg)
-        result["video"] = {"codec": cfg.video_codec.path, **evaluate_video_codec(codec, corpus, split, max_clips)}
+        result["video"] = {
+            "codec": cfg.video_codec.path,
+            **evaluate_video_codec(codec, corpus, split, max_clips),
+        }
     result["audio"] = evaluate_audio_codec(build_audio_codec(cfg, cfg.timeline), corpus, split, max_clips)
     return result

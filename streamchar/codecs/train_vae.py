@@ -36,13 +36,17 @@ from streamchar.training import (
 logger = logging.getLogger(__name__)
 
 
-def sample_frame_pool(corpus: Corpus, split: str, per_clip: int, seed: int, max_frames: int | None = None) -> np.ndarray:
+def sample_frame_pool(
+    corpus: Corpus, split: str, per_clip: int, seed: int, max_frames: int | None = None
+) -> np.ndarray:
     """``per_clip`` frames from every clip of ``split``, uint8 ``[N, H, W, 3]``."""
     from tqdm.auto import tqdm
 
     entries = corpus.entries(split)
     if not entries:
-        raise CorpusError(f"The corpus has no '{split}' clips; synthesise more characters or change the split.")
+        raise CorpusError(
+            f"The corpus has no '{split}' clips; synthesise more characters or change the split."
+        )
     rng = np.random.default_rng(seed)
     frames = []
     for entry in tqdm(entries, desc=f"loading {split} frames", unit="clip", leave=False):
@@ -73,7 +77,9 @@ def evaluate_psnr(codec: DiffusersVideoCodec, frames: np.ndarray, batch: int = 6
 
 
 @torch.no_grad()
-def measure_latent_stats(codec: DiffusersVideoCodec, frames: np.ndarray, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def measure_latent_stats(
+    codec: DiffusersVideoCodec, frames: np.ndarray, batch: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of raw latents over ``frames``."""
     total = total_sq = None
     count = 0
@@ -90,7 +96,9 @@ def measure_latent_stats(codec: DiffusersVideoCodec, frames: np.ndarray, batch: 
     return mean.float(), std.float()
 
 
-def _random_crops(pool: torch.Tensor, batch: int, crop: int, align: int, generator: torch.Generator) -> torch.Tensor:
+def _random_crops(
+    pool: torch.Tensor, batch: int, crop: int, align: int, generator: torch.Generator
+) -> torch.Tensor:
     """``batch`` random aligned crops (with random flips) from uint8 ``pool [N, H, W, 3]``."""
     n, h, w, _ = pool.shape
     idx = torch.randint(0, n, (batch,), generator=generator)
@@ -99,7 +107,9 @@ def _random_crops(pool: torch.Tensor, batch: int, crop: int, align: int, generat
     else:
         ys = torch.randint(0, (h - crop) // align + 1, (batch,), generator=generator) * align
         xs = torch.randint(0, (w - crop) // align + 1, (batch,), generator=generator) * align
-        images = torch.stack([pool[i, y : y + crop, x : x + crop] for i, y, x in zip(idx, ys, xs, strict=True)])
+        images = torch.stack(
+            [pool[i, y : y + crop, x : x + crop] for i, y, x in zip(idx, ys, xs, strict=True)]
+        )
     flips = torch.rand(batch, generator=generator) < 0.5
     images = torch.where(flips[:, None, None, None], images.flip(2), images)
     return images
@@ -157,7 +167,13 @@ def train_vae(cfg: StreamCharConfig, data: str | Path, out: str | Path, max_step
 
     writer = SummaryWriter(str(out / "logs")) if accelerator.is_main_process else None
     stop = tcfg.steps if max_steps is None else min(tcfg.steps, start + max_steps)
-    bar = tqdm(total=tcfg.steps, initial=start, desc="train vae", unit="step", disable=not accelerator.is_main_process)
+    bar = tqdm(
+        total=tcfg.steps,
+        initial=start,
+        desc="train vae",
+        unit="step",
+        disable=not accelerator.is_main_process,
+    )
     best = {"psnr": None, "step": None}
     t_log, step = time.perf_counter(), start
     running = 0.0
@@ -200,7 +216,9 @@ def train_vae(cfg: StreamCharConfig, data: str | Path, out: str | Path, max_step
             writer.add_scalar("train/loss", loss.item(), done)
             writer.add_scalar("train/psnr", train_psnr, done)
             writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], done)
-            bar.set_postfix(psnr=f"{train_psnr:.2f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}", it_s=f"{rate:.2f}")
+            bar.set_postfix(
+                psnr=f"{train_psnr:.2f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}", it_s=f"{rate:.2f}"
+            )
             running, t_log = 0.0, time.perf_counter()
         if done % tcfg.eval_every == 0 and accelerator.is_main_process:
             score = evaluate_psnr(codec, heldout)
@@ -221,7 +239,9 @@ def train_vae(cfg: StreamCharConfig, data: str | Path, out: str | Path, max_step
         summary["heldout_psnr_db"] = round(heldout_psnr, 3)
         summary["heldout_split"] = heldout_split
         summary["heldout_frames"] = int(len(heldout))
-        mean, std = measure_latent_stats(codec, pool[torch.randperm(len(pool), generator=generator)[:2048]].numpy())
+        mean, std = measure_latent_stats(
+            codec, pool[torch.randperm(len(pool), generator=generator)[:2048]].numpy()
+        )
         codec.model = accelerator.unwrap_model(model)
         codec.set_normalisation(mean, std)
         codec.save(out / "codec")

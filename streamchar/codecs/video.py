@@ -221,13 +221,18 @@ class WanDecoderStream:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         model = self.codec.model
-        raw = self.codec.denormalise(latents.to(self.codec.device), channel_dim=0).unsqueeze(0)  # [1, C, t, h, w]
+        raw = self.codec.denormalise(latents.to(self.codec.device), channel_dim=0).unsqueeze(
+            0
+        )  # [1, C, t, h, w]
         x = model.post_quant_conv(raw)
         outputs = []
         for i in range(x.shape[2]):
             conv_idx = [0]
             out = model.decoder(
-                x[:, :, i : i + 1], feat_cache=self._feat_map, feat_idx=conv_idx, first_chunk=self._frames_decoded == 0
+                x[:, :, i : i + 1],
+                feat_cache=self._feat_map,
+                feat_idx=conv_idx,
+                first_chunk=self._frames_decoded == 0,
             )
             outputs.append(out)
             self._frames_decoded += 1
@@ -253,13 +258,17 @@ def build_video_codec(
     try:
         model = cls(**kwargs)
     except TypeError as err:
-        raise CodecError(f"video_codec.arch does not fit {cls.__name__}: {err}; check the keys against diffusers.") from err
+        raise CodecError(
+            f"video_codec.arch does not fit {cls.__name__}: {err}; check the keys against diffusers."
+        ) from err
     mean = [0.0] * latent_channels if kind != "wan" else None
     std = [1.0] * latent_channels if kind != "wan" else None
     return DiffusersVideoCodec(kind, model, image_size, mean, std)
 
 
-def load_video_codec(path: str | Path, kind: str | None = None, image_size: int | None = None) -> DiffusersVideoCodec:
+def load_video_codec(
+    path: str | Path, kind: str | None = None, image_size: int | None = None
+) -> DiffusersVideoCodec:
     """Load a codec folder written by StreamChar, or a local diffusers autoencoder checkpoint.
 
     Args:
@@ -278,7 +287,9 @@ def load_video_codec(path: str | Path, kind: str | None = None, image_size: int 
         meta = json.loads((folder / CODEC_META).read_text())
     kind = meta.get("kind", kind)
     if kind is None:
-        raise CodecError(f"{folder} is a plain diffusers checkpoint; say which kind it is (video_codec.kind).")
+        raise CodecError(
+            f"{folder} is a plain diffusers checkpoint; say which kind it is (video_codec.kind)."
+        )
     image_size = meta.get("image_size", image_size)
     if image_size is None:
         raise CodecError(f"{folder} does not record its image size; set video_codec.image_size.")
