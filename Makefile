@@ -7,31 +7,35 @@ STAMP := $(VENV)/.streamchar-installed
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all lint setup clean
+.PHONY: demo test test-all lint setup system-deps clean
 
-setup: $(STAMP)
+demo: setup
+	$(VENV)/bin/streamchar demo --out out/demo
 
-$(STAMP): pyproject.toml scripts/ensure-system-deps.sh
-	./scripts/ensure-system-deps.sh
+test: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check streamchar tests
+	$(VENV)/bin/ruff format --check streamchar tests
+
+setup: system-deps $(STAMP)
+
+# espeak-ng and ffmpeg through apt when missing (checked every time; a no-op when present)
+system-deps:
+	@./scripts/ensure-system-deps.sh
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "StreamChar needs Python 3.11 or newer; set PYTHON=python3.11 (or newer)")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# the pinned CPU torch first, so the package's torch range installs nothing more
+	# the pinned CPU torch first, so that the package's torch range installs nothing more
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -e ".[dev,serve]"
 	touch $@
-
-demo: $(STAMP)
-	$(VENV)/bin/streamchar demo --out out/demo
-
-test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
-
-test-all: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
-
-lint: $(STAMP)
-	$(VENV)/bin/ruff check streamchar tests
-	$(VENV)/bin/ruff format --check streamchar tests
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

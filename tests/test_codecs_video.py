@@ -101,3 +101,20 @@ def test_clear_errors(tmp_path):
         load_video_codec(tmp_path, kind="tiny", image_size=32)
     with pytest.raises(CodecError, match="Unknown video codec kind"):
         build_video_codec("vq", 32, 4)
+
+
+def test_plain_diffusers_wan_checkpoint_loads_with_its_own_normalisation(tmp_path):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    model = AutoencoderKLWan(z_dim=4, latents_mean=[0.1, 0.2, 0.3, 0.4], latents_std=[2.0, 1.0, 0.5, 4.0], **WAN)
+    model.save_pretrained(tmp_path / "wan")  # what a local Wan VAE download looks like: config.json + weights
+    codec = load_video_codec(tmp_path / "wan", kind="wan", image_size=32)
+    assert codec.temporal_factor == 4 and codec.spatial_factor == 8 and codec.causal_first_frame
+    assert codec.latent_std.tolist() == [2.0, 1.0, 0.5, 4.0]
+    frames = _frames(5)
+    with torch.no_grad():
+        x = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1)[None]
+        raw = model.encode(x).latent_dist.mode()[0]
+    expected = (raw - torch.tensor([0.1, 0.2, 0.3, 0.4]).view(4, 1, 1, 1)) / torch.tensor([2.0, 1.0, 0.5, 4.0]).view(4, 1, 1, 1)
+    assert torch.allclose(codec.encode(frames), expected, atol=1e-5)
