@@ -31,9 +31,11 @@ class ConfigError(ValueError):
 @dataclass
 class VideoCodecConfig:
     kind: str = "tiny"  # tiny (AutoencoderTiny) | kl (AutoencoderKL) | wan (AutoencoderKLWan)
-    path: str | None = None  # a trained codec folder (streamchar train vae) or a local diffusers checkpoint
+    # a trained codec folder (streamchar train vae) or a local diffusers checkpoint; a relative path is
+    # looked up from the working directory, then from the repository (the tiny preset's trained codec)
+    path: str | None = "checkpoints/tiny/vae"
     image_size: int = 128
-    latent_channels: int = 4
+    latent_channels: int = 8
     # constructor kwargs for the diffusers class when building from scratch (kind-specific); null = the
     # class's own defaults, or the checkpoint's config when loading. Overrides merge key by key.
     arch: dict[str, Any] | None = field(
@@ -150,6 +152,16 @@ class StreamCharConfig:
 
 
 # -- loading ------------------------------------------------------------------------------------
+def resolve_asset_path(path: str | Path) -> Path:
+    """A configured file or folder: absolute as given; relative from the working directory if it exists
+    there, else from the repository root (where the shipped ``checkpoints/`` live)."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    shipped = REPO_ROOT / path
+    return shipped if shipped.exists() else path
+
+
 def resolve_config_path(name_or_path: str) -> Path:
     """A preset name (``tiny``, ``base``) or a YAML path."""
     path = Path(name_or_path)

@@ -9,6 +9,8 @@ from streamchar.config import load_config
 
 TINY_CORPUS_OVERRIDES = [
     "video_codec.image_size=64",
+    "video_codec.latent_channels=4",
+    "video_codec.path=null",
     "data.synth.num_characters=4",
     "data.synth.clips_per_character=2",
     "data.synth.dialogue_fraction=0.3",

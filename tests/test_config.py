@@ -13,6 +13,7 @@ def test_tiny_preset_equals_schema_defaults():
 def test_base_preset():
     cfg = load_config("base")
     assert cfg.video_codec.image_size == 512 and cfg.video_codec.kind == "wan"
+    assert cfg.video_codec.path is None  # the tiny preset's trained codec does not leak into base
     assert cfg.video_codec.arch is None  # replaced, not merged with tiny's AutoencoderTiny kwargs
     assert cfg.timeline.temporal_factor == 4 and cfg.timeline.causal_first_frame
 
@@ -52,3 +53,14 @@ def test_unknown_preset_and_bad_yaml(tmp_path: Path):
 
 def test_presets_present():
     assert {p.stem for p in PRESET_DIR.glob("*.yaml")} >= {"tiny", "base"}
+
+
+def test_asset_paths_resolve_from_cwd_then_repository(tmp_path: Path, monkeypatch):
+    from streamchar.config import REPO_ROOT, resolve_asset_path
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_asset_path("checkpoints/tiny/vae") == REPO_ROOT / "checkpoints/tiny/vae"
+    (tmp_path / "checkpoints/tiny/vae").mkdir(parents=True)  # a local folder of the same name wins
+    assert resolve_asset_path("checkpoints/tiny/vae") == Path("checkpoints/tiny/vae")
+    assert resolve_asset_path("nowhere/at/all") == Path("nowhere/at/all")  # left for the loader's error
+    assert resolve_asset_path(tmp_path) == tmp_path

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from streamchar.codecs.base import CodecError, frames_to_tensor, tensor_to_frames
+from streamchar.config import resolve_asset_path
 
 logger = logging.getLogger(__name__)
 
@@ -318,7 +319,7 @@ def video_codec_from_config(cfg) -> DiffusersVideoCodec:
             "video_codec.path is not set; train one with `streamchar train vae` or pass a local diffusers "
             "checkpoint with --video-codec."
         )
-    codec = load_video_codec(vc.path, vc.kind, vc.image_size)
+    codec = load_video_codec(resolve_asset_path(vc.path), vc.kind, vc.image_size)
     if codec.image_size != vc.image_size:
         raise CodecError(
             f"The codec at {vc.path} works at {codec.image_size}px but video_codec.image_size is {vc.image_size}; "
