@@ -46,7 +46,11 @@ def main() -> None:
         ("AutoencoderTiny 32ch, 4 latent ch (random)", build_video_codec("tiny", 128, 4, arch), False),
         ("AutoencoderTiny 32ch, 8 latent ch (shipped)", video_codec_from_config(cfg), False),
         ("AutoencoderTiny 32ch, 8 latent ch, bf16", video_codec_from_config(cfg), True),
-        ("AutoencoderTiny 64ch, 8 latent ch (random)", build_video_codec("tiny", 128, 8, {**arch, **WIDTH_64}), False),
+        (
+            "AutoencoderTiny 64ch, 8 latent ch (random)",
+            build_video_codec("tiny", 128, 8, {**arch, **WIDTH_64}),
+            False,
+        ),
     ]
     results = []
     for name, codec, bf16 in rows:

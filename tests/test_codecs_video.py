@@ -107,7 +107,9 @@ def test_plain_diffusers_wan_checkpoint_loads_with_its_own_normalisation(tmp_pat
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(0)
-    model = AutoencoderKLWan(z_dim=4, latents_mean=[0.1, 0.2, 0.3, 0.4], latents_std=[2.0, 1.0, 0.5, 4.0], **WAN)
+    model = AutoencoderKLWan(
+        z_dim=4, latents_mean=[0.1, 0.2, 0.3, 0.4], latents_std=[2.0, 1.0, 0.5, 4.0], **WAN
+    )
     model.save_pretrained(tmp_path / "wan")  # what a local Wan VAE download looks like: config.json + weights
     codec = load_video_codec(tmp_path / "wan", kind="wan", image_size=32)
     assert codec.temporal_factor == 4 and codec.spatial_factor == 8 and codec.causal_first_frame
@@ -116,7 +118,9 @@ def test_plain_diffusers_wan_checkpoint_loads_with_its_own_normalisation(tmp_pat
     with torch.no_grad():
         x = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1)[None]
         raw = model.encode(x).latent_dist.mode()[0]
-    expected = (raw - torch.tensor([0.1, 0.2, 0.3, 0.4]).view(4, 1, 1, 1)) / torch.tensor([2.0, 1.0, 0.5, 4.0]).view(4, 1, 1, 1)
+    expected = (raw - torch.tensor([0.1, 0.2, 0.3, 0.4]).view(4, 1, 1, 1)) / torch.tensor(
+        [2.0, 1.0, 0.5, 4.0]
+    ).view(4, 1, 1, 1)
     assert torch.allclose(codec.encode(frames), expected, atol=1e-5)
 
 
@@ -130,9 +134,17 @@ def test_shipped_tiny_codec_reconstructs_unseen_characters(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # the relative default path resolves against the repository
     codec = video_codec_from_config(load_config("tiny"))
     assert (codec.kind, codec.image_size, codec.latent_channels) == ("tiny", 128, 8)
-    states = [FaceState(), FaceState(open=0.8, width=0.3, yaw=12.0), FaceState(blink=1.0, roll=-6.0, smile=0.8)]
+    states = [
+        FaceState(),
+        FaceState(open=0.8, width=0.3, yaw=12.0),
+        FaceState(blink=1.0, roll=-6.0, smile=0.8),
+    ]
     for style in STYLES:
         frames = np.stack(
-            [CharacterRenderer(sample_identity(987_654, i, [style]), 128).render(s) for i in range(2) for s in states]
+            [
+                CharacterRenderer(sample_identity(987_654, i, [style]), 128).render(s)
+                for i in range(2)
+                for s in states
+            ]
         )
         assert evaluate_psnr(codec, frames) > 26.0, style  # measured 31.3 / 34.5 / 35.6; random weights ~10

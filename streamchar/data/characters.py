@@ -96,7 +96,15 @@ class Identity:
     def from_dict(cls, d: dict) -> Identity:
         d = dict(d)
         d["voice"] = Voice(**d["voice"])
-        for key in ("iris_color", "lip_color", "skin", "hair_color", "accessory_color", "shirt_color", "outline_color"):
+        for key in (
+            "iris_color",
+            "lip_color",
+            "skin",
+            "hair_color",
+            "accessory_color",
+            "shirt_color",
+            "outline_color",
+        ):
             d[key] = tuple(d[key])
         d["bg_colors"] = tuple(tuple(c) for c in d["bg_colors"])
         return cls(**d)
@@ -167,7 +175,9 @@ def sample_identity(seed: int, char_id: int, styles: tuple[str, ...] | list[str]
         eye_rx=head_rx * rng.uniform(0.13, 0.21),
         eye_ry=head_rx * rng.uniform(0.11, 0.2),
         lashes=bool(rng.random() < 0.4),
-        iris_color=_hsv(rng.choice([0.08, 0.3, 0.55, 0.6, 0.1]), rng.uniform(0.4, 0.9), rng.uniform(0.3, 0.7)),
+        iris_color=_hsv(
+            rng.choice([0.08, 0.3, 0.55, 0.6, 0.1]), rng.uniform(0.4, 0.9), rng.uniform(0.3, 0.7)
+        ),
         brow_thickness=rng.uniform(0.5, 1.5),
         brow_tilt=rng.uniform(-0.4, 0.4),
         nose_kind=int(rng.integers(4)),
@@ -221,7 +231,9 @@ PITCH_RANGE = 15.0
 
 
 # -- small geometry helpers -----------------------------------------------------------------------
-def _ellipse_points(cx: float, cy: float, rx: float, ry: float, n: int = 48, exponent: float = 2.0) -> np.ndarray:
+def _ellipse_points(
+    cx: float, cy: float, rx: float, ry: float, n: int = 48, exponent: float = 2.0
+) -> np.ndarray:
     """Points on a superellipse (exponent 2 = ellipse; larger = squarer), ``[n, 2]``."""
     t = np.linspace(0, 2 * math.pi, n, endpoint=False)
     c, s = np.cos(t), np.sin(t)
@@ -322,7 +334,12 @@ class CharacterRenderer:
         neck_w = ident.head_rx * 0.42 * px
         ncx, ncy = ident.head_cx * px, (ident.head_cy + ident.head_ry * 0.7) * px
         neck_color = _shade(ident.skin, 0.85)
-        d.rectangle([ncx - neck_w, ncy - 0.05 * px, ncx + neck_w, 1.0 * px], fill=neck_color, outline=outline, width=ow)
+        d.rectangle(
+            [ncx - neck_w, ncy - 0.05 * px, ncx + neck_w, 1.0 * px],
+            fill=neck_color,
+            outline=outline,
+            width=ow,
+        )
 
         body = Image.new("RGBA", (n, n), (0, 0, 0, 0))
         d = ImageDraw.Draw(body)
@@ -348,7 +365,10 @@ class CharacterRenderer:
                 bx = (ident.head_cx + side * ident.eye_dx * 1.15) * px
                 by = (ident.head_cy + ident.eye_dy + ident.head_ry * 0.35) * px
                 r = ident.head_rx * 0.17 * px
-                d.ellipse([bx - r, by - r * 0.6, bx + r, by + r * 0.6], fill=_blend(ident.skin, (240, 110, 120), 0.35))
+                d.ellipse(
+                    [bx - r, by - r * 0.6, bx + r, by + r * 0.6],
+                    fill=_blend(ident.skin, (240, 110, 120), 0.35),
+                )
 
         front = Image.new("RGBA", (n, n), (0, 0, 0, 0))
         self._draw_hair_front(ImageDraw.Draw(front), outline, ow)
@@ -450,8 +470,12 @@ class CharacterRenderer:
         for side in (-1, 1):
             ex = (ident.head_cx + side * ident.head_rx * 0.97) * px
             ey = (ident.head_cy + ident.eye_dy + ident.head_ry * 0.12) * px
-            d.ellipse([ex - r * 0.75, ey - r, ex + r * 0.75, ey + r], fill=ident.skin, outline=outline, width=ow)
-            d.ellipse([ex - r * 0.35, ey - r * 0.5, ex + r * 0.35, ey + r * 0.5], fill=_shade(ident.skin, 0.8))
+            d.ellipse(
+                [ex - r * 0.75, ey - r, ex + r * 0.75, ey + r], fill=ident.skin, outline=outline, width=ow
+            )
+            d.ellipse(
+                [ex - r * 0.35, ey - r * 0.5, ex + r * 0.35, ey + r * 0.5], fill=_shade(ident.skin, 0.8)
+            )
             if ident.accessory == "earrings":
                 er = r * 0.3
                 d.ellipse([ex - er, ey + r * 0.9, ex + er, ey + r * 0.9 + 2 * er], fill=ident.accessory_color,
@@ -482,7 +506,12 @@ class CharacterRenderer:
                 x, y = cx + math.cos(a) * rx * 1.02, cy + math.sin(a) * ry * 0.98 - ry * 0.05
                 d.ellipse([x - r, y - r, x + r, y + r], fill=col, outline=outline, width=ow)
         elif style == "ponytail":
-            d.ellipse([cx + rx * 0.6, cy - ry * 0.4, cx + rx * 1.5, cy + ry * 1.1], fill=col, outline=outline, width=ow)
+            d.ellipse(
+                [cx + rx * 0.6, cy - ry * 0.4, cx + rx * 1.5, cy + ry * 1.1],
+                fill=col,
+                outline=outline,
+                width=ow,
+            )
         elif style == "bun":
             r = rx * 0.38
             d.ellipse([cx - r, cy - ry * 1.05 - r * 1.6, cx + r, cy - ry * 1.05 + r * 0.4], fill=col, outline=outline,
@@ -500,7 +529,15 @@ class CharacterRenderer:
                 d.polygon([(x - rx * 0.1, cy - ry * 0.8), (x + rx * 0.1, cy - ry * 0.8), (x, cy - ry * 1.35)],
                           fill=col, outline=outline, width=ow)  # fmt: skip
             return
-        depth = {"short": 0.55, "long": 0.5, "bob": 0.42, "spiky": 0.55, "bun": 0.6, "curly": 0.6, "ponytail": 0.58}
+        depth = {
+            "short": 0.55,
+            "long": 0.5,
+            "bob": 0.42,
+            "spiky": 0.55,
+            "bun": 0.6,
+            "curly": 0.6,
+            "ponytail": 0.58,
+        }
         cap = self._hair_cap(grow=1.06, depth=depth.get(style, 0.55))
         _poly(d, cap, col, outline, ow)
         if style == "bob":  # straight bangs
@@ -517,7 +554,9 @@ class CharacterRenderer:
                 bx, by = cx + math.cos(a) * rx * 0.9, cy + math.sin(a) * ry * 0.9
                 tx, ty = cx + math.cos(a) * rx * 1.35, cy + math.sin(a) * ry * 1.3
                 nx, ny = -math.sin(a) * rx * 0.18, math.cos(a) * rx * 0.18
-                d.polygon([(bx - nx, by - ny), (bx + nx, by + ny), (tx, ty)], fill=col, outline=outline, width=ow)
+                d.polygon(
+                    [(bx - nx, by - ny), (bx + nx, by + ny), (tx, ty)], fill=col, outline=outline, width=ow
+                )
 
     def _draw_head_accessory(self, d: ImageDraw.ImageDraw, outline, ow: int) -> None:
         ident, px = self.identity, self.px
@@ -529,13 +568,25 @@ class CharacterRenderer:
             d.chord([cx - rx * 0.95, cy - ry * 1.45, cx + rx * 0.95, cy - ry * 0.35], 180, 360, fill=col,
                     outline=outline, width=ow)  # fmt: skip
         elif ident.accessory == "headband":
-            band = _clip_below(_head_outline(ident, px, grow=1.08), (ident.head_cy - ident.head_ry * 0.62) * px)
+            band = _clip_below(
+                _head_outline(ident, px, grow=1.08), (ident.head_cy - ident.head_ry * 0.62) * px
+            )
             band = _clip_below(band, (ident.head_cy - ident.head_ry * 0.78) * px, keep_above=False)
             _poly(d, band, col, outline, ow)
         elif ident.accessory == "bow":
             bx, by, r = cx + rx * 0.55, cy - ry * 0.85, rx * 0.22
-            d.polygon([(bx, by), (bx - r * 1.6, by - r), (bx - r * 1.6, by + r)], fill=col, outline=outline, width=ow)
-            d.polygon([(bx, by), (bx + r * 1.6, by - r), (bx + r * 1.6, by + r)], fill=col, outline=outline, width=ow)
+            d.polygon(
+                [(bx, by), (bx - r * 1.6, by - r), (bx - r * 1.6, by + r)],
+                fill=col,
+                outline=outline,
+                width=ow,
+            )
+            d.polygon(
+                [(bx, by), (bx + r * 1.6, by - r), (bx + r * 1.6, by + r)],
+                fill=col,
+                outline=outline,
+                width=ow,
+            )
             d.ellipse([bx - r * 0.4, by - r * 0.4, bx + r * 0.4, by + r * 0.4], fill=_shade(col, 0.8))
 
     def _lighting_maps(self, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
@@ -661,7 +712,9 @@ class CharacterRenderer:
             if blink > 0.02:
                 pts = [(ex - rx * 1.2, ey - ry * 1.3), (ex + rx * 1.2, ey - ry * 1.3)]
                 arc = np.linspace(0, math.pi, 12)
-                pts += [(ex + rx * 1.2 * math.cos(a), lid_y + ry * 0.25 * math.sin(a) * (1 - blink)) for a in arc]
+                pts += [
+                    (ex + rx * 1.2 * math.cos(a), lid_y + ry * 0.25 * math.sin(a) * (1 - blink)) for a in arc
+                ]
                 d.polygon(pts, fill=lid_color)
                 d.line([(ex - rx * 1.05, lid_y), (ex + rx * 1.05, lid_y)], fill=ident.outline_color,
                        width=max(1, int(px * 0.006)))  # fmt: skip
@@ -709,7 +762,9 @@ class CharacterRenderer:
         top = inner[:, 1].min()
         bottom = inner[:, 1].max()
         if state.tongue > 0.05:
-            tongue = _clip_below(inner, bottom - (bottom - top) * (0.25 + 0.35 * state.tongue), keep_above=False)
+            tongue = _clip_below(
+                inner, bottom - (bottom - top) * (0.25 + 0.35 * state.tongue), keep_above=False
+            )
             _poly(d, tongue, (215, 95, 110))
         if state.teeth > 0.05:
             teeth = _clip_below(inner, top + (bottom - top) * min(0.45, 0.12 + 0.3 * state.teeth))
@@ -727,7 +782,9 @@ class CharacterRenderer:
             ex = (ident.head_cx + side * ident.eye_dx * (1 - 0.12 * abs(yaw))) * px + fdx * 1.1
             ey = (ident.head_cy + ident.eye_dy) * px + fdy
             r = max(ident.eye_rx, ident.eye_ry) * px * 1.45
-            d.ellipse([ex - r * squash, ey - r * 0.85, ex + r * squash, ey + r * 0.85], outline=col, width=width)
+            d.ellipse(
+                [ex - r * squash, ey - r * 0.85, ex + r * squash, ey + r * 0.85], outline=col, width=width
+            )
             centres.append((ex + side * -r * squash, ey - r * 0.2))
         d.line(centres, fill=col, width=width)
 

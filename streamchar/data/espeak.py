@@ -70,7 +70,9 @@ class _Event(ctypes.Structure):
     ]
 
 
-_Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+_Callback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
+)
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,9 @@ class Espeak:
             _AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_DONT_EXIT
         )
         if self.native_rate <= 0:
-            raise EspeakError("espeak_Initialize failed; check that espeak-ng-data is installed with espeak-ng.")
+            raise EspeakError(
+                "espeak_Initialize failed; check that espeak-ng-data is installed with espeak-ng."
+            )
         self._lock = threading.Lock()
         self._blocks: list[np.ndarray] = []
         self._events: list[tuple[int, int, int, int, str]] = []
@@ -187,7 +191,9 @@ class Espeak:
             raise ValueError("Cannot synthesise empty text; pass at least one word.")
         with self._lock:
             if self._lib.espeak_SetVoiceByName(voice.espeak_name.encode()) != 0:
-                raise EspeakError(f"espeak-ng has no voice '{voice.espeak_name}'; list voices with `espeak-ng --voices`.")
+                raise EspeakError(
+                    f"espeak-ng has no voice '{voice.espeak_name}'; list voices with `espeak-ng --voices`."
+                )
             self._lib.espeak_SetParameter(_PARAM_RATE, int(voice.rate), 0)
             self._lib.espeak_SetParameter(_PARAM_PITCH, int(voice.pitch), 0)
             self._lib.espeak_SetParameter(_PARAM_RANGE, int(voice.pitch_range), 0)
@@ -195,7 +201,9 @@ class Espeak:
             self._lib.espeak_SetParameter(_PARAM_WORDGAP, 0, 0)
             self._blocks, self._events = [], []
             encoded = text.encode("utf-8")
-            err = self._lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+            err = self._lib.espeak_Synth(
+                encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
+            )
             if err != 0:
                 raise EspeakError(f"espeak_Synth failed with code {err}.")
             self._lib.espeak_Synchronize()
@@ -215,7 +223,9 @@ def _spans_from_events(
     A phoneme ends where the next phoneme or the end of the message starts. A word spans from its
     event to the end of its last non-pause phoneme.
     """
-    boundaries = sorted({s for t, _, _, s, _ in events if t in (_EVENT_PHONEME, _EVENT_END, _EVENT_MSG_TERMINATED)})
+    boundaries = sorted(
+        {s for t, _, _, s, _ in events if t in (_EVENT_PHONEME, _EVENT_END, _EVENT_MSG_TERMINATED)}
+    )
     boundaries.append(total)
 
     def next_boundary(sample: int) -> int:
@@ -238,7 +248,9 @@ def _spans_from_events(
     for k, (sample, word) in enumerate(word_marks):
         start = sample / rate
         limit = word_marks[k + 1][0] / rate if k + 1 < len(word_marks) else total / rate
-        spoken = [p for p in phonemes if start - 1e-6 <= p.start < limit - 1e-6 and p.label not in PAUSE_PHONEMES]
+        spoken = [
+            p for p in phonemes if start - 1e-6 <= p.start < limit - 1e-6 and p.label not in PAUSE_PHONEMES
+        ]
         if not spoken:
             continue  # words espeak spoke as nothing (e.g. stray punctuation)
         words.append(TimedUnit(word, spoken[0].start, spoken[-1].end))

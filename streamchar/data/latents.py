@@ -53,7 +53,9 @@ def estimate_f0(audio: np.ndarray, timeline: Timeline, tokens: int) -> np.ndarra
     return f0[:tokens].astype(np.float32)
 
 
-def token_conditions(meta: dict, audio: np.ndarray, timeline: Timeline, tokens: int, buckets: F0Buckets) -> dict:
+def token_conditions(
+    meta: dict, audio: np.ndarray, timeline: Timeline, tokens: int, buckets: F0Buckets
+) -> dict:
     """Per-audio-token phoneme ids, F0 (0 when unvoiced), units and the speaking mask."""
     phonemes = [tuple(p) for p in meta.get("phonemes", [])]
     phoneme_ids = frame_phoneme_ids(phonemes, tokens, timeline.audio_latent_rate)
@@ -78,13 +80,20 @@ def token_conditions(meta: dict, audio: np.ndarray, timeline: Timeline, tokens: 
 
 
 def _codec_meta(video_codec, audio_codec) -> dict:
-    audio = {"kind": audio_codec.kind, "latent_dim": audio_codec.latent_dim, "samples_per_token": audio_codec.samples_per_token}
+    audio = {
+        "kind": audio_codec.kind,
+        "latent_dim": audio_codec.latent_dim,
+        "samples_per_token": audio_codec.samples_per_token,
+    }
     return {"video": video_codec.metadata(), "audio": audio}
 
 
 def check_codecs_fit(timeline: Timeline, video_codec, audio_codec) -> None:
     """The codecs must produce the rates the timeline promises."""
-    if video_codec.temporal_factor != timeline.temporal_factor or video_codec.causal_first_frame != timeline.causal_first_frame:
+    if (
+        video_codec.temporal_factor != timeline.temporal_factor
+        or video_codec.causal_first_frame != timeline.causal_first_frame
+    ):
         raise CorpusError(
             f"The video codec groups {video_codec.temporal_factor} frames per latent (causal first frame: "
             f"{video_codec.causal_first_frame}) but the timeline says {timeline.temporal_factor} "
@@ -97,7 +106,9 @@ def check_codecs_fit(timeline: Timeline, video_codec, audio_codec) -> None:
         )
 
 
-def encode_clip(clip, timeline: Timeline, video_codec, audio_codec, buckets: F0Buckets, dtype: torch.dtype) -> dict:
+def encode_clip(
+    clip, timeline: Timeline, video_codec, audio_codec, buckets: F0Buckets, dtype: torch.dtype
+) -> dict:
     """Tensors of one clip for the cache (see the module docstring)."""
     frames = timeline.valid_video_frames(len(clip.frames))
     if frames < 1:
@@ -122,7 +133,9 @@ def _slim_meta(meta: dict) -> dict:
     return {k: meta[k] for k in keep if k in meta}
 
 
-def encode_corpus(cfg: StreamCharConfig, corpus_dir: str | Path, out: str | Path, progress: bool = True) -> dict:
+def encode_corpus(
+    cfg: StreamCharConfig, corpus_dir: str | Path, out: str | Path, progress: bool = True
+) -> dict:
     """Encode every clip of a corpus into the latent cache in ``out`` (resumable)."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
@@ -149,7 +162,11 @@ def encode_corpus(cfg: StreamCharConfig, corpus_dir: str | Path, out: str | Path
     if dtype is None:
         raise ValueError(f"data.encode.dtype must be float16 or float32, got '{cfg.data.encode.dtype}'.")
     buckets = F0Buckets()
-    settings = {"timeline": to_dict(timeline), "codecs": _codec_meta(video_codec, audio_codec), "dtype": cfg.data.encode.dtype}
+    settings = {
+        "timeline": to_dict(timeline),
+        "codecs": _codec_meta(video_codec, audio_codec),
+        "dtype": cfg.data.encode.dtype,
+    }
     settings_path = out / "encode-settings.json"
     if settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
         raise CorpusError(f"{out} holds latents made with other codecs or settings; use a new --out folder.")
@@ -157,7 +174,12 @@ def encode_corpus(cfg: StreamCharConfig, corpus_dir: str | Path, out: str | Path
 
     shard_names = sorted({c["shard"] for c in corpus.clips})
     todo = [s for s in shard_names if not (out / _latent_name(s)).with_suffix(".json").is_file()]
-    bar = tqdm(total=sum(1 for c in corpus.clips if c["shard"] in todo), desc="encode clips", unit="clip", disable=not progress)
+    bar = tqdm(
+        total=sum(1 for c in corpus.clips if c["shard"] in todo),
+        desc="encode clips",
+        unit="clip",
+        disable=not progress,
+    )
     for shard in todo:
         tensors: dict[str, torch.Tensor] = {}
         metas = []
@@ -203,7 +225,9 @@ class LatentCache:
         self.folder = Path(folder)
         path = self.folder / MANIFEST
         if not path.is_file():
-            raise CorpusError(f"{self.folder} has no {MANIFEST}; build the cache with `streamchar data encode` first.")
+            raise CorpusError(
+                f"{self.folder} has no {MANIFEST}; build the cache with `streamchar data encode` first."
+            )
         self.manifest = json.loads(path.read_text())
         self.timeline = Timeline(**self.manifest["timeline"])
         self.clips: list[dict] = self.manifest["clips"]
@@ -281,7 +305,9 @@ class WindowDataset(torch.utils.data.Dataset):
         for i, e in enumerate(self.entries):
             self.by_character.setdefault(str(e["char_id"]), []).append(i)
         # clips weighted by how many chunk starts they offer
-        weights = np.array([max(1, e["latent_frames"] - tl.chunk_latent_frames + 1) for e in self.entries], float)
+        weights = np.array(
+            [max(1, e["latent_frames"] - tl.chunk_latent_frames + 1) for e in self.entries], float
+        )
         self.weights = weights / weights.sum()
         first = self.cache.tensor(self.entries[0], "video")
         self.latent_shape = tuple(first.shape[0:1]) + tuple(first.shape[2:])  # (C, h, w)
@@ -306,7 +332,12 @@ class WindowDataset(torch.utils.data.Dataset):
     def _conditions(self, entry: dict, start: int, stop: int, size: int) -> dict[str, torch.Tensor]:
         a0, a1 = self._audio_span(start, stop)
         out = {}
-        for name, dtype in (("units", torch.long), ("phoneme_ids", torch.long), ("speaking", torch.long), ("f0", torch.float)):
+        for name, dtype in (
+            ("units", torch.long),
+            ("phoneme_ids", torch.long),
+            ("speaking", torch.long),
+            ("f0", torch.float),
+        ):
             values = self.cache.slice(entry, name, a0, a1).to(dtype)
             padded = torch.zeros(size, dtype=dtype)
             padded[: min(size, len(values))] = values[:size]

@@ -36,7 +36,23 @@ PHONEMES: tuple[str, ...] = (SILENCE, *ESPEAK_PHONEMES)
 PHONEME_TO_ID: dict[str, int] = {p: i for i, p in enumerate(PHONEMES)}
 SILENCE_ID = 0
 
-VISEMES: tuple[str, ...] = ("sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "ih", "oh", "ou")
+VISEMES: tuple[str, ...] = (
+    "sil",
+    "PP",
+    "FF",
+    "TH",
+    "DD",
+    "kk",
+    "CH",
+    "SS",
+    "nn",
+    "RR",
+    "aa",
+    "E",
+    "ih",
+    "oh",
+    "ou",
+)
 VISEME_TO_ID: dict[str, int] = {v: i for i, v in enumerate(VISEMES)}
 
 

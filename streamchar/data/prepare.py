@@ -30,8 +30,22 @@ from PIL import Image
 
 from streamchar.config import StreamCharConfig, to_dict
 from streamchar.data.phonemes import SILENCE, arpabet_to_espeak, canonical_phoneme
-from streamchar.data.shards import FORMAT_VERSION, MANIFEST, Corpus, ShardWriter, collect_index, write_json_atomic
-from streamchar.data.textgrid import TextGrid, TextGridError, Tier, format_textgrid, intervals_with_gaps, read_textgrid
+from streamchar.data.shards import (
+    FORMAT_VERSION,
+    MANIFEST,
+    Corpus,
+    ShardWriter,
+    collect_index,
+    write_json_atomic,
+)
+from streamchar.data.textgrid import (
+    TextGrid,
+    TextGridError,
+    Tier,
+    format_textgrid,
+    intervals_with_gaps,
+    read_textgrid,
+)
 from streamchar.media import MediaError, Mp4Writer, encode_video_bytes, fit_length, read_video_timed
 from streamchar.timeline import Timeline
 
@@ -87,7 +101,11 @@ def _alignment(path: Path) -> tuple[list[list], list[list]]:
     to_inventory = canonical_phoneme if espeak_tier is not None else arpabet_to_espeak
     if words_tier is None and phones_tier is None:
         raise SkipClip("TextGrid has neither a 'words' nor a 'phones' tier")
-    words = [[label, round(s, 6), round(e, 6)] for s, e, label in (words_tier.items if words_tier else []) if label.strip()]
+    words = [
+        [label, round(s, 6), round(e, 6)]
+        for s, e, label in (words_tier.items if words_tier else [])
+        if label.strip()
+    ]
     phonemes = []
     for s, e, label in phones_tier.items if phones_tier else []:
         phoneme = to_inventory(label) if label.strip() else SILENCE
@@ -114,7 +132,10 @@ def ingest_clip(path: Path, source_root: Path, timeline: Timeline, image_size: i
         raise SkipClip("unreadable video", str(err).rstrip(".")) from err
     if audio is None:
         raise SkipClip("no audio stream")
-    duration = min(times[-1] + (times[1] - times[0] if len(times) > 1 else 1 / timeline.fps), len(audio) / timeline.sample_rate)
+    duration = min(
+        times[-1] + (times[1] - times[0] if len(times) > 1 else 1 / timeline.fps),
+        len(audio) / timeline.sample_rate,
+    )
     if duration < cfg.min_seconds:
         raise SkipClip("too short", f"{duration:.2f} s < data.prepare.min_seconds")
     if duration > cfg.max_seconds:
@@ -178,7 +199,12 @@ def prepare_corpus(cfg: StreamCharConfig, source: str | Path, out: str | Path, p
     ledger_path = out / LEDGER
     done = _read_ledger(ledger_path)
     pending = [p for p in videos if p.relative_to(source).as_posix() not in done]
-    logger.info("%d videos found, %d already processed, %d to do", len(videos), len(videos) - len(pending), len(pending))
+    logger.info(
+        "%d videos found, %d already processed, %d to do",
+        len(videos),
+        len(videos) - len(pending),
+        len(pending),
+    )
 
     shard_index = len(list(out.glob("shard-*.json")))
     writer: ShardWriter | None = None
@@ -206,12 +232,16 @@ def prepare_corpus(cfg: StreamCharConfig, source: str | Path, out: str | Path, p
         except SkipClip as reason:
             logger.warning("skipping %s: %s", relative, reason)
             reasons[reason.category] += 1
-            append_ledger([{"source": relative, "status": "skipped", "reason": reason.category, "detail": str(reason)}])
+            append_ledger(
+                [{"source": relative, "status": "skipped", "reason": reason.category, "detail": str(reason)}]
+            )
             continue
         if writer is None:
             writer = ShardWriter(out, shard_index)
         video = encode_video_bytes(clip["frames"], timeline.fps, lossless=True)
-        writer.add(clip["key"], clip["meta"], video, clip["audio"], timeline.sample_rate, None, clip["summary"])
+        writer.add(
+            clip["key"], clip["meta"], video, clip["audio"], timeline.sample_rate, None, clip["summary"]
+        )
         buffered.append({"source": relative, "status": "ok", "key": clip["key"], "shard": writer.path.name})
         ok += 1
         if len(writer) >= pcfg.clips_per_shard:
@@ -245,7 +275,9 @@ def prepare_corpus(cfg: StreamCharConfig, source: str | Path, out: str | Path, p
 
 
 # -- export ---------------------------------------------------------------------------------------
-def export_videos(corpus_dir: str | Path, out: str | Path, split: str | None = None, max_clips: int | None = None) -> dict:
+def export_videos(
+    corpus_dir: str | Path, out: str | Path, split: str | None = None, max_clips: int | None = None
+) -> dict:
     """Write clips of a corpus as ``KEY.mp4`` (H.264 + AAC) with ``KEY.txt`` and ``KEY.TextGrid``,
     the layout ``streamchar data prepare`` reads. Clips land in ``out/train/CHAR`` or
     ``out/test/CHAR`` so that prepare recovers splits and characters."""

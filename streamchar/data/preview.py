@@ -33,7 +33,11 @@ def choose_clips(corpus: Corpus, count: int) -> list[dict]:
     picked: list[dict] = []
     seen_dialogues: set[str] = set()
     for e in entries:
-        if e.get("kind") == "dialogue" and e.get("dialogue_id") not in seen_dialogues and len(picked) < max(1, count // 3):
+        if (
+            e.get("kind") == "dialogue"
+            and e.get("dialogue_id") not in seen_dialogues
+            and len(picked) < max(1, count // 3)
+        ):
             picked.append(e)
             seen_dialogues.add(e["dialogue_id"])
     styles_seen: set[str] = set()
@@ -64,7 +68,7 @@ def contact_sheet(corpus: Corpus, entries: list[dict], columns: int = 6, scale: 
             img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
         canvas = Image.new("RGB", (img.width, img.height + label_h), (20, 20, 24))
         canvas.paste(img, (0, label_h))
-        text = f"{meta['key']}  {meta['style']}  {meta['kind']}  {meta['split']}  \"{meta['transcript'][:60]}\""
+        text = f'{meta["key"]}  {meta["style"]}  {meta["kind"]}  {meta["split"]}  "{meta["transcript"][:60]}"'
         ImageDraw.Draw(canvas).text((3, 1), text, fill=(230, 230, 230), font=_font(11 * scale))
         rows.append(np.asarray(canvas))
     width = max(r.shape[1] for r in rows)
@@ -110,14 +114,20 @@ def preview_video(corpus: Corpus, entries: list[dict], out: str | Path, scale: i
                 other = _dialogue_partner(corpus, entry)
                 left, right = (clip, other) if clip.key.endswith("-0") else (other, clip)
                 n = min(len(left.frames), len(right.frames))
-                frames = np.concatenate([_upscale(left.frames[:n], scale), _upscale(right.frames[:n], scale)], axis=2)
+                frames = np.concatenate(
+                    [_upscale(left.frames[:n], scale), _upscale(right.frames[:n], scale)], axis=2
+                )
                 audio = fit_length(left.audio, n * rate // fps) + fit_length(right.audio, n * rate // fps)
             else:
                 n = len(clip.frames)
                 video = _upscale(clip.frames, scale)
                 size = (video.shape[2], video.shape[1])
-                header = f"{clip.meta['style']} | {clip.meta['voice']['language']}+{clip.meta['voice']['variant']}"
-                panels = np.stack([_caption_panel(size, clip.meta["words"], (k + 0.5) / fps, header) for k in range(n)])
+                header = (
+                    f"{clip.meta['style']} | {clip.meta['voice']['language']}+{clip.meta['voice']['variant']}"
+                )
+                panels = np.stack(
+                    [_caption_panel(size, clip.meta["words"], (k + 0.5) / fps, header) for k in range(n)]
+                )
                 frames = np.concatenate([video, panels], axis=2)
                 audio = fit_length(clip.audio, n * rate // fps)
             writer.write_frames(frames)
@@ -132,7 +142,9 @@ def _dialogue_partner(corpus: Corpus, entry: dict) -> Clip:
     for other in corpus.entries():
         if other.get("dialogue_id") == entry.get("dialogue_id") and other["key"] != entry["key"]:
             return corpus.clip(other)
-    raise ValueError(f"Dialogue {entry.get('dialogue_id')} has only one view in this corpus; re-run data synth.")
+    raise ValueError(
+        f"Dialogue {entry.get('dialogue_id')} has only one view in this corpus; re-run data synth."
+    )
 
 
 def write_preview(corpus_dir: str | Path, out_dir: str | Path, clips: int = 6) -> dict:

@@ -177,7 +177,9 @@ def open_vocabulary() -> tuple[str, ...]:
     try:
         import pocketsphinx
     except ImportError:
-        logger.warning("pocketsphinx is not installed; the sentence generator uses its built-in word lists only")
+        logger.warning(
+            "pocketsphinx is not installed; the sentence generator uses its built-in word lists only"
+        )
         return ()
     path = Path(pocketsphinx.__file__).parent / "model" / "en-us" / "cmudict-en-us.dict"
     if not path.is_file():
@@ -240,21 +242,31 @@ class SentenceGenerator:
             lambda: f"{self._pick(NAMES)} {v[1]} {self._np()} {self._pick(PREPOSITIONS)} {self._np(False)}.",
             lambda: f"Did you {v[0]} {self._np()} {self._pick(PREPOSITIONS)} the {self._pick(PLACES)}?",
             lambda: f"I think we should {v[0]} {self._np()} {self._pick(ADVERBS)}.",
-            lambda: f"{self._np(False).capitalize()} is {self._pick(ADJECTIVES)} and {self._pick(ADJECTIVES)}.",
-            lambda: f"{self._pick(NAMES)} and {self._pick(NAMES)} {iv[1]} {self._pick(ADVERBS)} {self._pick(TIMES)}.",
+            lambda: (
+                f"{self._np(False).capitalize()} is {self._pick(ADJECTIVES)} and {self._pick(ADJECTIVES)}."
+            ),
+            lambda: (
+                f"{self._pick(NAMES)} and {self._pick(NAMES)} {iv[1]} {self._pick(ADVERBS)} {self._pick(TIMES)}."
+            ),
             lambda: f"Please {v[0]} {self._np()} {self._pick(TIMES)}.",
             lambda: f"Why is {self._np(False)} so {self._pick(ADJECTIVES)}?",
-            lambda: f"There are {number_words(int(self.rng.integers(2, 999)))} {plural(self._noun())} in the "
-            f"{self._pick(PLACES)}.",
+            lambda: (
+                f"There are {number_words(int(self.rng.integers(2, 999)))} {plural(self._noun())} in the "
+                f"{self._pick(PLACES)}."
+            ),
             lambda: f"We went to the {self._pick(PLACES)} {self._pick(TIMES)} and {v[1]} {self._np()}.",
             lambda: f"{self._pick(INTERJECTIONS)}, {self._np(False)} {iv[1]} {self._pick(ADVERBS)}!",
             lambda: f"Have you ever {v[2]} {self._np()}?",
             lambda: f"The word {self._noun()} sounds {self._pick(ADJECTIVES)} to me.",
             lambda: f"{self._pick(NAMES)} said that {self._np(False)} was {self._pick(ADJECTIVES)}.",
-            lambda: f"If it rains {self._pick(TIMES)}, we will {v[0]} {self._np()} at the {self._pick(PLACES)}.",
+            lambda: (
+                f"If it rains {self._pick(TIMES)}, we will {v[0]} {self._np()} at the {self._pick(PLACES)}."
+            ),
             lambda: f"{self._pick(NAMES)} {self._pick(ADVERBS)} {v[1]} {self._np()}, and then {iv[1]}.",
-            lambda: f"It was {number_words(int(self.rng.integers(1, 13)))} o'clock when {self._np(False)} "
-            f"{iv[1]}.",
+            lambda: (
+                f"It was {number_words(int(self.rng.integers(1, 13)))} o'clock when {self._np(False)} "
+                f"{iv[1]}."
+            ),
             lambda: f"Could you {v[0]} {self._np()} for {self._pick(NAMES)}?",
         ]
         return templates[self.rng.integers(len(templates))]()
@@ -266,7 +278,9 @@ class SentenceGenerator:
             n = len(text.split())
             if min_words <= n <= max_words and is_heldout(text, self.heldout_fraction) == (split == "test"):
                 return text
-        raise RuntimeError(f"Could not draw a {split} sentence of {min_words}-{max_words} words; widen the range.")
+        raise RuntimeError(
+            f"Could not draw a {split} sentence of {min_words}-{max_words} words; widen the range."
+        )
 
 
 def is_heldout(text: str, fraction: float) -> bool:

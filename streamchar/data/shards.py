@@ -142,7 +142,9 @@ class ShardReader:
                 for member in tar:
                     self._offsets[member.name] = (member.offset_data, member.size)
         except tarfile.TarError as err:
-            raise CorpusError(f"Shard {self.path} is damaged ({err}); delete it and its .json and re-run.") from err
+            raise CorpusError(
+                f"Shard {self.path} is damaged ({err}); delete it and its .json and re-run."
+            ) from err
         self.keys = sorted({name.split(".", 1)[0] for name in self._offsets})
 
     def _read(self, name: str) -> bytes:

@@ -28,7 +28,7 @@ import numpy as np
 from streamchar.config import StreamCharConfig, SynthConfig, to_dict
 from streamchar.data.characters import CharacterRenderer, Identity, sample_identity
 from streamchar.data.espeak import PAUSE_PHONEMES, Voice, get_espeak
-from streamchar.data.motion import motion_tracks, articulation_emphasis
+from streamchar.data.motion import articulation_emphasis, motion_tracks
 from streamchar.data.sentences import SentenceGenerator
 from streamchar.data.shards import (
     FORMAT_VERSION,
@@ -60,7 +60,11 @@ def character_splits(cfg: SynthConfig) -> dict[int, str]:
     """Character id -> 'train' or 'test' (held-out identities)."""
     rng = np.random.default_rng([cfg.seed, 0x5917])
     order = rng.permutation(cfg.num_characters)
-    n_test = int(math.ceil(cfg.num_characters * cfg.heldout_identity_fraction)) if cfg.heldout_identity_fraction else 0
+    n_test = (
+        int(math.ceil(cfg.num_characters * cfg.heldout_identity_fraction))
+        if cfg.heldout_identity_fraction
+        else 0
+    )
     test = set(order[:n_test].tolist())
     return {c: ("test" if c in test else "train") for c in range(cfg.num_characters)}
 
@@ -195,7 +199,9 @@ def synthesize_job(job: Job, cfg: SynthConfig, timeline: Timeline, image_size: i
     for who, character in enumerate(speakers):
         partner = 1 - who if len(speakers) == 2 else -1
         partner_turns = spans[partner] if partner >= 0 else (off_screen if job.kind == "listening" else [])
-        partner_side = (1.0 if who == 0 else -1.0) if partner >= 0 else (0.6 if job.kind == "listening" else 0.0)
+        partner_side = (
+            (1.0 if who == 0 else -1.0) if partner >= 0 else (0.6 if job.kind == "listening" else 0.0)
+        )
         energy = _frame_energy(tracks[who], timeline, num_frames)
         emphasis = articulation_emphasis(phonemes[who], tracks[who], sr)
         motion = motion_tracks(
@@ -283,7 +289,11 @@ def synth_corpus(cfg: StreamCharConfig, out: str | Path, progress: bool = True) 
     scfg = cfg.data.synth
     manifest_path = out / MANIFEST
     synth_settings = {k: v for k, v in to_dict(scfg).items() if k != "workers"}  # not a property of the data
-    settings = {"synth": synth_settings, "timeline": to_dict(cfg.timeline), "image_size": cfg.video_codec.image_size}
+    settings = {
+        "synth": synth_settings,
+        "timeline": to_dict(cfg.timeline),
+        "image_size": cfg.video_codec.image_size,
+    }
     previous = out / "synth-settings.json"
     if previous.is_file():
         import json
@@ -302,7 +312,8 @@ def synth_corpus(cfg: StreamCharConfig, out: str | Path, progress: bool = True) 
         logger.info("resuming: %d of %d shards already complete", len(groups) - len(todo), len(groups))
     workers = scfg.workers or os.cpu_count() or 1
     tasks = [
-        (i, groups[i], to_dict(scfg), to_dict(cfg.timeline), cfg.video_codec.image_size, str(out)) for i in todo
+        (i, groups[i], to_dict(scfg), to_dict(cfg.timeline), cfg.video_codec.image_size, str(out))
+        for i in todo
     ]
     t0 = time.perf_counter()
     clip_seconds = 0.0

@@ -23,7 +23,9 @@ class Tier:
     kind: str  # IntervalTier | TextTier
     xmin: float
     xmax: float
-    items: list[tuple[float, float, str]] = field(default_factory=list)  # (start, end, label); points: start == end
+    items: list[tuple[float, float, str]] = field(
+        default_factory=list
+    )  # (start, end, label); points: start == end
 
 
 @dataclass
@@ -134,7 +136,11 @@ def format_textgrid(grid: TextGrid) -> str:
         for j, (start, end, label) in enumerate(tier.items, 1):
             lines.append(f"        {noun} [{j}]:")
             if tier.kind == "IntervalTier":
-                lines += [f"            xmin = {start}", f"            xmax = {end}", f"            text = {_quote(label)}"]
+                lines += [
+                    f"            xmin = {start}",
+                    f"            xmax = {end}",
+                    f"            text = {_quote(label)}",
+                ]
             else:
                 lines += [f"            number = {start}", f"            mark = {_quote(label)}"]
     return "\n".join(lines) + "\n"

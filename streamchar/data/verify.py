@@ -56,7 +56,9 @@ def timing_truth(corpus: Corpus, split: str | None = None, max_clips: int | None
     if max_clips is not None:
         entries = entries[:max_clips]
     if not entries:
-        raise ValueError("The corpus has no speaking clips to verify; synthesise some monologues or dialogues.")
+        raise ValueError(
+            "The corpus has no speaking clips to verify; synthesise some monologues or dialogues."
+        )
     for entry in entries:
         reader = corpus.reader(entry["shard"])
         meta, (audio, rate) = reader.meta(entry["key"]), reader.audio(entry["key"])
