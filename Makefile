@@ -19,8 +19,8 @@ test-all: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check streamchar tests
-	$(VENV)/bin/ruff format --check streamchar tests
+	$(VENV)/bin/ruff check streamchar tests bench
+	$(VENV)/bin/ruff format --check streamchar tests bench
 
 setup: system-deps $(STAMP)
 
