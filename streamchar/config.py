@@ -100,6 +100,10 @@ class EncodeConfig:
     batch_frames: int = 64
     dtype: str = "float16"  # storage dtype of latents: float16 | float32
     device: str = "auto"
+    # autocast for the video encoder: no | bf16 | auto (bf16 where the hardware runs it natively;
+    # measured on the AMX CPU: 3.1x faster, latents within 0.06 of fp32 at a latent std of 0.76)
+    mixed_precision: str = "no"
+    max_shards: int | None = None  # encode only the first N corpus shards (a subset to start training on)
 
 
 @dataclass

@@ -96,3 +96,25 @@ def test_f0_of_a_tone():
     t = np.arange(16000) / 16000
     f0 = estimate_f0((0.5 * np.sin(2 * np.pi * 150 * t)).astype(np.float32), tl, 25)
     assert np.median(f0[2:-2]) == pytest.approx(150, rel=0.02)
+
+
+def test_a_shard_subset_first_then_the_rest_in_bf16(tiny_corpus, cache, tmp_path):
+    codec_override = f"video_codec.path={cache.parent / 'codec'}"
+    shards = sorted({c["shard"] for c in Corpus(tiny_corpus).clips})
+    assert len(shards) > 1
+    cfg = load_config(None, TINY_CORPUS_OVERRIDES + [codec_override, "data.encode.max_shards=1"])
+    first = encode_corpus(cfg, tiny_corpus, tmp_path, progress=False)
+    assert first["shards"] == 1 and {e["shard"] for e in LatentCache(tmp_path).entries()} == {shards[0]}
+    full = encode_corpus(
+        load_config(None, TINY_CORPUS_OVERRIDES + [codec_override]), tiny_corpus, tmp_path, progress=False
+    )
+    assert full["encoded_now"] == len(shards) - 1 and full["clips"] == len(LatentCache(cache).entries())
+    # bf16 autocast of the video encoder stays close to float32 and leaves the audio untouched
+    bf16 = load_config(None, TINY_CORPUS_OVERRIDES + [codec_override, "data.encode.mixed_precision=bf16"])
+    encode_corpus(bf16, tiny_corpus, tmp_path / "bf16", progress=False)
+    ref, low = LatentCache(cache), LatentCache(tmp_path / "bf16")
+    entry = ref.entries()[0]
+    assert torch.equal(ref.tensor(entry, "audio"), low.tensor(entry, "audio"))
+    video, video_bf16 = ref.tensor(entry, "video").float(), low.tensor(entry, "video").float()
+    assert not torch.equal(video, video_bf16)
+    assert (video - video_bf16).abs().mean() < 0.05 * video.std()

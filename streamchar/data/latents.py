@@ -32,6 +32,7 @@ from streamchar.config import StreamCharConfig, to_dict
 from streamchar.data.phonemes import F0Buckets, frame_phoneme_ids, frame_units, voiced_mask
 from streamchar.data.shards import Corpus, CorpusError, write_json_atomic
 from streamchar.timeline import Timeline
+from streamchar.training import resolve_mixed_precision
 
 logger = logging.getLogger(__name__)
 
@@ -107,13 +108,22 @@ def check_codecs_fit(timeline: Timeline, video_codec, audio_codec) -> None:
 
 
 def encode_clip(
-    clip, timeline: Timeline, video_codec, audio_codec, buckets: F0Buckets, dtype: torch.dtype
+    clip,
+    timeline: Timeline,
+    video_codec,
+    audio_codec,
+    buckets: F0Buckets,
+    dtype: torch.dtype,
+    bf16: bool = False,
 ) -> dict:
-    """Tensors of one clip for the cache (see the module docstring)."""
+    """Tensors of one clip for the cache (see the module docstring); ``bf16`` autocasts the video
+    encoder only (the mel transform stays in float32)."""
     frames = timeline.valid_video_frames(len(clip.frames))
     if frames < 1:
         raise CorpusError(f"Clip {clip.key} has no frames.")
-    video = video_codec.encode(clip.frames[:frames]).to("cpu", dtype)  # [C, T', h, w]
+    with torch.autocast(video_codec.device.type, torch.bfloat16, enabled=bf16):
+        video = video_codec.encode(clip.frames[:frames]).float()
+    video = video.to("cpu", dtype)  # [C, T', h, w]
     tokens = timeline.video_frames_to_audio_tokens(frames)
     samples = timeline.audio_tokens_to_samples(tokens)
     audio_wave = np.zeros(samples, np.float32)
@@ -161,11 +171,17 @@ def encode_corpus(
     dtype = {"float16": torch.float16, "float32": torch.float32}.get(cfg.data.encode.dtype)
     if dtype is None:
         raise ValueError(f"data.encode.dtype must be float16 or float32, got '{cfg.data.encode.dtype}'.")
+    precision = resolve_mixed_precision(cfg.data.encode.mixed_precision)
+    if precision == "fp16":
+        raise ValueError(
+            "data.encode.mixed_precision must be no, bf16 or auto; fp16 overflows in the encoder."
+        )
     buckets = F0Buckets()
     settings = {
         "timeline": to_dict(timeline),
         "codecs": _codec_meta(video_codec, audio_codec),
         "dtype": cfg.data.encode.dtype,
+        "mixed_precision": precision,
     }
     settings_path = out / "encode-settings.json"
     if settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
@@ -173,6 +189,8 @@ def encode_corpus(
     write_json_atomic(settings_path, settings)
 
     shard_names = sorted({c["shard"] for c in corpus.clips})
+    if cfg.data.encode.max_shards is not None:
+        shard_names = shard_names[: max(0, cfg.data.encode.max_shards)]
     todo = [s for s in shard_names if not (out / _latent_name(s)).with_suffix(".json").is_file()]
     bar = tqdm(
         total=sum(1 for c in corpus.clips if c["shard"] in todo),
@@ -185,7 +203,10 @@ def encode_corpus(
         metas = []
         for entry in (c for c in corpus.clips if c["shard"] == shard):
             clip = corpus.clip(entry)
-            for name, value in encode_clip(clip, timeline, video_codec, audio_codec, buckets, dtype).items():
+            encoded = encode_clip(
+                clip, timeline, video_codec, audio_codec, buckets, dtype, bf16=precision == "bf16"
+            )
+            for name, value in encoded.items():
                 tensors[f"{clip.key}/{name}"] = value.contiguous()
             index_entry = dict(entry)
             index_entry.update(
@@ -203,8 +224,8 @@ def encode_corpus(
     bar.close()
 
     clips = []
-    for sidecar in sorted(out.glob("latents-*.json")):
-        clips.extend(json.loads(sidecar.read_text())["clips"])
+    for shard in shard_names:  # a later run with more shards extends the manifest
+        clips.extend(json.loads((out / _latent_name(shard)).with_suffix(".json").read_text())["clips"])
     manifest = {"timeline": to_dict(timeline), "codecs": settings["codecs"], "dtype": cfg.data.encode.dtype,
                 "f0_buckets": {"num_buckets": buckets.num_buckets, "f_min": buckets.f_min, "f_max": buckets.f_max},
                 "corpus": str(corpus_dir), "clips": clips}  # fmt: skip
