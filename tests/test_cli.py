@@ -45,3 +45,14 @@ def test_config_show_and_errors(capsys):
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "streamchar.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "data" in out.stdout
+
+
+def test_overrides_after_options(capsys):
+    parser_args = ["data", "encode", "corpus", "--out", "x", "data.encode.max_shards=2", "timeline.fps=25"]
+    from streamchar.cli import _parse
+
+    args = _parse(parser_args)
+    assert args.overrides == ["data.encode.max_shards=2", "timeline.fps=25"] and args.out == "x"
+    with pytest.raises(SystemExit):
+        _parse(["data", "encode", "corpus", "--out", "x", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
