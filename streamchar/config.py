@@ -141,8 +141,69 @@ class TrainVAEConfig:
 
 
 @dataclass
+class TrainTeacherConfig:
+    steps: int = 20_000
+    batch_size: int = 8  # windows per process and step
+    grad_accum: int = 1
+    lr: float = 3e-4
+    lr_min: float = 1e-5
+    warmup_steps: int = 500
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    # flow matching: logit-normal timesteps, warped by shift
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0
+    # classifier-free guidance dropout, each independent
+    cond_drop: float = 0.1
+    ref_image_drop: float = 0.1
+    ref_voice_drop: float = 0.1
+    # windows whose current audio is given clean (t = 0) and only video is denoised (given speech -> video);
+    # in those, the audio conditions are dropped with audio_driven_cond_drop (no alignment at hand)
+    audio_driven_fraction: float = 0.25
+    audio_driven_cond_drop: float = 0.5
+    audio_loss_weight: float = 1.0
+    first_chunk_prob: float = 0.1
+    log_every: int = 25
+    eval_every: int = 500
+    eval_windows: int = 64
+    ckpt_every: int = 250
+    num_workers: int = 0
+    seed: int = 0
+    num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+
+
+@dataclass
 class TrainConfig:
     vae: TrainVAEConfig = field(default_factory=TrainVAEConfig)
+    teacher: TrainTeacherConfig = field(default_factory=TrainTeacherConfig)
+
+
+# -- denoiser and sampling --------------------------------------------------------------------------
+@dataclass
+class DenoiserConfig:
+    width: int = 256
+    depth: int = 8
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    patch_size: int = 4  # latent pixels per token side: 16x16 latents -> 16 tokens per latent frame
+    cond_window: float = 1.0  # latent frames either side that the condition cross-attention reads
+    rope_theta: float = 10_000.0
+    qk_norm: bool = True
+    attention: str = "sdpa"  # sdpa | flex | flash | naive
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 16
+    shift: float = 1.0
+    guidance_conditions: float = 2.0
+    guidance_ref_image: float = 1.5
+    guidance_ref_voice: float = 1.5
+    seed: int = 0
 
 
 @dataclass
@@ -152,6 +213,8 @@ class StreamCharConfig:
     video_codec: VideoCodecConfig = field(default_factory=VideoCodecConfig)
     audio_codec: AudioCodecConfig = field(default_factory=AudioCodecConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

@@ -1,0 +1,62 @@
+"""Builders: config sections -> denoiser and sampler constructor arguments (modules never see configs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamchar.denoiser.dit import JointDiT
+from streamchar.denoiser.flow import EulerSampler, Guidance
+from streamchar.timeline import Timeline
+
+SPATIAL_FACTOR = 8  # every video codec StreamChar builds or loads downsamples by 8
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    """What the denoiser needs to know about the codecs' latents."""
+
+    latent_channels: int
+    latent_size: int
+    audio_dim: int
+    num_units: int
+
+
+def latent_spec_from_config(cfg) -> LatentSpec:
+    """Latent sizes implied by a config (video codec sizes, the audio codec's token width, the unit set)."""
+    from streamchar.codecs.audio import build_audio_codec
+    from streamchar.data.phonemes import F0Buckets, num_units
+
+    audio = build_audio_codec(cfg, cfg.timeline)
+    return LatentSpec(
+        latent_channels=cfg.video_codec.latent_channels,
+        latent_size=cfg.video_codec.image_size // SPATIAL_FACTOR,
+        audio_dim=audio.latent_dim,
+        num_units=num_units(F0Buckets()),
+    )
+
+
+def build_denoiser(section, timeline: Timeline, spec: LatentSpec) -> JointDiT:
+    """A randomly initialised :class:`JointDiT` from the ``denoiser`` config section."""
+    return JointDiT(
+        timeline=timeline,
+        latent_channels=spec.latent_channels,
+        latent_size=spec.latent_size,
+        audio_dim=spec.audio_dim,
+        num_units=spec.num_units,
+        width=section.width,
+        depth=section.depth,
+        heads=section.heads,
+        mlp_ratio=section.mlp_ratio,
+        patch_size=section.patch_size,
+        cond_window=section.cond_window,
+        rope_theta=section.rope_theta,
+        qk_norm=section.qk_norm,
+        attention=section.attention,
+        gradient_checkpointing=section.gradient_checkpointing,
+    )
+
+
+def build_sampler(section) -> EulerSampler:
+    """The Euler sampler from the ``sample`` config section."""
+    guidance = Guidance(section.guidance_conditions, section.guidance_ref_image, section.guidance_ref_voice)
+    return EulerSampler(steps=section.steps, shift=section.shift, guidance=guidance)

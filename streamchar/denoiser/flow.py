@@ -1,0 +1,181 @@
+"""Flow matching (rectified flow) and its Euler sampler with multi-condition guidance.
+
+``x_t = (1 - t) x_0 + t noise``; the model predicts the velocity ``noise - x_0``; ``x_0 = x_t - t v``.
+Training draws ``t`` from a logit-normal distribution and warps it with ``shift`` (shift > 1 spends
+more time at high noise, which larger latents need). The sampler integrates from ``t = 1`` to 0 on
+the same warped grid.
+
+Guidance has separate scales for the audio conditions, the reference image and the reference voice.
+Each scale ``s_k != 1`` adds a batch branch with condition ``k`` dropped, and
+``v = v_full + sum_k (s_k - 1) (v_full - v_without_k)``; all scales 1 is a single pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from streamchar.denoiser.dit import Conditions, JointDiT, WindowContext
+
+
+def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Warp ``t`` in [0, 1] towards 1 (noise) for ``shift > 1``: ``s t / (1 + (s - 1) t)``."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+@dataclass(frozen=True)
+class FlowMatching:
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0
+
+    def sample_timesteps(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """``[n]`` logit-normal timesteps, shifted."""
+        z = torch.randn(n, generator=generator) * self.logit_std + self.logit_mean
+        return shift_timesteps(torch.sigmoid(z), self.shift).to(device)
+
+    @staticmethod
+    def _expand(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1, *([1] * (x.dim() - 1))).to(x)
+
+    def interpolate(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = self._expand(t, x0)
+        return (1 - t) * x0 + t * noise
+
+    @staticmethod
+    def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return noise - x0
+
+    def predict_x0(self, x_t: torch.Tensor, velocity: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x_t - self._expand(t, x_t) * velocity
+
+
+def sampling_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
+    """``[steps + 1]`` timesteps from 1 down to 0."""
+    if steps < 1:
+        raise ValueError(f"The sampler needs at least one step, got {steps}.")
+    return shift_timesteps(torch.linspace(1.0, 0.0, steps + 1), shift)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance scales (1 = no guidance for that condition)."""
+
+    conditions: float = 1.0
+    ref_image: float = 1.0
+    ref_voice: float = 1.0
+
+    def branches(self) -> list[tuple[str, float]]:
+        """The batch branches after the full one: (dropped condition, its scale)."""
+        scales = (
+            ("conditions", self.conditions),
+            ("ref_image", self.ref_image),
+            ("ref_voice", self.ref_voice),
+        )
+        return [(name, s) for name, s in scales if s != 1.0]
+
+    @property
+    def num_branches(self) -> int:
+        return 1 + len(self.branches())
+
+    def drops(self, batch: int, device=None) -> dict[str, torch.Tensor]:
+        """Per expanded item (branch-major, ``[n_branches * batch]``), which condition is dropped."""
+        names = ["full"] + [name for name, _ in self.branches()]
+        out = {}
+        for condition in ("conditions", "ref_image", "ref_voice"):
+            out[condition] = torch.tensor([n == condition for n in names], device=device).repeat_interleave(
+                batch
+            )
+        return out
+
+    def combine(self, velocity: torch.Tensor, batch: int) -> torch.Tensor:
+        """Branch-major ``[n_branches * B, ...]`` velocities -> guided ``[B, ...]``."""
+        full = velocity[:batch]
+        guided = full
+        for i, (_, scale) in enumerate(self.branches(), start=1):
+            guided = guided + (scale - 1) * (full - velocity[i * batch : (i + 1) * batch])
+        return guided
+
+
+def _repeat(x: torch.Tensor, n: int) -> torch.Tensor:
+    return x.repeat(n, *([1] * (x.dim() - 1)))
+
+
+def expand_for_guidance(guidance: Guidance, context: WindowContext) -> WindowContext:
+    """The context repeated per guidance branch, with the branch's reference dropped."""
+    b, n = context.ref_video.shape[0], guidance.num_branches
+    drops = guidance.drops(b, context.ref_video.device)
+    rep = WindowContext(*(_repeat(getattr(context, f), n) for f in WindowContext.__dataclass_fields__))
+    return rep.with_dropped_references(drops["ref_image"], drops["ref_voice"])
+
+
+def set_reference_for_guidance(
+    model: JointDiT,
+    guidance: Guidance,
+    ref_video: torch.Tensor,
+    ref_voice: torch.Tensor,
+    ref_voice_valid: torch.Tensor | None = None,
+) -> None:
+    """``model.set_reference`` for a streaming session whose batch holds every guidance branch."""
+    b, n = ref_video.shape[0], guidance.num_branches
+    drops = guidance.drops(b, ref_video.device)
+    if ref_voice_valid is None:
+        ref_voice_valid = torch.ones(ref_voice.shape[:2], dtype=torch.bool, device=ref_voice.device)
+    model.set_reference(
+        _repeat(ref_video, n),
+        _repeat(ref_voice, n),
+        _repeat(ref_voice_valid, n) & ~drops["ref_voice"][:, None],
+        ~drops["ref_image"],
+    )
+
+
+@dataclass(frozen=True)
+class EulerSampler:
+    steps: int = 16
+    shift: float = 1.0
+    guidance: Guidance = Guidance()
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: JointDiT,
+        video_noise: torch.Tensor,
+        audio_noise: torch.Tensor,
+        conditions: Conditions,
+        context: WindowContext | None = None,
+        given_audio: torch.Tensor | None = None,
+        audio_valid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integrate one chunk from noise to clean latents.
+
+        Args:
+            video_noise: ``[B, C, L, h, w]``; ``audio_noise`` ``[B, L_a, D_a]``.
+            conditions: the chunk's audio conditions (``[B, L_a]``).
+            context: the window context, or None inside ``model.streaming()`` with a cache built for
+                ``guidance.num_branches * B`` items (``set_reference_for_guidance``, then
+                ``set_sink`` / ``set_motion`` on repeated latents).
+            given_audio: ``[B, L_a, D_a]`` clean audio for audio-driven generation (kept at t = 0).
+
+        Returns:
+            ``(video [B, C, L, h, w], audio [B, L_a, D_a])``.
+        """
+        b, n = video_noise.shape[0], self.guidance.num_branches
+        drops = self.guidance.drops(b, video_noise.device)
+        cond = Conditions(_repeat(conditions.units, n), _repeat(conditions.speaking, n))
+        cond = cond.dropped(drops["conditions"], model.num_units)
+        ctx = expand_for_guidance(self.guidance, context) if context is not None else None
+        valid = _repeat(audio_valid, n) if audio_valid is not None else None
+        video = video_noise
+        audio = given_audio if given_audio is not None else audio_noise
+        grid = sampling_grid(self.steps, self.shift).tolist()
+        for t, t_next in zip(grid[:-1], grid[1:], strict=True):
+            t_video = torch.full((n * b,), t, device=video.device)
+            t_audio = torch.zeros_like(t_video) if given_audio is not None else t_video
+            v_video, v_audio = model(
+                _repeat(video, n), _repeat(audio, n), (t_video, t_audio), cond, ctx, valid
+            )
+            video = video + (t_next - t) * self.guidance.combine(v_video, b)
+            if given_audio is None:
+                audio = audio + (t_next - t) * self.guidance.combine(v_audio, b)
+        return video, audio

@@ -1,0 +1,97 @@
+"""The teacher's flow-matching objective over training windows, kept apart from the training loop.
+
+Randomness is drawn first (:meth:`TeacherObjective.draw`: timesteps, noise, guidance dropout, which
+windows are audio-driven) and the loss is a pure function of the batch and the draws, so a batch can be
+split across processes and give the same gradient as one process, and a resumed run draws the same
+numbers as an uninterrupted one.
+
+Loss per window: mean squared velocity error over the current chunk's video latents, plus
+``audio_loss_weight`` times the same over its valid audio tokens unless the window is audio-driven
+(its audio is then given clean at t = 0 and carries no loss). The batch loss is the mean over windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from streamchar.denoiser.dit import Conditions, JointDiT, WindowContext
+from streamchar.denoiser.flow import FlowMatching
+
+
+@dataclass(frozen=True)
+class TeacherObjective:
+    flow: FlowMatching = FlowMatching()
+    cond_drop: float = 0.1
+    ref_image_drop: float = 0.1
+    ref_voice_drop: float = 0.1
+    audio_driven_fraction: float = 0.25
+    audio_driven_cond_drop: float = 0.5
+    audio_loss_weight: float = 1.0
+
+    def draw(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Every random number one step needs, for the ``B`` windows of ``batch``."""
+        b = batch["video"].shape[0]
+
+        def coin(p: float) -> torch.Tensor:
+            return torch.rand(b, generator=generator) < p
+
+        audio_driven = coin(self.audio_driven_fraction)
+        drop_cond = torch.where(audio_driven, coin(self.audio_driven_cond_drop), coin(self.cond_drop))
+        return {
+            "t": self.flow.sample_timesteps(b, generator),
+            "noise_video": torch.randn(batch["video"].shape, generator=generator),
+            "noise_audio": torch.randn(batch["audio"].shape, generator=generator),
+            "audio_driven": audio_driven,
+            "drop_cond": drop_cond,
+            "drop_ref_image": coin(self.ref_image_drop),
+            "drop_ref_voice": coin(self.ref_voice_drop),
+        }
+
+    @staticmethod
+    def context(batch: dict) -> WindowContext:
+        b = batch["video"].shape[0]
+        return WindowContext(
+            ref_video=batch["ref_image"],
+            ref_voice=batch["ref_voice"],
+            ref_voice_valid=batch["ref_voice_mask"],
+            ref_image_valid=torch.ones(b, dtype=torch.bool, device=batch["video"].device),
+            sink_video=batch["sink_video"],
+            sink_audio=batch["sink_audio"],
+            has_sink=batch["has_sink"],
+            motion_video=batch["motion_video"],
+            motion_audio=batch["motion_audio"],
+            has_motion=batch["has_motion"],
+        )
+
+    def loss(self, model: JointDiT, batch: dict, draws: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean loss over the batch and per-window parts (``video``, ``audio``) for logging."""
+        device = batch["video"].device
+        draws = {k: v.to(device) for k, v in draws.items()}
+        x0_video, x0_audio = batch["video"], batch["audio"]
+        t, driven = draws["t"], draws["audio_driven"]
+        t_audio = torch.where(driven, torch.zeros_like(t), t)
+        video_t = self.flow.interpolate(x0_video, draws["noise_video"], t)
+        audio_t = self.flow.interpolate(x0_audio, draws["noise_audio"], t_audio)
+        conditions = Conditions(batch["units"], batch["speaking"]).dropped(
+            draws["drop_cond"], model.num_units
+        )
+        context = self.context(batch).with_dropped_references(
+            draws["drop_ref_image"], draws["drop_ref_voice"]
+        )
+        v_video, v_audio = model(video_t, audio_t, (t, t_audio), conditions, context, batch["audio_mask"])
+        target_video = self.flow.velocity_target(x0_video, draws["noise_video"])
+        target_audio = self.flow.velocity_target(x0_audio, draws["noise_audio"])
+        video_err = (v_video.float() - target_video).pow(2).flatten(1).mean(1)  # [B]
+        mask = batch["audio_mask"].float()[..., None]  # [B, L_a, 1]
+        audio_err = ((v_audio.float() - target_audio).pow(2) * mask).sum((1, 2)) / (
+            mask.sum((1, 2)) * x0_audio.shape[-1]
+        ).clamp_min(1)
+        audio_err = torch.where(driven, torch.zeros_like(audio_err), audio_err)
+        per_window = video_err + self.audio_loss_weight * audio_err
+        return per_window.mean(), {
+            "video": video_err.detach(),
+            "audio": audio_err.detach(),
+            "audio_driven": driven,
+        }
