@@ -44,3 +44,22 @@ def tiny_corpus(tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("corpus")
     synth_corpus(tiny_config, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def cache(tiny_corpus, tmp_path_factory):
+    """A latent cache of the tiny corpus, encoded with a random 8-channel-wide tiny codec."""
+    from streamchar.codecs.video import build_video_codec
+    from streamchar.data.latents import encode_corpus
+    from streamchar.data.shards import Corpus
+
+    root = tmp_path_factory.mktemp("cache")
+    torch.manual_seed(0)
+    codec = build_video_codec(
+        "tiny", 64, 4, {"encoder_block_out_channels": [8] * 4, "decoder_block_out_channels": [8] * 4}
+    )
+    codec.save(root / "codec")
+    cfg = load_config(None, TINY_CORPUS_OVERRIDES + [f"video_codec.path={root / 'codec'}"])
+    summary = encode_corpus(cfg, tiny_corpus, root / "latents", progress=False)
+    assert summary["clips"] == len(Corpus(tiny_corpus).clips)
+    return root / "latents"

@@ -50,3 +50,15 @@ def random_window(b: int = 2, seed: int = 1, first: bool = False):
         has_motion=torch.full((b,), not first),
     )  # fmt: skip
     return video, audio, t, cond, ctx
+
+
+def random_batch(b: int = 4, seed: int = 3) -> dict:
+    """A batch shaped like collated WindowDataset items, for the tiny model above."""
+    video, audio, _, cond, ctx = random_window(b, seed)
+    first = torch.arange(b) % 3 == 0
+    return {
+        "video": video, "audio": audio, "audio_mask": torch.ones(b, audio.shape[1], dtype=torch.bool),
+        "units": cond.units, "speaking": cond.speaking, "ref_image": ctx.ref_video, "ref_voice": ctx.ref_voice,
+        "ref_voice_mask": ctx.ref_voice_valid, "sink_video": ctx.sink_video, "sink_audio": ctx.sink_audio,
+        "has_sink": ~first, "motion_video": ctx.motion_video, "motion_audio": ctx.motion_audio, "has_motion": ~first,
+    }  # fmt: skip

@@ -4,26 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from streamchar.codecs.video import build_video_codec
 from streamchar.config import load_config
 from streamchar.data.latents import LatentCache, WindowDataset, encode_corpus, estimate_f0
 from streamchar.data.shards import Corpus, CorpusError
 from streamchar.timeline import Timeline
 from tests.conftest import TINY_CORPUS_OVERRIDES
-
-
-@pytest.fixture(scope="module")
-def cache(tiny_corpus, tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache")
-    torch.manual_seed(0)
-    codec = build_video_codec(
-        "tiny", 64, 4, {"encoder_block_out_channels": [8] * 4, "decoder_block_out_channels": [8] * 4}
-    )
-    codec.save(root / "codec")
-    cfg = load_config(None, TINY_CORPUS_OVERRIDES + [f"video_codec.path={root / 'codec'}"])
-    summary = encode_corpus(cfg, tiny_corpus, root / "latents", progress=False)
-    assert summary["clips"] == len(Corpus(tiny_corpus).clips)
-    return root / "latents"
 
 
 def test_cache_contents(tiny_corpus, cache):

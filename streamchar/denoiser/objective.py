@@ -74,9 +74,8 @@ class TeacherObjective:
         t_audio = torch.where(driven, torch.zeros_like(t), t)
         video_t = self.flow.interpolate(x0_video, draws["noise_video"], t)
         audio_t = self.flow.interpolate(x0_audio, draws["noise_audio"], t_audio)
-        conditions = Conditions(batch["units"], batch["speaking"]).dropped(
-            draws["drop_cond"], model.num_units
-        )
+        null_unit = getattr(model, "module", model).num_units  # DDP wraps the model
+        conditions = Conditions(batch["units"], batch["speaking"]).dropped(draws["drop_cond"], null_unit)
         context = self.context(batch).with_dropped_references(
             draws["drop_ref_image"], draws["drop_ref_voice"]
         )

@@ -1,0 +1,162 @@
+"""Teacher objective and training: batch splitting, DDP and FSDP on CPU, resume, the CLI run."""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from streamchar.denoiser.objective import TeacherObjective
+from tests.denoiser_helpers import random_batch, tiny_dit
+
+OBJECTIVE = TeacherObjective(audio_driven_fraction=0.5)
+
+
+def _slice(batch: dict, lo: int, hi: int) -> dict:
+    return {k: v[lo:hi] for k, v in batch.items()}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_loss_is_a_mean_over_windows():
+    model = tiny_dit()
+    batch = random_batch(4)
+    draws = OBJECTIVE.draw(batch, torch.Generator().manual_seed(0))
+    full, parts = OBJECTIVE.loss(model, batch, draws)
+    halves = [OBJECTIVE.loss(model, _slice(batch, i, i + 2), _slice(draws, i, i + 2))[0] for i in (0, 2)]
+    assert torch.allclose(full, (halves[0] + halves[1]) / 2, atol=1e-6)
+    assert parts["audio"][parts["audio_driven"]].abs().max() == 0  # given audio carries no loss
+
+
+def _single_process_step(steps: int = 2) -> dict:
+    model = tiny_dit(perturb=False).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = random_batch(4)
+    for step in range(steps):
+        draws = OBJECTIVE.draw(batch, torch.Generator().manual_seed(step))
+        loss, _ = OBJECTIVE.loss(model, batch, draws)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str, steps: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = torch.nn.parallel.DistributedDataParallel(tiny_dit(perturb=False).train())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = random_batch(4)
+    lo, hi = rank * 2, rank * 2 + 2
+    for step in range(steps):
+        draws = OBJECTIVE.draw(batch, torch.Generator().manual_seed(step))
+        loss, _ = OBJECTIVE.loss(model, _slice(batch, lo, hi), _slice(draws, lo, hi))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    if rank == 0:
+        torch.save({k: v.detach().clone() for k, v in model.module.state_dict().items()}, out)
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_equal_one_process_with_the_combined_batch(tmp_path):
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), out, 2), nprocs=2, join=True)
+    ddp, single = torch.load(out), _single_process_step(2)
+    worst = max((ddp[k] - single[k]).abs().max().item() for k in single)
+    print(f"DDP (2 x 2 windows) vs one process (4 windows): max parameter difference {worst:.2e}")
+    assert worst < 1e-5
+
+
+def _fsdp_worker(rank: int, world: int, port: int, out: str) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = tiny_dit(perturb=False).train()
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = _slice(random_batch(4), rank * 2, rank * 2 + 2)
+    losses = []
+    for step in range(12):
+        draws = OBJECTIVE.draw(batch, torch.Generator().manual_seed(100 + rank))  # the same draws: a fit test
+        loss, _ = OBJECTIVE.loss(model, batch, draws)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(losses, f)
+    dist.destroy_process_group()
+
+
+def test_fsdp_on_two_cpu_processes_trains(tmp_path):
+    out = str(tmp_path / "fsdp.json")
+    mp.spawn(_fsdp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    losses = json.load(open(out))
+    print(f"FSDP losses: {losses[0]:.4f} -> {losses[-1]:.4f}")
+    assert losses[-1] < 0.8 * losses[0]
+
+
+# -- the trainer on the tiny corpus's latent cache ---------------------------------------------------
+TRAIN_OVERRIDES = [
+    "denoiser.width=32", "denoiser.depth=2", "denoiser.heads=2", "denoiser.patch_size=4",
+    "train.teacher.batch_size=2", "train.teacher.steps=4", "train.teacher.ckpt_every=2",
+    "train.teacher.eval_every=2", "train.teacher.eval_windows=4", "train.teacher.log_every=1",
+    "train.teacher.mixed_precision=no", "train.teacher.warmup_steps=1",
+]  # fmt: skip
+
+
+def _teacher_config(extra=()):
+    from streamchar.config import load_config
+    from tests.conftest import TINY_CORPUS_OVERRIDES
+
+    return load_config(None, TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + list(extra))
+
+
+def _weights(run):
+    from safetensors.torch import load_file
+
+    from streamchar.training import list_checkpoints
+
+    last = list_checkpoints(run)[-1]
+    return {name: load_file(str(last / f"{name}.safetensors")) for name in ("model", "ema", "optimizer")}
+
+
+def test_killed_and_resumed_training_equals_an_uninterrupted_run(cache, tmp_path):
+    from streamchar.training.teacher import train_teacher
+
+    cfg = _teacher_config()
+    straight = train_teacher(cfg, cache, tmp_path / "straight", progress=False)
+    first = train_teacher(cfg, cache, tmp_path / "resumed", max_steps=2, progress=False)
+    assert first["step"] == 2 and not first["finished"]
+    second = train_teacher(cfg, cache, tmp_path / "resumed", progress=False)
+    assert second["step"] == straight["step"] == 4 and second["finished"]
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    for name in a:
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), (name, key)
+    curve = json.loads((tmp_path / "resumed" / "curve.json").read_text())
+    assert [c["step"] for c in curve] == [2, 4] and all(c["video"] > 0 for c in curve)
+    assert (tmp_path / "resumed" / "logs").is_dir()
+
+
+def test_resuming_with_another_architecture_is_refused(cache, tmp_path):
+    from streamchar.training import CheckpointError
+    from streamchar.training.teacher import train_teacher
+
+    train_teacher(_teacher_config(), cache, tmp_path / "run", max_steps=1, progress=False)
+    with pytest.raises(CheckpointError, match="different denoiser"):
+        train_teacher(_teacher_config(["denoiser.depth=3"]), cache, tmp_path / "run", progress=False)
