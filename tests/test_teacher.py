@@ -89,7 +89,7 @@ def _fsdp_worker(rank: int, world: int, port: int, out: str) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     batch = _slice(random_batch(4), rank * 2, rank * 2 + 2)
     losses = []
-    for step in range(12):
+    for _ in range(12):
         draws = OBJECTIVE.draw(batch, torch.Generator().manual_seed(100 + rank))  # the same draws: a fit test
         loss, _ = OBJECTIVE.loss(model, batch, draws)
         loss.backward()
