@@ -91,6 +91,23 @@ def cmd_data_encode(args: argparse.Namespace) -> None:
     _print_json(encode_corpus(cfg, args.corpus, args.out))
 
 
+def cmd_train_teacher(args: argparse.Namespace) -> None:
+    from streamchar.training.teacher import train_teacher
+
+    _print_json(train_teacher(_config(args), args.latents, args.out, max_steps=args.max_steps))
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from streamchar.eval.teacher_samples import sample_clip
+
+    cfg = _config(args)
+    if args.video_codec:
+        cfg.video_codec.path = args.video_codec
+    summary = sample_clip(cfg, args.teacher, args.latents, args.out, clip=args.clip, mode=args.mode,
+                          ref_image=args.ref_image, chunks=args.chunks)  # fmt: skip
+    _print_json(summary)
+
+
 def cmd_train_vae(args: argparse.Namespace) -> None:
     from streamchar.codecs.train_vae import train_vae
 
@@ -212,6 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_train_vae)
 
+    p = train_sub.add_parser(
+        "teacher",
+        help="train the joint audio-video DiT with flow matching on a latent cache (resumable)",
+        description="Flow-matching training of the denoiser on windows of a latent cache (streamchar data encode). "
+        "Runs on one process, or under `accelerate launch` with DDP or FSDP; re-running with the same --out "
+        "resumes exactly (same data, noise, optimiser and EMA).",
+    )
+    p.add_argument("--latents", required=True, help="latent cache folder")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, curve.json)")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps in this invocation"
+    )
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train_teacher)
+
     # codec
     p_codec = sub.add_parser("codec", help="codec evaluation")
     codec_sub = p_codec.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
@@ -226,6 +258,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_codec_eval)
 
     # demo
+    p = sub.add_parser(
+        "sample",
+        help="regenerate a held-out clip with the teacher: mp4 with sound and a contact sheet",
+        description="Drive the teacher with a held-out clip's ground-truth audio conditions, chunk after chunk with "
+        "the window memory, decode, and write OUT/sample.mp4 (generated | ground truth), OUT/contact_sheet.png "
+        "and OUT/sample.json.",
+    )
+    p.add_argument("--teacher", required=True, help="teacher run folder or checkpoint folder")
+    p.add_argument("--latents", required=True, help="latent cache the clip comes from")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--clip", default=None, help="clip key (default: the first held-out speaking clip)")
+    p.add_argument("--mode", default="joint", choices=["joint", "audio"],
+                   help="joint: text -> speech + video; audio: the clip's speech given, video generated")  # fmt: skip
+    p.add_argument(
+        "--ref-image", default=None, help="a square PNG/JPEG reference image (default: another clip)"
+    )
+    p.add_argument("--chunks", type=int, default=None, help="number of chunks (default: the whole clip)")
+    p.add_argument("--video-codec", default=None, help="video codec folder (sets video_codec.path)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_sample)
+
     p = sub.add_parser("demo", help="the demo behind `make demo`")
     p.add_argument("--out", default="out/demo", help="output folder")
     _add_config_args(p)
@@ -268,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         EspeakError,
         FileNotFoundError,
         ValueError,
+        FloatingPointError,
     ) as err:
         if args.verbose:
             raise

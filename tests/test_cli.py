@@ -8,7 +8,8 @@ import pytest
 from streamchar.cli import build_parser, main
 
 COMMANDS = [[], ["config", "show"], ["data", "synth"], ["data", "preview"], ["data", "verify"], ["data", "prepare"],
-            ["data", "export"], ["data", "encode"], ["train", "vae"], ["codec", "eval"], ["demo"]]  # fmt: skip
+            ["data", "export"], ["data", "encode"], ["train", "vae"], ["train", "teacher"], ["codec", "eval"],
+            ["sample"], ["demo"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -160,3 +160,39 @@ def test_resuming_with_another_architecture_is_refused(cache, tmp_path):
     train_teacher(_teacher_config(), cache, tmp_path / "run", max_steps=1, progress=False)
     with pytest.raises(CheckpointError, match="different denoiser"):
         train_teacher(_teacher_config(["denoiser.depth=3"]), cache, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("mode", ["joint", "audio"])
+def test_sample_writes_video_with_sound_and_contact_sheet(cache, tmp_path, mode):
+    from streamchar.data.preview import probe_streams
+    from streamchar.eval.teacher_samples import sample_clip
+    from streamchar.training.teacher import train_teacher
+
+    codec = f"video_codec.path={cache.parent / 'codec'}"
+    cfg = _teacher_config([codec, "sample.steps=2", "timeline.chunk_latent_frames=6", "timeline.sink_latent_frames=6",
+                           "timeline.motion_latent_frames=2"])  # fmt: skip
+    run = tmp_path / "run"
+    train_teacher(cfg, cache, run, max_steps=1, progress=False)
+    summary = sample_clip(cfg, run, cache, tmp_path / "out", mode=mode, chunks=3)
+    assert summary["chunks"] == 3 and len(summary["chunk_seconds"]) == 3
+    streams = {s["type"]: s for s in probe_streams(summary["video"])}
+    assert streams["video"]["codec"] == "h264" and streams["audio"]["codec"] == "aac"
+    assert abs(streams["video"]["duration"] - streams["audio"]["duration"]) < 0.064
+    assert (tmp_path / "out" / "contact_sheet.png").is_file()
+
+
+def test_sample_rejects_bad_reference_images(cache, tmp_path):
+    from PIL import Image
+
+    from streamchar.codecs.video import load_video_codec
+    from streamchar.eval.teacher_samples import encode_reference_image
+
+    codec = load_video_codec(cache.parent / "codec")
+    Image.new("RGB", (80, 60)).save(tmp_path / "wide.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="square"):
+        encode_reference_image(tmp_path / "wide.png", codec)
+    with pytest.raises(ValueError, match="PNG or JPEG"):
+        encode_reference_image(tmp_path / "broken.png", codec)
+    Image.new("RGB", (128, 128), (200, 100, 50)).save(tmp_path / "big.png")
+    assert encode_reference_image(tmp_path / "big.png", codec).shape == (1, 4, 1, 8, 8)

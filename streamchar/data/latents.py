@@ -264,6 +264,19 @@ class LatentCache:
                 self._metas[item["index"]["key"]] = item["meta"]
         return self._handles[shard]
 
+    def window_timeline(self, timeline: Timeline | None) -> Timeline:
+        """``timeline`` (its window sizes may differ from the cache's) after checking that its rates match."""
+        if timeline is None:
+            return self.timeline
+        rates = ("fps", "sample_rate", "temporal_factor", "causal_first_frame", "audio_latent_rate")
+        changed = [r for r in rates if getattr(timeline, r) != getattr(self.timeline, r)]
+        if changed:
+            raise CorpusError(
+                f"The latent cache {self.folder} was encoded with other rates ({', '.join(changed)}); use the "
+                "timeline it was made with, or re-encode."
+            )
+        return timeline
+
     def entries(self, split: str | None = None) -> list[dict]:
         return [c for c in self.clips if split is None or c.get("split") == split]
 
@@ -313,9 +326,10 @@ class WindowDataset(torch.utils.data.Dataset):
         length: int = 10_000,
         seed: int = 0,
         first_chunk_prob: float = 0.1,
+        timeline: Timeline | None = None,
     ) -> None:
         self.cache = cache if isinstance(cache, LatentCache) else LatentCache(cache)
-        self.timeline = tl = self.cache.timeline
+        self.timeline = tl = self.cache.window_timeline(timeline)
         self.split, self.length, self.seed, self.first_chunk_prob = split, length, seed, first_chunk_prob
         self.entries = [e for e in self.cache.entries(split) if e["latent_frames"] >= tl.chunk_latent_frames]
         if not self.entries:

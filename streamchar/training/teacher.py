@@ -125,7 +125,7 @@ def train_teacher(
         torch.set_num_threads(tcfg.num_threads)
     out = Path(out)
     cache = LatentCache(latents)
-    timeline = cache.timeline
+    timeline = cache.window_timeline(cfg.timeline)  # window sizes from the config, rates from the cache
     spec = latent_spec_from_cache(cache)
     precision = resolve_mixed_precision(tcfg.mixed_precision)
     accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=tcfg.grad_accum)
@@ -157,7 +157,7 @@ def train_teacher(
     )
     heldout_split = "test" if cache.entries("test") else "train"
     heldout = WindowDataset(cache, heldout_split, length=tcfg.eval_windows, seed=tcfg.seed + 7919,
-                            first_chunk_prob=tcfg.first_chunk_prob)  # fmt: skip
+                            first_chunk_prob=tcfg.first_chunk_prob, timeline=timeline)  # fmt: skip
     heldout_windows = [heldout[i] for i in range(len(heldout))] if accelerator.is_main_process else []
     per_step = tcfg.batch_size * tcfg.grad_accum
 

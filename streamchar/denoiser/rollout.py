@@ -1,0 +1,101 @@
+"""Chunk-after-chunk generation with the window memory (offline; the engine does the same live).
+
+The reference K/V are computed once; after the first chunk its first ``S`` latent frames become the
+sink (once per session); before every later chunk the previous chunk's last ``M`` latent frames become
+the motion frames (once per chunk). Every denoising step reuses these cached K/V.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from streamchar.denoiser.dit import Conditions, JointDiT
+from streamchar.denoiser.flow import EulerSampler, set_reference_for_guidance
+
+
+@dataclass(frozen=True)
+class Rollout:
+    video: torch.Tensor  # [B, C, T, h, w] normalised latents
+    audio: torch.Tensor  # [B, T_a, D_a]
+    chunk_seconds: list[float]  # wall time of each chunk (context update + sampling)
+
+
+def _repeat(x: torch.Tensor, n: int) -> torch.Tensor:
+    return x.repeat(n, *([1] * (x.dim() - 1)))
+
+
+@torch.no_grad()
+def generate(
+    model: JointDiT,
+    sampler: EulerSampler,
+    ref_video: torch.Tensor,
+    ref_voice: torch.Tensor,
+    conditions: list[Conditions],
+    generator: torch.Generator,
+    ref_voice_valid: torch.Tensor | None = None,
+    given_audio: list[torch.Tensor] | None = None,
+    use_cache: bool = True,
+) -> Rollout:
+    """Generate ``len(conditions)`` chunks.
+
+    Args:
+        ref_video: ``[B, C, 1, h, w]``; ``ref_voice`` ``[B, R, D_a]``.
+        conditions: per chunk, ``[B, L_a]`` units and speaking flags.
+        given_audio: per chunk ``[B, L_a, D_a]`` clean audio (audio-driven mode), or None.
+        use_cache: False recomputes the whole window at every step (the reference path; same result).
+    """
+    from streamchar.denoiser.dit import WindowContext
+
+    tl = model.timeline
+    b, c, _, h, w = ref_video.shape
+    device = ref_video.device
+    L, S, M = tl.chunk_latent_frames, tl.sink_latent_frames, tl.motion_latent_frames
+    M_a, S_a, L_a = tl.motion_audio_tokens, tl.sink_audio_tokens, tl.chunk_audio_tokens
+    if S > L:
+        raise ValueError(f"timeline.sink_latent_frames ({S}) must not exceed chunk_latent_frames ({L}).")
+    if ref_voice_valid is None:
+        ref_voice_valid = torch.ones(ref_voice.shape[:2], dtype=torch.bool, device=device)
+    n = sampler.guidance.num_branches
+    videos, audios, seconds = [], [], []
+    with model.streaming():
+        if use_cache:
+            set_reference_for_guidance(model, sampler.guidance, ref_video, ref_voice, ref_voice_valid)
+        for index, cond in enumerate(conditions):
+            start = time.perf_counter()
+            context = None
+            if index > 0:
+                sink_video, sink_audio = videos[0][:, :, :S], audios[0][:, :S_a]
+                motion_video, motion_audio = videos[-1][:, :, -M:], audios[-1][:, -M_a:]
+                if use_cache:
+                    if index == 1:
+                        model.set_sink(_repeat(sink_video, n), _repeat(sink_audio, n))
+                    model.set_motion(_repeat(motion_video, n), _repeat(motion_audio, n))
+            if not use_cache:
+                present = torch.full((b,), index > 0, device=device)
+                zeros_v, zeros_a = (
+                    torch.zeros(b, c, 1, h, w, device=device),
+                    torch.zeros(b, 1, ref_voice.shape[-1], device=device),
+                )
+                context = WindowContext(
+                    ref_video=ref_video, ref_voice=ref_voice, ref_voice_valid=ref_voice_valid,
+                    ref_image_valid=torch.ones(b, dtype=torch.bool, device=device),
+                    sink_video=sink_video if index > 0 else zeros_v.expand(-1, -1, S, -1, -1),
+                    sink_audio=sink_audio if index > 0 else zeros_a.expand(-1, S_a, -1),
+                    has_sink=present,
+                    motion_video=motion_video if index > 0 else zeros_v.expand(-1, -1, M, -1, -1),
+                    motion_audio=motion_audio if index > 0 else zeros_a.expand(-1, M_a, -1),
+                    has_motion=present,
+                )  # fmt: skip
+            noise_video = torch.randn(b, c, L, h, w, generator=generator).to(device)
+            noise_audio = torch.randn(b, L_a, ref_voice.shape[-1], generator=generator).to(device)
+            audio_in = given_audio[index].to(device) if given_audio is not None else None
+            video, audio = sampler.sample(
+                model, noise_video, noise_audio, cond, context, given_audio=audio_in
+            )
+            videos.append(video)
+            audios.append(audio)
+            seconds.append(time.perf_counter() - start)
+    return Rollout(torch.cat(videos, dim=2), torch.cat(audios, dim=1), seconds)

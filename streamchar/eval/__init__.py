@@ -1,0 +1,1 @@
+"""Metrics, protocols, reports and plots; and the teacher's sample inspection."""
