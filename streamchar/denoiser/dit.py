@@ -192,6 +192,7 @@ class _Tokens:
     timestep_index: torch.Tensor  # [n] long: 0 context (t = 0), 1 current video, 2 current audio
     segments: torch.Tensor  # [n] long
     valid: torch.Tensor  # [B, n] bool
+    segment: int | None = None  # the one segment these tokens belong to (None when mixed)
 
 
 def _cat_tokens(parts: list[_Tokens]) -> _Tokens:
@@ -320,6 +321,7 @@ class JointDiT(StreamingModule):
             ).to(video.device),
             segments=torch.full((n_v + n_a,), segment, dtype=torch.long, device=video.device),
             valid=torch.cat([video_valid[:, None].expand(-1, n_v), audio_valid], dim=1),
+            segment=segment,
         )
 
     def _context_tokens(self, context: WindowContext, segment: int) -> _Tokens:
@@ -476,7 +478,7 @@ class JointDiT(StreamingModule):
         self, cache: ContextCache, tokens: _Tokens, modulation: torch.Tensor, cross: CrossInputs | None
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Run one segment's tokens over the cached K/V of the segments before it."""
-        segment = int(tokens.segments[0])
+        segment = tokens.segment
         prefixes = [cache.prefix(layer, segment) for layer in range(len(self.blocks))]
         if prefixes[0] is None:
             mask = WindowMask(tokens.segments, tokens.segments, tokens.valid, tokens.valid)

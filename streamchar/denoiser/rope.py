@@ -23,7 +23,7 @@ def rope_angles(positions: torch.Tensor, head_dim: int, theta: float = 10_000.0)
     """Rotation angles ``[N, head_dim / 2]`` for positions ``[N, 3]`` (time, row, column)."""
     parts = []
     for axis, dims in enumerate(rope_split(head_dim)):
-        freqs = theta ** (-torch.arange(0, dims, 2, dtype=torch.float64) / dims)  # [dims / 2]
+        freqs = theta ** (-torch.arange(0, dims, 2, dtype=torch.float64, device=positions.device) / dims)
         parts.append(positions[:, axis, None].double() * freqs[None])
     return torch.cat(parts, dim=-1).float()
 
