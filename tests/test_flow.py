@@ -98,3 +98,14 @@ def test_guided_sampling_with_cache_equals_sampling_with_context():
         cached = sampler.sample(model, video, audio, cond)
     assert (full[0] - cached[0]).abs().max() < 1e-5 and (full[1] - cached[1]).abs().max() < 1e-5
     assert math.isfinite(full[0].abs().max().item())
+
+
+def test_model_predict_x0_matches_the_flow_formula():
+    model = tiny_dit()
+    video, audio, t, cond, ctx = random_window()
+    with torch.no_grad():
+        v_video, v_audio = model(video, audio, t, cond, ctx)
+        x0_video, x0_audio = model.predict_x0(video, audio, t, cond, ctx)
+    flow = FlowMatching()
+    assert torch.allclose(x0_video, flow.predict_x0(video, v_video, t[0]), atol=1e-6)
+    assert torch.allclose(x0_audio, flow.predict_x0(audio, v_audio, t[1]), atol=1e-6)

@@ -150,7 +150,7 @@ def test_killed_and_resumed_training_equals_an_uninterrupted_run(cache, tmp_path
             assert torch.equal(a[name][key], b[name][key]), (name, key)
     curve = json.loads((tmp_path / "resumed" / "curve.json").read_text())
     assert [c["step"] for c in curve] == [2, 4] and all(c["video"] > 0 for c in curve)
-    assert (tmp_path / "resumed" / "logs").is_dir()
+    assert (tmp_path / "resumed" / "logs").is_dir() and (tmp_path / "resumed" / "curve.png").is_file()
 
 
 def test_resuming_with_another_architecture_is_refused(cache, tmp_path):

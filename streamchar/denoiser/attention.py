@@ -82,7 +82,23 @@ def _flex(q, k, v, mask: WindowMask | torch.Tensor | None) -> torch.Tensor:
     block_mask = create_block_mask(
         mask_mod, B=q.shape[0], H=None, Q_LEN=q.shape[2], KV_LEN=k.shape[2], device=q.device
     )
-    return flex_attention(q, k, v, block_mask=block_mask)
+    return _flex_kernel(q.is_cuda)(q, k, v, block_mask=block_mask)
+
+
+_COMPILED_FLEX = None
+
+
+def _flex_kernel(cuda: bool):
+    """On CUDA the compiled (fused) kernel; on CPU the eager one (compiling there costs ~20 s and the
+    unfused path is what the tests compare)."""
+    global _COMPILED_FLEX
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if not cuda:
+        return flex_attention
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX
 
 
 def _flash(q, k, v, mask: WindowMask | torch.Tensor | None) -> torch.Tensor:

@@ -442,6 +442,20 @@ class JointDiT(StreamingModule):
         v_audio = self.audio_out(hidden[:, n_video:])
         return v_video, v_audio
 
+    def predict_x0(
+        self,
+        video: torch.Tensor,
+        audio: torch.Tensor,
+        timesteps: tuple[torch.Tensor, torch.Tensor],
+        conditions: Conditions,
+        context: WindowContext | None = None,
+        audio_valid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean-latent estimates ``x_0 = x_t - t v`` of the current chunk (same arguments as ``forward``)."""
+        v_video, v_audio = self(video, audio, timesteps, conditions, context, audio_valid)
+        t_video, t_audio = timesteps
+        return video - t_video.view(-1, 1, 1, 1, 1) * v_video, audio - t_audio.view(-1, 1, 1) * v_audio
+
     def _current_tokens(
         self, video, audio, timesteps, conditions: Conditions, audio_valid: torch.Tensor | None
     ) -> tuple[_Tokens, torch.Tensor, torch.Tensor, CrossInputs]:

@@ -28,6 +28,7 @@ from streamchar.denoiser.build import LatentSpec, build_denoiser
 from streamchar.denoiser.dit import JointDiT, count_parameters
 from streamchar.denoiser.flow import FlowMatching
 from streamchar.denoiser.objective import TeacherObjective
+from streamchar.eval.plots import plot_curve
 from streamchar.training import (
     cosine_lr,
     guard_run_config,
@@ -192,6 +193,7 @@ def train_teacher(
         )
         curve.append({"step": step, **{k: round(v, 5) for k, v in scores.items()}})
         curve_path.write_text(json.dumps(curve, indent=1) + "\n")
+        plot_curve(curve, out / "curve.png", f"teacher held-out loss ({heldout_split} split)")
         for name, value in scores.items():
             writer.add_scalar(f"eval/{name}", value, step)
         logger.info("step %d: held-out video %.4f, audio %.4f, video given audio %.4f", step,
