@@ -196,3 +196,18 @@ def test_sample_rejects_bad_reference_images(cache, tmp_path):
         encode_reference_image(tmp_path / "broken.png", codec)
     Image.new("RGB", (128, 128), (200, 100, 50)).save(tmp_path / "big.png")
     assert encode_reference_image(tmp_path / "big.png", codec).shape == (1, 4, 1, 8, 8)
+
+
+def test_mouth_probe_reads_mouth_opening_from_latents(cache):
+    import numpy as np
+
+    from streamchar.data.latents import LatentCache
+    from streamchar.eval.mouth_probe import fit_mouth_probe, latent_mouth_open, pearson
+
+    lc = LatentCache(cache)
+    probe = fit_mouth_probe(lc, lc.timeline, split="train", ridge=1e-3)
+    entries = [e for e in lc.entries("train") if latent_mouth_open(lc, e, lc.timeline).std() > 0]
+    predicted = np.concatenate([probe.predict(lc.tensor(e, "video")) for e in entries])
+    truth = np.concatenate([latent_mouth_open(lc, e, lc.timeline) for e in entries])
+    assert pearson(predicted, truth) > 0.5  # fitted on these frames: a sanity check of the regression
+    assert np.isnan(pearson(np.ones(4), np.arange(4)))

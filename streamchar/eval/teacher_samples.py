@@ -128,8 +128,14 @@ def sample_clip(
     mode: str = "joint",
     ref_image: str | Path | None = None,
     chunks: int | None = None,
+    mouth_probe: bool = True,
 ) -> dict:
-    """Regenerate a held-out clip with the teacher; writes ``sample.mp4``, ``contact_sheet.png``, ``sample.json``."""
+    """Regenerate a held-out clip with the teacher; writes ``sample.mp4``, ``contact_sheet.png``, ``sample.json``.
+
+    With ``mouth_probe`` (and ground-truth mouth opening in the cache) a linear probe fitted on training
+    latents reads mouth opening from the generated latents; ``sample.json`` gets its correlation with the
+    clip's ground truth, beside the same probe on the clip's own latents (the ceiling).
+    """
     from PIL import Image
 
     from streamchar.codecs.audio import build_audio_codec
@@ -185,5 +191,19 @@ def sample_clip(
         "real_time_factor": round(float(np.mean(rollout.chunk_seconds)) / chunk_video_seconds, 3),
         "video": str(out / "sample.mp4"), "contact_sheet": str(out / "contact_sheet.png"),
     }  # fmt: skip
+    if mouth_probe and cache.has(entry, "gt/mouth_open"):
+        summary.update(_mouth_following(cache, entry, tl, rollout.video[0], truth_latents))
     (out / "sample.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _mouth_following(cache: LatentCache, entry: dict, tl: Timeline, generated, truth) -> dict:
+    from streamchar.eval.mouth_probe import fit_mouth_probe, latent_mouth_open, pearson
+
+    probe = fit_mouth_probe(cache, tl)
+    n = min(generated.shape[1], entry["latent_frames"])
+    target = latent_mouth_open(cache, entry, tl, n)
+    return {
+        "mouth_probe_r_generated": round(pearson(probe.predict(generated[:, :n]), target), 3),
+        "mouth_probe_r_ground_truth_latents": round(pearson(probe.predict(truth[:, :n]), target), 3),
+    }
