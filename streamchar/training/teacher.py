@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from streamchar.config import StreamCharConfig, to_dict
+from streamchar.config import StreamCharConfig, resolve_asset_path, to_dict
 from streamchar.data.latents import LatentCache, WindowDataset
 from streamchar.denoiser.build import LatentSpec, build_denoiser
 from streamchar.denoiser.dit import JointDiT, count_parameters
@@ -270,7 +270,7 @@ def load_teacher(
 
     from streamchar.training import CheckpointError, list_checkpoints
 
-    path = Path(run_or_checkpoint)
+    path = resolve_asset_path(run_or_checkpoint)  # checkpoints/tiny/teacher works from any directory
     if not (path / "model.safetensors").is_file():
         found = list_checkpoints(path)
         if not found:
