@@ -204,6 +204,7 @@ class SampleConfig:
     guidance_ref_image: float = 1.5
     guidance_ref_voice: float = 1.5
     seed: int = 0
+    mixed_precision: str = "auto"  # autocast while sampling: auto (bf16 where native) | no | bf16
 
 
 @dataclass

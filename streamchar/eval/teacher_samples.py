@@ -28,6 +28,7 @@ from streamchar.denoiser.build import build_sampler
 from streamchar.denoiser.dit import Conditions
 from streamchar.denoiser.rollout import generate
 from streamchar.timeline import Timeline
+from streamchar.training import resolve_mixed_precision
 from streamchar.training.teacher import latent_spec_from_cache, load_teacher
 
 logger = logging.getLogger(__name__)
@@ -164,8 +165,14 @@ def sample_clip(
         image, ref_key = encode_reference_image(ref_image, video_codec), str(ref_image)
     generator = torch.Generator().manual_seed(cfg.sample.seed)
     logger.info("sampling %s (%d chunks, %s mode, reference %s)", entry["key"], chunks, mode, ref_key)
-    rollout = generate(model, sampler, image, voice, conditions, generator, voice_valid,
-                       given_audio=given if mode == "audio" else None)  # fmt: skip
+    precision = resolve_mixed_precision(cfg.sample.mixed_precision)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    conditions = [Conditions(c.units.to(device), c.speaking.to(device)) for c in conditions]
+    with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+        rollout = generate(model, sampler, image.to(device), voice.to(device), conditions, generator,
+                           voice_valid.to(device), given_audio=given if mode == "audio" else None)  # fmt: skip
+    rollout = type(rollout)(rollout.video.float().cpu(), rollout.audio.float().cpu(), rollout.chunk_seconds)
 
     frames = tl.latent_frames_to_video_frames(rollout.video.shape[2])
     generated = video_codec.decode(rollout.video[0])[:frames]  # [T, H, W, 3] uint8
@@ -186,7 +193,7 @@ def sample_clip(
     chunk_video_seconds = tl.chunk_seconds
     summary = {
         "clip": entry["key"], "reference": ref_key, "mode": mode, "chunks": chunks,
-        "steps": sampler.steps, "guidance": sampler.guidance.__dict__,
+        "steps": sampler.steps, "guidance": sampler.guidance.__dict__, "precision": precision,
         "chunk_seconds": [round(s, 4) for s in rollout.chunk_seconds],
         "real_time_factor": round(float(np.mean(rollout.chunk_seconds)) / chunk_video_seconds, 3),
         "video": str(out / "sample.mp4"), "contact_sheet": str(out / "contact_sheet.png"),
