@@ -102,21 +102,25 @@ def sampling_times(chunks: int, steps: int, teacher: str | None) -> dict:
     ref_voice = torch.randn(1, tl.reference_voice_tokens, spec.audio_dim)
     units = torch.randint(0, spec.num_units, (1, tl.chunk_audio_tokens))
     conds = [Conditions(units, torch.ones_like(units))] * chunks
-    out = {}
-    results = {}
-    for use_cache in (False, True, False, True):  # interleaved, so drift in machine load hits both alike
-        rollout = generate(model, sampler, ref_video, ref_voice, conds, torch.Generator().manual_seed(0),
-                           use_cache=use_cache)  # fmt: skip
-        results.setdefault(use_cache, []).extend(rollout.chunk_seconds[1:])  # chunk 0 has no sink or motion
-        out[use_cache] = rollout.video
-    diff = (out[True] - out[False]).abs().max().item()
-    full, cached = statistics.median(results[False]), statistics.median(results[True])
-    return {
-        "chunks": chunks, "steps": steps, "guidance_branches": sampler.guidance.num_branches,
-        "chunk_seconds_full_window": round(full, 4), "chunk_seconds_cached": round(cached, 4),
-        "speedup": round(full / cached, 2), "chunk_playback_seconds": tl.chunk_seconds,
-        "max_abs_difference_cached_vs_full": diff,
-    }  # fmt: skip
+    report = {"chunks": chunks, "steps": steps, "guidance_branches": sampler.guidance.num_branches,
+              "chunk_playback_seconds": tl.chunk_seconds}  # fmt: skip
+    for precision in ("fp32", "bf16"):
+        results, out = {}, {}
+        for use_cache in (False, True, False, True):  # interleaved, so drift in machine load hits both alike
+            with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+                rollout = generate(model, sampler, ref_video, ref_voice, conds, torch.Generator().manual_seed(0),
+                                   use_cache=use_cache)  # fmt: skip
+            results.setdefault(use_cache, []).extend(
+                rollout.chunk_seconds[1:]
+            )  # chunk 0 has no sink or motion
+            out[use_cache] = rollout.video.float()
+        full, cached = statistics.median(results[False]), statistics.median(results[True])
+        diff = (out[True] - out[False]).abs().max().item()
+        report[precision] = {
+            "chunk_seconds_full_window": round(full, 4), "chunk_seconds_cached": round(cached, 4),
+            "speedup": round(full / cached, 2), "max_abs_difference_cached_vs_full": diff,
+        }  # fmt: skip
+    return report
 
 
 def main() -> None:
@@ -136,10 +140,12 @@ def main() -> None:
               f"cached {row['gflops_step_cached']}; motion update {row['gflops_motion_update_per_chunk']} per chunk, "
               f"reference + sink {row['gflops_reference_and_sink_per_session']} per session")  # fmt: skip
     s = report["sampling_tiny_cpu"]
-    print(f"tiny on CPU, {s['steps']} steps x {s['guidance_branches']} guidance branches per chunk: "
-          f"full window {s['chunk_seconds_full_window']:.3f} s/chunk, cached {s['chunk_seconds_cached']:.3f} s/chunk "
-          f"-> {s['speedup']}x (chunk plays {s['chunk_playback_seconds']} s; outputs differ by "
-          f"{s['max_abs_difference_cached_vs_full']:.1e})")  # fmt: skip
+    for precision in ("fp32", "bf16"):
+        p = s[precision]
+        print(f"tiny on CPU, {precision}, {s['steps']} steps x {s['guidance_branches']} guidance branches per chunk: "
+              f"full window {p['chunk_seconds_full_window']:.3f} s/chunk, cached {p['chunk_seconds_cached']:.3f} "
+              f"s/chunk -> {p['speedup']}x (a chunk plays {s['chunk_playback_seconds']} s; cached and full outputs "
+              f"differ by {p['max_abs_difference_cached_vs_full']:.1e})")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
