@@ -170,9 +170,11 @@ class TrainTeacherConfig:
     eval_every: int = 500
     eval_windows: int = 64
     ckpt_every: int = 250
-    num_workers: int = 0
     seed: int = 0
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    # with several processes (accelerate launch): shard parameters, gradients and optimiser state with
+    # PyTorch FSDP2 instead of replicating them (DDP)
+    fsdp: bool = False
 
 
 @dataclass

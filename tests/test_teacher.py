@@ -211,3 +211,36 @@ def test_mouth_probe_reads_mouth_opening_from_latents(cache):
     truth = np.concatenate([latent_mouth_open(lc, e, lc.timeline) for e in entries])
     assert pearson(predicted, truth) > 0.5  # fitted on these frames: a sanity check of the regression
     assert np.isnan(pearson(np.ones(4), np.arange(4)))
+
+
+def _trainer_worker(rank: int, world: int, port: int, cache: str, run: str, extra: list) -> None:
+    from streamchar.training.teacher import train_teacher
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))  # fmt: skip
+    torch.set_num_threads(1)
+    train_teacher(_teacher_config(extra), cache, run, progress=False)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_trainer_on_two_processes_equals_one_process_with_the_combined_batch(cache, tmp_path, strategy):
+    """`accelerate launch --num_processes 2` in miniature: DDP replicates, FSDP2 shards; both must give
+    the weights, EMA and optimiser state of one process that sees both halves of every batch."""
+    from streamchar.training.teacher import train_teacher
+
+    steps = ["train.teacher.steps=2", "train.teacher.grad_accum=2"]
+    fsdp = [f"train.teacher.fsdp={strategy == 'fsdp'}"]
+    train_teacher(
+        _teacher_config(steps + ["train.teacher.batch_size=4"]), cache, tmp_path / "one", progress=False
+    )
+    mp.spawn(
+        _trainer_worker,
+        args=(2, _free_port(), str(cache), str(tmp_path / "two"), steps + fsdp),
+        nprocs=2,
+        join=True,
+    )
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["strategy"] == strategy
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    worst = max((a[name][key] - b[name][key]).abs().max().item() for name in a for key in a[name])
+    print(f"{strategy}: 2 processes x 2 windows vs 1 process x 4 windows, max difference {worst:.2e}")
+    assert worst < 1e-5

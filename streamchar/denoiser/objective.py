@@ -30,24 +30,33 @@ class TeacherObjective:
     audio_driven_cond_drop: float = 0.5
     audio_loss_weight: float = 1.0
 
-    def draw(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Every random number one step needs, for the ``B`` windows of ``batch``."""
+    def draw(
+        self, batch: dict, generator: torch.Generator, total: int | None = None, offset: int = 0
+    ) -> dict[str, torch.Tensor]:
+        """Every random number one step needs, for the ``B`` windows of ``batch``.
+
+        With ``total``, draws for ``total`` windows and returns windows ``offset .. offset + B``: each
+        process of a data-parallel run takes its slice of the global batch's draws, so the run matches
+        one process with the whole batch.
+        """
         b = batch["video"].shape[0]
+        n = b if total is None else total
 
         def coin(p: float) -> torch.Tensor:
-            return torch.rand(b, generator=generator) < p
+            return torch.rand(n, generator=generator) < p
 
         audio_driven = coin(self.audio_driven_fraction)
         drop_cond = torch.where(audio_driven, coin(self.audio_driven_cond_drop), coin(self.cond_drop))
-        return {
-            "t": self.flow.sample_timesteps(b, generator),
-            "noise_video": torch.randn(batch["video"].shape, generator=generator),
-            "noise_audio": torch.randn(batch["audio"].shape, generator=generator),
+        draws = {
+            "t": self.flow.sample_timesteps(n, generator),
+            "noise_video": torch.randn((n, *batch["video"].shape[1:]), generator=generator),
+            "noise_audio": torch.randn((n, *batch["audio"].shape[1:]), generator=generator),
             "audio_driven": audio_driven,
             "drop_cond": drop_cond,
             "drop_ref_image": coin(self.ref_image_drop),
             "drop_ref_voice": coin(self.ref_voice_drop),
         }
+        return {k: v[offset : offset + b] for k, v in draws.items()}
 
     @staticmethod
     def context(batch: dict) -> WindowContext:

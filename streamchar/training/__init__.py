@@ -63,27 +63,54 @@ def _state_dict_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
+def _tensors(obj: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return (
+        {k: v.detach().cpu().contiguous() for k, v in obj.items()}
+        if isinstance(obj, dict)
+        else _state_dict_cpu(obj)
+    )
+
+
+def read_optimizer_state(path: str | Path) -> dict | None:
+    """The optimiser ``state_dict()`` stored in checkpoint folder ``path`` (None if it has none)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not (path / "optimizer.safetensors").is_file():
+        return None
+    with safe_open(str(path / "optimizer.safetensors"), framework="pt") as f:
+        skeleton = json.loads(f.metadata()["skeleton"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return unflatten_optimizer_state(tensors, skeleton)
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    ema: torch.nn.Module | None = None,
+    model: torch.nn.Module | dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | dict | None = None,
+    ema: torch.nn.Module | dict[str, torch.Tensor] | None = None,
     state: dict[str, Any] | None = None,
     keep: int = 3,
 ) -> Path:
-    """Write checkpoint ``step`` atomically; keep the newest ``keep`` checkpoints."""
+    """Write checkpoint ``step`` atomically; keep the newest ``keep`` checkpoints.
+
+    ``model`` / ``ema`` may be modules or already-gathered state dicts, and ``optimizer`` an optimiser or
+    its (gathered) ``state_dict()``: sharded runs gather on every process and save on one.
+    """
     root = Path(run_dir) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f".step-{step:08d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_state_dict_cpu(model), str(tmp / "model.safetensors"))
+    save_file(_tensors(model), str(tmp / "model.safetensors"))
     if ema is not None:
-        save_file(_state_dict_cpu(ema), str(tmp / "ema.safetensors"))
+        save_file(_tensors(ema), str(tmp / "ema.safetensors"))
     if optimizer is not None:
-        tensors, skeleton = flatten_optimizer_state(optimizer.state_dict())
+        tensors, skeleton = flatten_optimizer_state(
+            optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+        )
         save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"skeleton": json.dumps(skeleton)})
     rng = {"torch": torch.get_rng_state().tolist()}
     if torch.cuda.is_available():
@@ -126,13 +153,8 @@ def load_checkpoint(
         )
     if ema is not None and (path / "ema.safetensors").is_file():
         ema.load_state_dict(load_file(str(path / "ema.safetensors")))
-    if optimizer is not None and (path / "optimizer.safetensors").is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(path / "optimizer.safetensors"), framework="pt") as f:
-            skeleton = json.loads(f.metadata()["skeleton"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        optimizer.load_state_dict(unflatten_optimizer_state(tensors, skeleton))
+    if optimizer is not None and (optimizer_state := read_optimizer_state(path)) is not None:
+        optimizer.load_state_dict(optimizer_state)
     if restore_rng and "rng" in state:
         torch.set_rng_state(torch.tensor(state["rng"]["torch"], dtype=torch.uint8))
         if "cuda" in state["rng"] and torch.cuda.is_available():
@@ -156,7 +178,7 @@ def resume_latest(
             logger.warning("skipping damaged checkpoint: %s", err)
             continue
         logger.info("resumed from %s (step %d)", path, state["step"])
-        return state
+        return {**state, "checkpoint": str(path)}
     return None
 
 

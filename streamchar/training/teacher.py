@@ -13,6 +13,7 @@ another is refused), ``curve.json`` (held-out losses per evaluation) and ``summa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -32,9 +33,16 @@ from streamchar.eval.plots import plot_curve
 from streamchar.training import (
     cosine_lr,
     guard_run_config,
+    read_optimizer_state,
     resolve_mixed_precision,
     resume_latest,
     save_checkpoint,
+)
+from streamchar.training.distributed import (
+    full_optimizer_state,
+    full_state_dict,
+    load_full_optimizer_state,
+    shard_module,
 )
 
 logger = logging.getLogger(__name__)
@@ -79,6 +87,27 @@ def ema_decay_at(step: int, decay: float) -> float:
 
 def _to(batch: dict, device) -> dict:
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def _gradient_sync(model: torch.nn.Module, sync: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch of a step (DDP ``no_sync``; FSDP2's
+    ``set_requires_gradient_sync``); a no-op on one process."""
+    if sync:
+        return contextlib.nullcontext()
+    if hasattr(model, "no_sync"):
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):
+
+        @contextlib.contextmanager
+        def paused():
+            model.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                model.set_requires_gradient_sync(True)
+
+        return paused()
+    return contextlib.nullcontext()
 
 
 def collate(items: list[dict]) -> dict:
@@ -129,8 +158,10 @@ def train_teacher(
     timeline = cache.window_timeline(cfg.timeline)  # window sizes from the config, rates from the cache
     spec = latent_spec_from_cache(cache)
     precision = resolve_mixed_precision(tcfg.mixed_precision)
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=tcfg.grad_accum)
+    # cpu=True without CUDA: several CPU processes (accelerate launch) then form a gloo group (MULTI_CPU)
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
+    sharded = tcfg.fsdp and world > 1
     if accelerator.is_main_process:
         guard_run_config(
             out, "denoiser", {**to_dict(cfg.denoiser), **spec.__dict__, "timeline": to_dict(timeline)}
@@ -142,35 +173,47 @@ def train_teacher(
     model = build_denoiser(cfg.denoiser, timeline, spec)
     params = count_parameters(model)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
+    state = resume_latest(out, model, None, ema)  # whole weights, before any sharding
+    start = state["step"] if state else 0
+    if state is None:
+        logger.info("teacher: %.2fM parameters, %s precision, %d process(es)%s", params / 1e6, precision, world,
+                    ", FSDP" if sharded else "")  # fmt: skip
+    if sharded:  # FSDP2: every block and the root sharded across processes; the EMA sharded alike
+        model.to(accelerator.device)
+        ema.to(accelerator.device)
+        shard_module(model, model.blocks)
+        shard_module(ema, ema.blocks)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.99)
     )
-    state = resume_latest(out, model, optimizer, ema)
-    start = state["step"] if state else 0
-    if state is None:
-        logger.info("teacher: %.2fM parameters, %s precision, %d process(es)", params / 1e6, precision, world)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    ema.to(accelerator.device)
+    if state is not None and (optimizer_state := read_optimizer_state(state["checkpoint"])) is not None:
+        load_full_optimizer_state(optimizer, optimizer_state)
+    if not sharded:
+        model, optimizer = accelerator.prepare(model, optimizer)  # DDP across processes
+        ema.to(accelerator.device)
     objective = objective_from_config(tcfg)
 
     train_set = WindowDataset(
-        cache, "train", length=2**31 - 1, seed=tcfg.seed, first_chunk_prob=tcfg.first_chunk_prob
+        cache,
+        "train",
+        length=2**31 - 1,
+        seed=tcfg.seed,
+        first_chunk_prob=tcfg.first_chunk_prob,
+        timeline=timeline,
     )
     heldout_split = "test" if cache.entries("test") else "train"
     heldout = WindowDataset(cache, heldout_split, length=tcfg.eval_windows, seed=tcfg.seed + 7919,
                             first_chunk_prob=tcfg.first_chunk_prob, timeline=timeline)  # fmt: skip
-    heldout_windows = [heldout[i] for i in range(len(heldout))] if accelerator.is_main_process else []
-    per_step = tcfg.batch_size * tcfg.grad_accum
+    evaluating = accelerator.is_main_process or sharded  # a sharded EMA needs every process to run forward
+    heldout_windows = [heldout[i] for i in range(len(heldout))] if evaluating else []
 
     def batches(step: int):
-        """The micro-batches of one optimiser step on this process."""
-        first = (step * world + rank) * per_step
-        indices = list(range(first, first + per_step))
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(train_set, indices), batch_size=tcfg.batch_size, collate_fn=collate,
-            num_workers=tcfg.num_workers,
-        )  # fmt: skip
-        yield from loader
+        """The micro-batches of one optimiser step on this process. Window indices are laid out so that
+        micro-batch ``m`` of all processes together is micro-batch ``m`` of one process with the whole batch."""
+        b, accum = tcfg.batch_size, tcfg.grad_accum
+        for m in range(accum):
+            first = (step * accum + m) * world * b + rank * b
+            yield collate([train_set[i] for i in range(first, first + b)])
 
     writer = SummaryWriter(str(out / "logs")) if accelerator.is_main_process else None
     curve_path = out / "curve.json"
@@ -182,16 +225,20 @@ def train_teacher(
     t_log, running, windows_seen = time.perf_counter(), {"video": 0.0, "audio": 0.0, "n": 0}, 0
 
     def checkpoint(step: int) -> None:
+        # gathering sharded tensors is a collective: every process takes part, the main one writes
+        weights, ema_weights = full_state_dict(accelerator.unwrap_model(model)), full_state_dict(ema)
+        optimizer_state = full_optimizer_state(optimizer)
         if accelerator.is_main_process:
-            save_checkpoint(
-                out, step, accelerator.unwrap_model(model), optimizer, ema, state={"windows": windows_seen}
-            )
+            save_checkpoint(out, step, weights, optimizer_state, ema_weights, state={"windows": windows_seen})
+        accelerator.wait_for_everyone()
 
     def run_eval(step: int) -> dict:
         scores = evaluate(
             ema, objective, heldout_windows, tcfg.seed, accelerator.device, accelerator.autocast
         )
         curve.append({"step": step, **{k: round(v, 5) for k, v in scores.items()}})
+        if not accelerator.is_main_process:
+            return scores
         curve_path.write_text(json.dumps(curve, indent=1) + "\n")
         plot_curve(curve, out / "curve.png", f"teacher held-out loss ({heldout_split} split)")
         for name, value in scores.items():
@@ -205,22 +252,27 @@ def train_teacher(
         lr = cosine_lr(step, tcfg.steps, tcfg.lr, tcfg.lr_min, tcfg.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        generator = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + step * 1009 + rank)
-        for batch in batches(step):
+        generator = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + step)  # the same on every process
+        micro_batches = list(batches(step))
+        for i, batch in enumerate(micro_batches):
             batch = _to(batch, accelerator.device)
-            with accelerator.accumulate(model):
-                draws = objective.draw(batch, generator)
+            last = i == len(micro_batches) - 1
+            with _gradient_sync(model, last):
+                draws = objective.draw(
+                    batch, generator, total=tcfg.batch_size * world, offset=rank * tcfg.batch_size
+                )
                 with accelerator.autocast():
                     loss, parts = objective.loss(model, batch, draws)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and tcfg.grad_clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss / len(micro_batches))
             running["video"] += parts["video"].mean().item()
             running["audio"] += parts["audio"][~parts["audio_driven"]].mean().nan_to_num().item()
             running["n"] += 1
             windows_seen += batch["video"].shape[0] * world
+        if tcfg.grad_clip > 0:  # accelerate's clip unscales fp16 gradients first
+            clip = torch.nn.utils.clip_grad_norm_ if sharded else accelerator.clip_grad_norm_
+            clip(model.parameters(), tcfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(
                 f"The teacher loss became {loss.item()} at step {step + 1}; resume from the last checkpoint with a "
@@ -242,17 +294,18 @@ def train_teacher(
             running, t_log = {"video": 0.0, "audio": 0.0, "n": 0}, time.perf_counter()
         if done % tcfg.ckpt_every == 0:
             checkpoint(done)
-        if done % tcfg.eval_every == 0 and accelerator.is_main_process:
+        if done % tcfg.eval_every == 0 and evaluating:
             run_eval(done)
     bar.close()
     final_step = max(start, stop)
     if final_step > start and final_step % tcfg.ckpt_every:
         checkpoint(final_step)
     summary: dict = {"step": final_step, "total_steps": tcfg.steps, "parameters": params, "run": str(out),
-                     "precision": precision, "processes": world}  # fmt: skip
+                     "precision": precision, "processes": world,
+                     "strategy": "fsdp" if sharded else ("ddp" if world > 1 else "single")}  # fmt: skip
+    if evaluating and (not curve or curve[-1]["step"] != final_step):
+        run_eval(final_step)
     if accelerator.is_main_process:
-        if not curve or curve[-1]["step"] != final_step:
-            run_eval(final_step)
         summary["heldout"] = curve[-1]
         summary["heldout_split"] = heldout_split
         summary["finished"] = final_step >= tcfg.steps
