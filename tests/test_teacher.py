@@ -244,3 +244,48 @@ def test_trainer_on_two_processes_equals_one_process_with_the_combined_batch(cac
     worst = max((a[name][key] - b[name][key]).abs().max().item() for name in a for key in a[name])
     print(f"{strategy}: 2 processes x 2 windows vs 1 process x 4 windows, max difference {worst:.2e}")
     assert worst < 1e-5
+
+
+def _cli_train(cache, run, extra=()):
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY_CORPUS_OVERRIDES
+
+    args = [
+        sys.executable,
+        "-m",
+        "streamchar.cli",
+        "-q",
+        "train",
+        "teacher",
+        "--latents",
+        str(cache),
+        "--out",
+        str(run),
+    ]
+    return subprocess.Popen(args + TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + list(extra), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(cache, tmp_path):
+    import signal
+    import time
+
+    extra = ["train.teacher.steps=30", "train.teacher.ckpt_every=2", "train.teacher.eval_every=100"]
+    assert _cli_train(cache, tmp_path / "straight", extra).wait(timeout=600) == 0
+    victim = _cli_train(cache, tmp_path / "killed", extra)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 600
+    while not (checkpoints / "step-00000004").is_dir() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert _cli_train(cache, tmp_path / "killed", extra).wait(timeout=600) == 0
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert summary["step"] == 30 and summary["finished"]
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
+    for name in a:
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), (name, key)
