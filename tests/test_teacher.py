@@ -289,3 +289,17 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(cache, tmp_path
     for name in a:
         for key in a[name]:
             assert torch.equal(a[name][key], b[name][key]), (name, key)
+
+
+def test_loading_a_teacher_with_another_window_is_refused(cache, tmp_path):
+    from streamchar.data.latents import LatentCache
+    from streamchar.training import CheckpointError
+    from streamchar.training.teacher import latent_spec_from_cache, load_teacher, train_teacher
+
+    train_teacher(_teacher_config(), cache, tmp_path / "run", max_steps=1, progress=False)
+    spec = latent_spec_from_cache(LatentCache(cache))
+    assert load_teacher(tmp_path / "run", _teacher_config(), spec) is not None
+    with pytest.raises(CheckpointError, match="another window"):
+        load_teacher(tmp_path / "run", _teacher_config(["timeline.chunk_latent_frames=6"]), spec)
+    with pytest.raises(CheckpointError, match="No teacher checkpoint"):
+        load_teacher(tmp_path, _teacher_config(), spec)

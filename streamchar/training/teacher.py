@@ -315,6 +315,23 @@ def train_teacher(
     return summary
 
 
+def _check_trained_window(checkpoint: Path, cfg: StreamCharConfig) -> None:
+    """Refuse a timeline whose window differs from training: positions would silently move."""
+    from streamchar.training import CheckpointError
+
+    for record in (checkpoint / "denoiser.json", checkpoint.parent.parent / "denoiser.json"):
+        if record.is_file():
+            trained = json.loads(record.read_text()).get("timeline")
+            now = to_dict(cfg.timeline)
+            changed = sorted(k for k in trained or {} if trained[k] != now.get(k))
+            if changed:
+                raise CheckpointError(
+                    f"The teacher at {checkpoint} was trained with another window ({', '.join(changed)} differ); "
+                    "sample with the timeline it was trained with."
+                )
+            return
+
+
 def load_teacher(
     run_or_checkpoint: str | Path, cfg: StreamCharConfig, spec: LatentSpec, use_ema: bool = True
 ) -> JointDiT:
@@ -331,6 +348,7 @@ def load_teacher(
                 f"No teacher checkpoint in {path}; train one with `streamchar train teacher`."
             )
         path = found[-1]
+    _check_trained_window(path, cfg)
     model = build_denoiser(cfg.denoiser, cfg.timeline, spec)
     name = "ema.safetensors" if use_ema and (path / "ema.safetensors").is_file() else "model.safetensors"
     try:
