@@ -224,3 +224,20 @@ def test_model_backends_agree(backend):
         model.set_attention_backend(backend)
         out = model(*args)
     assert (ref[0] - out[0]).abs().max() < 1e-5 and (ref[1] - out[1]).abs().max() < 1e-5
+
+
+def test_context_prefix_is_reused_until_a_segment_changes():
+    model = tiny_dit()
+    _, _, _, _, ctx = random_window()
+    with torch.no_grad(), model.streaming() as cache:
+        model.set_reference(ctx.ref_video, ctx.ref_voice)
+        model.set_sink(ctx.sink_video, ctx.sink_audio)
+        first = cache.prefix(0, 3)
+        assert cache.prefix(0, 3) is first  # every denoising step reuses one concatenation
+        model.set_motion(ctx.motion_video, ctx.motion_audio)
+        assert cache.prefix(0, 3) is not first and cache.prefix(0, 3)[0].shape[2] > first[0].shape[2]
+        state = model.get_streaming_state()
+        model.set_motion(ctx.motion_video * 0, ctx.motion_audio * 0)
+        changed = cache.prefix(1, 3)[0].clone()
+        model.set_streaming_state(state)
+        assert not torch.equal(cache.prefix(1, 3)[0], changed)  # restoring a state invalidates the reuse

@@ -98,7 +98,8 @@ class Guidance:
         return guided
 
 
-def _repeat(x: torch.Tensor, n: int) -> torch.Tensor:
+def repeat_batch(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``x`` repeated ``n`` times along the batch: one copy per guidance branch (branch-major)."""
     return x.repeat(n, *([1] * (x.dim() - 1)))
 
 
@@ -106,7 +107,7 @@ def expand_for_guidance(guidance: Guidance, context: WindowContext) -> WindowCon
     """The context repeated per guidance branch, with the branch's reference dropped."""
     b, n = context.ref_video.shape[0], guidance.num_branches
     drops = guidance.drops(b, context.ref_video.device)
-    rep = WindowContext(*(_repeat(getattr(context, f), n) for f in WindowContext.__dataclass_fields__))
+    rep = WindowContext(*(repeat_batch(getattr(context, f), n) for f in WindowContext.__dataclass_fields__))
     return rep.with_dropped_references(drops["ref_image"], drops["ref_voice"])
 
 
@@ -123,9 +124,9 @@ def set_reference_for_guidance(
     if ref_voice_valid is None:
         ref_voice_valid = torch.ones(ref_voice.shape[:2], dtype=torch.bool, device=ref_voice.device)
     model.set_reference(
-        _repeat(ref_video, n),
-        _repeat(ref_voice, n),
-        _repeat(ref_voice_valid, n) & ~drops["ref_voice"][:, None],
+        repeat_batch(ref_video, n),
+        repeat_batch(ref_voice, n),
+        repeat_batch(ref_voice_valid, n) & ~drops["ref_voice"][:, None],
         ~drops["ref_image"],
     )
 
@@ -162,10 +163,10 @@ class EulerSampler:
         """
         b, n = video_noise.shape[0], self.guidance.num_branches
         drops = self.guidance.drops(b, video_noise.device)
-        cond = Conditions(_repeat(conditions.units, n), _repeat(conditions.speaking, n))
+        cond = Conditions(repeat_batch(conditions.units, n), repeat_batch(conditions.speaking, n))
         cond = cond.dropped(drops["conditions"], model.num_units)
         ctx = expand_for_guidance(self.guidance, context) if context is not None else None
-        valid = _repeat(audio_valid, n) if audio_valid is not None else None
+        valid = repeat_batch(audio_valid, n) if audio_valid is not None else None
         video = video_noise
         audio = given_audio if given_audio is not None else audio_noise
         grid = sampling_grid(self.steps, self.shift).tolist()
@@ -173,7 +174,7 @@ class EulerSampler:
             t_video = torch.full((n * b,), t, device=video.device)
             t_audio = torch.zeros_like(t_video) if given_audio is not None else t_video
             v_video, v_audio = model(
-                _repeat(video, n), _repeat(audio, n), (t_video, t_audio), cond, ctx, valid
+                repeat_batch(video, n), repeat_batch(audio, n), (t_video, t_audio), cond, ctx, valid
             )
             video = video + (t_next - t) * self.guidance.combine(v_video, b)
             if given_audio is None:

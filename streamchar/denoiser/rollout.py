@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from streamchar.denoiser.dit import Conditions, JointDiT
-from streamchar.denoiser.flow import EulerSampler, set_reference_for_guidance
+from streamchar.denoiser.dit import Conditions, JointDiT, WindowContext
+from streamchar.denoiser.flow import EulerSampler, repeat_batch, set_reference_for_guidance
 
 
 @dataclass(frozen=True)
@@ -21,10 +21,6 @@ class Rollout:
     video: torch.Tensor  # [B, C, T, h, w] normalised latents
     audio: torch.Tensor  # [B, T_a, D_a]
     chunk_seconds: list[float]  # wall time of each chunk (context update + sampling)
-
-
-def _repeat(x: torch.Tensor, n: int) -> torch.Tensor:
-    return x.repeat(n, *([1] * (x.dim() - 1)))
 
 
 @torch.no_grad()
@@ -47,8 +43,6 @@ def generate(
         given_audio: per chunk ``[B, L_a, D_a]`` clean audio (audio-driven mode), or None.
         use_cache: False recomputes the whole window at every step (the reference path; same result).
     """
-    from streamchar.denoiser.dit import WindowContext
-
     tl = model.timeline
     b, c, _, h, w = ref_video.shape
     device = ref_video.device
@@ -71,8 +65,8 @@ def generate(
                 motion_video, motion_audio = videos[-1][:, :, -M:], audios[-1][:, -M_a:]
                 if use_cache:
                     if index == 1:
-                        model.set_sink(_repeat(sink_video, n), _repeat(sink_audio, n))
-                    model.set_motion(_repeat(motion_video, n), _repeat(motion_audio, n))
+                        model.set_sink(repeat_batch(sink_video, n), repeat_batch(sink_audio, n))
+                    model.set_motion(repeat_batch(motion_video, n), repeat_batch(motion_audio, n))
             if not use_cache:
                 present = torch.full((b,), index > 0, device=device)
                 zeros_v, zeros_a = (

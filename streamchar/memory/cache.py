@@ -28,20 +28,34 @@ class ContextCache:
     def __init__(self) -> None:
         # segment index -> (keys per layer [B, H, n, D], values per layer, valid [B, n])
         self.segments: dict[int, tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]] = {}
+        # concatenated prefixes, reused by every denoising step until a segment changes
+        self._prefixes: dict[tuple[int, int], tuple[torch.Tensor, ...] | None] = {}
 
     def set(
         self, segment: int, keys: list[torch.Tensor], values: list[torch.Tensor], valid: torch.Tensor
     ) -> None:
         self.segments[segment] = (keys, values, valid)
+        self._prefixes.clear()
+
+    def replace_with(self, other: ContextCache) -> None:
+        """Take ``other``'s segments in place (the object a ``streaming()`` block yielded stays valid)."""
+        self.segments = dict(other.segments)
+        self._prefixes.clear()
 
     def drop(self, segment: int) -> None:
-        self.segments.pop(segment, None)
+        if self.segments.pop(segment, None) is not None:
+            self._prefixes.clear()
 
     def prefix(
         self, layer: int, below: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """Keys, values ``[B, H, n, D]``, valid ``[B, n]`` and segment ids ``[n]`` of the segments before
         ``below``, in window order; None when there are none."""
+        if (layer, below) not in self._prefixes:
+            self._prefixes[(layer, below)] = self._concatenate(layer, below)
+        return self._prefixes[(layer, below)]
+
+    def _concatenate(self, layer: int, below: int):
         present = [s for s in sorted(self.segments) if s < below]
         if not present:
             return None
@@ -52,6 +66,7 @@ class ContextCache:
         return keys, values, valid, ids.to(keys.device)
 
     def nbytes(self) -> int:
+        """Bytes of the cached K/V (the concatenated prefixes add at most as much again)."""
         total = 0
         for keys, values, valid in self.segments.values():
             total += sum(t.numel() * t.element_size() for t in keys + values) + valid.numel()
@@ -109,4 +124,4 @@ class StreamingModule(nn.Module):
         return {k: v.clone() for k, v in self._require_stream().state_dict().items()}
 
     def set_streaming_state(self, state: dict[str, torch.Tensor]) -> None:
-        self._require_stream().segments = ContextCache.from_state_dict(state).segments
+        self._require_stream().replace_with(ContextCache.from_state_dict(state))

@@ -59,16 +59,10 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], skeleton: dict) 
 
 
 # -- checkpoints --------------------------------------------------------------------------------------
-def _state_dict_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-
-
 def _tensors(obj: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return (
-        {k: v.detach().cpu().contiguous() for k, v in obj.items()}
-        if isinstance(obj, dict)
-        else _state_dict_cpu(obj)
-    )
+    """A module's state dict (or an already-gathered one) as contiguous CPU tensors."""
+    state = obj if isinstance(obj, dict) else obj.state_dict()
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def read_optimizer_state(path: str | Path) -> dict | None:
