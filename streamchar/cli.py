@@ -97,6 +97,12 @@ def cmd_train_teacher(args: argparse.Namespace) -> None:
     _print_json(train_teacher(_config(args), args.latents, args.out, max_steps=args.max_steps))
 
 
+def cmd_train_orchestrator(args: argparse.Namespace) -> None:
+    from streamchar.training.orchestrator import train_orchestrator
+
+    _print_json(train_orchestrator(_config(args), args.data, args.out, max_steps=args.max_steps))
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     from streamchar.eval.teacher_samples import sample_clip
 
@@ -243,6 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.set_defaults(func=cmd_train_teacher)
+
+    p = train_sub.add_parser(
+        "orchestrator",
+        help="train the unit language model (transcript -> frame units) on a corpus (resumable)",
+        description="Builds RUN/turns.jsonl from the corpus's phoneme timings once, then trains the causal LM that "
+        "plans one unit (phoneme x F0 bucket) per audio frame. Re-running with the same --out resumes; the "
+        "result is exported to RUN/final as a plain Hugging Face model + tokenizer (set orchestrator.path to it).",
+    )
+    p.add_argument("--data", required=True, help="corpus folder (streamchar data synth / prepare)")
+    p.add_argument("--out", required=True, help="run folder (turn table, checkpoints, curve, final/)")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps in this invocation"
+    )
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train_orchestrator)
 
     # codec
     p_codec = sub.add_parser("codec", help="codec evaluation")

@@ -178,9 +178,29 @@ class TrainTeacherConfig:
 
 
 @dataclass
+class TrainOrchestratorConfig:
+    steps: int = 2000
+    batch_size: int = 16  # sequences per process and step
+    max_tokens: int = 1024  # sequence length cap (voice prompts + the session's turns)
+    lr: float = 1e-3
+    lr_min: float = 3e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    mixed_precision: str = "auto"
+    log_every: int = 25
+    eval_every: int = 250
+    eval_sequences: int = 128
+    ckpt_every: int = 250
+    seed: int = 0
+    num_threads: int = 0
+
+
+@dataclass
 class TrainConfig:
     vae: TrainVAEConfig = field(default_factory=TrainVAEConfig)
     teacher: TrainTeacherConfig = field(default_factory=TrainTeacherConfig)
+    orchestrator: TrainOrchestratorConfig = field(default_factory=TrainOrchestratorConfig)
 
 
 # -- denoiser and sampling --------------------------------------------------------------------------
@@ -210,6 +230,28 @@ class SampleConfig:
 
 
 @dataclass
+class OrchestratorConfig:
+    path: str | None = "checkpoints/tiny/orchestrator"  # a saved HF causal LM + tokenizer
+    architecture: str = "llama"  # llama | qwen2 (both load in transformers and vLLM without custom code)
+    hidden_size: int = 256
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate_size: int = 768
+    max_positions: int = 4096
+    backend: str = "hf"  # hf (in-process, KV cache) | vllm (optional extra)
+    device: str = "auto"
+    language: str = "en-us"  # espeak-ng voice used for phonemes
+    temperature: float = 0.0  # 0 = greedy
+    seed: int = 0
+    max_context_tokens: int = 2048  # the LM's window: voice prompts + history + the current turn
+    max_history_tokens: int = 768  # earlier turns kept in context (oldest dropped first)
+    max_phoneme_frames: int = 25  # a phoneme held this long must move on
+    max_silence_frames: int = 50  # likewise a silence (inside a turn)
+    max_push_chars: int = 100_000  # one push_text call
+
+
+@dataclass
 class StreamCharConfig:
     preset: str = "tiny"
     timeline: Timeline = field(default_factory=Timeline)
@@ -217,6 +259,7 @@ class StreamCharConfig:
     audio_codec: AudioCodecConfig = field(default_factory=AudioCodecConfig)
     data: DataConfig = field(default_factory=DataConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    orchestrator: OrchestratorConfig = field(default_factory=OrchestratorConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

@@ -388,3 +388,106 @@ def get_espeak() -> Espeak | IsolatedEspeak:
                 _INSTANCE = Espeak()
             _INSTANCE_PID = os.getpid()
         return _INSTANCE
+
+
+# -- text to phonemes (no audio) ------------------------------------------------------------------
+_PHONEME_SEPARATOR = ord("_") << 8  # espeak_TextToPhonemes: bits 8-23 hold the separator character
+
+
+def _text_to_phonemes(lib, text: str, language: str) -> list[list[str]]:
+    """Word groups of phoneme mnemonics (stress marks removed) for ``text`` in ``language``."""
+    if lib.espeak_SetVoiceByName(language.encode()) != 0:
+        raise EspeakError(f"espeak-ng has no voice '{language}'; list voices with `espeak-ng --voices`.")
+    buffer = ctypes.create_string_buffer(text.encode("utf-8"))
+    cursor = ctypes.c_void_p(ctypes.addressof(buffer))
+    groups: list[list[str]] = []
+    while cursor.value:
+        clause = lib.espeak_TextToPhonemes(ctypes.byref(cursor), _CHARS_UTF8, _PHONEME_SEPARATOR)
+        for word in (clause or b"").decode("ascii", "replace").split():
+            groups.append([p for p in (x.strip("',") for x in word.split("_")) if p])
+    return groups
+
+
+def _phonemizer_main(requests: int, responses: int) -> None:
+    """Serve text-to-phoneme requests from this process's own library (it never synthesises)."""
+    try:
+        lib = Espeak()._lib
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        _send(responses, ("ready", None))
+    except Exception as err:
+        _send(responses, ("error", f"{type(err).__name__}: {err}"))
+        return
+    while True:
+        try:
+            text, language = _recv(requests)
+        except EOFError:
+            return
+        try:
+            _send(responses, ("ok", _text_to_phonemes(lib, text, language)))
+        except Exception as err:
+            _send(responses, ("error", f"{type(err).__name__}: {err}"))
+
+
+class EspeakPhonemizer:
+    """espeak-ng's text-to-phoneme translation (``espeak_TextToPhonemes``) in a helper process.
+
+    The helper keeps its own library, so this process's synthesis zygote stays pristine; a request
+    costs a pipe round trip (tens of microseconds), not a fork.
+    """
+
+    def __init__(self) -> None:
+        _find_library()
+        req_read, req_write = os.pipe()
+        resp_read, resp_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(req_write)
+            os.close(resp_read)
+            try:
+                _phonemizer_main(req_read, resp_write)
+            finally:
+                os._exit(0)
+        os.close(req_read)
+        os.close(resp_write)
+        self._pid, self._requests, self._responses = pid, req_write, resp_read
+        self._lock = threading.Lock()
+        status, value = _recv(self._responses)
+        if status != "ready":
+            self.close()
+            raise EspeakError(f"libespeak-ng failed to start ({value}); check the espeak-ng installation.")
+        atexit.register(self.close)
+
+    def words(self, text: str, language: str = "en-us") -> list[list[str]]:
+        """espeak's phoneme mnemonics of ``text``, one list per word it spoke."""
+        with self._lock:
+            _send(self._requests, (text, language))
+            status, value = _recv(self._responses)
+        if status != "ok":
+            raise EspeakError(value.partition(": ")[2] or value)
+        return value
+
+    def close(self) -> None:
+        if self._pid is None:
+            return
+        try:
+            os.close(self._requests)
+            os.close(self._responses)
+            os.waitpid(self._pid, 0)
+        except OSError:
+            pass
+        self._pid = None
+
+
+_PHONEMIZER: EspeakPhonemizer | None = None
+_PHONEMIZER_PID: int | None = None
+
+
+def get_phonemizer() -> EspeakPhonemizer:
+    """The process's text-to-phoneme helper (started on first use)."""
+    global _PHONEMIZER, _PHONEMIZER_PID
+    with _INSTANCE_LOCK:
+        if _PHONEMIZER is None or _PHONEMIZER_PID != os.getpid():
+            _PHONEMIZER = EspeakPhonemizer()
+            _PHONEMIZER_PID = os.getpid()
+        return _PHONEMIZER
