@@ -8,6 +8,7 @@ inside the handlers so that ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -119,6 +120,50 @@ def cmd_train_vae(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     _print_json(train_vae(cfg, args.data, args.out, max_steps=args.max_steps))
+
+
+def cmd_eval_orchestrator(args: argparse.Namespace) -> None:
+    from streamchar.config import resolve_asset_path
+    from streamchar.eval.orchestrator_eval import evaluate_orchestrator, write_report
+    from streamchar.orchestrator.dataset import UnitLMDataset, collate_lm, read_turn_table
+    from streamchar.orchestrator.model import load_unit_lm
+    from streamchar.training.orchestrator import evaluate_lm
+
+    cfg = _config(args)
+    checkpoint = resolve_asset_path(args.checkpoint or cfg.orchestrator.path)
+    result = evaluate_orchestrator(cfg, checkpoint, args.table, split=args.split, max_turns=args.max_turns)
+    model, vocab, _ = load_unit_lm(checkpoint)
+    heldout = UnitLMDataset(
+        read_turn_table(args.table), args.split, vocab, cfg.train.orchestrator.max_tokens, seed=7919
+    )
+    batches = [collate_lm([heldout[i] for i in range(j, min(j + 16, len(heldout)))], vocab.pad)
+               for j in range(0, len(heldout), 16)]  # fmt: skip
+    teacher_forced = evaluate_lm(model, batches, vocab, "cpu", contextlib.nullcontext)
+    if args.out:
+        write_report(result, teacher_forced, args.out)
+    _print_json({**result, "teacher_forced": teacher_forced})
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from streamchar.data.phonemes import PHONEMES
+    from streamchar.orchestrator.session import Orchestrator
+
+    cfg = _config(args)
+    orch = Orchestrator.from_config(cfg, path=args.checkpoint)
+    pieces = args.text.split(" ") if args.word_by_word else [args.text]
+    for i, piece in enumerate(pieces):
+        orch.push_text(piece + (" " if args.word_by_word else ""), final=i == len(pieces) - 1)
+    size = orch.vocab.buckets.size
+    for index in range(args.max_chunks):
+        chunk = orch.next_chunk()
+        frames = [
+            "." if not s else f"{PHONEMES[u // size]}{'' if u % size == 0 else u % size}"
+            for u, s in zip(chunk.units.tolist(), chunk.speaking.tolist(), strict=True)
+        ]
+        print(json.dumps({"chunk": index, "frames": frames, "pointer": chunk.pointer.tolist()[-1],
+                          "held": int(chunk.held.sum()), "done": chunk.done}))  # fmt: skip
+        if chunk.done:
+            break
 
 
 def cmd_codec_eval(args: argparse.Namespace) -> None:
@@ -266,6 +311,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_orchestrator)
 
     # codec
+    # eval
+    p_eval = sub.add_parser("eval", help="evaluation protocols")
+    eval_sub = p_eval.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    p = eval_sub.add_parser(
+        "orchestrator",
+        help="duration and frame accuracy of the orchestrator on held-out turns; time per chunk",
+        description="Runs the orchestrator (greedy, whole transcript, voice prompt from another clip of the same "
+        "character) on every held-out turn of a turn table (RUN/turns.jsonl from `streamchar train orchestrator`).",
+    )
+    p.add_argument("--table", required=True, help="turn table (RUN/turns.jsonl)")
+    p.add_argument("--checkpoint", default=None, help="orchestrator folder (default: orchestrator.path)")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--max-turns", type=int, default=0, help="evaluate only the first N turns (0 = all)")
+    p.add_argument(
+        "--out", default=None, help="write OUT.json and OUT.md (e.g. docs/results/orchestrator_eval)"
+    )
+    _add_config_args(p)
+    p.set_defaults(func=cmd_eval_orchestrator)
+
+    p = sub.add_parser(
+        "plan",
+        help="run the orchestrator on a text and print each chunk's frames (phoneme+F0 bucket, '.' = listening)",
+    )
+    p.add_argument("--text", required=True, help="what the character says")
+    p.add_argument("--checkpoint", default=None, help="orchestrator folder (default: orchestrator.path)")
+    p.add_argument("--word-by-word", action="store_true", help="push the text one word at a time")
+    p.add_argument("--max-chunks", type=int, default=200, help="stop after this many chunks")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_plan)
+
     p_codec = sub.add_parser("codec", help="codec evaluation")
     codec_sub = p_codec.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
     p = codec_sub.add_parser("eval", help="video PSNR on held-out identities; mel round-trip distances")

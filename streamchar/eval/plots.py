@@ -8,11 +8,18 @@ LABELS = {
     "video": "video velocity MSE (text -> speech + video)",
     "audio": "audio velocity MSE (text -> speech + video)",
     "video_audio_driven": "video velocity MSE (given speech -> video)",
+    "loss": "unit LM cross-entropy (nats/token)",
+    "unit_accuracy": "next-unit accuracy, teacher forced",
+    "phoneme_accuracy": "next-phoneme accuracy, teacher forced",
 }
 
 
 def plot_curve(
-    curve: list[dict], path: str | Path, title: str, keys: tuple[str, ...] = tuple(LABELS)
+    curve: list[dict],
+    path: str | Path,
+    title: str,
+    keys: tuple[str, ...] = tuple(LABELS),
+    ylabel: str = "held-out loss",
 ) -> Path:
     """One line per key of ``curve`` (a list of ``{"step": ..., key: value}``) against the step."""
     import matplotlib
@@ -28,7 +35,7 @@ def plot_curve(
                 steps, [point[key] for point in curve], marker="o", markersize=3, label=LABELS.get(key, key)
             )
     ax.set_xlabel("training step")
-    ax.set_ylabel("held-out loss")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

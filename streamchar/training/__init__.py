@@ -62,7 +62,13 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], skeleton: dict) 
 def _tensors(obj: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A module's state dict (or an already-gathered one) as contiguous CPU tensors."""
     state = obj if isinstance(obj, dict) else obj.state_dict()
-    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    out, seen = {}, set()
+    for k, v in state.items():
+        v = v.detach().cpu()
+        shared = v.untyped_storage().data_ptr() in seen  # tied weights: safetensors stores each once
+        seen.add(v.untyped_storage().data_ptr())
+        out[k] = v.clone() if shared else v.contiguous()
+    return out
 
 
 def read_optimizer_state(path: str | Path) -> dict | None:

@@ -143,7 +143,8 @@ def train_orchestrator(
                              accelerator.autocast)  # fmt: skip
         curve.append({"step": step, **{k: round(v, 5) for k, v in scores.items()}})
         curve_path.write_text(json.dumps(curve, indent=1) + "\n")
-        plot_curve(curve, out / "curve.png", f"orchestrator held-out ({heldout_split} split)")
+        plot_curve(curve, out / "curve.png", f"orchestrator held-out ({heldout_split} split)",
+                   keys=("loss", "unit_accuracy", "phoneme_accuracy"), ylabel="loss / accuracy")  # fmt: skip
         logger.info("step %d: held-out loss %.4f, unit accuracy %.3f, phoneme accuracy %.3f", step,
                     scores["loss"], scores["unit_accuracy"], scores["phoneme_accuracy"])  # fmt: skip
         return scores

@@ -1,0 +1,150 @@
+"""``streamchar eval orchestrator``: how well the unit LM plans speech on held-out sentences.
+
+For each held-out turn (test split: unseen identities and sentences) the orchestrator gets the
+whole transcript (final) and a voice prompt (another held-out turn of the same character, as a
+reference clip would give), and runs chunk by chunk with greedy decoding until the turn ends.
+
+- duration: frames from the first phoneme to the turn's end, against the corpus's (the fraction
+  within ±10 % is the headline);
+- frame accuracy against the ground truth, frame by frame from the first phoneme (free running, so
+  timing drift counts against it), for whole units (phoneme x F0 bucket) and for phonemes alone;
+- teacher-forced next-unit accuracy on the same split (the training curve's metric);
+- time per chunk as a fraction of the chunk's playback time.
+
+Writes JSON and a Markdown report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from streamchar.orchestrator.dataset import read_turn_table, sessions_from_table
+
+logger = logging.getLogger(__name__)
+
+
+def heldout_turns(rows: list[dict], split: str) -> list[tuple[dict, dict | None]]:
+    """(turn, voice prompt turn from another session of the same character) for every turn of ``split``."""
+    sessions = [s for s in sessions_from_table(rows) if s["split"] == split]
+    by_char: dict[int, list[tuple[str, dict]]] = defaultdict(list)
+    for s in sessions:
+        for speaker, turn in s["turns"]:
+            by_char[s["chars"][speaker]].append((s["key"], turn))
+    pairs = []
+    for s in sessions:
+        for speaker, turn in s["turns"]:
+            others = [t for key, t in by_char[s["chars"][speaker]] if key != s["key"]]
+            pairs.append((turn, others[0] if others else None))
+    return pairs
+
+
+def transcript_of(turn: dict) -> str:
+    from streamchar.orchestrator.text import Word
+
+    return " ".join(Word(text, boundary).written for text, boundary in turn["words"])
+
+
+def evaluate_orchestrator(cfg, checkpoint: str | Path, table: str | Path, split: str = "test",
+                          max_turns: int = 0, progress: bool = True) -> dict:  # fmt: skip
+    from streamchar.orchestrator.session import Orchestrator, VoicePrompt
+    from streamchar.orchestrator.text import Frontend
+
+    rows = read_turn_table(table)
+    pairs = heldout_turns(rows, split)
+    if max_turns:
+        pairs = pairs[:max_turns]
+    if not pairs:
+        raise ValueError(f"{table} has no '{split}' turns to evaluate.")
+    frontend = Frontend(cfg.orchestrator.language)
+    base = Orchestrator.from_config(cfg, path=str(checkpoint))
+    chunk_seconds = cfg.timeline.chunk_audio_tokens / cfg.timeline.audio_latent_rate
+    per_turn, chunk_times = [], []
+    for turn, prompt in tqdm(pairs, desc="eval orchestrator", unit="turn", disable=not progress):
+        orch = Orchestrator(base.backend, base.vocab, base.chunk_frames, frontend,
+                            {0: VoicePrompt(prompt)} if prompt else None, base.max_context_tokens,
+                            base.max_history_tokens, base.limits)  # fmt: skip
+        orch.push_text(transcript_of(turn), final=True)
+        units, speaking = [], []
+        for _ in range(2000):
+            t0 = time.perf_counter()
+            chunk = orch.next_chunk()
+            chunk_times.append(time.perf_counter() - t0)
+            units += chunk.units.tolist()
+            speaking += chunk.speaking.tolist()
+            if chunk.done:
+                break
+        spoken = [u for u, s in zip(units, speaking, strict=True) if s]
+        truth = turn["units"]
+        n = min(len(spoken), len(truth))
+        size = base.vocab.buckets.size
+        pred, true = np.array(spoken[:n]), np.array(truth[:n])
+        per_turn.append({
+            "frames_true": len(truth), "frames_pred": len(spoken),
+            "unit_hits": int((pred == true).sum()), "phoneme_hits": int((pred // size == true // size).sum()),
+            "compared": int(max(len(spoken), len(truth))), "prompted": prompt is not None,
+        })  # fmt: skip
+    ratio = np.array([t["frames_pred"] / t["frames_true"] for t in per_turn])
+    compared = sum(t["compared"] for t in per_turn)
+    times = np.array(chunk_times)
+    result = {
+        "checkpoint": str(checkpoint),
+        "split": split,
+        "turns": len(per_turn),
+        "prompted_turns": sum(t["prompted"] for t in per_turn),
+        "duration_within_10pct": float(np.mean(np.abs(ratio - 1) <= 0.10)),
+        "duration_ratio_median": float(np.median(ratio)),
+        "duration_ratio_p10_p90": [float(np.percentile(ratio, 10)), float(np.percentile(ratio, 90))],
+        "duration_abs_error_mean": float(np.mean(np.abs(ratio - 1))),
+        "frame_unit_accuracy": sum(t["unit_hits"] for t in per_turn) / compared,
+        "frame_phoneme_accuracy": sum(t["phoneme_hits"] for t in per_turn) / compared,
+        "chunk_seconds": chunk_seconds,
+        "chunk_time_median_s": float(np.median(times)),
+        "chunk_time_p95_s": float(np.percentile(times, 95)),
+        "chunk_time_fraction_of_playback_median": float(np.median(times) / chunk_seconds),
+        "chunk_time_fraction_of_playback_p95": float(np.percentile(times, 95) / chunk_seconds),
+        "torch_threads": torch.get_num_threads(),
+    }
+    return result
+
+
+def write_report(result: dict, teacher_forced: dict | None, out: str | Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if teacher_forced:
+        result = {**result, "teacher_forced": teacher_forced}
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [
+        f"# Orchestrator on held-out turns ({result['split']} split)",
+        "",
+        f"Checkpoint `{result['checkpoint']}`, {result['turns']} turns ({result['prompted_turns']} with a voice "
+        "prompt from another clip of the same character), greedy decoding, whole transcript pushed final.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| duration within ±10 % | {result['duration_within_10pct']:.1%} |",
+        f"| duration ratio, median (p10–p90) | {result['duration_ratio_median']:.3f} "
+        f"({result['duration_ratio_p10_p90'][0]:.3f}–{result['duration_ratio_p10_p90'][1]:.3f}) |",
+        f"| frame unit accuracy (free running) | {result['frame_unit_accuracy']:.1%} |",
+        f"| frame phoneme accuracy (free running) | {result['frame_phoneme_accuracy']:.1%} |",
+    ]
+    if teacher_forced:
+        lines += [
+            f"| next-unit accuracy, teacher forced | {teacher_forced['unit_accuracy']:.1%} |",
+            f"| next-phoneme accuracy, teacher forced | {teacher_forced['phoneme_accuracy']:.1%} |",
+        ]
+    lines += [
+        f"| time per chunk ({result['chunk_seconds']:.2f} s of playback), median / p95 | "
+        f"{result['chunk_time_median_s'] * 1000:.0f} / {result['chunk_time_p95_s'] * 1000:.0f} ms "
+        f"({result['chunk_time_fraction_of_playback_median']:.1%} / {result['chunk_time_fraction_of_playback_p95']:.1%}"
+        f" of playback, {result['torch_threads']} threads) |",
+        "",
+    ]
+    out.with_suffix(".md").write_text("\n".join(lines))
