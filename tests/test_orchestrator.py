@@ -126,6 +126,22 @@ def test_train_orchestrator_resumes_and_exports(tiny_corpus, tmp_path):
     assert first["step"] == 2 and not first["finished"]
     rows = [json.loads(line) for line in (out / "turns.jsonl").read_text().splitlines()]
     assert rows and all(len(t["units"]) > 0 for r in rows for t in r["turns"])
+    # realignment from a ground-truth alignment: a probe that hears exactly the corpus frames puts the
+    # pointer at each frame where the training targets put it
+    import numpy as np
+
+    from streamchar.orchestrator.dataset import merge_positions
+    from streamchar.orchestrator.pointer import realigned_pointer
+
+    size = UnitVocabulary().buckets.size
+    for turn in (t for r in rows for t in r["turns"]):
+        positions = merge_positions([tuple(p) for p in turn["phonemes"]])
+        phonemes = np.array(turn["units"]) // size
+        log_probs = np.full((len(phonemes), 70), np.log(0.01 / 69))
+        log_probs[np.arange(len(phonemes)), phonemes] = np.log(0.99)
+        for cut in (len(phonemes) // 3, len(phonemes)):
+            truth = len(merge_positions([tuple(phonemes[:cut][phonemes[:cut] > 0])]))
+            assert realigned_pointer(log_probs[:cut], positions) == truth
     second = train_orchestrator(cfg, tiny_corpus, out, progress=False)
     assert second["step"] == 4 and second["finished"]
     assert [c["step"] for c in json.loads((out / "curve.json").read_text())] == [2, 4]
