@@ -179,9 +179,9 @@ class TrainTeacherConfig:
 
 @dataclass
 class TrainOrchestratorConfig:
-    steps: int = 2000
+    steps: int = 1200
     batch_size: int = 16  # sequences per process and step
-    max_tokens: int = 1024  # sequence length cap (voice prompts + the session's turns)
+    max_tokens: int = 768  # sequence length cap (voice prompts + the session's turns)
     lr: float = 1e-3
     lr_min: float = 3e-5
     warmup_steps: int = 100

@@ -9,7 +9,7 @@ from streamchar.cli import build_parser, main
 
 COMMANDS = [[], ["config", "show"], ["data", "synth"], ["data", "preview"], ["data", "verify"], ["data", "prepare"],
             ["data", "export"], ["data", "encode"], ["train", "vae"], ["train", "teacher"], ["codec", "eval"],
-            ["sample"], ["demo"]]  # fmt: skip
+            ["sample"], ["demo"], ["train", "orchestrator"], ["eval", "orchestrator"], ["plan"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)

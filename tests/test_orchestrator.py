@@ -100,6 +100,19 @@ def test_hf_backend_whole_equals_word_by_word(tiny_lm):
     assert len(whole) > 10 and torch.equal(whole, split)
 
 
+def test_plan_command(tiny_lm, capsys):
+    from streamchar.cli import main
+
+    assert (
+        main(["plan", "--text", "Hello there, friend.", "--checkpoint", str(tiny_lm), "--word-by-word"]) == 0
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[-1]["done"] and all(len(line["frames"]) == 12 for line in lines)
+    assert main(["plan", "--text", "Привет", "--checkpoint", str(tiny_lm)]) == 2
+    assert "Latin script" in capsys.readouterr().err
+    assert main(["plan", "--text", "hi", "--checkpoint", str(tiny_lm / "missing")]) == 2
+
+
 def test_hf_backend_cache_matches_full_recompute(tiny_lm):
     model, vocab, _ = load_unit_lm(tiny_lm)
     backend = HFBackend(model)

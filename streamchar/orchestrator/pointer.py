@@ -13,7 +13,10 @@ into pushes:
   transcript is final;
 - a word can be phonemised once the word after it has arrived (or the text is final);
 - a frame whose unit would need a word that has not arrived is not committed: the pointer *holds*
-  (a pause, outside the LM's context) and the same unit is committed once the text is there.
+  (a pause, outside the LM's context) and the same unit is committed once the text is there;
+- before every frame the LM reads a *cue*: the phoneme the pointer would advance into (``<nil>`` when
+  none is left), so deciding "stay or move on" is local and does not depend on the LM tracking its
+  place in the text (a tiny LM without the cue lost its place inside unfamiliar words).
 
 The same class replays corpus turns into training sequences (:func:`interleave_turn`), so training
 and inference share one definition of the sequence. :func:`ctc_align` realigns the pointer from a
@@ -165,12 +168,19 @@ class TurnPointer:
         return self.started or self._plan(0, -1) is not None
 
     def start_tokens(self) -> list[int]:
-        """The turn's opening tokens: speaker, tempo and the first word(s). Call once, when ready."""
+        """The turn's opening tokens: speaker, tempo, the first word(s) and the first cue. Call once,
+        when ready."""
         tokens = self._settle()
         if tokens is None:
             raise RuntimeError("start_tokens() called before ready(); wait for more text")
         self.started = True
-        return self.prefix + tokens
+        return self.prefix + tokens + [self.cue()]
+
+    def cue(self) -> int:
+        """The pointer cue the LM reads before a frame: the next position's phoneme, or ``<nil>``."""
+        if self.p < self.num_positions:
+            return self.vocab.phoneme(self._position(self.p))
+        return self.vocab.no_next
 
     def allowed(self) -> list[int]:
         """Token ids the next frame may take (the constraint shared by every backend)."""
@@ -214,7 +224,8 @@ class TurnPointer:
         return self._plan(p, self._position_word(p - 1)) is not None
 
     def commit(self, token: int) -> list[int]:
-        """Apply ``token``; returns the text tokens to append to the LM context after it."""
+        """Apply ``token``; returns the tokens to append to the LM context after it (text owed, then
+        the next frame's cue; nothing after ``<end>``)."""
         if token not in self.allowed():
             raise ValueError(f"token {token} is not allowed by the pointer here")
         if token == self.vocab.end:
@@ -229,7 +240,7 @@ class TurnPointer:
         if tokens is None:
             raise ValueError("commit() of a frame that needs text not yet received; check can_commit first")
         self._trim()
-        return tokens
+        return tokens + [self.cue()]
 
     def jump(self, target: int) -> list[int] | None:
         """Move the pointer forward to ``target`` positions started (realignment), or as far towards it
@@ -239,7 +250,7 @@ class TurnPointer:
                 self.p, self.silent, self.run = q, False, 1
                 tokens = self._settle()
                 self._trim()
-                return tokens
+                return tokens + [self.cue()]
         return None
 
     def _trim(self) -> None:

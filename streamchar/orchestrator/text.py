@@ -369,6 +369,7 @@ SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")
 SPEAKER_TOKENS: tuple[str, ...] = ("<spk0>", "<spk1>")
 END_OF_TEXT = "<eot>"
 END_OF_SPEECH = "<end>"
+NO_NEXT = "<nil>"  # the pointer cue when no phoneme is left to advance into
 TEMPO_BINS = 12
 TEMPO_RANGE = (1.4, 3.2)  # frames per phoneme, log-spaced bins
 
@@ -381,9 +382,9 @@ def unit_token(phoneme: int, bucket: int) -> str:
 class UnitVocabulary:
     """Token strings and ids of the unit language model.
 
-    Layout: specials, speakers, ``<eot>``, ``<end>``, tempo bins, boundaries, transcript phonemes
-    (``/h/``), then frame units in unit-id order (``[h|3]`` = phoneme ``h``, F0 bucket 3), so that
-    ``token id = unit_offset + unit``.
+    Layout: specials, speakers, ``<eot>``, ``<end>``, ``<nil>``, tempo bins, boundaries, transcript
+    phonemes (``/h/``, also the pointer's cue before each frame), then frame units in unit-id order
+    (``[h|3]`` = phoneme ``h``, F0 bucket 3), so that ``token id = unit_offset + unit``.
     """
 
     def __init__(self, buckets: F0Buckets | None = None) -> None:
@@ -391,11 +392,11 @@ class UnitVocabulary:
         tempo = tuple(f"<tempo{i}>" for i in range(TEMPO_BINS))
         phones = tuple(f"/{p}/" for p in ESPEAK_PHONEMES)
         units = tuple(unit_token(p, b) for p in range(len(PHONEMES)) for b in range(self.buckets.size))
-        head = (*SPECIAL_TOKENS, *SPEAKER_TOKENS, END_OF_TEXT, END_OF_SPEECH, *tempo, *BOUNDARIES)
+        head = (*SPECIAL_TOKENS, *SPEAKER_TOKENS, END_OF_TEXT, END_OF_SPEECH, NO_NEXT, *tempo, *BOUNDARIES)
         self.tokens: tuple[str, ...] = (*head, *phones, *units)
         self.ids = {t: i for i, t in enumerate(self.tokens)}
         self.pad, self.bos, self.eos = (self.ids[t] for t in SPECIAL_TOKENS[:3])
-        self.eot, self.end = self.ids[END_OF_TEXT], self.ids[END_OF_SPEECH]
+        self.eot, self.end, self.no_next = self.ids[END_OF_TEXT], self.ids[END_OF_SPEECH], self.ids[NO_NEXT]
         self.phoneme_offset = len(head) - 1  # phoneme id p (>= 1) -> phoneme_offset + p
         self.unit_offset = len(head) + len(phones)
         self.num_units = len(units)
@@ -444,7 +445,7 @@ class UnitVocabulary:
         core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         return PreTrainedTokenizerFast(
             tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>",
-            additional_special_tokens=[*SPEAKER_TOKENS, END_OF_TEXT, END_OF_SPEECH],
+            additional_special_tokens=[*SPEAKER_TOKENS, END_OF_TEXT, END_OF_SPEECH, NO_NEXT],
         )  # fmt: skip
 
     def check_tokenizer(self, tokenizer, where: str | Path) -> None:
