@@ -17,8 +17,9 @@ import time
 import torch
 
 from streamchar.config import load_config, resolve_asset_path
-from streamchar.orchestrator.backends import HFBackend, choose
+from streamchar.orchestrator.backends import HFBackend
 from streamchar.orchestrator.model import load_unit_lm
+from streamchar.orchestrator.pointer import choose_move
 from streamchar.orchestrator.session import Orchestrator
 
 TEXT = (
@@ -37,8 +38,8 @@ class RecomputeBackend(HFBackend):
             self._logits = out.logits[0, -1].float().cpu()
         return self._logits
 
-    def next_token(self, allowed):
-        return choose(self.logits(), allowed, self.temperature, self.generator)
+    def next_token(self, moves):
+        return choose_move(self.logits(), moves, self.temperature, self.generator)
 
 
 def time_chunks(backend, vocab, chunk_frames: int) -> tuple[list[float], torch.Tensor]:

@@ -317,8 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = eval_sub.add_parser(
         "orchestrator",
         help="duration and frame accuracy of the orchestrator on held-out turns; time per chunk",
-        description="Runs the orchestrator (greedy, whole transcript, voice prompt from another clip of the same "
-        "character) on every held-out turn of a turn table (RUN/turns.jsonl from `streamchar train orchestrator`).",
+        description="Runs the orchestrator (greedy, whole transcript, voice prompt: the two longest turns of the same "
+        "character in other clips) on every held-out turn of a turn table (RUN/turns.jsonl from "
+        "`streamchar train orchestrator`).",
     )
     p.add_argument("--table", required=True, help="turn table (RUN/turns.jsonl)")
     p.add_argument("--checkpoint", default=None, help="orchestrator folder (default: orchestrator.path)")

@@ -246,8 +246,8 @@ class OrchestratorConfig:
     seed: int = 0
     max_context_tokens: int = 2048  # the LM's window: voice prompts + history + the current turn
     max_history_tokens: int = 768  # earlier turns kept in context (oldest dropped first)
-    max_phoneme_frames: int = 25  # a phoneme held this long must move on
-    max_silence_frames: int = 50  # likewise a silence (inside a turn)
+    max_phoneme_frames: int = 12  # a phoneme held this long must move on (tiny corpus: p99.9 8, max 12)
+    max_silence_frames: int = 16  # likewise a pause inside a turn (tiny corpus: max 13)
     max_push_chars: int = 100_000  # one push_text call
 
 

@@ -3,6 +3,7 @@
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,3 +176,22 @@ def test_vllm_backend_matches_hf(tiny_lm):
     hf = _run(Orchestrator(HFBackend(model), vocab, 12), [text])
     vllm = _run(Orchestrator(VLLMBackend(str(tiny_lm), gpu_memory_utilization=0.2), vocab, 12), [text])
     assert torch.equal(hf, vllm)
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny" / "orchestrator"
+
+
+@pytest.mark.skipif(
+    not (SHIPPED / "config.json").is_file(), reason="the tiny orchestrator checkpoint is not shipped"
+)
+def test_shipped_orchestrator_plans_speech_and_streams_like_whole():
+    cfg = load_config()
+    text = "Good morning! The strange bracelet is on the table, near 3 yellow cups."
+    whole = Orchestrator.from_config(cfg)
+    units = _run(whole, [text])
+    split = _run(Orchestrator.from_config(cfg), [w + " " for w in text.split()])
+    assert torch.equal(units, split)
+    speech = units[units != 0]
+    # about 2 frames per phoneme at the default tempo: a sane length, every phoneme spoken
+    positions = whole.pointer
+    assert positions > 40 and positions * 1.2 <= len(speech) <= positions * 4

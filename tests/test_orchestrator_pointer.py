@@ -10,11 +10,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamchar.orchestrator.backends import choose
 from streamchar.orchestrator.dataset import frame_positions, merge_positions
 from streamchar.orchestrator.pointer import (
     PointerLimits,
     TurnPointer,
+    choose_move,
     ctc_align,
     interleave_turn,
     realigned_pointer,
@@ -43,13 +43,13 @@ class HashLM:
     def __len__(self):
         return len(self.tokens)
 
-    def next_token(self, allowed):
+    def next_token(self, moves):
         digest = hashlib.blake2b(np.asarray(self.tokens, np.int64).tobytes(), digest_size=8).digest()
         gen = torch.Generator().manual_seed(int.from_bytes(digest, "little") % 2**63)
         logits = torch.randn(len(VOCAB), generator=gen)
         logits[VOCAB.end] += 3.0
         logits[VOCAB.unit_offset + 1 :] += self.advance_bias * torch.rand(1, generator=gen)
-        return choose(logits, allowed, 0.0, None)
+        return choose_move(logits, moves)
 
 
 FRONTEND = Frontend()

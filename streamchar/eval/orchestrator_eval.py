@@ -1,8 +1,9 @@
 """``streamchar eval orchestrator``: how well the unit LM plans speech on held-out sentences.
 
 For each held-out turn (test split: unseen identities and sentences) the orchestrator gets the
-whole transcript (final) and a voice prompt (another held-out turn of the same character, as a
-reference clip would give), and runs chunk by chunk with greedy decoding until the turn ends.
+whole transcript (final) and a voice prompt (the two longest turns of the same character in other
+held-out clips, as reference speech would give), and runs chunk by chunk with greedy decoding until
+the turn ends.
 
 - duration: frames from the first phoneme to the turn's end, against the corpus's (the fraction
   within ±10 % is the headline);
@@ -31,8 +32,11 @@ from streamchar.orchestrator.dataset import read_turn_table, sessions_from_table
 logger = logging.getLogger(__name__)
 
 
-def heldout_turns(rows: list[dict], split: str) -> list[tuple[dict, dict | None]]:
-    """(turn, voice prompt turn from another session of the same character) for every turn of ``split``."""
+def heldout_turns(
+    rows: list[dict], split: str, prompt_turns: int = 2
+) -> list[tuple[dict, list[dict] | None]]:
+    """(turn, voice prompt) for every turn of ``split``; the prompt is the ``prompt_turns`` longest
+    turns of the same character from other sessions (reference speech of that voice)."""
     sessions = [s for s in sessions_from_table(rows) if s["split"] == split]
     by_char: dict[int, list[tuple[str, dict]]] = defaultdict(list)
     for s in sessions:
@@ -42,7 +46,9 @@ def heldout_turns(rows: list[dict], split: str) -> list[tuple[dict, dict | None]
     for s in sessions:
         for speaker, turn in s["turns"]:
             others = [t for key, t in by_char[s["chars"][speaker]] if key != s["key"]]
-            pairs.append((turn, others[0] if others else None))
+            # the longest other turns: more speech gives a steadier estimate of the voice's tempo
+            others.sort(key=lambda t: -len(t["units"]))
+            pairs.append((turn, others[:prompt_turns] or None))
     return pairs
 
 
@@ -111,6 +117,7 @@ def evaluate_orchestrator(cfg, checkpoint: str | Path, table: str | Path, split:
         "chunk_time_fraction_of_playback_median": float(np.median(times) / chunk_seconds),
         "chunk_time_fraction_of_playback_p95": float(np.percentile(times, 95) / chunk_seconds),
         "torch_threads": torch.get_num_threads(),
+        "per_turn": [[t["frames_true"], t["frames_pred"]] for t in per_turn],
     }
     return result
 
@@ -120,12 +127,14 @@ def write_report(result: dict, teacher_forced: dict | None, out: str | Path) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     if teacher_forced:
         result = {**result, "teacher_forced": teacher_forced}
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(result) + "\n")
     lines = [
         f"# Orchestrator on held-out turns ({result['split']} split)",
         "",
         f"Checkpoint `{result['checkpoint']}`, {result['turns']} turns ({result['prompted_turns']} with a voice "
-        "prompt from another clip of the same character), greedy decoding, whole transcript pushed final.",
+        "prompt: the two longest turns of the same character in other clips), greedy decoding, whole transcript "
+        "pushed final. Duration: frames from the first phoneme to the end of the turn. Free-running accuracy "
+        "compares frame t with frame t of the truth, so any timing drift counts against it.",
         "",
         "| metric | value |",
         "|---|---|",

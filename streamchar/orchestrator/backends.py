@@ -4,7 +4,8 @@ token ids per step, from :class:`~streamchar.orchestrator.pointer.TurnPointer`).
 - ``hf`` (default): the model in this process, with a KV cache; tokens are fed lazily, so a
   forward pass covers everything appended since the last prediction.
 - ``vllm`` (optional extra ``streamchar[vllm]``): the same checkpoint in a vLLM engine; each step
-  asks for one token with ``SamplingParams(allowed_token_ids=...)`` and relies on vLLM's automatic
+  asks for one token with ``SamplingParams(allowed_token_ids=..., logprobs=N)`` (the allowed tokens'
+  log-probabilities after the mask), picks the move the same way, and relies on vLLM's automatic
   prefix caching for the growing context.
 """
 
@@ -16,7 +17,7 @@ from typing import Protocol
 
 import torch
 
-from streamchar.orchestrator.pointer import mask_logits
+from streamchar.orchestrator.pointer import choose_move
 
 logger = logging.getLogger(__name__)
 
@@ -32,24 +33,14 @@ class LLMBackend(Protocol):
         """Extend the context (nothing is computed until :meth:`next_token`)."""
         ...
 
-    def next_token(self, allowed: Sequence[int]) -> int:
-        """The next token, restricted to ``allowed`` (greedy or sampled per the backend's settings)."""
+    def next_token(self, moves: Sequence[Sequence[int]]) -> int:
+        """The next token within the pointer's ``moves`` (see :func:`choose_move`; greedy or sampled
+        per the backend's settings)."""
         ...
 
     def __len__(self) -> int:
         """Tokens in the context."""
         ...
-
-
-def choose(
-    logits: torch.Tensor, allowed: Sequence[int], temperature: float, generator: torch.Generator | None
-) -> int:
-    """Greedy (``temperature`` 0) or sampled token from ``logits`` ``[V]`` within ``allowed``."""
-    masked = mask_logits(logits.float(), allowed)
-    if temperature <= 0:
-        return int(masked.argmax())
-    probs = torch.softmax(masked / temperature, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 class HFBackend:
@@ -92,8 +83,8 @@ class HFBackend:
             self._logits = out.logits[0, -1].float().cpu()
         return self._logits
 
-    def next_token(self, allowed: Sequence[int]) -> int:
-        return choose(self.logits(), allowed, self.temperature, self.generator)
+    def next_token(self, moves: Sequence[Sequence[int]]) -> int:
+        return choose_move(self.logits(), moves, self.temperature, self.generator)
 
 
 class VLLMBackend:
@@ -108,8 +99,10 @@ class VLLMBackend:
                 "machine, or use orchestrator.backend=hf."
             ) from err
         self._sampling = SamplingParams
+        engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
         self.llm = LLM(model=str(path), enable_prefix_caching=True, seed=seed, **engine_kwargs)
         self.temperature = temperature
+        self.generator = torch.Generator().manual_seed(seed)
         self.seed = seed
         self._tokens: list[int] = []
         self._steps = 0
@@ -123,14 +116,20 @@ class VLLMBackend:
     def __len__(self) -> int:
         return len(self._tokens)
 
-    def next_token(self, allowed: Sequence[int]) -> int:
+    def next_token(self, moves: Sequence[Sequence[int]]) -> int:
+        allowed = [t for m in moves for t in m]
         params = self._sampling(
-            max_tokens=1, temperature=self.temperature, allowed_token_ids=list(allowed),
-            seed=None if self.temperature <= 0 else self.seed + self._steps,
-        )  # fmt: skip
+            max_tokens=1, temperature=0.0, allowed_token_ids=allowed, logprobs=len(allowed)
+        )
         self._steps += 1
         outputs = self.llm.generate([{"prompt_token_ids": list(self._tokens)}], params, use_tqdm=False)
-        return int(outputs[0].outputs[0].token_ids[0])
+        # with logprobs_mode="processed_logprobs" the top-N after the allowed-token mask are exactly `allowed`
+        logprobs = outputs[0].outputs[0].logprobs[0]
+        logits = torch.full((max(allowed) + 1,), float("-inf"))
+        for token, entry in logprobs.items():
+            if token < len(logits):
+                logits[token] = entry.logprob
+        return choose_move(logits, moves, self.temperature, self.generator)
 
 
 def make_backend(name: str, model=None, path: str | None = None, temperature: float = 0.0, seed: int = 0):

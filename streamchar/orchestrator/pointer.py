@@ -42,8 +42,8 @@ PhonemizeFn = Callable[[Word, "Word | None"], tuple[int, ...]]
 class PointerLimits:
     """Safety caps on runs, in frames: a phoneme held longer, or a silence longer, must move on."""
 
-    max_phoneme_frames: int = 25
-    max_silence_frames: int = 50
+    max_phoneme_frames: int = 12
+    max_silence_frames: int = 16
 
 
 class TurnPointer:
@@ -182,21 +182,27 @@ class TurnPointer:
             return self.vocab.phoneme(self._position(self.p))
         return self.vocab.no_next
 
-    def allowed(self) -> list[int]:
-        """Token ids the next frame may take (the constraint shared by every backend)."""
+    def moves(self) -> list[list[int]]:
+        """The next frame's options grouped by what they do to the pointer: stay (the current phoneme,
+        any F0 bucket), advance (the next phoneme), silence, ``<end>``; empty groups left out. This is
+        the constraint every backend applies, and decoding picks a move before an F0 bucket."""
         v, size = self.vocab, self.vocab.buckets.size
         at_end = self.eot_inserted and self.p == self.num_positions
-        ids: list[int] = []
+        groups: list[list[int]] = []
         stay_ok = self.p > 0 and not self.silent and self.run < self.limits.max_phoneme_frames
         if self.p > 0 and (self.silent or stay_ok):
-            ids += [v.unit(self._position(self.p - 1) * size + b) for b in range(size)]
+            groups.append([v.unit(self._position(self.p - 1) * size + b) for b in range(size)])
         if self.p < self.num_positions:
-            ids += [v.unit(self._position(self.p) * size + b) for b in range(size)]
-        if not at_end and not (self.silent and self.run >= self.limits.max_silence_frames and ids):
-            ids.append(v.unit(SILENCE_ID * size))
+            groups.append([v.unit(self._position(self.p) * size + b) for b in range(size)])
+        if not at_end and not (self.silent and self.run >= self.limits.max_silence_frames and groups):
+            groups.append([v.unit(SILENCE_ID * size)])
         if at_end:
-            ids.append(v.end)
-        return sorted(set(ids))
+            groups.append([v.end])
+        return groups
+
+    def allowed(self) -> list[int]:
+        """Token ids the next frame may take (all moves together)."""
+        return sorted(t for group in self.moves() for t in group)
 
     def _after(self, token: int) -> tuple[int, bool]:
         """(p, silent) after ``token``."""
@@ -311,6 +317,29 @@ def mask_logits(logits: torch.Tensor, allowed: Sequence[int]) -> torch.Tensor:
     mask = torch.full_like(logits, float("-inf"))
     mask[..., list(allowed)] = 0.0
     return logits + mask
+
+
+def choose_move(
+    logits: torch.Tensor,
+    moves: Sequence[Sequence[int]],
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Pick the next token from ``logits`` ``[V]`` under the pointer's ``moves``: first the move (stay,
+    advance, silence, end) by its total probability, then the token (F0 bucket) within it.
+
+    Taking the single most likely token instead would favour whichever move spreads its probability
+    over fewer F0 buckets (silence has one token, speech nine), which biases durations. ``temperature``
+    0 is greedy at both levels; above 0 both levels are sampled.
+    """
+    logp = torch.log_softmax(mask_logits(logits.float(), [t for m in moves for t in m]), dim=-1)
+    mass = torch.stack([torch.logsumexp(logp[list(m)], 0) for m in moves])
+    if temperature <= 0:
+        move = list(moves[int(mass.argmax())])
+        return move[int(logp[move].argmax())]
+    pick = int(torch.multinomial(torch.softmax(mass / temperature, 0), 1, generator=generator))
+    move = list(moves[pick])
+    return move[int(torch.multinomial(torch.softmax(logp[move] / temperature, 0), 1, generator=generator))]
 
 
 class PointerLogitsProcessor:

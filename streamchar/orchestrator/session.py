@@ -57,13 +57,26 @@ class AudioConditions:
 
 @dataclass
 class VoicePrompt:
-    """A turn of the voice to imitate (words, phonemes, frame units, tempo) as in ``turns.jsonl``."""
+    """Speech of the voice to imitate: one or more turns (words, phonemes, frame units, tempo) as in
+    ``turns.jsonl``. More speech gives the LM a steadier idea of the voice's tempo and pitch."""
 
-    turn: dict
+    turn: dict | list[dict]
+
+    @property
+    def turns(self) -> list[dict]:
+        return list(self.turn) if isinstance(self.turn, list) else [self.turn]
 
     @property
     def tempo(self) -> float:
-        return float(self.turn["tempo"])
+        """Frames per transcript position over all prompt turns."""
+        frames = sum(t["tempo"] * _positions(t) for t in self.turns)
+        return float(frames / max(sum(_positions(t) for t in self.turns), 1))
+
+
+def _positions(turn: dict) -> int:
+    from streamchar.orchestrator.dataset import merge_positions
+
+    return len(merge_positions([tuple(p) for p in turn["phonemes"]]))
 
 
 class _Turn:
@@ -141,7 +154,8 @@ class Orchestrator:
         tokens = [self.vocab.bos]
         for speaker in sorted(self.voice_prompts):
             prompt = self.voice_prompts[speaker]
-            tokens += turn_tokens(self.vocab, prompt.turn, speaker, prompt.tempo)
+            for turn in prompt.turns:
+                tokens += turn_tokens(self.vocab, turn, speaker, prompt.tempo)
         return tokens
 
     def tempo(self, speaker: int) -> float:
@@ -279,7 +293,7 @@ class Orchestrator:
             ptr = turn.pointer
             token = self._pending_token
             if token is None:
-                token = self.backend.next_token(ptr.allowed())
+                token = self.backend.next_token(ptr.moves())
             if token == self.vocab.end:
                 self._pending_token = None
                 ptr.commit(token)
