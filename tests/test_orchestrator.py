@@ -133,7 +133,8 @@ def test_train_orchestrator_resumes_and_exports(tiny_corpus, tmp_path):
 
     overrides = [*TINY_LM, "train.orchestrator.steps=4", "train.orchestrator.batch_size=2",
                  "train.orchestrator.ckpt_every=2", "train.orchestrator.eval_every=2",
-                 "train.orchestrator.eval_sequences=4", "train.orchestrator.max_tokens=256"]  # fmt: skip
+                 "train.orchestrator.eval_sequences=4", "train.orchestrator.max_tokens=256",
+                 "train.orchestrator.mixed_precision=no"]  # fmt: skip
     cfg = load_config(None, overrides)
     out = tmp_path / "run"
     first = train_orchestrator(cfg, tiny_corpus, out, max_steps=2, progress=False)
