@@ -64,6 +64,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, steps: int) -> None:
         optimizer.zero_grad()
     if rank == 0:
         torch.save({k: v.detach().clone() for k, v in model.module.state_dict().items()}, out)
+    dist.barrier()  # neither rank tears the group down while the other still uses it (a rare SIGABRT)
     dist.destroy_process_group()
 
 
@@ -99,6 +100,7 @@ def _fsdp_worker(rank: int, world: int, port: int, out: str) -> None:
     if rank == 0:
         with open(out, "w") as f:
             json.dump(losses, f)
+    dist.barrier()  # neither rank tears the group down while the other still uses it (a rare SIGABRT)
     dist.destroy_process_group()
 
 
