@@ -114,6 +114,27 @@ def test_plan_command(tiny_lm, capsys):
     assert main(["plan", "--text", "hi", "--checkpoint", str(tiny_lm / "missing")]) == 2
 
 
+def test_pointer_logits_processor_constrains_hf_generate(tiny_lm):
+    from streamchar.orchestrator.pointer import PointerLogitsProcessor, TurnPointer
+    from streamchar.orchestrator.text import Frontend, WordStream
+
+    model, vocab, _ = load_unit_lm(tiny_lm)
+    frontend = Frontend()
+    pointer = TurnPointer(vocab, frontend.phonemes, vocab.speaker(0), vocab.tempo(2.0))
+    pointer.add_words(WordStream().push("Hello world.", final=True))
+    pointer.finish()
+    context = [vocab.bos, *pointer.start_tokens()]
+    for _ in range(6):  # one frame per generate call, the pointer advancing between them
+        allowed = pointer.allowed()
+        out = model.generate(torch.tensor([context]), max_new_tokens=1, do_sample=False,
+                             logits_processor=[PointerLogitsProcessor(pointer.allowed)])  # fmt: skip
+        token = int(out[0, -1])
+        assert token in allowed
+        if token == vocab.end:
+            break
+        context += [token, *pointer.commit(token)]
+
+
 def test_hf_backend_cache_matches_full_recompute(tiny_lm):
     model, vocab, _ = load_unit_lm(tiny_lm)
     backend = HFBackend(model)

@@ -209,6 +209,13 @@ def test_bad_pushes_are_rejected_without_losing_text():
     assert orch.pointer == transcript_positions("hello world")
 
 
+def test_a_rejected_first_push_opens_no_turn():
+    orch = orchestrator()
+    with pytest.raises(TextError, match="Latin script"):
+        orch.push_text("Привет мир")
+    assert orch.idle and orch.next_chunk().done
+
+
 def test_long_transcript_runs_in_bounded_memory():
     text = " ".join(WORDS[i % len(WORDS)] for i in range(11100))  # ~50,000 characters
     assert len(text) >= 50_000

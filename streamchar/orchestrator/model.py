@@ -70,11 +70,14 @@ def save_unit_lm(model: torch.nn.Module, vocab: UnitVocabulary, folder: str | Pa
     return folder
 
 
-def load_unit_lm(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """(model, vocab, sidecar) from a folder written by :func:`save_unit_lm`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_vocab(folder: str | Path) -> UnitVocabulary:
+    """The unit vocabulary of a saved orchestrator, checked against its tokenizer."""
+    return _load_vocab(Path(folder))[0]
 
-    folder = Path(folder)
+
+def _load_vocab(folder: Path) -> tuple[UnitVocabulary, dict]:
+    from transformers import AutoTokenizer
+
     if not (folder / "config.json").is_file():
         raise OrchestratorCheckpointError(
             f"{folder} holds no orchestrator (no config.json); train one with `streamchar train orchestrator` "
@@ -84,13 +87,28 @@ def load_unit_lm(folder: str | Path, device: str | torch.device = "cpu", dtype: 
     vocab = UnitVocabulary(F0Buckets(**sidecar["f0_buckets"]) if "f0_buckets" in sidecar else None)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as err:
+        raise OrchestratorCheckpointError(
+            f"Could not load the tokenizer in {folder} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            "the folder is damaged or incomplete, so copy it again or retrain."
+        ) from err
+    vocab.check_tokenizer(tokenizer, folder)
+    return vocab, sidecar
+
+
+def load_unit_lm(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """(model, vocab, sidecar) from a folder written by :func:`save_unit_lm`."""
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    vocab, sidecar = _load_vocab(folder)
+    try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     except Exception as err:
         raise OrchestratorCheckpointError(
             f"Could not load the orchestrator in {folder} ({type(err).__name__}: {str(err).splitlines()[0]}); "
             "the folder is damaged or incomplete, so copy it again or retrain."
         ) from err
-    vocab.check_tokenizer(tokenizer, folder)
     if model.config.vocab_size != len(vocab):
         raise OrchestratorCheckpointError(
             f"The orchestrator in {folder} has {model.config.vocab_size} tokens but the unit vocabulary has "

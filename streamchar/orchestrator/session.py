@@ -139,9 +139,9 @@ class Orchestrator:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if ocfg.backend == "vllm":
-            from streamchar.orchestrator.model import load_unit_lm as _load
+            from streamchar.orchestrator.model import load_vocab
 
-            _, vocab, _ = _load(folder)
+            vocab = load_vocab(folder)
             backend = make_backend("vllm", path=str(folder), temperature=ocfg.temperature, seed=ocfg.seed)
         else:
             model, vocab, _ = load_unit_lm(folder, device=device)
@@ -209,16 +209,19 @@ class Orchestrator:
         if last is None or last.pointer.final:
             if not text.strip():
                 return  # nothing to say and no open turn to close
-            last = self._new_turn(speaker)
+            opened = self._new_turn(speaker)
+            words = opened.words.push(text, final)  # may raise: then no turn is opened
+            last = opened
             self._turns.append(last)
         elif last.speaker != speaker:
             raise ValueError(
                 f"Speaker {last.speaker}'s turn is still open; close it with push_text(..., final=True) before "
                 f"speaker {speaker} speaks."
             )
-        probe = last.words.copy()  # validate first, so a bad push leaves the turn untouched
-        words = probe.push(text, final)
-        last.words = probe
+        else:
+            probe = last.words.copy()  # validate first, so a bad push leaves the turn untouched
+            words = probe.push(text, final)
+            last.words = probe
         last.pointer.add_words(words)
         if final:
             last.pointer.finish()
