@@ -42,7 +42,8 @@ class AudioConditions:
         speaking: ``[T_a]`` bool, True while a turn is under way (its first phoneme has started).
         speaker: ``[T_a]`` long, whose turn (0 or 1) each frame belongs to; -1 while listening.
         held: ``[T_a]`` bool, frames where speech waits for text that has not arrived yet.
-        turn_ends: frame indices after which a turn ended (the character returns to listening).
+        turn_ends: frame indices after which a turn ended (the character returns to listening); -1 when
+            it ended before this chunk's first frame.
         done: True when every pushed turn is final and has been spoken.
     """
 
