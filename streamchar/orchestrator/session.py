@@ -3,8 +3,11 @@
     orch = Orchestrator.from_config(cfg)
     orch.push_text("Hello the", final=False)      # text as a chat model streams it
     orch.push_text("re, how are you?", final=True)
-    while not (chunk := orch.next_chunk()).done:  # one chunk = timeline.chunk_audio_tokens frames
+    while True:
+        chunk = orch.next_chunk()                 # timeline.chunk_audio_tokens frames
         ...                                       # chunk.units -> the denoiser's conditions
+        if chunk.done:                            # the turn ended in this chunk (or nothing is queued)
+            break
 
 Turns: text pushed after a final push opens the next turn (``speaker`` 0 or 1 says whose voice);
 turns play in order, and between them (or while waiting for text) the character listens. The LM's
