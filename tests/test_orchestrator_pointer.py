@@ -283,6 +283,44 @@ def test_caps_force_progress():
     assert h not in ptr.allowed()
 
 
+def test_alternating_stay_and_silence_cannot_stall_forever():
+    limits = PointerLimits(max_phoneme_frames=3, max_silence_frames=2)
+    ptr = TurnPointer(VOCAB, lambda w, n: (20, 32), VOCAB.speaker(0), VOCAB.tempo(2.0), limits)
+    ptr.add_words([Word("hello")])
+    ptr.finish()
+    ptr.start_tokens()
+    h, silence = VOCAB.unit(20 * VOCAB.buckets.size), VOCAB.unit(0)
+    ptr.commit(h)
+    for _ in range(40):  # an LM that prefers anything but moving on
+        options = ptr.allowed()
+        token = h if h in options else silence if silence in options else options[0]
+        ptr.commit(token)
+        if ptr.p == 2:
+            break
+    assert ptr.p == 2 and ptr.frames <= limits.max_stall_frames + 2
+
+
+def test_a_held_token_is_dropped_when_realignment_moves_the_pointer():
+    orch = orchestrator()
+    orch.push_text("hello world the ")
+    for _ in range(4):
+        orch.next_chunk()
+    orch.push_text("apple is red.", final=True)
+    ptr = orch._current.pointer
+    assert ptr.p == 0 and ptr.num_positions >= 2  # held before the first phoneme
+    # a unit held for position 0, which realignment below moves past
+    orch._pending_token = VOCAB.unit(ptr._position(0) * VOCAB.buckets.size)
+    ahead = [ptr._position(i) for i in range(ptr._pos_base, ptr.p + 2)]
+    probe = np.full((len(ahead), 70), np.log(0.01 / 69))
+    probe[np.arange(len(ahead)), ahead] = np.log(0.99)
+    orch._current.frame_p.extend([1] * len(ahead))
+    orch.realign(torch.from_numpy(probe))
+    for _ in range(100):
+        if orch.next_chunk().done:
+            break
+    assert orch.pointer == transcript_positions("hello world the apple is red.")
+
+
 def test_frame_targets_obey_the_pointer():
     # corpus-like events: a phoneme shorter than a frame, an extra event, a merged repeat across a pause
     positions = merge_positions([(20, 32, 5), (5, 1)])  # h @ l | l p  -> h @ l p

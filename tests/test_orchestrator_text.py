@@ -40,6 +40,7 @@ from streamchar.orchestrator.text import (
         ("café résumé", "cafe resume"),
         ("Hello 🙂 world", "Hello world"),
         ("wait — what?", "wait, what?"),
+        ("I said no. No way", "I said no. No way"),
     ],
 )
 def test_normalize(text, spoken):

@@ -74,9 +74,16 @@ def evaluate_orchestrator(cfg, checkpoint: str | Path, table: str | Path, split:
     chunk_seconds = cfg.timeline.chunk_audio_tokens / cfg.timeline.audio_latent_rate
     per_turn, chunk_times = [], []
     for turn, prompt in tqdm(pairs, desc="eval orchestrator", unit="turn", disable=not progress):
-        orch = Orchestrator(base.backend, base.vocab, base.chunk_frames, frontend,
-                            {0: VoicePrompt(prompt)} if prompt else None, base.max_context_tokens,
-                            base.max_history_tokens, base.limits)  # fmt: skip
+
+        def make(prompt_turns):
+            return Orchestrator(base.backend, base.vocab, base.chunk_frames, frontend,
+                                {0: VoicePrompt(prompt_turns)} if prompt_turns else None, base.max_context_tokens,
+                                base.max_history_tokens, base.limits)  # fmt: skip
+
+        try:
+            orch = make(prompt)
+        except ValueError:  # prompts over half the context: keep the longest turn only
+            orch = make(prompt[:1] if prompt else None)
         orch.push_text(transcript_of(turn), final=True)
         units, speaking = [], []
         for _ in range(2000):

@@ -45,6 +45,15 @@ class PointerLimits:
     max_phoneme_frames: int = 12
     max_silence_frames: int = 16
 
+    @property
+    def max_stall_frames(self) -> int:
+        """Frames without moving on after which only moving on (or ending) is allowed: stay and
+        silence alternating could otherwise last forever."""
+        return self.max_phoneme_frames + self.max_silence_frames
+
+
+UNCAPPED = PointerLimits(max_phoneme_frames=1 << 30, max_silence_frames=1 << 30)
+
 
 class TurnPointer:
     """One turn's transcript, the pointer into it, and the text tokens owed to the LM.
@@ -83,6 +92,7 @@ class TurnPointer:
         self.run = 0  # frames in the current state (same position, or silence)
         self.silent = True  # the last frame was silence (or none yet)
         self.frames = 0
+        self.stalled = 0  # frames since speech last moved on
 
     # -- text side ---------------------------------------------------------------------------
     @property
@@ -198,6 +208,10 @@ class TurnPointer:
             groups.append([v.unit(SILENCE_ID * size)])
         if at_end:
             groups.append([v.end])
+        if self.stalled >= self.limits.max_stall_frames:
+            moving = [g for g in groups if g[0] == v.end or self.p < self.num_positions and
+                      g[0] == v.unit(self._position(self.p) * size)]  # fmt: skip
+            groups = moving or groups
         return groups
 
     def allowed(self) -> list[int]:
@@ -240,6 +254,7 @@ class TurnPointer:
         p, silent = self._after(token)
         moved = p != self.p
         self.run = self.run + 1 if (not moved and silent == self.silent) else 1
+        self.stalled = 0 if moved else self.stalled + 1
         self.p, self.silent = p, silent
         self.frames += 1
         tokens = self._settle() if moved else []
@@ -253,7 +268,7 @@ class TurnPointer:
         as the received text allows; returns the text tokens owed to the LM, None if it cannot move."""
         for q in range(min(target, self.num_positions), self.p, -1):
             if self._plan(q, self._position_word(q - 1)) is not None:
-                self.p, self.silent, self.run = q, False, 1
+                self.p, self.silent, self.run, self.stalled = q, False, 1, 0
                 tokens = self._settle()
                 self._trim()
                 return tokens + [self.cue()]
@@ -294,7 +309,8 @@ def interleave_turn(
     def phonemize(word: Word, _next: Word | None) -> tuple[int, ...]:
         return by_id[id(word)]
 
-    pointer = TurnPointer(vocab, phonemize, vocab.speaker(speaker), tempo_token)
+    # the run caps are an inference-time safety net; recorded speech is replayed as it is
+    pointer = TurnPointer(vocab, phonemize, vocab.speaker(speaker), tempo_token, UNCAPPED)
     pointer.add_words(words)
     pointer.finish()
     tokens = pointer.start_tokens()

@@ -299,6 +299,8 @@ class Orchestrator:
                 continue
             ptr = turn.pointer
             token = self._pending_token
+            if token is not None and token not in ptr.allowed():  # the pointer moved (realign)
+                token = None
             if token is None:
                 token = self.backend.next_token(ptr.moves())
             if token == self.vocab.end:
@@ -320,7 +322,7 @@ class Orchestrator:
             self._append(turn, [token, *inserted])
             turn.frame_p.append(ptr.p)
             units.append(self.vocab.unit_of(token))
-            speaking.append(True)
+            speaking.append(ptr.p > 0)
             speaker.append(turn.speaker)
             held.append(False)
             pointer.append(self.pointer)
@@ -344,13 +346,17 @@ class Orchestrator:
         0 is returned.
         """
         turn = self._current
-        if turn is None or not turn.frame_p:
+        if turn is None or not turn.frame_p or len(log_probs) == 0:
             return 0
-        frames = min(len(log_probs), len(turn.frame_p))
         ptr = turn.pointer
-        history = list(turn.frame_p)
-        start = max(history[-frames] - 1, 0) if frames < len(history) else 0
-        start = max(start, ptr._pos_base)
+        frames = min(len(log_probs), len(turn.frame_p))
+        window = list(turn.frame_p)[len(turn.frame_p) - frames :]
+        while window and window[0] - 1 < ptr._pos_base and ptr._pos_base > 0:
+            window.pop(0)  # frames of positions already forgotten
+        if not window:
+            return 0
+        frames = len(window)
+        start = max(window[0] - 1, 0)
         end = min(ptr.p + lookahead, ptr.num_positions)
         targets = [ptr._position(i) for i in range(start, end)]
         reached = start + realigned_pointer(torch.as_tensor(log_probs[-frames:]).cpu().numpy(), targets)
@@ -358,5 +364,6 @@ class Orchestrator:
             return ptr.p - reached
         inserted = ptr.jump(reached)
         if inserted is not None:
+            self._pending_token = None
             self._append(turn, inserted)
         return 0

@@ -134,7 +134,7 @@ def _decimal_words(whole: str, frac: str) -> list[str]:
 ABBREVIATIONS = {
     "dr": "doctor", "mr": "mister", "mrs": "missus", "ms": "miz", "st": "saint", "jr": "junior",
     "sr": "senior", "prof": "professor", "vs": "versus", "etc": "et cetera", "approx": "approximately",
-    "dept": "department", "mt": "mount", "no": "number", "e.g": "for example", "i.e": "that is",
+    "dept": "department", "mt": "mount", "e.g": "for example", "i.e": "that is",
     "jan": "january", "feb": "february", "mar": "march", "apr": "april", "jun": "june", "jul": "july",
     "aug": "august", "sep": "september", "sept": "september", "oct": "october", "nov": "november",
     "dec": "december", "a.m": "a m", "p.m": "p m",
