@@ -26,11 +26,11 @@ from streamchar.codecs.video import DiffusersVideoCodec, build_video_codec
 from streamchar.config import StreamCharConfig, to_dict
 from streamchar.data.shards import Corpus, CorpusError
 from streamchar.training import (
-    cosine_lr,
     guard_run_config,
     resolve_mixed_precision,
     resume_latest,
     save_checkpoint,
+    schedule_lr,
 )
 
 logger = logging.getLogger(__name__)
@@ -184,8 +184,7 @@ def train_vae(cfg: StreamCharConfig, data: str | Path, out: str | Path, max_step
                             state={"sampler": generator.get_state().tolist(), "best": best})  # fmt: skip
 
     for step in range(start, stop):
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, tcfg.steps, tcfg.lr, tcfg.lr_min, tcfg.warmup_steps)
+        schedule_lr(optimizer, step, tcfg)
         images = _random_crops(pool, tcfg.batch_size, tcfg.crop_size, codec.spatial_factor, generator)
         x = frames_to_tensor(images, accelerator.device).contiguous(memory_format=torch.channels_last)
         with accelerator.accumulate(model), accelerator.autocast():

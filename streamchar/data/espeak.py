@@ -320,10 +320,14 @@ def _zygote_main(requests: int, responses: int) -> None:
         _send(responses, result)
 
 
-class IsolatedEspeak:
-    """libespeak-ng behind a zygote process, so every synthesis starts from the same state."""
+class _HelperProcess:
+    """A forked process that owns its own libespeak-ng and answers pickled requests over two pipes.
 
-    def __init__(self) -> None:
+    ``main(requests, responses)`` runs in the child: it sends ``("ready", value)`` (or ``("error",
+    message)``) once, then one reply per request until the request pipe closes.
+    """
+
+    def __init__(self, main) -> None:
         _find_library()  # fail here, with the install hint, if the library is missing
         req_read, req_write = os.pipe()
         resp_read, resp_write = os.pipe()
@@ -332,7 +336,7 @@ class IsolatedEspeak:
             os.close(req_write)
             os.close(resp_read)
             try:
-                _zygote_main(req_read, resp_write)
+                main(req_read, resp_write)
             finally:
                 os._exit(0)
         os.close(req_read)
@@ -343,20 +347,13 @@ class IsolatedEspeak:
         if status != "ready":
             self.close()
             raise EspeakError(f"libespeak-ng failed to start ({value}); check the espeak-ng installation.")
-        self.native_rate = int(value)
+        self.ready_value = value
         atexit.register(self.close)
 
-    def synthesize(self, text: str, voice: Voice) -> Utterance:
-        """Speak ``text`` (UTF-8) with ``voice``; returns the waveform at espeak's native rate."""
-        if not text.strip():
-            raise ValueError("Cannot synthesise empty text; pass at least one word.")
+    def _request(self, payload) -> tuple[str, object]:
         with self._lock:
-            _send(self._requests, (text, voice))
-            status, value = _recv(self._responses)
-        if status != "ok":
-            kind, _, message = value.partition(": ")
-            raise (ValueError if kind == "ValueError" else EspeakError)(message)
-        return value
+            _send(self._requests, payload)
+            return _recv(self._responses)
 
     def close(self) -> None:
         if self._pid is None:
@@ -368,6 +365,24 @@ class IsolatedEspeak:
         except OSError:
             pass
         self._pid = None
+
+
+class IsolatedEspeak(_HelperProcess):
+    """libespeak-ng behind a zygote process, so every synthesis starts from the same state."""
+
+    def __init__(self) -> None:
+        super().__init__(_zygote_main)
+        self.native_rate = int(self.ready_value)
+
+    def synthesize(self, text: str, voice: Voice) -> Utterance:
+        """Speak ``text`` (UTF-8) with ``voice``; returns the waveform at espeak's native rate."""
+        if not text.strip():
+            raise ValueError("Cannot synthesise empty text; pass at least one word.")
+        status, value = self._request((text, voice))
+        if status != "ok":
+            kind, _, message = value.partition(": ")
+            raise (ValueError if kind == "ValueError" else EspeakError)(message)
+        return value
 
 
 _INSTANCE: Espeak | IsolatedEspeak | None = None
@@ -429,7 +444,7 @@ def _phonemizer_main(requests: int, responses: int) -> None:
             _send(responses, ("error", f"{type(err).__name__}: {err}"))
 
 
-class EspeakPhonemizer:
+class EspeakPhonemizer(_HelperProcess):
     """espeak-ng's text-to-phoneme translation (``espeak_TextToPhonemes``) in a helper process.
 
     The helper keeps its own library, so this process's synthesis zygote stays pristine; a request
@@ -437,46 +452,14 @@ class EspeakPhonemizer:
     """
 
     def __init__(self) -> None:
-        _find_library()
-        req_read, req_write = os.pipe()
-        resp_read, resp_write = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(req_write)
-            os.close(resp_read)
-            try:
-                _phonemizer_main(req_read, resp_write)
-            finally:
-                os._exit(0)
-        os.close(req_read)
-        os.close(resp_write)
-        self._pid, self._requests, self._responses = pid, req_write, resp_read
-        self._lock = threading.Lock()
-        status, value = _recv(self._responses)
-        if status != "ready":
-            self.close()
-            raise EspeakError(f"libespeak-ng failed to start ({value}); check the espeak-ng installation.")
-        atexit.register(self.close)
+        super().__init__(_phonemizer_main)
 
     def words(self, text: str, language: str = "en-us") -> list[list[str]]:
         """espeak's phoneme mnemonics of ``text``, one list per word it spoke."""
-        with self._lock:
-            _send(self._requests, (text, language))
-            status, value = _recv(self._responses)
+        status, value = self._request((text, language))
         if status != "ok":
             raise EspeakError(value.partition(": ")[2] or value)
         return value
-
-    def close(self) -> None:
-        if self._pid is None:
-            return
-        try:
-            os.close(self._requests)
-            os.close(self._responses)
-            os.waitpid(self._pid, 0)
-        except OSError:
-            pass
-        self._pid = None
 
 
 _PHONEMIZER: EspeakPhonemizer | None = None

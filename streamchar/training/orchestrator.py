@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -22,12 +21,13 @@ from streamchar.orchestrator.dataset import UnitLMDataset, build_turn_table, col
 from streamchar.orchestrator.model import build_unit_lm, save_unit_lm
 from streamchar.orchestrator.text import UnitVocabulary
 from streamchar.training import (
-    cosine_lr,
+    check_finite_loss,
     guard_run_config,
     read_optimizer_state,
     resolve_mixed_precision,
     resume_latest,
     save_checkpoint,
+    schedule_lr,
 )
 
 logger = logging.getLogger(__name__)
@@ -151,9 +151,7 @@ def train_orchestrator(
 
     model.train()
     for step in range(start, stop):
-        lr = cosine_lr(step, tcfg.steps, tcfg.lr, tcfg.lr_min, tcfg.warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = schedule_lr(optimizer, step, tcfg)
         first = step * world * tcfg.batch_size + rank * tcfg.batch_size
         batch = collate_lm([train_set[i] for i in range(first, first + tcfg.batch_size)], vocab.pad)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -164,11 +162,7 @@ def train_orchestrator(
             accelerator.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(
-                f"The orchestrator loss became {loss.item()} at step {step + 1}; resume from the last checkpoint "
-                "with a lower train.orchestrator.lr."
-            )
+        check_finite_loss(loss, step, "train.orchestrator")
         running += loss.item()
         seen += 1
         done = step + 1

@@ -17,7 +17,6 @@ import contextlib
 import copy
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -31,12 +30,13 @@ from streamchar.denoiser.flow import FlowMatching
 from streamchar.denoiser.objective import TeacherObjective
 from streamchar.eval.plots import plot_curve
 from streamchar.training import (
-    cosine_lr,
+    check_finite_loss,
     guard_run_config,
     read_optimizer_state,
     resolve_mixed_precision,
     resume_latest,
     save_checkpoint,
+    schedule_lr,
 )
 from streamchar.training.distributed import (
     full_optimizer_state,
@@ -249,9 +249,7 @@ def train_teacher(
 
     model.train()
     for step in range(start, stop):
-        lr = cosine_lr(step, tcfg.steps, tcfg.lr, tcfg.lr_min, tcfg.warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = schedule_lr(optimizer, step, tcfg)
         generator = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + step)  # the same on every process
         micro_batches = list(batches(step))
         for i, batch in enumerate(micro_batches):
@@ -273,11 +271,7 @@ def train_teacher(
             clip(model.parameters(), tcfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(
-                f"The teacher loss became {loss.item()} at step {step + 1}; resume from the last checkpoint with a "
-                "lower train.teacher.lr."
-            )
+        check_finite_loss(loss, step, "train.teacher")
         update_ema(ema, accelerator.unwrap_model(model), ema_decay_at(step, tcfg.ema_decay))
         done = step + 1
         bar.update(1)
