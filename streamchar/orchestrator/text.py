@@ -335,26 +335,28 @@ class Frontend:
 
         self.language = language
         self._espeak = get_phonemizer()
-        self._cache: OrderedDict[tuple[str, str], tuple[int, ...]] = OrderedDict()
+        self._cache: OrderedDict[str, list[list[str]]] = OrderedDict()  # text -> espeak's word groups
         self._cache_size = cache_size
+
+    def _groups(self, text: str) -> list[list[str]]:
+        if text in self._cache:
+            self._cache.move_to_end(text)
+            return self._cache[text]
+        groups = self._cache[text] = self._espeak.words(text, self.language)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return groups
 
     def phonemes(self, word: Word, next_word: Word | None) -> tuple[int, ...]:
         """Phoneme ids of ``word`` as spoken before ``next_word`` (None: the end of the text)."""
-        context = word.written + (" " + next_word.written if next_word is not None else "")
-        key = (context, self.language)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        groups = self._espeak.words(context, self.language)
-        alone = self._espeak.words(word.written, self.language) if next_word is not None else groups
-        # the word is the first group when espeak kept the words apart; else read it alone
-        first = groups[0] if next_word is not None and len(groups) >= 2 and len(alone) == 1 else None
-        chosen = first if first is not None else [p for g in alone for p in g]
-        ids = tuple(i for i in (phoneme_id(p) for p in chosen) if i != SILENCE_ID)
-        self._cache[key] = ids
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return ids
+        alone = self._groups(word.written)
+        chosen = [p for g in alone for p in g]
+        if next_word is not None and len(alone) == 1:
+            # the word is the first group when espeak kept the two words apart; else it is read alone
+            groups = self._groups(f"{word.written} {next_word.written}")
+            if len(groups) >= 2:
+                chosen = groups[0]
+        return tuple(i for i in (phoneme_id(p) for p in chosen) if i != SILENCE_ID)
 
     def sentence(self, text: str) -> list[tuple[Word, tuple[int, ...]]]:
         """All words of a complete text with their phonemes."""
