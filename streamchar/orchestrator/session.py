@@ -28,7 +28,7 @@ from streamchar.data.phonemes import SILENCE_ID
 from streamchar.orchestrator.backends import LLMBackend, make_backend
 from streamchar.orchestrator.dataset import DEFAULT_TEMPO, turn_tokens
 from streamchar.orchestrator.pointer import PointerLimits, TurnPointer, realigned_pointer
-from streamchar.orchestrator.text import Frontend, TextError, UnitVocabulary, WordStream  # noqa: F401
+from streamchar.orchestrator.text import Frontend, TextError, UnitVocabulary, WordStream
 
 logger = logging.getLogger(__name__)
 
