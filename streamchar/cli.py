@@ -131,7 +131,8 @@ def cmd_eval_orchestrator(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     checkpoint = resolve_asset_path(args.checkpoint or cfg.orchestrator.path)
-    result = evaluate_orchestrator(cfg, checkpoint, args.table, split=args.split, max_turns=args.max_turns)
+    result = evaluate_orchestrator(cfg, checkpoint, args.table, split=args.split, max_turns=args.max_turns,
+                                   prompt_turns=args.prompt_turns)  # fmt: skip
     model, vocab, _ = load_unit_lm(checkpoint)
     heldout = UnitLMDataset(
         read_turn_table(args.table), args.split, vocab, cfg.train.orchestrator.max_tokens, seed=7919
@@ -325,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="orchestrator folder (default: orchestrator.path)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--max-turns", type=int, default=0, help="evaluate only the first N turns (0 = all)")
+    p.add_argument("--prompt-turns", type=int, default=2,
+                   help="voice prompt: this many of the character's longest turns from other clips (0 = none)")  # fmt: skip
     p.add_argument(
         "--out", default=None, help="write OUT.json and OUT.md (e.g. docs/results/orchestrator_eval)"
     )

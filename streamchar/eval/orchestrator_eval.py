@@ -59,12 +59,12 @@ def transcript_of(turn: dict) -> str:
 
 
 def evaluate_orchestrator(cfg, checkpoint: str | Path, table: str | Path, split: str = "test",
-                          max_turns: int = 0, progress: bool = True) -> dict:  # fmt: skip
+                          max_turns: int = 0, prompt_turns: int = 2, progress: bool = True) -> dict:  # fmt: skip
     from streamchar.orchestrator.session import Orchestrator, VoicePrompt
     from streamchar.orchestrator.text import Frontend
 
     rows = read_turn_table(table)
-    pairs = heldout_turns(rows, split)
+    pairs = heldout_turns(rows, split, prompt_turns)
     if max_turns:
         pairs = pairs[:max_turns]
     if not pairs:
@@ -112,6 +112,7 @@ def evaluate_orchestrator(cfg, checkpoint: str | Path, table: str | Path, split:
         "split": split,
         "turns": len(per_turn),
         "prompted_turns": sum(t["prompted"] for t in per_turn),
+        "prompt_turns_each": prompt_turns,
         "duration_within_10pct": float(np.mean(np.abs(ratio - 1) <= 0.10)),
         "duration_ratio_median": float(np.median(ratio)),
         "duration_ratio_p10_p90": [float(np.percentile(ratio, 10)), float(np.percentile(ratio, 90))],
@@ -139,7 +140,8 @@ def write_report(result: dict, teacher_forced: dict | None, out: str | Path) -> 
         f"# Orchestrator on held-out turns ({result['split']} split)",
         "",
         f"Checkpoint `{result['checkpoint']}`, {result['turns']} turns ({result['prompted_turns']} with a voice "
-        "prompt: the two longest turns of the same character in other clips), greedy decoding, whole transcript "
+        f"prompt: the {result.get('prompt_turns_each', 2)} longest turn(s) of the same character in other clips), "
+        "greedy decoding, whole transcript "
         "pushed final. Duration: frames from the first phoneme to the end of the turn. Free-running accuracy "
         "compares frame t with frame t of the truth, so any timing drift counts against it.",
         "",
