@@ -252,6 +252,43 @@ class OrchestratorConfig:
 
 
 @dataclass
+class EngineConfig:
+    """The live chunk loop (``streamchar generate``, ``stream``, ``serve``)."""
+
+    denoiser_path: str = "checkpoints/tiny/teacher"  # a teacher or distilled student checkpoint folder
+    # the shipped character used when none is given (image, voice, voice prompt): a name under
+    # characters_dir or a folder
+    character: str = "ada"
+    characters_dir: str = "checkpoints/tiny/characters"
+    steps: int = 4  # denoising steps per chunk; nothing in the engine assumes a number
+    guidance_conditions: float = 2.0
+    guidance_ref_image: float = 1.5
+    guidance_ref_voice: float = 1.5
+    shift: float = 1.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    mixed_precision: str = "auto"  # auto (bf16 where native) | no | bf16
+    decode_overlap: bool = True  # decode chunk i beside the denoising of chunk i + 1
+    tail_seconds: float = 1.0  # listening after the last turn before an offline render ends
+    lead_seconds: float = 0.0  # listening before the first turn starts
+    lookahead_chunks: int = 2  # live: chunks generated ahead of playback (interrupt latency grows with it)
+    audio_context_tokens: int = 4  # audio decoder context carried from one chunk into the next
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None  # a bearer token every request must carry; null = none
+    max_sessions: int = 4
+    max_text_chars: int = 2000  # per text message
+    max_message_bytes: int = 2_000_000  # any one WebSocket message
+    max_image_bytes: int = 1_500_000
+    max_image_pixels: int = 4096 * 4096
+    max_session_seconds: float = 3600.0  # playback time after which a session is closed
+
+
+@dataclass
 class StreamCharConfig:
     preset: str = "tiny"
     timeline: Timeline = field(default_factory=Timeline)
@@ -261,6 +298,8 @@ class StreamCharConfig:
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     orchestrator: OrchestratorConfig = field(default_factory=OrchestratorConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

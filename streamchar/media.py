@@ -100,6 +100,30 @@ def _decode_audio_pyav(path: Path) -> tuple[np.ndarray, int]:
     return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), rate
 
 
+# -- images ---------------------------------------------------------------------------------------
+def read_image(source: str | Path | bytes, size: int, max_pixels: int = 4096 * 4096) -> np.ndarray:
+    """A square RGB image (file path or encoded bytes) as uint8 ``[size, size, 3]``, resized if needed."""
+    from PIL import Image, UnidentifiedImageError
+
+    name = "the uploaded image" if isinstance(source, bytes) else str(source)
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if image.width * image.height > max_pixels:
+            raise MediaError(
+                f"{name} is {image.width}x{image.height}, over {max_pixels:,} pixels; send a smaller image."
+            )
+        image = image.convert("RGB")
+    except (FileNotFoundError, UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+        raise MediaError(f"Could not read {name} as an image ({type(err).__name__}); pass a PNG or JPEG file.") from err
+    if image.width != image.height:
+        raise MediaError(
+            f"{name} is {image.width}x{image.height}; crop it to a square around the face first."
+        )
+    if image.width != size:
+        image = image.resize((size, size), Image.LANCZOS)
+    return np.asarray(image, dtype=np.uint8)
+
+
 # -- mp4 ------------------------------------------------------------------------------------------
 class Mp4Writer:
     """Incremental H.264 + AAC mp4 writer; frames and audio may arrive in any chunking.
@@ -110,6 +134,7 @@ class Mp4Writer:
         sample_rate: rate of the audio handed to :meth:`write_audio`, or ``None`` for no audio.
         mux_sample_rate: AAC rate in the file (48 kHz keeps one AAC frame under a video frame).
         crf: x264 constant rate factor (0 = lossless luma, 18 = visually lossless).
+        metadata: container tags (``title``, ``comment``...).
     """
 
     def __init__(
@@ -121,6 +146,7 @@ class Mp4Writer:
         crf: int = 18,
         preset: str = "medium",
         audio_bitrate: int = 96000,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         import av
 
@@ -133,6 +159,7 @@ class Mp4Writer:
         os.close(fd)
         self._tmp = Path(tmp)
         self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        self._container.metadata.update(metadata or {})
         self._crf = crf
         self._preset = preset
         self._video = None  # created on the first frame, when the size is known

@@ -149,9 +149,17 @@ class MelCodec(nn.Module):
         return magnitude
 
     def griffin_lim(
-        self, magnitude: torch.Tensor, length: int, generator: torch.Generator | None = None
+        self,
+        magnitude: torch.Tensor,
+        length: int,
+        generator: torch.Generator | None = None,
+        prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Fast Griffin-Lim: phase that makes ``magnitude [B, F, M]`` a consistent STFT."""
+        """Fast Griffin-Lim: phase that makes ``magnitude [B, F, M]`` a consistent STFT.
+
+        ``prefix`` ``[B, P]``: samples the output must start with (audio already played); they are
+        imposed at every iteration, so the phase of what follows continues them.
+        """
         if generator is None:
             generator = torch.Generator(device=magnitude.device).manual_seed(0)
         phase = torch.rand(magnitude.shape, generator=generator, device=magnitude.device) * (2 * math.pi)
@@ -160,11 +168,59 @@ class MelCodec(nn.Module):
         alpha = self.griffin_lim_momentum / (1 + self.griffin_lim_momentum)
         for _ in range(self.griffin_lim_iters):
             wave = self.istft(magnitude * angles, length)
+            if prefix is not None:
+                wave = torch.cat([prefix, wave[:, prefix.shape[1] :]], dim=1)
             rebuilt = self.stft(wave)[..., : magnitude.shape[-1]]
             angles = rebuilt - alpha * previous  # momentum towards the last projection
             angles = angles / angles.abs().clamp_min(1e-8)
             previous = rebuilt
         return self.istft(magnitude * angles, length)
+
+    def decoder_stream(self, context_tokens: int = 4) -> MelDecoderStream:
+        return MelDecoderStream(self, context_tokens)
+
+
+class MelDecoderStream:
+    """Decodes a session's audio latents chunk by chunk, each chunk continuing the audio already emitted.
+
+    Every chunk is decoded behind the last ``context_tokens`` tokens of the previous ones, whose emitted
+    samples Griffin-Lim keeps fixed at every iteration: the new chunk's phase grows out of the old audio
+    instead of starting from random phase, which would click at every chunk boundary.
+    """
+
+    def __init__(self, codec: MelCodec, context_tokens: int = 4) -> None:
+        if context_tokens < 0:
+            raise CodecError(f"context_tokens must be zero or more, got {context_tokens}.")
+        self.codec = codec
+        self.context_tokens = context_tokens
+        self.reset()
+
+    def reset(self) -> None:
+        self._latents: torch.Tensor | None = None  # [B, <= context_tokens, D_a]
+        self._wave: torch.Tensor | None = None  # their emitted samples [B, n * samples_per_token]
+        self._chunks = 0
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``[T_a, D_a]`` or ``[B, T_a, D_a]`` -> the chunk's samples ``[N]`` or ``[B, N]``."""
+        codec = self.codec
+        single = latents.dim() == 2
+        lat = (latents.unsqueeze(0) if single else latents).to(codec.mel_basis.device).float()
+        if lat.shape[-1] != codec.latent_dim:
+            raise CodecError(f"Mel latents must have {codec.latent_dim} dims, got {lat.shape[-1]}.")
+        context = self._latents if self._latents is not None else lat[:, :0]
+        full = torch.cat([context, lat], dim=1)
+        mel = codec.latents_to_log_mel(full).exp().transpose(1, 2)
+        mel = torch.cat([mel, mel[..., -1:]], dim=-1)
+        magnitude = codec.mel_to_magnitude(mel)
+        generator = torch.Generator(device=magnitude.device).manual_seed(self._chunks)
+        wave = codec.griffin_lim(magnitude, full.shape[1] * codec.samples_per_token, generator, self._wave)
+        out = wave[:, context.shape[1] * codec.samples_per_token :]
+        keep = min(self.context_tokens, full.shape[1])
+        self._latents = full[:, full.shape[1] - keep :] if keep else None
+        self._wave = wave[:, wave.shape[1] - keep * codec.samples_per_token :] if keep else None
+        self._chunks += 1
+        return out[0] if single else out
 
 
 def build_audio_codec(cfg, timeline) -> nn.Module:

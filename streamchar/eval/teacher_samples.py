@@ -94,22 +94,9 @@ def chunk_conditions(
 
 def encode_reference_image(path: str | Path, codec) -> torch.Tensor:
     """A square RGB image file -> reference latents ``[1, C, 1, h, w]`` (resized to the codec's size)."""
-    from PIL import Image, UnidentifiedImageError
+    from streamchar.media import read_image
 
-    try:
-        image = Image.open(path).convert("RGB")
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
-        raise ValueError(
-            f"Could not read the reference image {path} ({err}); pass a PNG or JPEG file."
-        ) from err
-    if image.width != image.height:
-        raise ValueError(
-            f"The reference image is {image.width}x{image.height}; crop it to a square around the face first."
-        )
-    if image.width != codec.image_size:
-        logger.info("resizing the reference image from %dpx to %dpx", image.width, codec.image_size)
-        image = image.resize((codec.image_size, codec.image_size), Image.LANCZOS)
-    return codec.encode(np.asarray(image)[None]).float()[None]  # [1, C, 1, h, w]
+    return codec.encode(read_image(path, codec.image_size)[None]).float()[None]  # [1, C, 1, h, w]
 
 
 def contact_sheet(generated: np.ndarray, truth: np.ndarray, columns: int = 8) -> np.ndarray:

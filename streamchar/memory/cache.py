@@ -102,10 +102,12 @@ class StreamingModule(nn.Module):
         self._stream: ContextCache | None = None
 
     @contextmanager
-    def streaming(self) -> Iterator[ContextCache]:
+    def streaming(self, cache: ContextCache | None = None) -> Iterator[ContextCache]:
+        """Hold a session's state for the block: a new one, or ``cache`` (kept by its owner between blocks,
+        so one module can serve several sessions in turn)."""
         if self._stream is not None:
             raise RuntimeError("This module is already streaming; leave the current session first.")
-        self._stream = ContextCache()
+        self._stream = cache if cache is not None else ContextCache()
         try:
             yield self._stream
         finally:

@@ -48,6 +48,8 @@ class AudioConditions:
         turn_ends: frame indices after which a turn ended (the character returns to listening); -1 when
             it ended before this chunk's first frame.
         done: True when every pushed turn is final and has been spoken.
+        word: ``[T_a]`` long, session-wide index of the word being spoken (counting every word pushed, see
+            :attr:`Orchestrator.words_pushed`); -1 before a turn's first phoneme.
     """
 
     units: torch.Tensor
@@ -57,6 +59,7 @@ class AudioConditions:
     held: torch.Tensor
     turn_ends: tuple[int, ...]
     done: bool
+    word: torch.Tensor | None = None
 
 
 @dataclass
@@ -174,12 +177,19 @@ class Orchestrator:
         self._history: deque[list[int]] = deque()
         self._pending_token: int | None = None
         self._positions_done = 0  # positions of finished turns
+        self._words_done = 0  # words pushed to finished turns (spoken or cut off by an interrupt)
         self.backend.reset(self._prompt_tokens)
 
     @property
     def pointer(self) -> int:
         """Transcript positions started in the session so far."""
         return self._positions_done + (self._current.pointer.p if self._current else 0)
+
+    @property
+    def words_pushed(self) -> int:
+        """Words pushed in the session so far, counting words begun but not yet released (the next
+        push's first new word has this index in :attr:`AudioConditions.word`)."""
+        return self._words_done + sum(t.pointer.received + t.words.pending_words for t in self._turns)
 
     @property
     def idle(self) -> bool:
@@ -276,6 +286,7 @@ class Orchestrator:
         self._append(turn, [self.vocab.end])
         self._history.append(turn.tokens)
         self._positions_done += turn.pointer.p
+        self._words_done += turn.pointer.received + turn.words.pending_words
         self._current = None
         if self._turns and self._turns[0] is turn:
             self._turns.popleft()
@@ -285,7 +296,7 @@ class Orchestrator:
     @torch.inference_mode()
     def next_chunk(self) -> AudioConditions:
         """Plan the next chunk: ``chunk_frames`` units with pointer, speaking mask and speaker."""
-        units, pointer, speaking, speaker, held, turn_ends = [], [], [], [], [], []
+        units, pointer, speaking, speaker, held, turn_ends, word = [], [], [], [], [], [], []
         silence = SILENCE_ID * self.vocab.buckets.size
         while len(units) < self.chunk_frames:
             turn = self._start_turn()
@@ -296,6 +307,7 @@ class Orchestrator:
                 speaker.append(self._turns[0].speaker if waiting else -1)
                 held.append(waiting)
                 pointer.append(self.pointer)
+                word.append(-1)
                 continue
             ptr = turn.pointer
             token = self._pending_token
@@ -316,6 +328,7 @@ class Orchestrator:
                 speaker.append(turn.speaker)
                 held.append(True)
                 pointer.append(self.pointer)
+                word.append(self._word_index(turn))
                 continue
             self._pending_token = None
             inserted = ptr.commit(token)
@@ -326,6 +339,7 @@ class Orchestrator:
             speaker.append(turn.speaker)
             held.append(False)
             pointer.append(self.pointer)
+            word.append(self._word_index(turn))
         return AudioConditions(
             units=torch.tensor(units, dtype=torch.long),
             pointer=torch.tensor(pointer, dtype=torch.long),
@@ -334,7 +348,12 @@ class Orchestrator:
             held=torch.tensor(held, dtype=torch.bool),
             turn_ends=tuple(turn_ends),
             done=self.idle,
+            word=torch.tensor(word, dtype=torch.long),
         )
+
+    def _word_index(self, turn: _Turn) -> int:
+        current = turn.pointer.current_word()
+        return self._words_done + current if current >= 0 else -1
 
     # -- realignment ------------------------------------------------------------------------------
     def realign(self, log_probs: torch.Tensor, lookahead: int = 4) -> int:

@@ -325,6 +325,11 @@ class WordStream:
     def pending_chars(self) -> int:
         return len(self._partial)
 
+    @property
+    def pending_words(self) -> int:
+        """Words begun but not released yet (the held word, and a token still being typed)."""
+        return (self._held is not None) + bool(self._partial)
+
 
 # -- phonemes -------------------------------------------------------------------------------------
 class Frontend:

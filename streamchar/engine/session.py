@@ -1,0 +1,553 @@
+"""The real-time chunk loop: text (or speech) in, frames and PCM out, chunk by chunk.
+
+    engine = Engine.from_config(cfg)                       # models, loaded once, shared by sessions
+    with engine.session([engine.character()]) as session:
+        session.push_text("Hello there, ", final=False)     # text as a chat model streams it
+        session.push_text("how are you?", final=True)
+        for chunk in session:                               # ends after the speech and a listening tail
+            play(chunk.frames, chunk.audio)                 # uint8 [T, H, W, 3], float32 [N]
+        print(session.stats.summary())
+
+A producer thread plans each chunk (the orchestrator), denoises it (the denoiser, inside the session's
+own window memory) and hands its latents to a decode worker, which turns them into frames and PCM
+beside the next chunk's denoising (a thread on CPU; on CUDA the worker also runs on its own stream).
+Finished chunks wait in a small queue, so memory stays bounded; a live session (``realtime=True``)
+runs at most ``lookahead_chunks`` ahead of playback and never ends on its own.
+
+Sessions share one :class:`Engine`; a lock gives the device to one chunk at a time, and each session
+keeps its own K/V cache, decoder state and orchestrator, so any number of sessions can take turns.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from streamchar.data.phonemes import SILENCE_ID
+from streamchar.denoiser.dit import NULL_SPEAKING, Conditions
+from streamchar.denoiser.flow import EulerSampler, Guidance, repeat_batch, set_reference_for_guidance
+from streamchar.engine.characters import Character, load_character
+from streamchar.engine.clock import ChunkTiming, PlaybackClock, SessionStats
+from streamchar.memory.cache import ContextCache
+from streamchar.orchestrator.session import AudioConditions, Orchestrator, VoicePrompt
+
+logger = logging.getLogger(__name__)
+MODES = ("text", "audio")
+
+
+class SessionClosed(RuntimeError):
+    """The session was closed (or failed); start a new one."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One finished chunk: what a player shows and plays for ``timing.duration`` seconds.
+
+    ``frames`` uint8 ``[T, H, W, 3]`` (characters side by side), ``audio`` float32 ``[N]`` mono at the
+    timeline's rate (``N = T * samples_per_video_frame``), ``speaker`` ``[T]`` whose turn each frame is
+    (-1 while listening), ``speaking`` ``[T]`` bool.
+    """
+
+    index: int
+    frames: np.ndarray
+    audio: np.ndarray
+    speaker: np.ndarray
+    speaking: np.ndarray
+    timing: ChunkTiming
+    conditions: AudioConditions | None = None
+
+    @property
+    def listening(self) -> bool:
+        return not bool(self.speaking.any())
+
+
+class Engine:
+    """What every session shares: denoiser, codecs, the orchestrator's LM, the device and its lock."""
+
+    def __init__(self, cfg, denoiser, video_codec, audio_codec, unit_lm=None, vocab=None,
+                 device: torch.device | None = None, precision: str = "no") -> None:  # fmt: skip
+        self.cfg = cfg
+        self.timeline = denoiser.timeline
+        self.denoiser = denoiser
+        self.video_codec = video_codec
+        self.audio_codec = audio_codec
+        self.unit_lm = unit_lm
+        self.vocab = vocab
+        self.device = device or torch.device("cpu")
+        self.precision = precision
+        self.lock = threading.Lock()  # one chunk at a time on the device
+        self.sessions = 0  # open sessions
+
+    @classmethod
+    def from_config(cls, cfg, denoiser_path: str | None = None, with_orchestrator: bool = True) -> Engine:
+        from streamchar.codecs.audio import build_audio_codec
+        from streamchar.codecs.video import video_codec_from_config
+        from streamchar.config import resolve_asset_path
+        from streamchar.denoiser.build import latent_spec_from_config
+        from streamchar.orchestrator.model import load_unit_lm
+        from streamchar.training import resolve_mixed_precision
+        from streamchar.training.teacher import load_teacher
+
+        ecfg = cfg.engine
+        device = ecfg.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device)
+        denoiser = load_teacher(denoiser_path or ecfg.denoiser_path, cfg, latent_spec_from_config(cfg)).to(
+            device
+        )
+        video_codec = video_codec_from_config(cfg).to(device)
+        audio_codec = build_audio_codec(cfg, cfg.timeline).to(device)
+        unit_lm = vocab = None
+        if with_orchestrator:
+            if cfg.orchestrator.backend != "hf":
+                raise ValueError("The engine runs the orchestrator in process; set orchestrator.backend=hf.")
+            unit_lm, vocab, _ = load_unit_lm(resolve_asset_path(cfg.orchestrator.path), device=device)
+        return cls(cfg, denoiser, video_codec, audio_codec, unit_lm, vocab, device,
+                   resolve_mixed_precision(ecfg.mixed_precision))  # fmt: skip
+
+    # -- pieces a session is made of ---------------------------------------------------------------
+    def character(self, name: str | None = None) -> Character:
+        ecfg = self.cfg.engine
+        return load_character(name or ecfg.character, ecfg.characters_dir, self.video_codec.image_size,
+                              self.timeline.sample_rate)  # fmt: skip
+
+    def sampler(self, steps: int | None = None, audio_driven: bool = False) -> EulerSampler:
+        ecfg = self.cfg.engine
+        guidance = Guidance(
+            1.0 if audio_driven else ecfg.guidance_conditions,  # the conditions are null when driven by audio
+            ecfg.guidance_ref_image,
+            1.0 if audio_driven else ecfg.guidance_ref_voice,  # the voice is given, not generated
+        )
+        return EulerSampler(steps=steps or ecfg.steps, shift=ecfg.shift, guidance=guidance)
+
+    def orchestrator(self, characters: list[Character]) -> Orchestrator:
+        from streamchar.orchestrator.backends import make_backend
+        from streamchar.orchestrator.pointer import PointerLimits
+        from streamchar.orchestrator.text import Frontend
+
+        if self.unit_lm is None:
+            raise ValueError("This engine was built without an orchestrator; text needs one.")
+        ocfg = self.cfg.orchestrator
+        prompts = {i: VoicePrompt(c.prompt_turns) for i, c in enumerate(characters) if c.prompt_turns}
+        backend = make_backend("hf", model=self.unit_lm, temperature=ocfg.temperature, seed=ocfg.seed)
+        limits = PointerLimits(ocfg.max_phoneme_frames, ocfg.max_silence_frames)
+        return Orchestrator(backend, self.vocab, self.timeline.chunk_audio_tokens, Frontend(ocfg.language),
+                            prompts, ocfg.max_context_tokens, ocfg.max_history_tokens, limits,
+                            ocfg.max_push_chars)  # fmt: skip
+
+    def session(self, characters: list[Character] | None = None, **kwargs) -> StreamSession:
+        return StreamSession(self, characters or [self.character()], **kwargs)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16")
+
+
+class StreamSession:
+    """One conversation: one character (or two, side by side, for a dialogue), one window memory.
+
+    Args:
+        engine: the shared models.
+        characters: one, or two for a dialogue (``push_text(..., speaker=1)`` speaks as the second).
+        mode: ``text`` (text -> speech + video) or ``audio`` (given speech -> video, ``push_audio``).
+        steps: denoising steps per chunk (default ``engine.steps``).
+        realtime: pace chunks to playback (live); otherwise produce as fast as possible and end after
+            everything pushed was spoken plus ``tail_seconds`` of listening.
+        decode_overlap: decode beside the next chunk's denoising (default ``engine.decode_overlap``).
+    """
+
+    def __init__(self, engine: Engine, characters: list[Character], mode: str = "text", steps: int | None = None,
+                 realtime: bool = False, decode_overlap: bool | None = None, seed: int | None = None,
+                 tail_seconds: float | None = None, lookahead_chunks: int | None = None) -> None:  # fmt: skip
+        ecfg = engine.cfg.engine
+        if mode not in MODES:
+            raise ValueError(
+                f"Unknown mode '{mode}'; use text (text -> speech + video) or audio (speech -> video)."
+            )
+        if not 1 <= len(characters) <= 2:
+            raise ValueError(f"A session plays one or two characters, got {len(characters)}.")
+        if mode == "audio" and len(characters) != 1:
+            raise ValueError("Audio-driven sessions play one character.")
+        self.engine, self.tl, self.mode = engine, engine.timeline, mode
+        self.characters = list(characters)
+        self.realtime = realtime
+        self.overlap = ecfg.decode_overlap if decode_overlap is None else decode_overlap
+        self.tail_seconds = ecfg.tail_seconds if tail_seconds is None else tail_seconds
+        self.lookahead = ecfg.lookahead_chunks if lookahead_chunks is None else lookahead_chunks
+        self.sampler = engine.sampler(steps, audio_driven=mode == "audio")
+        self.orchestrator = engine.orchestrator(self.characters) if mode == "text" else None
+        self.stats = SessionStats()
+        self.clock = PlaybackClock()
+        self.generator = torch.Generator().manual_seed(ecfg.seed if seed is None else seed)
+        self.speech_end: float | None = None  # media time the last finished turn ended
+        self._lock = threading.RLock()  # input (text, audio, interrupt) against planning
+        self._audio_ready = threading.Condition(self._lock)
+        self._marks: deque[tuple[int, float]] = deque(maxlen=1024)  # (first word of a push, push wall time)
+        self._audio_in = np.zeros(0, np.float32)
+        self._audio_final = False
+        self._audio_context = np.zeros(0, np.float32)
+        self._out: queue.Queue = queue.Queue(maxsize=max(2, self.lookahead + 1))
+        self._stop = threading.Event()
+        self._producer: threading.Thread | None = None
+        self._closed = False
+        self._error: BaseException | None = None
+        self._index = 0
+        self._media = 0.0  # media time of the next chunk
+        self._state_bytes = 0
+        self._setup_state()
+        engine.sessions += 1
+
+    # -- state -------------------------------------------------------------------------------------
+    def _setup_state(self) -> None:
+        eng, tl = self.engine, self.tl
+        device = eng.device
+        images = np.stack([c.image for c in self.characters])
+        with eng.lock, torch.no_grad(), eng.autocast():
+            ref_video = (
+                eng.video_codec.encode(images).float().permute(1, 0, 2, 3)[:, :, None]
+            )  # [B, C, 1, h, w]
+        R, spt = tl.reference_voice_tokens, tl.samples_per_audio_token
+        voices = torch.zeros(len(self.characters), R, eng.audio_codec.latent_dim, device=device)
+        valid = torch.zeros(len(self.characters), R, dtype=torch.bool, device=device)
+        for i, c in enumerate(self.characters):
+            if c.voice is not None and len(c.voice) >= spt:
+                lat = eng.audio_codec.encode(c.voice[: R * spt]).to(device)
+                voices[i, : len(lat)], valid[i, : len(lat)] = lat, True
+        self._cache = ContextCache()
+        with eng.lock, eng.denoiser.streaming(self._cache), eng.autocast():
+            set_reference_for_guidance(
+                eng.denoiser, self.sampler.guidance, ref_video.to(device), voices, valid
+            )
+        self._sink_set = False
+        self._previous: tuple[torch.Tensor, torch.Tensor] | None = None  # last chunk's latents
+        self._video_streams = [eng.video_codec.decoder_stream() for _ in self.characters]
+        self._audio_stream = (
+            eng.audio_codec.decoder_stream(eng.cfg.engine.audio_context_tokens)
+            if hasattr(eng.audio_codec, "decoder_stream") and self.mode == "text"
+            else None
+        )
+        self._decoder = (
+            ThreadPoolExecutor(1, thread_name_prefix="streamchar-decode") if self.overlap else None
+        )
+        self._decode_cuda = torch.cuda.Stream(device) if (self.overlap and device.type == "cuda") else None
+
+    def state_nbytes(self) -> dict[str, int]:
+        """Bytes of the per-session tensors (constant once the sink is set, whatever the session length)."""
+        cache = self._cache.nbytes() if self._cache is not None else 0
+        previous = sum(t.numel() * t.element_size() for t in self._previous) if self._previous else 0
+        return {"kv_cache": cache, "motion_latents": previous, "audio_input": self._audio_in.nbytes,
+                "orchestrator_context": len(self.orchestrator.backend) if self.orchestrator else 0}  # fmt: skip
+
+    # -- input ---------------------------------------------------------------------------------------
+    def push_text(self, text: str, final: bool = False, speaker: int = 0) -> None:
+        """Transcript for ``speaker`` (0, or 1 in a dialogue); ``final`` closes the turn. Errors (see
+        :meth:`Orchestrator.push_text`) leave the session as it was."""
+        self._check_open()
+        if self.orchestrator is None:
+            raise ValueError("This session is driven by audio; use push_audio, or open a text session.")
+        if speaker >= len(self.characters):
+            raise ValueError(
+                f"speaker {speaker} is not in this session of {len(self.characters)} character(s)."
+            )
+        with self._lock:
+            first_word = self.orchestrator.words_pushed
+            self.orchestrator.push_text(text, final=final, speaker=speaker)
+            now = time.perf_counter()
+            if self.stats.first_push is None:
+                self.stats.first_push = now
+            if text.strip():
+                self._marks.append((first_word, now))
+
+    def push_audio(self, samples: np.ndarray, final: bool = False) -> None:
+        """Speech (mono float32 at the timeline's rate) that drives the character (audio mode)."""
+        self._check_open()
+        if self.mode != "audio":
+            raise ValueError("This session speaks text; open one with mode='audio' to drive it with speech.")
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if not np.isfinite(samples).all():
+            raise ValueError("The audio holds NaN or infinite samples; send PCM floats in [-1, 1].")
+        with self._audio_ready:
+            if self.stats.first_push is None:
+                self.stats.first_push = time.perf_counter()
+            limit = 60 * self.tl.sample_rate  # at most a minute waits; older input is dropped
+            self._audio_in = np.concatenate([self._audio_in, samples])[-limit:]
+            self._audio_final = self._audio_final or final
+            self._audio_ready.notify_all()
+
+    def interrupt(self) -> None:
+        """Stop speaking: the next chunk planned is listening; later text speaks again."""
+        self._check_open()
+        with self._audio_ready:
+            if self.orchestrator is not None:
+                self.orchestrator.interrupt()
+            self._audio_in = np.zeros(0, np.float32)
+            self._marks.clear()
+            self.stats.interrupts += 1
+
+    # -- output --------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Chunk]:
+        while True:
+            chunk = self.next_chunk()
+            if chunk is None:
+                return
+            yield chunk
+
+    def next_chunk(self, timeout: float | None = None) -> Chunk | None:
+        """The next finished chunk (blocking); None when an offline session has ended."""
+        self._check_open()
+        self._start()
+        item = self._out.get(timeout=timeout)
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def _start(self) -> None:
+        if self._producer is None:
+            self._producer = threading.Thread(target=self._produce, name="streamchar-session", daemon=True)
+            self._producer.start()
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def _produce(self) -> None:
+        pending: Future | None = None  # the previous chunk's decode (at most one in flight)
+        try:
+            while not self._stop.is_set() and not self._finished():
+                if self.realtime:
+                    self._pace()
+                work = self._denoise_next()
+                if work is None:
+                    break
+                if pending is not None:
+                    pending.result()
+                if self._decoder is not None:
+                    pending = self._decoder.submit(self._decode_and_emit, *work)
+                else:
+                    self._decode_and_emit(*work)
+            if pending is not None:
+                pending.result()
+            self._put(None)
+        except BaseException as err:  # handed to the consumer, which closes the session
+            if not isinstance(err, SessionClosed):
+                logger.exception("session failed")
+            self._put(err)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _finished(self) -> bool:
+        if self.realtime:
+            return False
+        with self._lock:
+            if self.mode == "text":
+                idle = self.orchestrator.idle
+            else:
+                idle = self._audio_final and len(self._audio_in) == 0
+        if not idle:
+            return False
+        end = self.speech_end if self.speech_end is not None else 0.0
+        return self._media >= end + self.tail_seconds - 1e-9 and self._index > 0
+
+    def _pace(self) -> None:
+        """Live: wait until playback is within ``lookahead`` chunks of the next chunk."""
+        while self.clock.started and not self._stop.is_set():
+            ahead = self._media - self.clock.media_now()
+            if ahead <= self.lookahead * self.tl.chunk_seconds:
+                return
+            time.sleep(min(ahead - self.lookahead * self.tl.chunk_seconds, 0.05))
+
+    def _plan(self) -> tuple[Conditions, AudioConditions | None, torch.Tensor | None, np.ndarray | None]:
+        """This chunk's conditions ``[B, L_a]``, and the orchestrator's plan (text) or the given speech as
+        latents ``[1, L_a, D_a]`` and samples (audio)."""
+        tl, eng = self.tl, self.engine
+        L_a, B = tl.chunk_audio_tokens, len(self.characters)
+        if self.mode == "text":
+            with self._lock, eng.lock:
+                plan = self.orchestrator.next_chunk()
+            silence = SILENCE_ID * self.orchestrator.vocab.buckets.size
+            mine = torch.stack([plan.speaker == b for b in range(B)])  # [B, L_a]
+            units = torch.where(mine, plan.units[None], torch.full_like(mine, silence, dtype=torch.long))
+            speaking = (mine & plan.speaking[None]).long()
+            if plan.turn_ends:
+                self.speech_end = self._media + tl.audio_tokens_to_seconds(max(plan.turn_ends) + 1)
+            return Conditions(units, speaking), plan, None, None
+        samples = tl.audio_tokens_to_samples(L_a)
+        with self._audio_ready:
+            while not self.realtime and len(self._audio_in) < samples and not self._audio_final:
+                if self._stop.is_set():
+                    raise SessionClosed("The session was closed.")
+                self._audio_ready.wait(0.1)
+            piece, self._audio_in = self._audio_in[:samples], self._audio_in[samples:]
+            if len(piece) and not len(self._audio_in) and self._audio_final:
+                self.speech_end = self._media + len(piece) / tl.sample_rate
+        piece = np.concatenate([piece, np.zeros(samples - len(piece), np.float32)])
+        context = self._audio_context
+        wave = np.concatenate([context, piece])
+        lat = eng.audio_codec.encode(wave)[len(context) // tl.samples_per_audio_token :]
+        self._audio_context = wave[-2 * tl.samples_per_audio_token :]
+        null = Conditions(torch.full((1, L_a), eng.denoiser.num_units), torch.full((1, L_a), NULL_SPEAKING))
+        return null, None, lat[None].float(), piece
+
+    @torch.no_grad()
+    def _denoise_next(self):
+        eng, tl = self.engine, self.tl
+        device, model = eng.device, eng.denoiser
+        started = time.perf_counter()
+        cond, plan, given, given_wave = self._plan()
+        if self._stop.is_set():
+            return None
+        B, n = len(self.characters), self.sampler.guidance.num_branches
+        L, S, M = tl.chunk_latent_frames, tl.sink_latent_frames, tl.motion_latent_frames
+        S_a, M_a = tl.sink_audio_tokens, tl.motion_audio_tokens
+        noise_video = torch.randn(B, model.latent_channels, L, model.latent_size, model.latent_size,
+                                  generator=self.generator).to(device)  # fmt: skip
+        noise_audio = torch.randn(B, tl.chunk_audio_tokens, model.audio_dim, generator=self.generator).to(
+            device
+        )
+        cond = Conditions(cond.units.to(device), cond.speaking.to(device))
+        with eng.lock, model.streaming(self._cache), eng.autocast():
+            if self._previous is not None:
+                video, audio = self._previous
+                if not self._sink_set:
+                    model.set_sink(repeat_batch(video[:, :, :S], n), repeat_batch(audio[:, :S_a], n))
+                    self._sink_set = True
+                model.set_motion(repeat_batch(video[:, :, -M:], n), repeat_batch(audio[:, -M_a:], n))
+            given_audio = given.to(device) if given is not None else None
+            video, audio = self.sampler.sample(model, noise_video, noise_audio, cond, given_audio=given_audio)
+            if given_audio is not None:
+                audio = given_audio
+            video, audio = video.float(), audio.float()
+        self._previous = (video, audio)
+        event = None
+        if self._decode_cuda is not None:
+            event = torch.cuda.Event()
+            event.record()
+        denoised = time.perf_counter()
+        index, media = self._index, self._media
+        self._index += 1
+        duration = tl.video_frames_to_seconds(tl.chunk_video_frames(index))
+        self._media += duration
+        return index, media, duration, started, denoised, video, audio, plan, given_wave, event
+
+    @torch.no_grad()
+    def _decode_and_emit(
+        self, index, media, duration, started, denoised, video, audio, plan, given, event
+    ) -> None:
+        eng, tl = self.engine, self.tl
+        stream = torch.cuda.stream(self._decode_cuda) if self._decode_cuda is not None else _null_context()
+        with stream, eng.autocast():
+            if event is not None:
+                self._decode_cuda.wait_event(event)
+            frames = [s.decode(video[b]) for b, s in enumerate(self._video_streams)]
+            frames = torch.cat(frames, dim=2).cpu().numpy()  # [T, H, W * B, 3]
+            if given is not None:  # audio-driven: play the given speech itself
+                wave = given
+            else:
+                if self._audio_stream is not None:
+                    wave = self._audio_stream.decode(audio).float().sum(0)
+                else:
+                    wave = eng.audio_codec.decode(audio).float().sum(0)
+                wave = wave.clamp(-1, 1).cpu().numpy().astype(np.float32)
+        frames_n = tl.chunk_video_frames(index)
+        frames, wave = frames[:frames_n], wave[: tl.video_frames_to_samples(frames_n)]
+        ready = time.perf_counter()
+        deadline, missed = self.clock.schedule(media, ready)
+        timing = ChunkTiming(index, media, duration, started, denoised, ready, deadline, missed)
+        speaker, speaking = self._per_frame(plan, frames_n)
+        self._emit(Chunk(index, frames, wave, speaker, speaking, timing, plan))
+
+    def _per_frame(self, plan, frames: int) -> tuple[np.ndarray, np.ndarray]:
+        tokens = np.minimum(
+            np.arange(frames) * self.tl.audio_latent_rate // self.tl.fps, self.tl.chunk_audio_tokens - 1
+        )
+        if plan is not None:
+            return plan.speaker.numpy()[tokens], plan.speaking.numpy()[tokens]
+        return np.zeros(frames, np.int64), np.ones(frames, bool)
+
+    def _emit(self, chunk: Chunk) -> None:
+        self.stats.add_chunk(chunk.timing)
+        if chunk.conditions is not None and chunk.conditions.word is not None:
+            self._resolve_marks(chunk)
+        self._put(chunk)
+
+    def _resolve_marks(self, chunk: Chunk) -> None:
+        words = chunk.conditions.word.numpy()
+        with self._lock:
+            while self._marks:
+                first, pushed = self._marks[0]
+                hits = np.nonzero(words >= first)[0]
+                if not len(hits):
+                    break
+                played = self.clock.wall_of(
+                    chunk.timing.media_start + self.tl.audio_tokens_to_seconds(int(hits[0]))
+                )
+                self.stats.tts_latency.append(played - pushed)
+                self._marks.popleft()
+
+    # -- shutdown -----------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionClosed("This session is closed; open a new one.")
+
+    def close(self) -> None:
+        """Stop the loop and free everything the session holds (K/V cache, decoders, orchestrator)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        with self._audio_ready:
+            self._audio_ready.notify_all()
+        if self._producer is not None and self._producer is not threading.current_thread():
+            while self._producer.is_alive():
+                try:  # unblock a producer waiting on a full queue
+                    self._out.get_nowait()
+                except queue.Empty:
+                    pass
+                self._producer.join(timeout=0.05)
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=True, cancel_futures=True)
+        self._cache = None
+        self._previous = None
+        self._video_streams = []
+        self._audio_stream = None
+        self.orchestrator = None
+        self._audio_in = self._audio_context = np.zeros(0, np.float32)
+        self._out = queue.Queue(maxsize=1)
+        self.engine.sessions -= 1
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> StreamSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class _null_context:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
