@@ -182,6 +182,155 @@ def cmd_codec_eval(args: argparse.Namespace) -> None:
     _print_json(result)
 
 
+def _engine(args: argparse.Namespace, cfg, with_orchestrator: bool = True):
+    from streamchar.engine.session import Engine
+
+    if getattr(args, "steps", None):
+        cfg.engine.steps = args.steps
+    if getattr(args, "no_overlap", False):
+        cfg.engine.decode_overlap = False
+    return Engine.from_config(cfg, getattr(args, "denoiser", None), with_orchestrator=with_orchestrator)
+
+
+def _characters(args: argparse.Namespace, engine, count: int) -> list:
+    """Shipped characters (``--character``, else the default and the next ones), with ``--image`` and
+    ``--voice`` replacing their images and voices in order."""
+    from streamchar.engine.characters import list_characters
+
+    ecfg = engine.cfg.engine
+    names = list(args.character or [])
+    shipped = [ecfg.character] + [n for n in list_characters(ecfg.characters_dir) if n != ecfg.character]
+    names += [n for n in shipped if n not in names][: max(0, count - len(names))]
+    images, voices = list(args.image or []), list(args.voice or [])
+    if len(images) > count or len(voices) > count or len(names) > count:
+        raise CLIError(
+            f"This render plays {count} character(s); give at most {count} --image/--voice/--character."
+        )
+    characters = []
+    for i in range(count):
+        character = engine.character(names[i])
+        if i < len(images):
+            character = character.with_image(images[i], engine.video_codec.image_size)
+        if i < len(voices):
+            character = character.with_voice(voices[i], engine.timeline.sample_rate)
+        characters.append(character)
+    return characters
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from streamchar.engine.render import parse_dialogue, render_audio, render_dialogue, render_text
+    from streamchar.media import load_audio
+
+    sources = [x for x in (args.text, args.text_file, args.audio, args.dialogue) if x is not None]
+    if len(sources) != 1:
+        raise CLIError("Give exactly one of --text, --text-file, --audio or --dialogue.")
+    cfg = _config(args)
+    engine = _engine(args, cfg, with_orchestrator=args.audio is None)
+    if args.dialogue is not None:
+        characters = _characters(args, engine, 2)
+        lines = parse_dialogue(_read_text(args.dialogue))
+        summary = render_dialogue(engine, characters, lines, args.out)
+    elif args.audio is not None:
+        (character,) = _characters(args, engine, 1)
+        speech = load_audio(args.audio, engine.timeline.sample_rate)
+        summary = render_audio(engine, character, speech, args.out)
+    else:
+        (character,) = _characters(args, engine, 1)
+        text = args.text if args.text is not None else _read_text(args.text_file)
+        summary = render_text(engine, character, text, args.out)
+    for name, voice in zip(summary["characters"], summary["voices"], strict=True):
+        print(f"{name}: voice {voice}", file=sys.stderr)
+    _print_json(summary)
+
+
+def _read_text(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    if not Path(path).is_file():
+        raise CLIError(f"{path} does not exist; pass a UTF-8 text file.")
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise CLIError(f"{path} is not UTF-8 text ({err.reason}); save it as UTF-8.") from err
+
+
+def _serve(app, cfg) -> None:
+    import uvicorn
+
+    scfg = cfg.serve
+    if scfg.host not in ("127.0.0.1", "localhost", "::1") and not scfg.token:
+        logger.warning("serving on %s without a token: anyone who can reach it can start sessions", scfg.host)
+    suffix = f"?token={scfg.token}" if scfg.token else ""
+    print(f"StreamChar: open http://{scfg.host}:{scfg.port}/{suffix}", file=sys.stderr)
+    uvicorn.run(app, host=scfg.host, port=scfg.port, log_level="warning",
+                ws_max_size=2 * scfg.max_message_bytes)  # fmt: skip
+
+
+def _serve_overrides(args: argparse.Namespace, cfg) -> None:
+    if args.host:
+        cfg.serve.host = args.host
+    if args.port:
+        cfg.serve.port = args.port
+    if args.token:
+        cfg.serve.token = args.token
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        from streamchar.serve.app import create_app
+    except ImportError as err:
+        raise CLIError(
+            f"streamchar serve needs the serve extra ({err.name} is missing): pip install 'streamchar[serve]'."
+        ) from err
+    cfg = _config(args)
+    _serve_overrides(args, cfg)
+    _serve(create_app(_engine(args, cfg)), cfg)
+
+
+def cmd_stream(args: argparse.Namespace) -> None:
+    from streamchar.serve.app import create_app, text_feed
+
+    cfg = _config(args)
+    _serve_overrides(args, cfg)
+    cfg.serve.max_sessions = 1
+    if args.text is not None:
+        lines = [args.text]
+    elif args.text_file not in (None, "-"):
+        lines = _read_text(args.text_file).splitlines()
+    else:
+        print("StreamChar: type lines for the character to say (Ctrl-D ends)", file=sys.stderr)
+        lines = sys.stdin
+    if args.character:
+        cfg.engine.character = args.character[0]
+    engine = _engine(args, cfg)
+    app = create_app(engine, feed=text_feed(lines, word_seconds=args.word_seconds))
+    suffix = ("&token=" + cfg.serve.token) if cfg.serve.token else ""
+    print(f"StreamChar: the live session starts when a client opens http://{cfg.serve.host}:{cfg.serve.port}/"
+          f"?autostart=1{suffix} (or connects to ws://{cfg.serve.host}:{cfg.serve.port}/ws)", file=sys.stderr)  # fmt: skip
+    _serve(app, cfg)
+
+
+def cmd_bench_stream(args: argparse.Namespace) -> None:
+    from streamchar.engine.bench import bench_stream, format_table
+
+    cfg = _config(args)
+    result = bench_stream(
+        cfg, steps=args.steps, chunks=args.chunks, overlap=args.overlap, presets=args.preset
+    )
+    print(format_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+
+
+def cmd_data_export_character(args: argparse.Namespace) -> None:
+    from streamchar.engine.characters import export_character
+
+    _print_json(
+        export_character(args.corpus, args.turns, args.char_id, args.out, voice_seconds=args.voice_seconds)
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from streamchar.demo import run_demo
 
@@ -256,6 +405,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="train or test (default: all)")
     p.add_argument("--max-clips", type=int, default=None, help="export at most this many clips")
     p.set_defaults(func=cmd_data_export)
+
+    p = data_sub.add_parser(
+        "export-character",
+        help="a character folder (image.png, voice.wav, prompt.json) from a corpus character",
+        description="Writes the first frame of the character's first monologue, the first seconds of its speech and "
+        "its longest turns (the orchestrator's voice prompt) from a turn table (RUN/turns.jsonl).",
+    )
+    p.add_argument("corpus", help="corpus folder")
+    p.add_argument(
+        "--turns", required=True, help="turn table (RUN/turns.jsonl of `streamchar train orchestrator`)"
+    )
+    p.add_argument("--char-id", type=int, required=True, help="the character's char_id in corpus.json")
+    p.add_argument("--out", required=True, help="character folder to write")
+    p.add_argument("--voice-seconds", type=float, default=3.0, help="seconds of reference voice")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_data_export_character)
 
     p = data_sub.add_parser("encode", help="encode a corpus into the latent cache (resumable)")
     p.add_argument("corpus", help="corpus folder")
@@ -357,6 +522,87 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_codec_eval)
 
+    # engine
+    p = sub.add_parser(
+        "generate",
+        help="a talking-character mp4 (H.264 + AAC) from text, a dialogue script, or given speech",
+        description="Runs a streaming session as fast as the machine allows and writes every chunk to OUT. Without "
+        "--image/--voice the shipped character (engine.character) is used; its name and voice are printed.",
+    )
+    p.add_argument("--image", action="append", help="square PNG/JPEG reference image (twice for --dialogue)")
+    p.add_argument(
+        "--voice", action="append", help="a few seconds of the voice, any audio file (twice for --dialogue)"
+    )
+    p.add_argument(
+        "--character", action="append", help="a shipped character name or folder (twice for --dialogue)"
+    )
+    p.add_argument("--text", default=None, help="what the character says")
+    p.add_argument(
+        "--text-file", default=None, help="UTF-8 text file with what the character says ('-' = stdin)"
+    )
+    p.add_argument(
+        "--audio", default=None, help="speech that drives the character instead of text (audio-driven)"
+    )
+    p.add_argument(
+        "--dialogue", default=None, help="script of 'A: text' / 'B: text' lines for two characters"
+    )
+    p.add_argument("--out", required=True, help="output mp4")
+    p.add_argument(
+        "--steps", type=int, default=None, help="denoising steps per chunk (default: engine.steps)"
+    )
+    p.add_argument("--denoiser", default=None, help="denoiser checkpoint (default: engine.denoiser_path)")
+    p.add_argument(
+        "--no-overlap", action="store_true", help="decode after each chunk instead of beside the next"
+    )
+    _add_config_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    for name in ("serve", "stream"):
+        if name == "serve":
+            p = sub.add_parser(
+                "serve", help="the live web app: a page and one WebSocket per session (extra: serve)",
+                description="FastAPI app on serve.host:serve.port (127.0.0.1:8000). Open / in a browser, pick or upload "
+                "a character, type text or use the microphone. The WebSocket protocol is in the README.",
+            )  # fmt: skip
+        else:
+            p = sub.add_parser(
+                "stream", help="one live session, its text from --text/--text-file/stdin, played to a WebSocket client",
+                description="Serves one session: when a client connects (the page with ?autostart=1, or any client of "
+                "/ws), each line of text is pushed word by word as it is read, and chunks stream live.",
+            )  # fmt: skip
+            p.add_argument("--text", default=None, help="what the character says")
+            p.add_argument("--text-file", default=None, help="lines to say ('-' or none = stdin, as typed)")
+            p.add_argument("--character", action="append", help="shipped character name or folder")
+            p.add_argument("--word-seconds", type=float, default=0.15, help="pause between pushed words")
+        p.add_argument("--host", default=None, help="bind address (default: serve.host = 127.0.0.1)")
+        p.add_argument("--port", type=int, default=None, help="port (default: serve.port = 8000)")
+        p.add_argument("--token", default=None, help="require this bearer token (default: serve.token)")
+        p.add_argument(
+            "--steps", type=int, default=None, help="denoising steps per chunk (default: engine.steps)"
+        )
+        p.add_argument("--denoiser", default=None, help="denoiser checkpoint (default: engine.denoiser_path)")
+        _add_config_args(p)
+        p.set_defaults(func=cmd_serve if name == "serve" else cmd_stream)
+
+    p_bench = sub.add_parser("bench", help="benchmarks (ratios measured side by side in one run)")
+    bench_sub = p_bench.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    p = bench_sub.add_parser(
+        "stream",
+        help="time to first frame, chunk latency p50/p95/p99, real-time factor, deadline misses, text-to-speech latency",
+        description="For each preset and step count, runs a session with decode overlap on and off, side by side, with "
+        "text pushed before the start and again mid-session; prints a table and optionally saves JSON.",
+    )
+    p.add_argument(
+        "--preset", action="append", default=None, help="preset(s) to run (default: the --config one)"
+    )
+    p.add_argument(
+        "--steps", type=int, nargs="+", default=[1, 2, 4, 32], help="step counts (default: 1 2 4 32)"
+    )
+    p.add_argument("--chunks", type=int, default=16, help="chunks per run (default: 16)")
+    p.add_argument("--overlap", choices=["both", "on", "off"], default="both", help="decode overlap runs")
+    p.add_argument("--json", default=None, help="also write the result here")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_bench_stream)
     # demo
     p = sub.add_parser(
         "sample",

@@ -271,7 +271,7 @@ class EngineConfig:
     decode_overlap: bool = True  # decode chunk i beside the denoising of chunk i + 1
     tail_seconds: float = 1.0  # listening after the last turn before an offline render ends
     lead_seconds: float = 0.0  # listening before the first turn starts
-    lookahead_chunks: int = 2  # live: chunks generated ahead of playback (interrupt latency grows with it)
+    lookahead_chunks: int = 1  # live: chunks generated ahead of playback (interrupt latency grows with it)
     audio_context_tokens: int = 4  # audio decoder context carried from one chunk into the next
 
 

@@ -114,7 +114,9 @@ def read_image(source: str | Path | bytes, size: int, max_pixels: int = 4096 * 4
             )
         image = image.convert("RGB")
     except (FileNotFoundError, UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-        raise MediaError(f"Could not read {name} as an image ({type(err).__name__}); pass a PNG or JPEG file.") from err
+        raise MediaError(
+            f"Could not read {name} as an image ({type(err).__name__}); pass a PNG or JPEG file."
+        ) from err
     if image.width != image.height:
         raise MediaError(
             f"{name} is {image.width}x{image.height}; crop it to a square around the face first."

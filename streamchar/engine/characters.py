@@ -29,6 +29,7 @@ class Character:
     voice: np.ndarray | None = None  # float32 [N] at the timeline's sample rate
     prompt_turns: list[dict] = field(default_factory=list)
     voice_name: str | None = None  # where the voice came from (a shipped name or a file)
+    folder: Path | None = None  # the shipped folder it was loaded from
 
     def with_image(self, path: str | Path, size: int) -> Character:
         return replace(self, image=read_image(path, size), name=Path(path).stem)
@@ -63,7 +64,7 @@ def load_character(
         )
     voice = load_audio(folder / "voice.wav", sample_rate) if (folder / "voice.wav").is_file() else None
     prompt = json.loads((folder / "prompt.json").read_text()) if (folder / "prompt.json").is_file() else []
-    return Character(folder.name, read_image(folder / "image.png", size), voice, prompt, folder.name)
+    return Character(folder.name, read_image(folder / "image.png", size), voice, prompt, folder.name, folder)
 
 
 def export_character(corpus: str | Path, turns: str | Path, char_id: int, out: str | Path,

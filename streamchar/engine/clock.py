@@ -85,8 +85,7 @@ class SessionStats:
         self.deadline_misses = 0
         self.media_seconds = 0.0
         self.compute_seconds = 0.0  # sum of chunk latencies (overlapping chunks count twice)
-        self.first_started: float | None = None
-        self.last_ready: float | None = None
+        self.busy_seconds = 0.0  # the producer's time per chunk, waits for playback excluded
         self.chunk_latency: deque[float] = deque(maxlen=keep)
         self.denoise_latency: deque[float] = deque(maxlen=keep)
         self.tts_latency: deque[float] = deque(maxlen=keep)
@@ -96,9 +95,6 @@ class SessionStats:
         if self.time_to_first_frame is None:
             self.time_to_first_frame = timing.ready - (self.first_push or self.created)
         self.chunks += 1
-        if self.first_started is None:
-            self.first_started = timing.started
-        self.last_ready = timing.ready
         self.deadline_misses += timing.missed
         self.media_seconds += timing.duration
         self.compute_seconds += timing.latency
@@ -107,11 +103,10 @@ class SessionStats:
 
     @property
     def real_time_factor(self) -> float | None:
-        """Wall time per second of media from the first chunk's start to the last one's end (below 1 keeps
-        up; a live session's waits for playback count too, so it reads about 1 there)."""
-        if not self.media_seconds or self.first_started is None:
-            return None
-        return (self.last_ready - self.first_started) / self.media_seconds
+        """Seconds the chunk loop is busy per second of media (below 1 keeps up). The loop's time per chunk
+        is planning + denoising + waiting for the previous chunk's decode (overlap) or decoding it (no
+        overlap); a live session's waits for playback are not counted."""
+        return self.busy_seconds / self.media_seconds if self.media_seconds else None
 
     def summary(self) -> dict:
         def rounded(d):

@@ -106,7 +106,9 @@ def render_text(engine: Engine, character: Character, text: str, out: str | Path
     return _describe([character]) | _run(session, out, meta, total_hint=words / 2.5 + session.tail_seconds)
 
 
-def render_audio(engine: Engine, character: Character, speech: np.ndarray, out: str | Path, **session_kwargs) -> dict:
+def render_audio(
+    engine: Engine, character: Character, speech: np.ndarray, out: str | Path, **session_kwargs
+) -> dict:
     """``character`` lip-syncs the given ``speech`` (mono float32 at the timeline's rate)."""
     tl = engine.timeline
     if len(speech) < tl.samples_per_audio_token:
@@ -137,7 +139,9 @@ def parse_dialogue(script: str) -> list[Line]:
             continue
         match = re.match(r"^([^:]{1,40}):\s*(.*)$", line)
         if not match or not match.group(2).strip():
-            raise ValueError(f"Dialogue line {number} ({line[:40]!r}) is not 'SPEAKER: text'; write A: or B: first.")
+            raise ValueError(
+                f"Dialogue line {number} ({line[:40]!r}) is not 'SPEAKER: text'; write A: or B: first."
+            )
         who = match.group(1).strip().upper()
         if who in ("A", "1"):
             speaker = 0
@@ -146,10 +150,14 @@ def parse_dialogue(script: str) -> list[Line]:
         else:
             speaker = names.setdefault(who, len(names))
             if speaker > 1:
-                raise ValueError(f"Dialogue line {number} brings a third speaker ({who}); a dialogue has two.")
+                raise ValueError(
+                    f"Dialogue line {number} brings a third speaker ({who}); a dialogue has two."
+                )
         lines.append(Line(speaker, match.group(2).strip()))
     if not lines:
-        raise ValueError("The dialogue script has no lines; write one turn per line as 'A: text' or 'B: text'.")
+        raise ValueError(
+            "The dialogue script has no lines; write one turn per line as 'A: text' or 'B: text'."
+        )
     return lines
 
 

@@ -305,7 +305,17 @@ class StreamSession:
         """The next finished chunk (blocking); None when an offline session has ended."""
         self._check_open()
         self._start()
-        item = self._out.get(timeout=timeout)
+        waited, out = 0.0, self._out
+        while True:
+            try:
+                item = out.get(timeout=0.1)
+                break
+            except queue.Empty:
+                waited += 0.1
+                if self._closed:
+                    raise SessionClosed("This session was closed while waiting for a chunk.") from None
+                if timeout is not None and waited >= timeout:
+                    raise TimeoutError(f"No chunk within {timeout} s.") from None
         if isinstance(item, BaseException):
             self.close()
             raise item
@@ -323,6 +333,7 @@ class StreamSession:
             while not self._stop.is_set() and not self._finished():
                 if self.realtime:
                     self._pace()
+                busy = time.perf_counter()
                 work = self._denoise_next()
                 if work is None:
                     break
@@ -332,6 +343,7 @@ class StreamSession:
                     pending = self._decoder.submit(self._decode_and_emit, *work)
                 else:
                     self._decode_and_emit(*work)
+                self.stats.busy_seconds += time.perf_counter() - busy
             if pending is not None:
                 pending.result()
             self._put(None)
