@@ -138,12 +138,25 @@ class Engine:
         if self.unit_lm is None:
             raise ValueError("This engine was built without an orchestrator; text needs one.")
         ocfg = self.cfg.orchestrator
-        prompts = {i: VoicePrompt(c.prompt_turns) for i, c in enumerate(characters) if c.prompt_turns}
-        backend = make_backend("hf", model=self.unit_lm, temperature=ocfg.temperature, seed=ocfg.seed)
         limits = PointerLimits(ocfg.max_phoneme_frames, ocfg.max_silence_frames)
-        return Orchestrator(backend, self.vocab, self.timeline.chunk_audio_tokens, Frontend(ocfg.language),
-                            prompts, ocfg.max_context_tokens, ocfg.max_history_tokens, limits,
-                            ocfg.max_push_chars)  # fmt: skip
+        frontend = Frontend(ocfg.language)
+        # voice prompts must fit in half the LM's context: with two characters keep fewer turns each
+        keep = max((len(c.prompt_turns) for c in characters), default=0)
+        while True:
+            prompts = {
+                i: VoicePrompt(c.prompt_turns[:keep])
+                for i, c in enumerate(characters)
+                if c.prompt_turns[:keep]
+            }
+            backend = make_backend("hf", model=self.unit_lm, temperature=ocfg.temperature, seed=ocfg.seed)
+            try:
+                return Orchestrator(backend, self.vocab, self.timeline.chunk_audio_tokens, frontend, prompts,
+                                    ocfg.max_context_tokens, ocfg.max_history_tokens, limits,
+                                    ocfg.max_push_chars)  # fmt: skip
+            except ValueError:
+                if keep <= 1:
+                    raise
+                keep -= 1
 
     def session(self, characters: list[Character] | None = None, **kwargs) -> StreamSession:
         return StreamSession(self, characters or [self.character()], **kwargs)

@@ -1,0 +1,208 @@
+"""The streaming engine with the shipped tiny checkpoints: chunks, accounting, interrupt, modes, memory."""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import weakref
+
+import numpy as np
+import pytest
+
+from streamchar.config import load_config
+from streamchar.engine.clock import PlaybackClock
+from streamchar.engine.render import Mp4Sink, parse_dialogue, render_text
+from streamchar.engine.session import Engine, SessionClosed
+from streamchar.orchestrator.text import TextError
+
+
+@pytest.fixture(scope="module")
+def engine():
+    cfg = load_config("tiny", ["engine.steps=1", "engine.guidance_conditions=1.0", "engine.guidance_ref_image=1.0",
+                               "engine.guidance_ref_voice=1.0", "engine.tail_seconds=0.5"])  # fmt: skip
+    return Engine.from_config(cfg)
+
+
+def _run(session, limit=60):
+    chunks = []
+    for chunk in session:
+        chunks.append(chunk)
+        assert len(chunks) < limit, "the session did not end"
+    return chunks
+
+
+def test_text_session_shapes_timing_and_end(engine):
+    tl = engine.timeline
+    with engine.session() as session:
+        session.push_text("Hello there, ", final=False)
+        session.push_text("how are you today?", final=True)
+        chunks = _run(session)
+        stats = session.stats.summary()
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    for c in chunks:
+        assert c.frames.dtype == np.uint8 and c.frames.shape == (tl.chunk_video_frames(c.index), 128, 128, 3)
+        assert c.audio.dtype == np.float32 and len(c.audio) == tl.video_frames_to_samples(len(c.frames))
+        assert c.timing.ready >= c.timing.denoised >= c.timing.started
+    assert any(not c.listening for c in chunks) and chunks[-1].listening
+    # the session ends once the speech and the tail are covered, not later
+    assert session.speech_end is not None
+    covered = len(chunks) * tl.chunk_seconds
+    assert session.speech_end + 0.5 <= covered < session.speech_end + 0.5 + tl.chunk_seconds + 1e-6
+    assert stats["chunks"] == len(chunks) and stats["time_to_first_frame_s"] > 0
+    assert stats["text_to_speech_latency_s"]["count"] == 2 and stats["real_time_factor"] > 0
+
+
+def test_overlap_on_and_off_give_the_same_chunks(engine):
+    outputs = []
+    for overlap in (True, False):
+        with engine.session(decode_overlap=overlap, seed=3) as session:
+            session.push_text("One two three.", final=True)
+            outputs.append(_run(session))
+    assert len(outputs[0]) == len(outputs[1])
+    for a, b in zip(*outputs, strict=True):
+        np.testing.assert_array_equal(a.frames, b.frames)
+        np.testing.assert_array_equal(a.audio, b.audio)
+
+
+def test_interrupt_mid_sentence_then_speak_again(engine):
+    session = engine.session(realtime=True, lookahead_chunks=0)
+    try:
+        session.push_text(
+            "This is a rather long sentence that will be cut off before it ends, surely.", final=True
+        )
+        first = session.next_chunk()
+        while first.listening:
+            first = session.next_chunk()
+        session.interrupt()
+        # at most one chunk planned before the interrupt may still arrive; the one after is listening
+        after = [session.next_chunk() for _ in range(2)]
+        assert after[-1].listening
+        assert not after[-1].conditions.speaking.any()
+        session.push_text("Now I speak again.", final=True)
+        again = [session.next_chunk() for _ in range(6)]
+        assert any(not c.listening for c in again)
+        assert session.stats.interrupts == 1
+    finally:
+        session.close()
+
+
+def test_audio_mode_plays_the_given_speech(engine):
+    tl = engine.timeline
+    speech = engine.character().voice
+    with engine.session(mode="audio") as session:
+        session.push_audio(speech[: len(speech) // 2])
+        session.push_audio(speech[len(speech) // 2 :], final=True)
+        chunks = _run(session)
+    audio = np.concatenate([c.audio for c in chunks])
+    np.testing.assert_allclose(audio[: len(speech)], speech, atol=1e-6)
+    assert session.speech_end == pytest.approx(len(speech) / tl.sample_rate)
+    with pytest.raises(ValueError, match="push_audio"):
+        engine.session(mode="audio").push_text("hello")
+
+
+def test_dialogue_side_by_side_with_both_speakers(engine):
+    a, b = engine.character("ada"), engine.character("ben")
+    with engine.session([a, b]) as session:
+        session.push_text("Hello Ben.", final=True, speaker=0)
+        session.push_text("Hello Ada.", final=True, speaker=1)
+        chunks = _run(session)
+    assert chunks[0].frames.shape[1:] == (128, 256, 3)
+    speakers = set(np.concatenate([c.speaker for c in chunks]).tolist())
+    assert {0, 1} <= speakers
+    lines = parse_dialogue("# a script\nA: Hi there.\n\nB: Hello!\nA: Bye.")
+    assert [(x.speaker, x.text) for x in lines] == [(0, "Hi there."), (1, "Hello!"), (0, "Bye.")]
+    with pytest.raises(ValueError, match="SPEAKER"):
+        parse_dialogue("just text")
+    with pytest.raises(ValueError, match="third"):
+        parse_dialogue("X: a\nY: b\nZ: c")
+
+
+def test_state_is_constant_and_close_frees_it(engine):
+    session = engine.session(realtime=True, lookahead_chunks=0)
+    session.push_text("Memory stays the same size however long we talk.", final=True)
+    sizes = []
+    for _ in range(8):
+        session.next_chunk()
+        sizes.append(session.state_nbytes())
+    assert all(s["kv_cache"] == sizes[1]["kv_cache"] for s in sizes[1:])
+    assert all(s["motion_latents"] == sizes[0]["motion_latents"] for s in sizes)
+    cache = weakref.ref(session._cache)
+    before = engine.sessions
+    session.close()
+    gc.collect()
+    assert cache() is None and engine.sessions == before - 1
+    with pytest.raises(SessionClosed):
+        session.push_text("anyone there?")
+
+
+def test_bad_input_is_refused_and_the_session_goes_on(engine):
+    with engine.session() as session:
+        with pytest.raises(TextError):
+            session.push_text("x" * 200_000)
+        with pytest.raises(ValueError, match="speaker"):
+            session.push_text("hello", speaker=1)
+        session.push_text("Still fine.", final=True)
+        assert any(not c.listening for c in _run(session))
+    with pytest.raises(ValueError, match="empty"):
+        render_text(engine, engine.character(), "   ", "/tmp/never.mp4")
+
+
+def test_clock_deadlines_and_stalls():
+    now = [0.0]
+    clock = PlaybackClock(lambda: now[0])
+    assert clock.schedule(0.0, 1.0) == (1.0, False)  # playback starts when the first chunk is ready
+    assert clock.schedule(0.5, 1.2) == (1.5, False)
+    deadline, missed = clock.schedule(1.0, 2.3)  # 0.3 s late: a stall moves every later slot
+    assert missed and deadline == 2.0 and clock.stalled == pytest.approx(0.3)
+    assert clock.wall_of(1.5) == pytest.approx(2.8)
+    now[0] = 2.8
+    assert clock.media_now() == pytest.approx(1.5)
+
+
+def test_generate_cli_mp4_is_in_sync(tmp_path):
+    out = tmp_path / "hello.mp4"
+    run = subprocess.run(
+        [".venv/bin/streamchar", "-q", "generate", "--text", "Hello, nice to meet you.", "--out", str(out),
+         "engine.tail_seconds=1.0"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert "ada: voice ada" in run.stderr
+    probe = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(out)],
+        capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    streams = {s["codec_type"]: s for s in probe["streams"]}
+    assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
+    video_s, audio_s = float(streams["video"]["duration"]), float(streams["audio"]["duration"])
+    aac_frame = 1024 / int(streams["audio"]["sample_rate"])
+    assert abs(video_s - audio_s) < aac_frame
+    assert float(streams["video"]["start_time"]) == 0.0 and float(streams["audio"]["start_time"]) == 0.0
+    # the file holds the planned speech plus the listening tail
+    assert abs(audio_s - (summary["speech_seconds"] + 1.0)) <= 1 / 25 + aac_frame
+    # decoded back, audio starts with the first frame; speech (default 4 steps, guided) is far louder than
+    # the listening tail
+    from streamchar.media import read_video_timed
+
+    frames, times, audio = read_video_timed(out, 16000)
+    assert times[0] == 0.0 and abs(len(audio) - len(frames) * 640) < 1024 / 3
+    speech = audio[: int(summary["speech_seconds"] * 16000)]
+    tail = audio[int((summary["speech_seconds"] + 0.2) * 16000) :]
+    assert np.sqrt(np.mean(speech**2)) > 5 * np.sqrt(np.mean(tail**2))
+
+
+def test_mp4_sink_cuts_inside_the_last_chunk(tmp_path, engine):
+    from streamchar.media import read_video_timed
+
+    tl = engine.timeline
+    with engine.session() as session:
+        session.push_text("Hi.", final=True)
+        sink = Mp4Sink(tmp_path / "cut.mp4", tl)
+        for chunk in session:
+            sink.write(chunk)
+        n = session.stats.chunks
+        path = sink.close(end_seconds=(n - 1) * tl.chunk_seconds + 0.2)
+    frames, _, audio = read_video_timed(path, tl.sample_rate)
+    assert len(frames) == (n - 1) * 12 + 5
+    assert abs(len(audio) - len(frames) * tl.samples_per_video_frame) < 1024 / 3
