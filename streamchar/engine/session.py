@@ -352,6 +352,8 @@ class StreamSession:
                     break
                 if pending is not None:
                     pending.result()
+                if self._stop.is_set():
+                    break
                 if self._decoder is not None:
                     pending = self._decoder.submit(self._decode_and_emit, *work)
                 else:
@@ -361,6 +363,8 @@ class StreamSession:
                 pending.result()
             self._put(None)
         except BaseException as err:  # handed to the consumer, which closes the session
+            if self._stop.is_set():
+                return  # closed while a chunk was under way: nothing to report
             if not isinstance(err, SessionClosed):
                 logger.exception("session failed")
             self._put(err)

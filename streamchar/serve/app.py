@@ -17,6 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
+from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+
 from streamchar.engine.characters import list_characters
 from streamchar.engine.session import Engine, SessionClosed, StreamSession
 from streamchar.media import MediaError, read_image, read_wav_bytes, resample
@@ -33,13 +36,10 @@ class _Refused(Exception):
         self.fatal, self.code = fatal, code
 
 
-def create_app(engine: Engine, feed: Callable[[StreamSession], None] | None = None):
-    """The app for ``engine`` (limits from ``engine.cfg.serve``). ``feed`` (``streamchar stream``) is
-    called in a thread with every new session and pushes text into it."""
-    from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-
-    scfg = engine.cfg.serve
+def create_app(engine: Engine, feed: Callable[[StreamSession], None] | None = None, serve_cfg=None):
+    """The app for ``engine`` (limits from ``serve_cfg``, default ``engine.cfg.serve``). ``feed``
+    (``streamchar stream``) is called in a thread with every new session and pushes text into it."""
+    scfg = serve_cfg or engine.cfg.serve
     limits = Limits(scfg.max_text_chars, scfg.max_message_bytes, scfg.max_image_bytes)
     app = FastAPI(title="StreamChar", docs_url=None, redoc_url=None)
     app.state.sessions = set()
@@ -135,8 +135,8 @@ def create_app(engine: Engine, feed: Callable[[StreamSession], None] | None = No
             if sender is not None:
                 sender.cancel()
             if session is not None:
-                await asyncio.to_thread(session.close)
                 app.state.sessions.discard(session)
+                await asyncio.shield(asyncio.to_thread(session.close))
             logger.info("session ended (%d open)", len(app.state.sessions))
 
     async def _start(control: dict) -> StreamSession:
