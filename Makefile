@@ -24,7 +24,7 @@ lint: setup
 
 setup: system-deps $(STAMP)
 
-# espeak-ng and ffmpeg through apt when missing (checked every time; a no-op when present)
+# espeak-ng, ffmpeg, chromium + chromedriver through apt when missing (checked every time; a no-op when present)
 system-deps:
 	@./scripts/ensure-system-deps.sh
 
