@@ -9,7 +9,8 @@ from streamchar.cli import build_parser, main
 
 COMMANDS = [[], ["config", "show"], ["data", "synth"], ["data", "preview"], ["data", "verify"], ["data", "prepare"],
             ["data", "export"], ["data", "encode"], ["train", "vae"], ["train", "teacher"], ["codec", "eval"],
-            ["sample"], ["demo"], ["train", "orchestrator"], ["eval", "orchestrator"], ["plan"]]  # fmt: skip
+            ["sample"], ["demo"], ["train", "orchestrator"], ["eval", "orchestrator"], ["plan"], ["generate"],
+            ["serve"], ["stream"], ["bench", "stream"], ["data", "export-character"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -57,3 +58,20 @@ def test_overrides_after_options(capsys):
     with pytest.raises(SystemExit):
         _parse(["data", "encode", "corpus", "--out", "x", "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_generate_refuses_bad_input_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    cases = [
+        (["generate", "--out", str(tmp_path / "x.mp4")], "exactly one of"),
+        (["generate", "--text", "hi", "--text-file", "f", "--out", str(tmp_path / "x.mp4")], "exactly one of"),
+        (["generate", "--text", "hi", "--image", str(bad), "--out", str(tmp_path / "x.mp4")], "as an image"),
+        (["generate", "--text", "hi", "--character", "nobody", "--out", str(tmp_path / "x.mp4")], "No character"),
+        (["generate", "--dialogue", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x.mp4")], "does not exist"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x.mp4").exists()

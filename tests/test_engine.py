@@ -206,3 +206,31 @@ def test_mp4_sink_cuts_inside_the_last_chunk(tmp_path, engine):
     frames, _, audio = read_video_timed(path, tl.sample_rate)
     assert len(frames) == (n - 1) * 12 + 5
     assert abs(len(audio) - len(frames) * tl.samples_per_video_frame) < 1024 / 3
+
+
+def test_generate_cli_audio_driven_and_dialogue(tmp_path):
+    from streamchar.config import resolve_asset_path
+    from streamchar.media import load_audio, read_video_timed
+
+    wav = resolve_asset_path("checkpoints/tiny/characters/ben/voice.wav")
+    out = tmp_path / "driven.mp4"
+    run = subprocess.run([".venv/bin/streamchar", "-q", "generate", "--audio", str(wav), "--out", str(out),
+                          "--steps", "1", "engine.tail_seconds=0.5"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    frames, _, audio = read_video_timed(out, 16000)
+    speech = load_audio(wav, 16000)
+    assert abs(len(frames) / 25 - (len(speech) / 16000 + 0.5)) <= 1 / 25
+    # the given speech is what the file plays (AAC is lossy: compare loudness envelopes per frame)
+    n = len(speech) // 640
+    env = lambda x: np.sqrt((x[: n * 640].reshape(n, 640) ** 2).mean(1))  # noqa: E731
+    assert np.corrcoef(env(speech), env(audio))[0, 1] > 0.95
+
+    script = tmp_path / "script.txt"
+    script.write_text("A: Good evening.\nB: Good evening to you.\n")
+    out = tmp_path / "dialogue.mp4"
+    run = subprocess.run([".venv/bin/streamchar", "-q", "generate", "--dialogue", str(script), "--out", str(out),
+                          "--steps", "1"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "ada: voice ada" in run.stderr and "ben: voice ben" in run.stderr
+    frames, _, _ = read_video_timed(out, 16000)
+    assert frames.shape[1:] == (128, 256, 3)

@@ -183,3 +183,12 @@ def test_token(engine):
             assert refused["fatal"] and "token" in refused["message"]
         with client.websocket_connect("/ws?token=s3cret") as ws:
             start(ws)
+
+
+def test_stream_feeds_text_into_the_live_session(engine):
+    from streamchar.serve.app import text_feed
+
+    app = create_app(engine, feed=text_feed(["Streaming from the terminal, word by word."], word_seconds=0.0))
+    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+        start(ws)
+        assert any(receive_until_chunk(ws)[0]["speaking"] for _ in range(10))
