@@ -15,7 +15,9 @@ from streamchar.config import StreamCharConfig
 
 logger = logging.getLogger(__name__)
 TEXT = "Hello! I am Ada. I was made from a picture and a few seconds of a voice, and I speak as you type."
-DIALOGUE = "A: Hi Ben, did you sleep well?\nB: Not really, the rain was loud all night.\nA: Oh no, I am sorry."
+DIALOGUE = (
+    "A: Hi Ben, did you sleep well?\nB: Not really, the rain was loud all night.\nA: Oh no, I am sorry."
+)
 
 
 def run_demo(cfg: StreamCharConfig, out: str | Path) -> dict:

@@ -65,10 +65,19 @@ def test_generate_refuses_bad_input_in_one_line(tmp_path, capsys):
     bad.write_bytes(b"not a png")
     cases = [
         (["generate", "--out", str(tmp_path / "x.mp4")], "exactly one of"),
-        (["generate", "--text", "hi", "--text-file", "f", "--out", str(tmp_path / "x.mp4")], "exactly one of"),
+        (
+            ["generate", "--text", "hi", "--text-file", "f", "--out", str(tmp_path / "x.mp4")],
+            "exactly one of",
+        ),
         (["generate", "--text", "hi", "--image", str(bad), "--out", str(tmp_path / "x.mp4")], "as an image"),
-        (["generate", "--text", "hi", "--character", "nobody", "--out", str(tmp_path / "x.mp4")], "No character"),
-        (["generate", "--dialogue", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x.mp4")], "does not exist"),
+        (
+            ["generate", "--text", "hi", "--character", "nobody", "--out", str(tmp_path / "x.mp4")],
+            "No character",
+        ),
+        (
+            ["generate", "--dialogue", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x.mp4")],
+            "does not exist",
+        ),
     ]
     for argv, expected in cases:
         assert main(argv) == 2

@@ -95,7 +95,9 @@ def test_malformed_oversized_and_wrong_messages_are_refused(engine):
             assert "start" in ws.receive_json()["message"]
             ws.send_text("x" * 5000)
             assert "limit of 4,000 bytes" in ws.receive_json()["message"]
-            ws.send_text(json.dumps({"type": "start", "image": base64.b64encode(b"not an image at all").decode()}))
+            ws.send_text(
+                json.dumps({"type": "start", "image": base64.b64encode(b"not an image at all").decode()})
+            )
             error = ws.receive_json()
             assert "as an image" in error["message"] and not error["fatal"]
             ws.send_text(json.dumps({"type": "start", "character": "nobody"}))
@@ -135,10 +137,16 @@ def test_disconnect_mid_stream_releases_the_session(engine):
         app = client.app
         with client.websocket_connect("/ws") as ws:
             start(ws)
-            ws.send_text(json.dumps({"type": "text", "text": "I will be cut off halfway through.", "final": True}))
+            ws.send_text(
+                json.dumps({"type": "text", "text": "I will be cut off halfway through.", "final": True})
+            )
             receive_until_chunk(ws)
             assert len(app.state.sessions) == 1
-        assert wait_for(lambda: not app.state.sessions and engine.sessions == baseline), (app.state.sessions, engine.sessions, baseline)
+        assert wait_for(lambda: not app.state.sessions and engine.sessions == baseline), (
+            app.state.sessions,
+            engine.sessions,
+            baseline,
+        )
 
 
 def test_session_limit_refuses_extra_and_others_go_on(engine):

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -248,9 +248,7 @@ class StreamSession:
             if hasattr(eng.audio_codec, "decoder_stream") and self.mode == "text"
             else None
         )
-        self._decoder = (
-            ThreadPoolExecutor(1, thread_name_prefix="streamchar-decode") if self.overlap else None
-        )
+        self._decoder = _Worker("streamchar-decode") if self.overlap else None
         self._decode_cuda = torch.cuda.Stream(device) if (self.overlap and device.type == "cuda") else None
 
     def state_nbytes(self) -> dict[str, int]:
@@ -547,7 +545,7 @@ class StreamSession:
                     pass
                 self._producer.join(timeout=0.05)
         if self._decoder is not None:
-            self._decoder.shutdown(wait=True, cancel_futures=True)
+            self._decoder.shutdown()
         self._cache = None
         self._previous = None
         self._video_streams = []
@@ -572,6 +570,47 @@ class StreamSession:
             self.close()
         except Exception:
             pass
+
+
+class _Worker:
+    """One daemon thread running submitted calls in order (a daemon, so a session nobody closed never
+    holds up the interpreter's exit the way a ``ThreadPoolExecutor`` worker would)."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as err:
+                future.set_exception(err)
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def shutdown(self) -> None:
+        """Cancel what has not started, let the running call finish (it sees the session's stop flag)."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[0].cancel()
+        self._jobs.put(None)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
 
 
 class _null_context:

@@ -99,9 +99,12 @@ def _load_vocab(folder: Path) -> tuple[UnitVocabulary, dict]:
 def load_unit_lm(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """(model, vocab, sidecar) from a folder written by :func:`save_unit_lm`."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     folder = Path(folder)
     vocab, sidecar = _load_vocab(folder)
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a 13 MB model needs no progress bar in every command's output
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     except Exception as err:
@@ -109,6 +112,9 @@ def load_unit_lm(folder: str | Path, device: str | torch.device = "cpu", dtype: 
             f"Could not load the orchestrator in {folder} ({type(err).__name__}: {str(err).splitlines()[0]}); "
             "the folder is damaged or incomplete, so copy it again or retrain."
         ) from err
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     if model.config.vocab_size != len(vocab):
         raise OrchestratorCheckpointError(
             f"The orchestrator in {folder} has {model.config.vocab_size} tokens but the unit vocabulary has "
