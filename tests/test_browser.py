@@ -76,7 +76,6 @@ def _wait(driver, script: str, seconds: float = 60.0):
 
 def _canvas_image(driver) -> np.ndarray:
     from PIL import Image
-
     from selenium.webdriver.common.by import By
 
     png = driver.find_element(By.ID, "stage").screenshot_as_png

@@ -214,8 +214,9 @@ def test_generate_cli_audio_driven_and_dialogue(tmp_path):
 
     wav = resolve_asset_path("checkpoints/tiny/characters/ben/voice.wav")
     out = tmp_path / "driven.mp4"
-    run = subprocess.run([".venv/bin/streamchar", "-q", "generate", "--audio", str(wav), "--out", str(out),
-                          "--steps", "1", "engine.tail_seconds=0.5"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    argv = [".venv/bin/streamchar", "-q", "generate", "--audio", str(wav), "--out", str(out), "--steps", "1",
+            "engine.tail_seconds=0.5"]  # fmt: skip
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     frames, _, audio = read_video_timed(out, 16000)
     speech = load_audio(wav, 16000)
@@ -234,3 +235,18 @@ def test_generate_cli_audio_driven_and_dialogue(tmp_path):
     assert "ada: voice ada" in run.stderr and "ben: voice ben" in run.stderr
     frames, _, _ = read_video_timed(out, 16000)
     assert frames.shape[1:] == (128, 256, 3)
+
+
+@pytest.mark.gpu
+def test_cuda_stream_decode_matches_the_inline_decode():
+    cfg = load_config("tiny", ["engine.steps=2", "engine.device=cuda"])
+    engine = Engine.from_config(cfg)
+    outputs = []
+    for overlap in (True, False):
+        with engine.session(decode_overlap=overlap, seed=5) as session:
+            assert (session._decode_cuda is not None) == overlap
+            session.push_text("The decoder runs on its own stream.", final=True)
+            outputs.append(_run(session))
+    for a, b in zip(*outputs, strict=True):
+        np.testing.assert_array_equal(a.frames, b.frames)
+        np.testing.assert_allclose(a.audio, b.audio, atol=1e-5)
