@@ -230,9 +230,9 @@ def test_generate_cli_audio_driven_and_dialogue(tmp_path):
     script.write_text("A: Good evening.\nB: Good evening to you.\n")
     out = tmp_path / "dialogue.mp4"
     run = subprocess.run([".venv/bin/streamchar", "-q", "generate", "--dialogue", str(script), "--out", str(out),
-                          "--steps", "1"], capture_output=True, text=True, timeout=300)  # fmt: skip
+                          "--steps", "1", "--voice", str(wav)], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert "ada: voice ada" in run.stderr and "ben: voice ben" in run.stderr
+    assert f"ada: voice {wav}" in run.stderr and "ben: voice ben" in run.stderr
     frames, _, _ = read_video_timed(out, 16000)
     assert frames.shape[1:] == (128, 256, 3)
 
