@@ -67,6 +67,8 @@ def _run(session: StreamSession, out: str | Path, metadata: dict[str, str], tota
         for chunk in session:
             sink.write(chunk)
             bar.update(chunk.timing.duration)
+        bar.total = bar.n  # the total was an estimate from the word count
+        bar.refresh()
         end = (session.speech_end or 0.0) + session.tail_seconds
         path = sink.close(end)
     except BaseException:
