@@ -86,6 +86,7 @@ class Engine:
         self.precision = precision
         self.lock = threading.Lock()  # one chunk at a time on the device
         self.sessions = 0  # open sessions
+        self._count_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, cfg, denoiser_path: str | None = None, with_orchestrator: bool = True) -> Engine:
@@ -217,7 +218,8 @@ class StreamSession:
         self._media = 0.0  # media time of the next chunk
         self._state_bytes = 0
         self._setup_state()
-        engine.sessions += 1
+        with engine._count_lock:
+            engine.sessions += 1
 
     # -- state -------------------------------------------------------------------------------------
     def _setup_state(self) -> None:
@@ -553,7 +555,8 @@ class StreamSession:
         self.orchestrator = None
         self._audio_in = self._audio_context = np.zeros(0, np.float32)
         self._out = queue.Queue(maxsize=1)
-        self.engine.sessions -= 1
+        with self.engine._count_lock:
+            self.engine.sessions -= 1
 
     @property
     def closed(self) -> bool:
