@@ -102,9 +102,27 @@ def test_malformed_oversized_and_wrong_messages_are_refused(engine):
             assert "as an image" in error["message"] and not error["fatal"]
             ws.send_text(json.dumps({"type": "start", "character": "nobody"}))
             assert "No character 'nobody'" in ws.receive_json()["message"]
+            ws.send_text(
+                json.dumps({"type": "start", "character": "../characters/ada"})
+            )  # only shipped names
+            assert "No character" in ws.receive_json()["message"]
+            ws.send_text(json.dumps({"type": "start", "character": 5}))
+            assert "'character' must be" in ws.receive_json()["message"]
+            ws.send_text("[" * 3000)
+            assert "nests too deeply" in ws.receive_json()["message"]
+            import io
+
+            import soundfile as sf
+
+            wav = io.BytesIO()
+            sf.write(wav, np.zeros(10, np.float32), 99_999_989, format="WAV", subtype="PCM_16")
+            ws.send_text(json.dumps({"type": "start", "voice": base64.b64encode(wav.getvalue()).decode()}))
+            assert "between 8 and 96 kHz" in ws.receive_json()["message"]
             start(ws)  # the socket still works
             ws.send_text(json.dumps({"type": "text", "text": "y" * 60}))
             assert "over the limit of 50" in ws.receive_json()["message"]
+            ws.send_text(json.dumps({"type": "text", "text": "hi", "speaker": True}))
+            assert "'speaker' must be 0 or 1" in ws.receive_json()["message"]
             ws.send_bytes(np.zeros(100, np.float32).tobytes())  # audio to a text session
             message = ws.receive()
             while message.get("text") is None or json.loads(message["text"])["type"] != "error":

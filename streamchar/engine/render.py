@@ -48,8 +48,9 @@ class Mp4Sink:
             frames = len(self._held.frames)
             if end_seconds is not None:
                 target = self.tl.seconds_to_video_frames(end_seconds)
-                frames = int(np.clip(target - self.frames, 1, frames))
-            self._write(self._held.frames[:frames], self._held.audio)
+                frames = int(np.clip(target - self.frames, 0, frames))
+            if frames:
+                self._write(self._held.frames[:frames], self._held.audio)
             self._held = None
         return self.writer.close()
 

@@ -42,6 +42,7 @@ from streamchar.orchestrator.session import AudioConditions, Orchestrator, Voice
 
 logger = logging.getLogger(__name__)
 MODES = ("text", "audio")
+_CLOSING = threading.Lock()  # makes close()'s check-and-set atomic
 
 
 class SessionClosed(RuntimeError):
@@ -220,6 +221,7 @@ class StreamSession:
         self._setup_state()
         with engine._count_lock:
             engine.sessions += 1
+        self._counted = True
 
     # -- state -------------------------------------------------------------------------------------
     def _setup_state(self) -> None:
@@ -365,6 +367,11 @@ class StreamSession:
         except BaseException as err:  # handed to the consumer, which closes the session
             if self._stop.is_set():
                 return  # closed while a chunk was under way: nothing to report
+            if pending is not None:  # the chunk before the failure still reaches the consumer
+                try:
+                    pending.result()
+                except BaseException:
+                    pass
             if not isinstance(err, SessionClosed):
                 logger.exception("session failed")
             self._put(err)
@@ -403,9 +410,14 @@ class StreamSession:
         latents ``[1, L_a, D_a]`` and samples (audio)."""
         tl, eng = self.tl, self.engine
         L_a, B = tl.chunk_audio_tokens, len(self.characters)
+        # a causal codec's first chunk plays fewer frames than a chunk's audio tokens span: plan (and take
+        # input for) only what plays, and fill the rest with silence
+        playing = min(L_a, tl.video_frames_to_audio_tokens(tl.chunk_video_frames(self._index)))
         if self.mode == "text":
             with self._lock, eng.lock:
-                plan = self.orchestrator.next_chunk()
+                plan = self.orchestrator.next_chunk(playing)
+            if playing < L_a:
+                plan = _padded(plan, L_a)
             silence = SILENCE_ID * self.orchestrator.vocab.buckets.size
             mine = torch.stack([plan.speaker == b for b in range(B)])  # [B, L_a]
             units = torch.where(mine, plan.units[None], torch.full_like(mine, silence, dtype=torch.long))
@@ -413,7 +425,7 @@ class StreamSession:
             if plan.turn_ends:
                 self.speech_end = self._media + tl.audio_tokens_to_seconds(max(plan.turn_ends) + 1)
             return Conditions(units, speaking), plan, None, None
-        samples = tl.audio_tokens_to_samples(L_a)
+        samples = tl.audio_tokens_to_samples(playing)
         with self._audio_ready:
             while not self.realtime and len(self._audio_in) < samples and not self._audio_final:
                 if self._stop.is_set():
@@ -422,7 +434,7 @@ class StreamSession:
             piece, self._audio_in = self._audio_in[:samples], self._audio_in[samples:]
             if len(piece) and not len(self._audio_in) and self._audio_final:
                 self.speech_end = self._media + len(piece) / tl.sample_rate
-        piece = np.concatenate([piece, np.zeros(samples - len(piece), np.float32)])
+        piece = np.concatenate([piece, np.zeros(tl.audio_tokens_to_samples(L_a) - len(piece), np.float32)])
         context = self._audio_context
         wave = np.concatenate([context, piece])
         lat = eng.audio_codec.encode(wave)[len(context) // tl.samples_per_audio_token :]
@@ -533,9 +545,11 @@ class StreamSession:
 
     def close(self) -> None:
         """Stop the loop and free everything the session holds (K/V cache, decoders, orchestrator)."""
-        if self._closed:
-            return
-        self._closed = True
+        with _CLOSING:
+            if self._closed or not hasattr(self, "_counted"):
+                self._closed = True
+                return
+            self._closed = True
         self._stop.set()
         with self._audio_ready:
             self._audio_ready.notify_all()
@@ -573,6 +587,20 @@ class StreamSession:
             self.close()
         except Exception:
             pass
+
+
+def _padded(plan: AudioConditions, frames: int) -> AudioConditions:
+    """``plan`` extended to ``frames`` frames of listening (silence, pointer held)."""
+    pad = frames - len(plan.units)
+
+    def extend(x, value):
+        return torch.cat([x, torch.full((pad,), value, dtype=x.dtype)])
+
+    return AudioConditions(
+        units=extend(plan.units, 0), pointer=extend(plan.pointer, int(plan.pointer[-1])),
+        speaking=extend(plan.speaking, False), speaker=extend(plan.speaker, -1), held=extend(plan.held, False),
+        turn_ends=plan.turn_ends, done=plan.done, word=extend(plan.word, -1) if plan.word is not None else None,
+    )  # fmt: skip
 
 
 class _Worker:

@@ -294,11 +294,12 @@ class Orchestrator:
             logger.info("turn interrupted at position %d", turn.pointer.p)
 
     @torch.inference_mode()
-    def next_chunk(self) -> AudioConditions:
-        """Plan the next chunk: ``chunk_frames`` units with pointer, speaking mask and speaker."""
+    def next_chunk(self, frames: int | None = None) -> AudioConditions:
+        """Plan the next chunk: ``chunk_frames`` (or ``frames``) units with pointer, speaking mask and speaker."""
         units, pointer, speaking, speaker, held, turn_ends, word = [], [], [], [], [], [], []
         silence = SILENCE_ID * self.vocab.buckets.size
-        while len(units) < self.chunk_frames:
+        frames = self.chunk_frames if frames is None else frames
+        while len(units) < frames:
             turn = self._start_turn()
             if turn is None:
                 waiting = bool(self._turns)

@@ -127,6 +127,14 @@ def create_app(engine: Engine, feed: Callable[[StreamSession], None] | None = No
                     if err.fatal:
                         await ws.close(err.code)
                         break
+                except (WebSocketDisconnect, asyncio.CancelledError):
+                    raise
+                except Exception as err:  # anything else: say so and close, never a silent drop
+                    logger.exception("message handling failed")
+                    await _send_error(ws, f"The server could not handle that message ({type(err).__name__}); "
+                                          "the session is closed.", fatal=True)  # fmt: skip
+                    await ws.close(1011)
+                    break
                 if sender is not None and sender.done():
                     break
         except WebSocketDisconnect:
@@ -135,19 +143,27 @@ def create_app(engine: Engine, feed: Callable[[StreamSession], None] | None = No
             if sender is not None:
                 sender.cancel()
             if session is not None:
-                app.state.sessions.discard(session)
-                await asyncio.shield(asyncio.to_thread(session.close))
+                try:
+                    await asyncio.shield(asyncio.to_thread(session.close))
+                finally:
+                    app.state.sessions.discard(session)
             logger.info("session ended (%d open)", len(app.state.sessions))
 
     async def _start(control: dict) -> StreamSession:
         def build() -> StreamSession:
-            character = engine.character(control.get("character"))
+            name = control.get("character")
+            if name is not None and name not in list_characters(engine.cfg.engine.characters_dir):
+                raise MediaError(f"No character '{name[:40]}'; pick one that GET /characters lists.")
+            character = engine.character(name)
             if control.get("image") is not None:
                 image = read_image(control["image"], engine.video_codec.image_size, scfg.max_image_pixels)
                 character = replace(character, name="upload", image=image)
             if control.get("voice") is not None:
                 samples, rate = _read_wav(control["voice"])
-                voice = resample(samples, rate, engine.timeline.sample_rate)
+                if not 8000 <= rate <= 96000:
+                    raise MediaError(f"The uploaded voice is at {rate} Hz; send a WAV between 8 and 96 kHz.")
+                seconds = engine.timeline.reference_voice_seconds
+                voice = resample(samples[: int(seconds * rate)], rate, engine.timeline.sample_rate)
                 character = replace(character, voice=voice, voice_name="upload")
             with slots:
                 if len(app.state.sessions) >= scfg.max_sessions:

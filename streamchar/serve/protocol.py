@@ -49,6 +49,8 @@ def parse_control(raw: str, limits: Limits) -> dict:
         )
     try:
         message = json.loads(raw)
+    except RecursionError as err:
+        raise ProtocolError("The message nests too deeply; send a flat JSON object.") from err
     except json.JSONDecodeError as err:
         raise ProtocolError(
             f"The message is not valid JSON ({err.msg} at character {err.pos}); send a JSON object."
@@ -67,7 +69,8 @@ def parse_control(raw: str, limits: Limits) -> dict:
             )
         if not isinstance(message.get("final", False), bool):
             raise ProtocolError("'final' must be true or false.")
-        if message.get("speaker", 0) not in (0, 1):
+        speaker = message.get("speaker", 0)
+        if type(speaker) is not int or speaker not in (0, 1):
             raise ProtocolError("'speaker' must be 0 or 1.")
     if kind == "start":
         if message.get("mode", "text") not in ("text", "audio"):
@@ -75,8 +78,12 @@ def parse_control(raw: str, limits: Limits) -> dict:
                 "'mode' must be text (text -> speech + video) or audio (microphone -> video)."
             )
         steps = message.get("steps")
-        if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= 64):
+        if steps is not None and (type(steps) is not int or not 1 <= steps <= 64):
             raise ProtocolError("'steps' must be a whole number from 1 to 64.")
+        if message.get("character") is not None and not isinstance(message["character"], str):
+            raise ProtocolError(
+                "'character' must be the name of a shipped character (GET /characters lists them)."
+            )
         for key in ("image", "voice"):
             if message.get(key) is not None:
                 message[key] = decode_upload(message[key], key, limits.max_image_bytes)
