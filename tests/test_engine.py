@@ -250,3 +250,31 @@ def test_cuda_stream_decode_matches_the_inline_decode():
     for a, b in zip(*outputs, strict=True):
         np.testing.assert_array_equal(a.frames, b.frames)
         np.testing.assert_allclose(a.audio, b.audio, atol=1e-5)
+
+
+def test_live_audio_in_blocks_plays_back_without_gaps(engine):
+    """A microphone sends blocks; a live session waits for speech on its way instead of padding silence."""
+    import threading
+    import time
+
+    speech = np.concatenate([engine.character("ben").voice] * 2)
+    session = engine.session(mode="audio", realtime=True)
+    blocks = [speech[i : i + 4096] for i in range(0, len(speech), 4096)]
+
+    def microphone():
+        try:
+            for block in blocks:
+                session.push_audio(block)
+                time.sleep(0.24)  # a little faster than real time (4096 samples = 0.256 s)
+        except SessionClosed:
+            pass  # the test has what it needs
+
+    feeder = threading.Thread(target=microphone, daemon=True)
+    try:
+        feeder.start()
+        need = len(speech) // 7680
+        played = np.concatenate([session.next_chunk(timeout=30).audio for _ in range(need)])
+        np.testing.assert_allclose(played, speech[: len(played)], atol=1e-6)
+    finally:
+        session.close()
+        feeder.join(timeout=10)

@@ -426,11 +426,18 @@ class StreamSession:
                 self.speech_end = self._media + tl.audio_tokens_to_seconds(max(plan.turn_ends) + 1)
             return Conditions(units, speaking), plan, None, None
         samples = tl.audio_tokens_to_samples(playing)
+        # offline: wait for the whole chunk; live: wait at most one chunk's time for speech that is on its
+        # way (a microphone sends blocks), then go on with what arrived and silence for the rest
+        give_up = time.perf_counter() + tl.chunk_seconds
         with self._audio_ready:
-            while not self.realtime and len(self._audio_in) < samples and not self._audio_final:
+            while len(self._audio_in) < samples and not self._audio_final:
                 if self._stop.is_set():
                     raise SessionClosed("The session was closed.")
-                self._audio_ready.wait(0.1)
+                if self.realtime and time.perf_counter() >= give_up:
+                    break
+                self._audio_ready.wait(0.02)
+            if self.realtime and len(self._audio_in) > 3 * samples:  # fell behind: keep the newest speech
+                self._audio_in = self._audio_in[len(self._audio_in) - 2 * samples :]
             piece, self._audio_in = self._audio_in[:samples], self._audio_in[samples:]
             if len(piece) and not len(self._audio_in) and self._audio_final:
                 self.speech_end = self._media + len(piece) / tl.sample_rate
