@@ -476,7 +476,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_train_orchestrator)
 
-    # codec
     # eval
     p_eval = sub.add_parser("eval", help="evaluation protocols")
     eval_sub = p_eval.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
@@ -603,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the result here")
     _add_config_args(p)
     p.set_defaults(func=cmd_bench_stream)
-    # demo
+    # sampling and the demo
     p = sub.add_parser(
         "sample",
         help="regenerate a held-out clip with the teacher: mp4 with sound and a contact sheet",

@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,16 +134,10 @@ class Engine:
         return EulerSampler(steps=steps or ecfg.steps, shift=ecfg.shift, guidance=guidance)
 
     def orchestrator(self, characters: list[Character]) -> Orchestrator:
-        from streamchar.orchestrator.backends import make_backend
-        from streamchar.orchestrator.pointer import PointerLimits
-        from streamchar.orchestrator.text import Frontend
-
+        """A new orchestrator (own backend and KV cache) over the shared LM, voiced by the characters'
+        prompts; with two characters each keeps fewer prompt turns until they fit half the LM context."""
         if self.unit_lm is None:
             raise ValueError("This engine was built without an orchestrator; text needs one.")
-        ocfg = self.cfg.orchestrator
-        limits = PointerLimits(ocfg.max_phoneme_frames, ocfg.max_silence_frames)
-        frontend = Frontend(ocfg.language)
-        # voice prompts must fit in half the LM's context: with two characters keep fewer turns each
         keep = max((len(c.prompt_turns) for c in characters), default=0)
         while True:
             prompts = {
@@ -150,11 +145,10 @@ class Engine:
                 for i, c in enumerate(characters)
                 if c.prompt_turns[:keep]
             }
-            backend = make_backend("hf", model=self.unit_lm, temperature=ocfg.temperature, seed=ocfg.seed)
             try:
-                return Orchestrator(backend, self.vocab, self.timeline.chunk_audio_tokens, frontend, prompts,
-                                    ocfg.max_context_tokens, ocfg.max_history_tokens, limits,
-                                    ocfg.max_push_chars)  # fmt: skip
+                return Orchestrator.from_config(
+                    self.cfg, voice_prompts=prompts, loaded=(self.unit_lm, self.vocab)
+                )
             except ValueError:
                 if keep <= 1:
                     raise
@@ -495,7 +489,7 @@ class StreamSession:
         self, index, media, duration, started, denoised, video, audio, plan, given, event
     ) -> None:
         eng, tl = self.engine, self.tl
-        stream = torch.cuda.stream(self._decode_cuda) if self._decode_cuda is not None else _null_context()
+        stream = torch.cuda.stream(self._decode_cuda) if self._decode_cuda is not None else nullcontext()
         with stream, eng.autocast():
             if event is not None:
                 self._decode_cuda.wait_event(event)
@@ -519,7 +513,7 @@ class StreamSession:
 
     def _per_frame(self, plan, frames: int) -> tuple[np.ndarray, np.ndarray]:
         tokens = np.minimum(
-            np.arange(frames) * self.tl.audio_latent_rate // self.tl.fps, self.tl.chunk_audio_tokens - 1
+            self.tl.video_frames_to_audio_tokens(np.arange(frames)), self.tl.chunk_audio_tokens - 1
         )
         if plan is not None:
             return plan.speaker.numpy()[tokens], plan.speaking.numpy()[tokens]
@@ -649,11 +643,3 @@ class _Worker:
         self._jobs.put(None)
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
-
-
-class _null_context:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

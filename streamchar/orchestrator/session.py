@@ -132,12 +132,22 @@ class Orchestrator:
     # -- construction ----------------------------------------------------------------------------
     @classmethod
     def from_config(cls, cfg, path: str | None = None, voice_prompts: dict[int, VoicePrompt] | None = None,
-                    device: str | None = None) -> Orchestrator:  # fmt: skip
-        """The orchestrator of ``cfg.orchestrator`` (checkpoint at ``path`` or ``orchestrator.path``)."""
+                    device: str | None = None, loaded: tuple | None = None) -> Orchestrator:  # fmt: skip
+        """The orchestrator of ``cfg.orchestrator`` (checkpoint at ``path`` or ``orchestrator.path``).
+
+        ``loaded``: ``(model, vocab)`` already in memory (the engine loads the LM once and gives every
+        session its own backend and KV cache over it).
+        """
         from streamchar.config import resolve_asset_path
         from streamchar.orchestrator.model import OrchestratorCheckpointError, load_unit_lm
 
         ocfg = cfg.orchestrator
+        limits = PointerLimits(ocfg.max_phoneme_frames, ocfg.max_silence_frames)
+        if loaded is not None:
+            model, vocab = loaded
+            backend = make_backend("hf", model=model, temperature=ocfg.temperature, seed=ocfg.seed)
+            return cls(backend, vocab, cfg.timeline.chunk_audio_tokens, Frontend(ocfg.language), voice_prompts,
+                       ocfg.max_context_tokens, ocfg.max_history_tokens, limits, ocfg.max_push_chars)  # fmt: skip
         folder = path or ocfg.path
         if folder is None:
             raise OrchestratorCheckpointError("No orchestrator checkpoint configured; set orchestrator.path.")
@@ -152,8 +162,7 @@ class Orchestrator:
             backend = make_backend("vllm", path=str(folder), temperature=ocfg.temperature, seed=ocfg.seed)
         else:
             model, vocab, _ = load_unit_lm(folder, device=device)
-            backend = make_backend("hf", model=model, temperature=ocfg.temperature, seed=ocfg.seed)
-        limits = PointerLimits(ocfg.max_phoneme_frames, ocfg.max_silence_frames)
+            return cls.from_config(cfg, voice_prompts=voice_prompts, loaded=(model, vocab))
         return cls(backend, vocab, cfg.timeline.chunk_audio_tokens, Frontend(ocfg.language), voice_prompts,
                    ocfg.max_context_tokens, ocfg.max_history_tokens, limits, ocfg.max_push_chars)  # fmt: skip
 
