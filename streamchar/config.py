@@ -289,6 +289,48 @@ class ServeConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Two-stage distillation (``streamchar distill stage1|stage2``), DESIGN.md section 9."""
+
+    teacher: str = "checkpoints/tiny/teacher"  # the frozen teacher (real score; the students start from it)
+    student_steps: int = 2  # 1, 2 or 4
+    shift: float = 1.0  # the student's sampling grid
+    # the real score's classifier-free guidance, folded into the student
+    guidance_conditions: float = 2.0
+    guidance_ref_image: float = 1.5
+    guidance_ref_voice: float = 1.5
+    t_min: float = 0.02  # DMD re-noising range
+    t_max: float = 0.98
+    fake_updates: int = 1  # fake-score updates per student update
+    audio_loss_weight: float = 1.0
+    # stage 1: teacher ODE pairs, regression, then DMD on single windows
+    pairs: int = 160
+    pair_teacher_steps: int = 16
+    pair_record_steps: int = 4  # pair states on a 4-step grid serve 1-, 2- and 4-step students
+    pairs_dir: str | None = None  # where the pair shards go; default RUN/pairs
+    regression_steps: int = 300
+    dmd_steps: int = 200
+    # stage 2: rollouts of consecutive chunks from the student's own motion frames and sink
+    init: str | None = None  # the stage-1 student (stage 2 starts from it)
+    rollout_chunks: int = 4
+    rollout_steps: int = 100
+    batch_size: int = 4  # windows (stage 1) or rollouts (stage 2) per process and step
+    lr_regression: float = 2e-4
+    lr_student: float = 2e-5
+    lr_fake: float = 1e-4
+    lr_min_fraction: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    mixed_precision: str = "auto"
+    log_every: int = 10
+    ckpt_every: int = 25
+    seed: int = 0
+    num_threads: int = 0
+    fsdp: bool = False  # with several processes, shard the student and the fake score (FSDP2)
+
+
+@dataclass
 class StreamCharConfig:
     preset: str = "tiny"
     timeline: Timeline = field(default_factory=Timeline)
@@ -301,6 +343,7 @@ class StreamCharConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 # -- loading ------------------------------------------------------------------------------------

@@ -131,6 +131,32 @@ def set_reference_for_guidance(
     )
 
 
+def guided_velocity(
+    model: JointDiT,
+    guidance: Guidance,
+    video: torch.Tensor,
+    audio: torch.Tensor,
+    timesteps: tuple[torch.Tensor, torch.Tensor],
+    conditions: Conditions,
+    context: WindowContext | None = None,
+    audio_valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The guided velocity of a ``[B, ...]`` batch: one model call over every guidance branch.
+
+    ``timesteps``: ``(t_video [B], t_audio [B])``. ``context`` None means inside ``model.streaming()``
+    with a cache built for ``guidance.num_branches * B`` items.
+    """
+    b, n = video.shape[0], guidance.num_branches
+    drops = guidance.drops(b, video.device)
+    cond = Conditions(repeat_batch(conditions.units, n), repeat_batch(conditions.speaking, n))
+    cond = cond.dropped(drops["conditions"], model.num_units)
+    ctx = expand_for_guidance(guidance, context) if context is not None else None
+    valid = repeat_batch(audio_valid, n) if audio_valid is not None else None
+    t = tuple(repeat_batch(x, n) for x in timesteps)
+    v_video, v_audio = model(repeat_batch(video, n), repeat_batch(audio, n), t, cond, ctx, valid)
+    return guidance.combine(v_video, b), guidance.combine(v_audio, b)
+
+
 @dataclass(frozen=True)
 class EulerSampler:
     steps: int = 16
@@ -161,22 +187,16 @@ class EulerSampler:
         Returns:
             ``(video [B, C, L, h, w], audio [B, L_a, D_a])``.
         """
-        b, n = video_noise.shape[0], self.guidance.num_branches
-        drops = self.guidance.drops(b, video_noise.device)
-        cond = Conditions(repeat_batch(conditions.units, n), repeat_batch(conditions.speaking, n))
-        cond = cond.dropped(drops["conditions"], model.num_units)
-        ctx = expand_for_guidance(self.guidance, context) if context is not None else None
-        valid = repeat_batch(audio_valid, n) if audio_valid is not None else None
         video = video_noise
         audio = given_audio if given_audio is not None else audio_noise
         grid = sampling_grid(self.steps, self.shift).tolist()
         for t, t_next in zip(grid[:-1], grid[1:], strict=True):
-            t_video = torch.full((n * b,), t, device=video.device)
+            t_video = torch.full((video.shape[0],), t, device=video.device)
             t_audio = torch.zeros_like(t_video) if given_audio is not None else t_video
-            v_video, v_audio = model(
-                repeat_batch(video, n), repeat_batch(audio, n), (t_video, t_audio), cond, ctx, valid
+            v_video, v_audio = guided_velocity(
+                model, self.guidance, video, audio, (t_video, t_audio), conditions, context, audio_valid
             )
-            video = video + (t_next - t) * self.guidance.combine(v_video, b)
+            video = video + (t_next - t) * v_video
             if given_audio is None:
-                audio = audio + (t_next - t) * self.guidance.combine(v_audio, b)
+                audio = audio + (t_next - t) * v_audio
         return video, audio

@@ -71,14 +71,15 @@ def _tensors(obj: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-def read_optimizer_state(path: str | Path) -> dict | None:
-    """The optimiser ``state_dict()`` stored in checkpoint folder ``path`` (None if it has none)."""
+def read_optimizer_state(path: str | Path, name: str = "optimizer") -> dict | None:
+    """The optimiser ``state_dict()`` stored in checkpoint folder ``path`` as ``NAME.safetensors`` (None if
+    it has none)."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if not (path / "optimizer.safetensors").is_file():
+    file = Path(path) / f"{name}.safetensors"
+    if not file.is_file():
         return None
-    with safe_open(str(path / "optimizer.safetensors"), framework="pt") as f:
+    with safe_open(str(file), framework="pt") as f:
         skeleton = json.loads(f.metadata()["skeleton"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     return unflatten_optimizer_state(tensors, skeleton)
@@ -92,11 +93,14 @@ def save_checkpoint(
     ema: torch.nn.Module | dict[str, torch.Tensor] | None = None,
     state: dict[str, Any] | None = None,
     keep: int = 3,
+    extra_optimizers: dict[str, torch.optim.Optimizer | dict] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically; keep the newest ``keep`` checkpoints.
 
     ``model`` / ``ema`` may be modules or already-gathered state dicts, and ``optimizer`` an optimiser or
     its (gathered) ``state_dict()``: sharded runs gather on every process and save on one.
+    ``extra_optimizers`` are written as ``optimizer-NAME.safetensors`` (read back with
+    ``read_optimizer_state(path, "optimizer-NAME")``).
     """
     root = Path(run_dir) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -107,11 +111,11 @@ def save_checkpoint(
     save_file(_tensors(model), str(tmp / "model.safetensors"))
     if ema is not None:
         save_file(_tensors(ema), str(tmp / "ema.safetensors"))
-    if optimizer is not None:
-        tensors, skeleton = flatten_optimizer_state(
-            optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
-        )
-        save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"skeleton": json.dumps(skeleton)})
+    optimizers = {"optimizer": optimizer} if optimizer is not None else {}
+    optimizers.update({f"optimizer-{k}": v for k, v in (extra_optimizers or {}).items()})
+    for name, opt in optimizers.items():
+        tensors, skeleton = flatten_optimizer_state(opt if isinstance(opt, dict) else opt.state_dict())
+        save_file(tensors, str(tmp / f"{name}.safetensors"), metadata={"skeleton": json.dumps(skeleton)})
     rng = {"torch": torch.get_rng_state().tolist()}
     if torch.cuda.is_available():
         rng["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]

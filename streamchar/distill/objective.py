@@ -1,0 +1,169 @@
+"""The distillation objective over training windows of the joint DiT (both stages use it).
+
+As for the teacher (:mod:`streamchar.denoiser.objective`), every random number of a step is drawn
+first, for the global batch, and each process takes its slice; the losses are pure functions of the
+batch, the models and the draws. So two processes with half the batch each take the same step as one
+process with all of it.
+
+The student is an Euler sampler on ``sampling_grid(steps, shift)`` with guidance folded in: one
+model call per step, full conditions, no guidance branches. Its output at step ``k`` is the clean
+prediction ``x0 = x_{t_k} - t_k v``; the final step's Euler update lands exactly on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from streamchar.denoiser.dit import Conditions, JointDiT, WindowContext
+from streamchar.denoiser.flow import FlowMatching, Guidance, guided_velocity, sampling_grid
+from streamchar.denoiser.objective import TeacherObjective
+from streamchar.distill.losses import dmd_loss, flow_matching_loss, ode_regression_loss
+
+Latents = tuple[torch.Tensor, torch.Tensor]  # (video [B, C, L, h, w], audio [B, L_a, D_a])
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # DDP
+
+
+@dataclass(frozen=True)
+class DistillObjective:
+    steps: int = 2  # the student's denoising steps
+    shift: float = 1.0  # the student's sampling grid (and the teacher's ODE grid)
+    guidance: Guidance = Guidance(2.0, 1.5, 1.5)  # the real score's guidance, folded into the student
+    t_min: float = 0.02  # DMD re-noising range
+    t_max: float = 0.98
+    fake_updates: int = 1  # fake-score updates per student update
+    audio_loss_weight: float = 1.0
+
+    @property
+    def grid(self) -> list[float]:
+        return sampling_grid(self.steps, self.shift).tolist()
+
+    # -- randomness ---------------------------------------------------------------------------------
+    def draw(
+        self, batch: dict, generator: torch.Generator, total: int | None = None, offset: int = 0
+    ) -> dict[str, torch.Tensor]:
+        """Every random number one student update (and its fake-score updates) needs.
+
+        ``exit`` (one per step, shared by the batch): the student step whose clean prediction carries the
+        gradient (backward simulation: the steps before it run without a graph).
+        """
+        b = batch["video"].shape[0]
+        n = b if total is None else total
+        shape_v, shape_a = batch["video"].shape[1:], batch["audio"].shape[1:]
+
+        def t() -> torch.Tensor:
+            return self.t_min + (self.t_max - self.t_min) * torch.rand(n, generator=generator)
+
+        draws = {
+            "noise_video": torch.randn((n, *shape_v), generator=generator),
+            "noise_audio": torch.randn((n, *shape_a), generator=generator),
+            "t": t(),
+            "renoise_video": torch.randn((n, *shape_v), generator=generator),
+            "renoise_audio": torch.randn((n, *shape_a), generator=generator),
+        }
+        for i in range(self.fake_updates):
+            draws[f"fake_t{i}"] = t()
+            draws[f"fake_video{i}"] = torch.randn((n, *shape_v), generator=generator)
+            draws[f"fake_audio{i}"] = torch.randn((n, *shape_a), generator=generator)
+        out = {k: v[offset : offset + b] for k, v in draws.items()}
+        out["exit"] = torch.randint(0, self.steps, (1,), generator=generator)
+        return out
+
+    # -- the student -------------------------------------------------------------------------------
+    def student_x0(
+        self,
+        student: JointDiT,
+        noise: Latents,
+        conditions: Conditions,
+        context: WindowContext,
+        audio_mask: torch.Tensor,
+        exit_step: int | None = None,
+    ) -> Latents:
+        """Run the student from ``noise`` to step ``exit_step`` (default: the last) without a graph, then
+        predict the clean latents from there with one (the step the gradient flows through)."""
+        exit_step = self.steps - 1 if exit_step is None else exit_step
+        grid = self.grid
+        video, audio = noise
+        plain = _unwrap(student)
+        with torch.no_grad():
+            for k in range(exit_step):
+                t = torch.full((video.shape[0],), grid[k], device=video.device)
+                v_video, v_audio = plain(video, audio, (t, t), conditions, context, audio_mask)
+                video = video + (grid[k + 1] - grid[k]) * v_video.float()
+                audio = audio + (grid[k + 1] - grid[k]) * v_audio.float()
+        t = torch.full((video.shape[0],), grid[exit_step], device=video.device)
+        v_video, v_audio = student(video, audio, (t, t), conditions, context, audio_mask)
+        return video - grid[exit_step] * v_video.float(), audio - grid[exit_step] * v_audio.float()
+
+    def _masks(self, batch: dict) -> torch.Tensor:
+        return batch["audio_mask"].float()[..., None]  # [B, L_a, 1]
+
+    def _combine(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        return video + self.audio_loss_weight * audio
+
+    # -- losses -------------------------------------------------------------------------------------
+    def regression(
+        self, student: JointDiT, batch: dict, states: Latents, t: torch.Tensor, targets: Latents
+    ) -> tuple[torch.Tensor, dict]:
+        """ODE-pair regression: from the teacher's trajectory state at student time ``t`` [B], the student's
+        clean prediction against the teacher's final sample. Returns ``(mean loss, parts)``."""
+        conditions, context = Conditions(batch["units"], batch["speaking"]), TeacherObjective.context(batch)
+        v_video, v_audio = student(states[0], states[1], (t, t), conditions, context, batch["audio_mask"])
+        tv = t.reshape(-1, 1, 1, 1, 1)
+        video = ode_regression_loss(states[0] - tv * v_video.float(), targets[0])
+        audio = ode_regression_loss(states[1] - t[:, None, None] * v_audio.float(), targets[1], self._masks(batch))
+        return self._combine(video, audio).mean(), {"video": video.detach(), "audio": audio.detach()}
+
+    def _renoise(self, x0: Latents, t: torch.Tensor, noise: Latents) -> Latents:
+        flow = FlowMatching()
+        return flow.interpolate(x0[0].detach(), noise[0], t), flow.interpolate(x0[1].detach(), noise[1], t)
+
+    def dmd(
+        self,
+        x0: Latents,
+        teacher: JointDiT,
+        fake: JointDiT,
+        batch: dict,
+        draws: dict,
+        context: WindowContext | None = None,
+    ) -> tuple[torch.Tensor, dict]:
+        """The DMD loss of student samples ``x0`` (with a graph); ``context`` defaults to the batch's.
+        Returns ``(mean loss, parts)``."""
+        conditions = Conditions(batch["units"], batch["speaking"])
+        context = context if context is not None else TeacherObjective.context(batch)
+        mask = batch["audio_mask"]
+        t = draws["t"]
+        video_t, audio_t = self._renoise(x0, t, (draws["renoise_video"], draws["renoise_audio"]))
+        flow = FlowMatching()
+        with torch.no_grad():
+            real_v, real_a = guided_velocity(teacher, self.guidance, video_t, audio_t, (t, t), conditions, context, mask)
+            fake_v, fake_a = _unwrap(fake)(video_t, audio_t, (t, t), conditions, context, mask)
+            real = flow.predict_x0(video_t, real_v.float(), t), flow.predict_x0(audio_t, real_a.float(), t)
+            fake_x0 = flow.predict_x0(video_t, fake_v.float(), t), flow.predict_x0(audio_t, fake_a.float(), t)
+        video = dmd_loss(x0[0], real[0], fake_x0[0])
+        audio = dmd_loss(x0[1], real[1], fake_x0[1], self._masks(batch))
+        return self._combine(video, audio).mean(), {"video": video.detach(), "audio": audio.detach()}
+
+    def fake_score(
+        self,
+        fake: JointDiT,
+        x0: Latents,
+        batch: dict,
+        draws: dict,
+        update: int,
+        context: WindowContext | None = None,
+    ) -> tuple[torch.Tensor, dict]:
+        """The fake score's flow-matching loss on the detached student samples ``x0`` (update ``update``)."""
+        conditions = Conditions(batch["units"], batch["speaking"])
+        context = context if context is not None else TeacherObjective.context(batch)
+        t = draws[f"fake_t{update}"]
+        noise = draws[f"fake_video{update}"], draws[f"fake_audio{update}"]
+        video_t, audio_t = self._renoise(x0, t, noise)
+        v_video, v_audio = fake(video_t, audio_t, (t, t), conditions, context, batch["audio_mask"])
+        video = flow_matching_loss(v_video, x0[0], noise[0])
+        audio = flow_matching_loss(v_audio, x0[1], noise[1], self._masks(batch))
+        return self._combine(video, audio).mean(), {"video": video.detach(), "audio": audio.detach()}

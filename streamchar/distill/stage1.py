@@ -1,0 +1,124 @@
+"""``streamchar distill stage1``: sampler compression on single windows.
+
+1. **Pairs**: the frozen teacher solves the guided ODE from fixed noise for ``distill.pairs`` training
+   windows (:mod:`streamchar.distill.pairs`; resumable shards).
+2. **Regression** (``distill.regression_steps``): the student, initialised as the teacher, learns to
+   map the teacher's trajectory state at each of its own grid times straight to the teacher's final
+   sample, with full conditions and one model call: guidance is folded in.
+3. **DMD** (``distill.dmd_steps``): the student samples windows in ``distill.student_steps`` steps
+   (the gradient flows through one randomly chosen step, the ones before run without a graph);
+   the DMD loss pulls the samples towards the guided teacher's distribution, and the fake score
+   learns the student's distribution by flow matching on them (``distill.fake_updates`` per step).
+
+Data and randomness are functions of (seed, step, process), as in the teacher trainer, so a killed
+run resumes exactly and a two-process run takes the steps of one process with both halves.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from streamchar.config import StreamCharConfig
+from streamchar.data.latents import WindowDataset
+from streamchar.denoiser.dit import Conditions
+from streamchar.denoiser.objective import TeacherObjective
+from streamchar.distill.pairs import PairSet, PairSpec, generate_pairs
+from streamchar.distill.trainer import DistillRun
+from streamchar.training.teacher import _to, collate
+
+logger = logging.getLogger(__name__)
+
+
+def pair_spec_from_config(dcfg) -> PairSpec:
+    return PairSpec(
+        count=dcfg.pairs,
+        teacher_steps=dcfg.pair_teacher_steps,
+        record_steps=dcfg.pair_record_steps,
+        shift=dcfg.shift,
+        guidance=(dcfg.guidance_conditions, dcfg.guidance_ref_image, dcfg.guidance_ref_voice),
+        seed=dcfg.seed + 101,
+    )
+
+
+def regression_batch(pairs: PairSet, steps: int, indices: list[int], ks: list[int], device):
+    """Collated windows, states, targets and times of the given pairs at student steps ``ks``."""
+    items = [pairs.item(i, steps, k) for i, k in zip(indices, ks, strict=True)]
+    batch = _to(collate([w for w, _, _, _ in items]), device)
+    states = tuple(torch.stack([s[m] for _, s, _, _ in items]).to(device) for m in (0, 1))
+    targets = tuple(torch.stack([x[m] for _, _, x, _ in items]).to(device) for m in (0, 1))
+    t = torch.tensor([t for _, _, _, t in items], device=device)
+    return batch, states, targets, t
+
+
+def distill_stage1(
+    cfg: StreamCharConfig, latents: str | Path, out: str | Path, max_steps: int | None = None, progress: bool = True
+) -> dict:
+    """Run (or resume) stage 1; returns a summary and leaves the student in ``OUT/student``."""
+    from tqdm.auto import tqdm
+
+    dcfg = cfg.distill
+    spec = pair_spec_from_config(dcfg)
+    spec.check(dcfg.student_steps)
+    run = DistillRun(cfg, latents, out, "stage1")
+    acc, obj, b = run.accelerator, run.objective, dcfg.batch_size
+    pairs_dir = Path(dcfg.pairs_dir) if dcfg.pairs_dir else run.out / "pairs"
+    total = dcfg.regression_steps + dcfg.dmd_steps
+    if run.start < dcfg.regression_steps:
+        generate_pairs(run.teacher, run.cache, run.timeline, spec, pairs_dir, run.device, acc.autocast,
+                       run.rank, run.world, progress)  # fmt: skip
+        acc.wait_for_everyone()
+        pairs = PairSet(pairs_dir, run.cache, run.timeline, spec)
+    windows = WindowDataset(run.cache, "train", length=2**31 - 1, seed=dcfg.seed + 3,
+                            first_chunk_prob=0.1, timeline=run.timeline)  # fmt: skip
+    stop = total if max_steps is None else min(total, run.start + max_steps)
+    bar = tqdm(total=total, initial=run.start, desc=f"distill stage 1 ({dcfg.student_steps}-step)", unit="step",
+               disable=not (progress and acc.is_main_process))  # fmt: skip
+    last: dict[str, float] = {}
+    for step in range(run.start, stop):
+        g = run.generator(step)
+        first = (step * run.world + run.rank) * b
+        if step < dcfg.regression_steps:
+            ks = torch.randint(0, dcfg.student_steps, (b * run.world,), generator=g)[run.rank * b : (run.rank + 1) * b]
+            indices = [(first + i) % len(pairs) for i in range(b)]
+            batch, states, targets, t = regression_batch(pairs, dcfg.student_steps, indices, ks.tolist(), run.device)
+            with acc.autocast():
+                loss, parts = obj.regression(run.student, batch, states, t, targets)
+            run.backward(run.student, loss)
+            run.update(run.student, run.opt_student, run.lr(step, dcfg.regression_steps, dcfg.lr_regression))
+            last = {"regression": loss.item()}
+        else:
+            batch = _to(collate([windows[first + i] for i in range(b)]), run.device)
+            draws = {k: v.to(run.device) for k, v in
+                     obj.draw(batch, g, total=b * run.world, offset=run.rank * b).items()}  # fmt: skip
+            conditions, context = Conditions(batch["units"], batch["speaking"]), TeacherObjective.context(batch)
+            with acc.autocast():
+                x0 = obj.student_x0(run.student, (draws["noise_video"], draws["noise_audio"]), conditions, context,
+                                    batch["audio_mask"], int(draws["exit"]))  # fmt: skip
+                loss, parts = obj.dmd(x0, run.teacher, run.fake, batch, draws)
+            run.backward(run.student, loss)
+            lr = run.lr(step - dcfg.regression_steps, dcfg.dmd_steps, dcfg.lr_student)
+            run.update(run.student, run.opt_student, lr)
+            samples = (x0[0].detach(), x0[1].detach())
+            for u in range(dcfg.fake_updates):
+                with acc.autocast():
+                    fake_loss, _ = obj.fake_score(run.fake, samples, batch, draws, u)
+                run.backward(run.fake, fake_loss)
+                run.update(run.fake, run.opt_fake, run.lr(step - dcfg.regression_steps, dcfg.dmd_steps, dcfg.lr_fake))
+            last = {"dmd": loss.item(), "fake_flow": fake_loss.item()}
+        run.check(loss, step)
+        done = step + 1
+        bar.update(1)
+        if done % dcfg.log_every == 0:
+            run.log(done, last, bar)
+        if done % dcfg.ckpt_every == 0:
+            run.checkpoint(done)
+    bar.close()
+    final = max(run.start, stop)
+    if final > run.start and final % dcfg.ckpt_every:
+        run.checkpoint(final)
+    run.export_student(final)
+    return run.finish({"stage": "stage1", "step": final, "total_steps": total, "finished": final >= total,
+                       "student_steps": dcfg.student_steps, "last": last, "student": str(run.out / "student")})  # fmt: skip
