@@ -92,6 +92,48 @@ def cmd_data_encode(args: argparse.Namespace) -> None:
     _print_json(encode_corpus(cfg, args.corpus, args.out))
 
 
+def cmd_distill_stage1(args: argparse.Namespace) -> None:
+    from streamchar.distill.stage1 import distill_stage1
+
+    _print_json(distill_stage1(_config(args), args.latents, args.out, max_steps=args.max_steps))
+
+
+def cmd_distill_stage2(args: argparse.Namespace) -> None:
+    from streamchar.distill.stage2 import distill_stage2
+
+    _print_json(distill_stage2(_config(args), args.latents, args.out, max_steps=args.max_steps))
+
+
+def cmd_distill_toy(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from streamchar.distill.toy import ToyConfig, run_toy
+
+    cfg = ToyConfig(student_steps=args.student_steps, seed=args.seed)
+    result = run_toy(cfg, args.out)
+    _print_json({"config": asdict(cfg), "samplers": result["samplers"], "out": args.out})
+
+
+def cmd_distill_compare(args: argparse.Namespace) -> None:
+    from streamchar.eval.distill_eval import compare_samplers, parse_contenders
+
+    cfg = _config(args)
+    result = compare_samplers(cfg, parse_contenders(args.model, cfg), args.latents, args.out, args.windows)
+    print(f"wrote {args.out}/compare.json, compare.md, compare_sheet.png")
+    _print_json(result["samplers"])
+
+
+def cmd_distill_drift(args: argparse.Namespace) -> None:
+    from streamchar.eval.distill_eval import drift_session, parse_contenders
+
+    cfg = _config(args)
+    result = drift_session(
+        cfg, parse_contenders(args.model, cfg), args.latents, args.out, args.chunks, args.segment
+    )
+    print(f"wrote {args.out}/drift.json, drift.md, drift.png")
+    _print_json(result["segments"])
+
+
 def cmd_train_teacher(args: argparse.Namespace) -> None:
     from streamchar.training.teacher import train_teacher
 
@@ -475,6 +517,75 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.set_defaults(func=cmd_train_orchestrator)
+
+    # distill
+    p_distill = sub.add_parser("distill", help="two-stage distillation of the teacher into few-step students")
+    distill_sub = p_distill.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    p = distill_sub.add_parser(
+        "stage1",
+        help="sampler compression: teacher ODE pairs, regression, then DMD on single windows (resumable)",
+        description="Generates teacher ODE pairs (distill.pairs, resumable shards in distill.pairs_dir or OUT/pairs), "
+        "regresses a student initialised as the teacher onto them, then trains it with DMD (real score: the "
+        "teacher with guidance; fake score trained online) to distill.student_steps steps with guidance folded "
+        "in. Runs under `accelerate launch` with DDP (or FSDP with distill.fsdp=true); re-running with the same "
+        "--out resumes. The student is exported to OUT/student.",
+    )
+    p.add_argument("--latents", required=True, help="latent cache folder")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps in this invocation"
+    )
+    _add_config_args(p)
+    p.set_defaults(func=cmd_distill_stage1)
+    p = distill_sub.add_parser(
+        "stage2",
+        help="rollout fine-tuning: DMD on chunks the student generates from its own motion frames and sink",
+        description="Starts from a stage-1 student (distill.init=RUN/student); each step rolls out "
+        "distill.rollout_chunks consecutive chunks per session with the student's own sink and motion frames, "
+        "gradients through the last denoising step of each chunk only. Resumable; exports OUT/student.",
+    )
+    p.add_argument("--latents", required=True, help="latent cache folder")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps in this invocation"
+    )
+    _add_config_args(p)
+    p.set_defaults(func=cmd_distill_stage2)
+    p = distill_sub.add_parser(
+        "toy",
+        help="DMD on a 2D Gaussian mixture: teacher, one-step student, per-mode mass and MMD",
+        description="Trains a flow-matching teacher on an 8-mode 2D mixture, distils a one-step student with the "
+        "same DMD losses, and reports each sampler against the teacher's many-step samples (OUT/toy.json, toy.png).",
+    )
+    p.add_argument("--out", default="docs/results/distill_toy", help="output folder")
+    p.add_argument("--student-steps", type=int, default=3000, help="DMD updates of the student")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_distill_toy)
+    model_help = ("NAME=PATH[@STEPS][:nosink]: a teacher (guided with the sample config, at STEPS) or a student "
+                  "(its own steps, guidance folded); repeat")  # fmt: skip
+    p = distill_sub.add_parser(
+        "compare",
+        help="students against the many-step teacher on the same held-out windows and noise, timed side by side",
+        description="Writes OUT/compare.json, compare.md and compare_sheet.png (ground truth, then one row per model).",
+    )
+    p.add_argument("--latents", required=True, help="latent cache folder")
+    p.add_argument("--model", action="append", required=True, help=model_help)
+    p.add_argument("--windows", type=int, default=8, help="held-out windows")
+    p.add_argument("--out", default="docs/results/distill_stage1", help="output folder")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_distill_compare)
+    p = distill_sub.add_parser(
+        "drift",
+        help="a long session per model: distance to the reference identity and quality proxies per chunk",
+        description="Writes OUT/drift.json, drift.md and drift.png.",
+    )
+    p.add_argument("--latents", required=True, help="latent cache folder")
+    p.add_argument("--model", action="append", required=True, help=model_help)
+    p.add_argument("--chunks", type=int, default=60, help="session length in chunks")
+    p.add_argument("--segment", type=int, default=10, help="chunks per reported segment")
+    p.add_argument("--out", default="docs/results/distill_drift", help="output folder")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_distill_drift)
 
     # eval
     p_eval = sub.add_parser("eval", help="evaluation protocols")

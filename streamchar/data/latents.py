@@ -432,3 +432,42 @@ class WindowDataset(torch.utils.data.Dataset):
         item["mouth_open"] = torch.full((tl.chunk_video_frames(1),), float("nan"))
         item["mouth_open"][: len(mouth)] = mouth[: tl.chunk_video_frames(1)]
         return item
+
+
+class RolloutDataset(WindowDataset):
+    """Sessions of ``chunks`` consecutive chunks from the start of a clip, for rollout training.
+
+    Item ``i`` is a first-chunk window (references, chunk 0's conditions; no sink, no motion) plus the
+    conditions of every chunk: ``chunk_units``, ``chunk_speaking`` ``[R, L_a]`` (long) and
+    ``chunk_audio_mask`` ``[R, L_a]``. Only clips at least ``chunks`` chunks long are used.
+    """
+
+    def __init__(self, cache, split: str = "train", chunks: int = 4, length: int = 10_000, seed: int = 0,
+                 timeline: Timeline | None = None) -> None:  # fmt: skip
+        super().__init__(cache, split, length, seed, first_chunk_prob=1.0, timeline=timeline)
+        need = chunks * self.timeline.chunk_latent_frames
+        self.entries = [e for e in self.entries if e["latent_frames"] >= need]
+        if not self.entries:
+            raise CorpusError(
+                f"No '{split}' clip in {self.cache.folder} is {chunks} chunks ({need} latent frames) long."
+            )
+        self.chunks = chunks
+        self.by_character = {}
+        for i, e in enumerate(self.entries):
+            self.by_character.setdefault(str(e["char_id"]), []).append(i)
+        weights = np.ones(len(self.entries))
+        self.weights = weights / weights.sum()
+
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        entry = next(e for e in self.entries if e["key"] == item["key"])
+        L, L_a = self.timeline.chunk_latent_frames, self.timeline.chunk_audio_tokens
+        units, speaking, masks = [], [], []
+        for r in range(self.chunks):
+            cond = self._conditions(entry, r * L, (r + 1) * L, L_a)
+            units.append(cond["units"])
+            speaking.append(cond["speaking"])
+            masks.append(self._audio(entry, r * L, (r + 1) * L, L_a)[1])
+        item["chunk_units"], item["chunk_speaking"] = torch.stack(units), torch.stack(speaking)
+        item["chunk_audio_mask"] = torch.stack(masks)
+        return item

@@ -34,6 +34,7 @@ def generate(
     ref_voice_valid: torch.Tensor | None = None,
     given_audio: list[torch.Tensor] | None = None,
     use_cache: bool = True,
+    use_sink: bool = True,
 ) -> Rollout:
     """Generate ``len(conditions)`` chunks.
 
@@ -42,6 +43,7 @@ def generate(
         conditions: per chunk, ``[B, L_a]`` units and speaking flags.
         given_audio: per chunk ``[B, L_a, D_a]`` clean audio (audio-driven mode), or None.
         use_cache: False recomputes the whole window at every step (the reference path; same result).
+        use_sink: False never sets the sink chunk (an ablation: the window holds references and motion only).
     """
     tl = model.timeline
     b, c, _, h, w = ref_video.shape
@@ -64,11 +66,12 @@ def generate(
                 sink_video, sink_audio = videos[0][:, :, :S], audios[0][:, :S_a]
                 motion_video, motion_audio = videos[-1][:, :, -M:], audios[-1][:, -M_a:]
                 if use_cache:
-                    if index == 1:
+                    if index == 1 and use_sink:
                         model.set_sink(repeat_batch(sink_video, n), repeat_batch(sink_audio, n))
                     model.set_motion(repeat_batch(motion_video, n), repeat_batch(motion_audio, n))
             if not use_cache:
                 present = torch.full((b,), index > 0, device=device)
+                sink_present = present & use_sink
                 zeros_v, zeros_a = (
                     torch.zeros(b, c, 1, h, w, device=device),
                     torch.zeros(b, 1, ref_voice.shape[-1], device=device),
@@ -78,7 +81,7 @@ def generate(
                     ref_image_valid=torch.ones(b, dtype=torch.bool, device=device),
                     sink_video=sink_video if index > 0 else zeros_v.expand(-1, -1, S, -1, -1),
                     sink_audio=sink_audio if index > 0 else zeros_a.expand(-1, S_a, -1),
-                    has_sink=present,
+                    has_sink=sink_present,
                     motion_video=motion_video if index > 0 else zeros_v.expand(-1, -1, M, -1, -1),
                     motion_audio=motion_audio if index > 0 else zeros_a.expand(-1, M_a, -1),
                     has_motion=present,

@@ -115,7 +115,9 @@ class DistillObjective:
         v_video, v_audio = student(states[0], states[1], (t, t), conditions, context, batch["audio_mask"])
         tv = t.reshape(-1, 1, 1, 1, 1)
         video = ode_regression_loss(states[0] - tv * v_video.float(), targets[0])
-        audio = ode_regression_loss(states[1] - t[:, None, None] * v_audio.float(), targets[1], self._masks(batch))
+        audio = ode_regression_loss(
+            states[1] - t[:, None, None] * v_audio.float(), targets[1], self._masks(batch)
+        )
         return self._combine(video, audio).mean(), {"video": video.detach(), "audio": audio.detach()}
 
     def _renoise(self, x0: Latents, t: torch.Tensor, noise: Latents) -> Latents:
@@ -140,7 +142,9 @@ class DistillObjective:
         video_t, audio_t = self._renoise(x0, t, (draws["renoise_video"], draws["renoise_audio"]))
         flow = FlowMatching()
         with torch.no_grad():
-            real_v, real_a = guided_velocity(teacher, self.guidance, video_t, audio_t, (t, t), conditions, context, mask)
+            real_v, real_a = guided_velocity(
+                teacher, self.guidance, video_t, audio_t, (t, t), conditions, context, mask
+            )
             fake_v, fake_a = _unwrap(fake)(video_t, audio_t, (t, t), conditions, context, mask)
             real = flow.predict_x0(video_t, real_v.float(), t), flow.predict_x0(audio_t, real_a.float(), t)
             fake_x0 = flow.predict_x0(video_t, fake_v.float(), t), flow.predict_x0(audio_t, fake_a.float(), t)

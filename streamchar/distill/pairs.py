@@ -55,7 +55,9 @@ class PairSpec:
 
 
 def pair_windows(cache, spec: PairSpec, timeline) -> WindowDataset:
-    return WindowDataset(cache, "train", length=spec.count, seed=spec.seed, first_chunk_prob=0.1, timeline=timeline)
+    return WindowDataset(
+        cache, "train", length=spec.count, seed=spec.seed, first_chunk_prob=0.1, timeline=timeline
+    )
 
 
 @torch.no_grad()

@@ -54,7 +54,11 @@ def regression_batch(pairs: PairSet, steps: int, indices: list[int], ks: list[in
 
 
 def distill_stage1(
-    cfg: StreamCharConfig, latents: str | Path, out: str | Path, max_steps: int | None = None, progress: bool = True
+    cfg: StreamCharConfig,
+    latents: str | Path,
+    out: str | Path,
+    max_steps: int | None = None,
+    progress: bool = True,
 ) -> dict:
     """Run (or resume) stage 1; returns a summary and leaves the student in ``OUT/student``."""
     from tqdm.auto import tqdm
@@ -81,9 +85,13 @@ def distill_stage1(
         g = run.generator(step)
         first = (step * run.world + run.rank) * b
         if step < dcfg.regression_steps:
-            ks = torch.randint(0, dcfg.student_steps, (b * run.world,), generator=g)[run.rank * b : (run.rank + 1) * b]
+            ks = torch.randint(0, dcfg.student_steps, (b * run.world,), generator=g)[
+                run.rank * b : (run.rank + 1) * b
+            ]
             indices = [(first + i) % len(pairs) for i in range(b)]
-            batch, states, targets, t = regression_batch(pairs, dcfg.student_steps, indices, ks.tolist(), run.device)
+            batch, states, targets, t = regression_batch(
+                pairs, dcfg.student_steps, indices, ks.tolist(), run.device
+            )
             with acc.autocast():
                 loss, parts = obj.regression(run.student, batch, states, t, targets)
             run.backward(run.student, loss)
@@ -93,7 +101,10 @@ def distill_stage1(
             batch = _to(collate([windows[first + i] for i in range(b)]), run.device)
             draws = {k: v.to(run.device) for k, v in
                      obj.draw(batch, g, total=b * run.world, offset=run.rank * b).items()}  # fmt: skip
-            conditions, context = Conditions(batch["units"], batch["speaking"]), TeacherObjective.context(batch)
+            conditions, context = (
+                Conditions(batch["units"], batch["speaking"]),
+                TeacherObjective.context(batch),
+            )
             with acc.autocast():
                 x0 = obj.student_x0(run.student, (draws["noise_video"], draws["noise_audio"]), conditions, context,
                                     batch["audio_mask"], int(draws["exit"]))  # fmt: skip
@@ -106,7 +117,9 @@ def distill_stage1(
                 with acc.autocast():
                     fake_loss, _ = obj.fake_score(run.fake, samples, batch, draws, u)
                 run.backward(run.fake, fake_loss)
-                run.update(run.fake, run.opt_fake, run.lr(step - dcfg.regression_steps, dcfg.dmd_steps, dcfg.lr_fake))
+                run.update(
+                    run.fake, run.opt_fake, run.lr(step - dcfg.regression_steps, dcfg.dmd_steps, dcfg.lr_fake)
+                )
             last = {"dmd": loss.item(), "fake_flow": fake_loss.item()}
         run.check(loss, step)
         done = step + 1

@@ -54,7 +54,12 @@ class ToyFlow(nn.Module):
         self.time = nn.Linear(32, width)
         self.inp = nn.Linear(2, width)
         self.net = nn.Sequential(
-            nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 2)
+            nn.SiLU(),
+            nn.Linear(width, width),
+            nn.SiLU(),
+            nn.Linear(width, width),
+            nn.SiLU(),
+            nn.Linear(width, 2),
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -148,7 +153,9 @@ def distil_dmd(cfg: ToyConfig, teacher: ToyFlow, log: list | None = None) -> Toy
             fake_loss.backward()
             opt_f.step()
         if log is not None and (step + 1) % 100 == 0:
-            log.append({"step": step + 1, "dmd": round(loss.item(), 6), "fake_flow": round(fake_loss.item(), 5)})
+            log.append(
+                {"step": step + 1, "dmd": round(loss.item(), 6), "fake_flow": round(fake_loss.item(), 5)}
+            )
     return student.eval().requires_grad_(False)
 
 

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from streamchar.config import StreamCharConfig, resolve_asset_path, to_dict
 from streamchar.data.latents import LatentCache
 from streamchar.denoiser.flow import Guidance
+from streamchar.distill import DISTILLED
 from streamchar.distill.objective import DistillObjective
 from streamchar.training import (
     check_finite_loss,
@@ -45,7 +46,6 @@ from streamchar.training.distributed import (
 from streamchar.training.teacher import _gradient_sync, latent_spec_from_cache, load_teacher
 
 logger = logging.getLogger(__name__)
-DISTILLED = "distilled.json"
 
 
 def objective_from_config(dcfg) -> DistillObjective:
@@ -58,15 +58,6 @@ def objective_from_config(dcfg) -> DistillObjective:
         fake_updates=dcfg.fake_updates,
         audio_loss_weight=dcfg.audio_loss_weight,
     )
-
-
-def read_distilled(path: str | Path) -> dict | None:
-    """A student checkpoint's ``distilled.json`` (None for a teacher)."""
-    path = resolve_asset_path(path)
-    for folder in (path, path / "student"):
-        if (folder / DISTILLED).is_file():
-            return json.loads((folder / DISTILLED).read_text())
-    return None
 
 
 class DistillRun:
@@ -89,7 +80,9 @@ class DistillRun:
         self.timeline = self.cache.window_timeline(cfg.timeline)
         self.spec = latent_spec_from_cache(self.cache)
         self.precision = resolve_mixed_precision(dcfg.mixed_precision)
-        self.accelerator = acc = Accelerator(mixed_precision=self.precision, cpu=not torch.cuda.is_available())
+        self.accelerator = acc = Accelerator(
+            mixed_precision=self.precision, cpu=not torch.cuda.is_available()
+        )
         self.rank, self.world = acc.process_index, acc.num_processes
         self.sharded = dcfg.fsdp and self.world > 1
         self.objective = objective_from_config(dcfg)
@@ -171,7 +164,10 @@ class DistillRun:
         acc = self.accelerator
         student = full_state_dict(acc.unwrap_model(self.student))
         fake = full_state_dict(acc.unwrap_model(self.fake))
-        return {**{f"student.{k}": v for k, v in student.items()}, **{f"fake.{k}": v for k, v in fake.items()}}
+        return {
+            **{f"student.{k}": v for k, v in student.items()},
+            **{f"fake.{k}": v for k, v in fake.items()},
+        }
 
     def checkpoint(self, step: int, state: dict | None = None) -> None:
         weights = self._weights()  # collectives: every process gathers, the main one writes

@@ -36,6 +36,7 @@ import torch
 from streamchar.data.phonemes import SILENCE_ID
 from streamchar.denoiser.dit import NULL_SPEAKING, Conditions
 from streamchar.denoiser.flow import EulerSampler, Guidance, repeat_batch, set_reference_for_guidance
+from streamchar.distill import read_distilled
 from streamchar.engine.characters import Character, load_character
 from streamchar.engine.clock import ChunkTiming, PlaybackClock, SessionStats
 from streamchar.memory.cache import ContextCache
@@ -86,6 +87,7 @@ class Engine:
         self.vocab = vocab
         self.device = device or torch.device("cpu")
         self.precision = precision
+        self.distilled: dict | None = None  # a distilled student's record: its steps, shift, folded guidance
         self.lock = threading.Lock()  # one chunk at a time on the device
         self.sessions = 0  # open sessions
         self._count_lock = threading.Lock()
@@ -110,13 +112,18 @@ class Engine:
         )
         video_codec = video_codec_from_config(cfg).to(device)
         audio_codec = build_audio_codec(cfg, cfg.timeline).to(device)
+        distilled = read_distilled(denoiser_path or ecfg.denoiser_path)
+        if distilled is not None:
+            logger.info("a %d-step distilled student (guidance folded in)", distilled["steps"])
         unit_lm = vocab = None
         if with_orchestrator:
             if cfg.orchestrator.backend != "hf":
                 raise ValueError("The engine runs the orchestrator in process; set orchestrator.backend=hf.")
             unit_lm, vocab, _ = load_unit_lm(resolve_asset_path(cfg.orchestrator.path), device=device)
-        return cls(cfg, denoiser, video_codec, audio_codec, unit_lm, vocab, device,
-                   resolve_mixed_precision(ecfg.mixed_precision))  # fmt: skip
+        engine = cls(cfg, denoiser, video_codec, audio_codec, unit_lm, vocab, device,
+                     resolve_mixed_precision(ecfg.mixed_precision))  # fmt: skip
+        engine.distilled = distilled
+        return engine
 
     # -- pieces a session is made of ---------------------------------------------------------------
     def character(self, name: str | None = None) -> Character:
@@ -125,7 +132,13 @@ class Engine:
                               self.timeline.sample_rate)  # fmt: skip
 
     def sampler(self, steps: int | None = None, audio_driven: bool = False) -> EulerSampler:
+        """The chunk sampler: ``steps`` (default: a student's own step count, else ``engine.steps``) on the
+        engine's guidance; a distilled student has its guidance folded in and runs one branch."""
         ecfg = self.cfg.engine
+        if self.distilled is not None:
+            return EulerSampler(
+                steps=steps or int(self.distilled["steps"]), shift=float(self.distilled["shift"])
+            )
         guidance = Guidance(
             1.0 if audio_driven else ecfg.guidance_conditions,  # the conditions are null when driven by audio
             ecfg.guidance_ref_image,

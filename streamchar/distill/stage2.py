@@ -1,0 +1,137 @@
+"""``streamchar distill stage2``: fine-tuning under online chunk rollouts (self forcing).
+
+Each training item is a session of ``distill.rollout_chunks`` consecutive chunks of a clip. The
+student (initialised from the stage-1 student, ``distill.init``) generates them one after another as
+it will at inference: chunk 0 from the references alone, every later chunk with its own first chunk
+as the sink and the end of its own previous chunk as the motion frames. Each chunk's steps run
+without a graph except the last, and each rolled-out chunk is trained with DMD against the teacher
+evaluated in the same (student-made) context; the context itself is detached, so gradients flow
+through the last denoising step of each chunk only. The fake score learns the distribution of the
+rolled-out chunks. Each chunk's loss is backpropagated as soon as it is computed, so memory does not
+grow with the rollout length.
+
+The conditions of each chunk are the clip's own frame-aligned units and speaking flags.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from streamchar.config import StreamCharConfig, resolve_asset_path
+from streamchar.data.latents import RolloutDataset
+from streamchar.denoiser.dit import Conditions, WindowContext
+from streamchar.distill.trainer import DistillRun
+from streamchar.training import CheckpointError
+from streamchar.training.teacher import _to, collate
+
+logger = logging.getLogger(__name__)
+
+
+def chunk_batch(batch: dict, r: int) -> dict:
+    """The batch of chunk ``r`` of every rollout: its conditions and audio mask, latent shapes for draws."""
+    return {
+        **batch,
+        "units": batch["chunk_units"][:, r],
+        "speaking": batch["chunk_speaking"][:, r],
+        "audio_mask": batch["chunk_audio_mask"][:, r],
+    }
+
+
+def rollout_context(batch: dict, chunks: list[tuple[torch.Tensor, torch.Tensor]], tl, use_sink: bool = True):
+    """The window context of the next chunk, from the (detached) chunks generated so far."""
+    b = batch["video"].shape[0]
+    device = batch["video"].device
+    has = torch.full((b,), bool(chunks), device=device)
+    if chunks:
+        sink_video, sink_audio = (
+            chunks[0][0][:, :, : tl.sink_latent_frames],
+            chunks[0][1][:, : tl.sink_audio_tokens],
+        )
+        motion_video = chunks[-1][0][:, :, -tl.motion_latent_frames :]
+        motion_audio = chunks[-1][1][:, -tl.motion_audio_tokens :]
+    else:
+        sink_video, sink_audio = batch["sink_video"], batch["sink_audio"]
+        motion_video, motion_audio = batch["motion_video"], batch["motion_audio"]
+    return WindowContext(
+        ref_video=batch["ref_image"], ref_voice=batch["ref_voice"], ref_voice_valid=batch["ref_voice_mask"],
+        ref_image_valid=torch.ones(b, dtype=torch.bool, device=device),
+        sink_video=sink_video.detach(), sink_audio=sink_audio.detach(), has_sink=has & use_sink,
+        motion_video=motion_video.detach(), motion_audio=motion_audio.detach(), has_motion=has,
+    )  # fmt: skip
+
+
+def distill_stage2(
+    cfg: StreamCharConfig,
+    latents: str | Path,
+    out: str | Path,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run (or resume) stage 2 from ``distill.init`` (a stage-1 student); the student ends in ``OUT/student``."""
+    from tqdm.auto import tqdm
+
+    dcfg = cfg.distill
+    if not dcfg.init:
+        raise CheckpointError(
+            "Stage 2 starts from a stage-1 student: pass distill.init=RUN/student (from `streamchar distill stage1`)."
+        )
+    init = resolve_asset_path(dcfg.init)
+    if (init / "student").is_dir():
+        init = init / "student"
+    run = DistillRun(cfg, latents, out, "stage2", init=str(init))
+    acc, obj, b, R = run.accelerator, run.objective, dcfg.batch_size, dcfg.rollout_chunks
+    tl = run.timeline
+    rollouts = RolloutDataset(run.cache, "train", chunks=R, length=2**31 - 1, seed=dcfg.seed + 5, timeline=tl)
+    total = dcfg.rollout_steps
+    stop = total if max_steps is None else min(total, run.start + max_steps)
+    bar = tqdm(total=total, initial=run.start, desc=f"distill stage 2 ({dcfg.student_steps}-step, {R} chunks)",
+               unit="step", disable=not (progress and acc.is_main_process))  # fmt: skip
+    last: dict[str, float] = {}
+    for step in range(run.start, stop):
+        g = run.generator(step)
+        first = (step * run.world + run.rank) * b
+        batch = _to(collate([rollouts[first + i] for i in range(b)]), run.device)
+        chunks, contexts, draws_all, losses = [], [], [], []
+        for r in range(R):
+            cb = chunk_batch(batch, r)
+            draws = {k: v.to(run.device) for k, v in
+                     obj.draw(cb, g, total=b * run.world, offset=run.rank * b).items()}  # fmt: skip
+            context = rollout_context(cb, chunks, tl)
+            with acc.autocast():
+                x0 = obj.student_x0(run.student, (draws["noise_video"], draws["noise_audio"]),
+                                    Conditions(cb["units"], cb["speaking"]), context, cb["audio_mask"])  # fmt: skip
+                loss, _ = obj.dmd(x0, run.teacher, run.fake, cb, draws, context)
+            run.backward(run.student, loss / R, sync=r == R - 1)
+            losses.append(loss.item())
+            chunks.append((x0[0].detach().float(), x0[1].detach().float()))
+            contexts.append(context)
+            draws_all.append((cb, draws))
+        run.check(torch.tensor(sum(losses)), step)
+        run.update(run.student, run.opt_student, run.lr(step, total, dcfg.lr_student))
+        fake_losses = []
+        for u in range(dcfg.fake_updates):
+            for r, ((cb, draws), context) in enumerate(zip(draws_all, contexts, strict=True)):
+                with acc.autocast():
+                    fake_loss, _ = obj.fake_score(run.fake, chunks[r], cb, draws, u, context)
+                run.backward(run.fake, fake_loss / R, sync=r == R - 1)
+                fake_losses.append(fake_loss.item())
+            run.update(run.fake, run.opt_fake, run.lr(step, total, dcfg.lr_fake))
+        last = {"dmd": sum(losses) / R, "dmd_last_chunk": losses[-1],
+                "fake_flow": sum(fake_losses) / max(1, len(fake_losses))}  # fmt: skip
+        done = step + 1
+        bar.update(1)
+        if done % dcfg.log_every == 0:
+            run.log(done, last, bar)
+        if done % dcfg.ckpt_every == 0:
+            run.checkpoint(done)
+    bar.close()
+    final = max(run.start, stop)
+    if final > run.start and final % dcfg.ckpt_every:
+        run.checkpoint(final)
+    run.export_student(final, {"init": str(init), "rollout_chunks": R})
+    return run.finish({"stage": "stage2", "step": final, "total_steps": total, "finished": final >= total,
+                       "student_steps": dcfg.student_steps, "rollout_chunks": R, "last": last,
+                       "student": str(run.out / "student")})  # fmt: skip

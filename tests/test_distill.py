@@ -1,0 +1,239 @@
+"""Distillation: the losses against naive references and closed forms, the 2D toy, both stages on the tiny
+corpus (export, resume, two processes equal one), and the engine running a student."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from streamchar.distill.losses import (
+    dmd_gradient,
+    dmd_loss,
+    flow_matching_loss,
+    masked_mean,
+    ode_regression_loss,
+)
+from tests.test_teacher import TRAIN_OVERRIDES, _free_port
+
+
+# -- losses -----------------------------------------------------------------------------------------
+def test_masked_losses_average_only_the_counted_entries():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 5, 4, generator=g), torch.randn(3, 5, 4, generator=g)
+    mask = (torch.rand(3, 5, 1, generator=g) > 0.4).float()
+    mask[0, 0] = 1
+    naive = [((a[i] - b[i]) ** 2)[mask[i, :, 0] > 0].mean() for i in range(3)]
+    assert torch.allclose(ode_regression_loss(a, b, mask), torch.stack(naive))
+    assert torch.allclose(ode_regression_loss(a, b), ((a - b) ** 2).mean((1, 2)))
+    noise = torch.randn(3, 5, 4, generator=g)
+    naive_fm = [((a[i] - (noise[i] - b[i])) ** 2)[mask[i, :, 0] > 0].mean() for i in range(3)]
+    assert torch.allclose(flow_matching_loss(a, b, noise, mask), torch.stack(naive_fm))
+    # changing masked-out entries changes nothing
+    c = a.clone()
+    c[mask.expand_as(a) == 0] += 100
+    assert torch.allclose(ode_regression_loss(c, b, mask), ode_regression_loss(a, b, mask))
+    assert torch.equal(masked_mean(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool)), torch.zeros(2))
+
+
+def test_dmd_gradient_is_the_normalised_score_difference_and_the_surrogate_carries_it():
+    g = torch.Generator().manual_seed(1)
+    x, real, fake = (torch.randn(2, 3, 4, generator=g) for _ in range(3))
+    grad = dmd_gradient(x, real, fake)
+    for i in range(2):  # naive: per item, (fake - real) / mean |x - real|
+        assert torch.allclose(grad[i], (fake[i] - real[i]) / (x[i] - real[i]).abs().mean())
+    x = x.requires_grad_()
+    dmd_loss(x, real, fake).sum().backward()
+    assert torch.allclose(x.grad, grad / 12, atol=1e-6)  # d/dx of 0.5 mean((x - sg(x - g))^2) = g / D
+    # masked entries get neither gradient nor weight
+    mask = torch.ones(2, 3, 1)
+    mask[:, 0] = 0
+    masked = dmd_gradient(x.detach(), real, fake, mask)
+    assert masked[:, 0].abs().sum() == 0
+    w = (x.detach()[0, 1:] - real[0, 1:]).abs().mean()
+    assert torch.allclose(masked[0, 1:], (fake[0, 1:] - real[0, 1:]) / w)
+
+
+def _gaussian_x0(x_t: torch.Tensor, t: torch.Tensor, mean: float) -> torch.Tensor:
+    """E[x0 | x_t] for x0 ~ N(mean, 1) under x_t = (1 - t) x0 + t noise (closed form)."""
+    a, var = 1 - t, (1 - t) ** 2 + t**2
+    return mean + a / var * (x_t - a * mean)
+
+
+def test_dmd_moves_samples_from_the_fake_distribution_to_the_real_one():
+    """Closed-form scores of N(0, 1) (real) and the samples' own N(m, 1) (fake): gradient descent on the DMD
+    loss must move the samples' mean to 0, whatever the re-noising times. The 4096 samples form one item
+    (the normalisation averages over an item's entries, as over a latent's)."""
+    g = torch.Generator().manual_seed(2)
+    x = (2.0 + torch.randn(1, 4096, generator=g)).requires_grad_()
+    opt = torch.optim.SGD([x], lr=0.2 * 4096)  # the surrogate's gradient is g / entries
+    for _ in range(200):
+        t = 0.02 + 0.96 * torch.rand(1, 1, generator=g)
+        x_t = (1 - t) * x.detach() + t * torch.randn(1, 4096, generator=g)
+        m = x.detach().mean().item()
+        loss = dmd_loss(x, _gaussian_x0(x_t, t, 0.0), _gaussian_x0(x_t, t, m)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert abs(x.mean().item()) < 0.1, x.mean().item()
+    assert abs(x.std().item() - 1.0) < 0.1  # a shift of the mean; the spread is kept
+
+
+def test_toy_one_step_student_recovers_the_mixture_that_its_initialisation_misses():
+    from streamchar.distill.toy import ToyConfig, run_toy
+
+    cfg = ToyConfig(teacher_steps=1500, student_steps=800, batch=256, eval_samples=1500)
+    rows = run_toy(cfg)["samplers"]
+    before, after = rows["before (teacher, 1 step)"], rows["student (DMD, 1 step)"]
+    print({k: (v["off_mode"], v["mmd_to_teacher"]) for k, v in rows.items()})
+    assert rows["teacher"]["off_mode"] < 0.05  # the teacher itself samples the mixture
+    assert before["off_mode"] > 0.9  # one Euler step lands between the modes
+    assert after["mmd_to_teacher"] < 0.2 * before["mmd_to_teacher"]
+    assert after["off_mode"] < 0.5 and min(after["mode_mass"]) > 0.05  # every mode gets mass
+
+
+# -- stages on the tiny corpus ----------------------------------------------------------------------
+DISTILL_OVERRIDES = [
+    "distill.pairs=4", "distill.pair_teacher_steps=4", "distill.regression_steps=2", "distill.dmd_steps=2",
+    "distill.batch_size=2", "distill.mixed_precision=no", "distill.ckpt_every=1", "distill.log_every=1",
+    "distill.warmup_steps=0", "distill.rollout_chunks=2", "distill.rollout_steps=2",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def teacher(cache, tmp_path_factory):
+    from streamchar.training.teacher import train_teacher
+    from tests.test_teacher import _teacher_config
+
+    run = tmp_path_factory.mktemp("teacher")
+    train_teacher(_teacher_config(), cache, run, progress=False)
+    return run
+
+
+def _config(teacher, extra=()):
+    from streamchar.config import load_config
+    from tests.conftest import TINY_CORPUS_OVERRIDES
+
+    return load_config(
+        None,
+        TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + DISTILL_OVERRIDES + [f"distill.teacher={teacher}", *extra],
+    )
+
+
+def _weights(run):
+    from safetensors.torch import load_file
+
+    from streamchar.training import list_checkpoints
+
+    last = list_checkpoints(run)[-1]
+    return {n: load_file(str(last / f"{n}.safetensors")) for n in ("model", "optimizer", "optimizer-fake")}
+
+
+def test_stage1_exports_a_student_that_loads_and_differs_from_the_teacher(cache, teacher, tmp_path):
+    from streamchar.distill import read_distilled
+    from streamchar.distill.stage1 import distill_stage1
+    from streamchar.training.teacher import latent_spec_from_cache, load_teacher
+
+    cfg = _config(teacher, ["distill.student_steps=1"])
+    summary = distill_stage1(cfg, cache, tmp_path / "s1", progress=False)
+    assert summary["finished"] and summary["step"] == 4
+    assert len(list((tmp_path / "s1" / "pairs").glob("pairs-*.safetensors"))) == 1  # 4 pairs, 8 per shard
+    info = read_distilled(tmp_path / "s1")
+    assert info["steps"] == 1 and info["stage"] == "stage1" and info["folded_guidance"] == [2.0, 1.5, 1.5]
+    spec = latent_spec_from_cache(
+        __import__("streamchar.data.latents", fromlist=["LatentCache"]).LatentCache(cache)
+    )
+    student, base = load_teacher(tmp_path / "s1" / "student", cfg, spec), load_teacher(teacher, cfg, spec)
+    moved = max(
+        (a - b).abs().max().item() for a, b in zip(student.parameters(), base.parameters(), strict=True)
+    )
+    assert moved > 0
+    # a student asking for steps its pairs do not hold is refused with advice
+    with pytest.raises(ValueError, match="record steps"):
+        distill_stage1(_config(teacher, ["distill.student_steps=3"]), cache, tmp_path / "bad", progress=False)
+
+
+def test_stage1_killed_and_resumed_equals_an_uninterrupted_run(cache, teacher, tmp_path):
+    from streamchar.distill.stage1 import distill_stage1
+
+    cfg = _config(teacher, ["distill.pairs_dir=" + str(tmp_path / "pairs")])
+    distill_stage1(cfg, cache, tmp_path / "straight", progress=False)
+    assert (
+        distill_stage1(cfg, cache, tmp_path / "resumed", max_steps=3, progress=False)["step"] == 3
+    )  # into DMD
+    assert distill_stage1(cfg, cache, tmp_path / "resumed", progress=False)["step"] == 4
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    for name in a:
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), (name, key)
+
+
+def test_stage2_needs_a_stage1_student_then_rolls_out_and_exports(cache, teacher, tmp_path):
+    from streamchar.distill import read_distilled
+    from streamchar.distill.stage1 import distill_stage1
+    from streamchar.distill.stage2 import distill_stage2
+    from streamchar.training import CheckpointError
+
+    with pytest.raises(CheckpointError, match="distill.init"):
+        distill_stage2(_config(teacher), cache, tmp_path / "s2", progress=False)
+    distill_stage1(_config(teacher), cache, tmp_path / "s1", progress=False)
+    summary = distill_stage2(_config(teacher, [f"distill.init={tmp_path / 's1'}"]), cache, tmp_path / "s2",
+                             progress=False)  # fmt: skip
+    assert summary["finished"] and summary["rollout_chunks"] == 2
+    assert math.isfinite(summary["last"]["dmd"]) and math.isfinite(summary["last"]["fake_flow"])
+    assert read_distilled(tmp_path / "s2")["stage"] == "stage2"
+
+
+def _stage_worker(
+    rank: int, world: int, port: int, cache: str, teacher: str, run: str, stage: str, extra: list
+):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))  # fmt: skip
+    torch.set_num_threads(1)
+    _run_stage(stage, _config(teacher, extra), cache, run)
+
+
+def _run_stage(stage, cfg, cache, run):
+    from streamchar.distill.stage1 import distill_stage1
+    from streamchar.distill.stage2 import distill_stage2
+
+    return (distill_stage1 if stage == "stage1" else distill_stage2)(cfg, cache, run, progress=False)
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_two_processes_take_the_step_of_one_process_with_the_combined_batch(cache, teacher, tmp_path, stage):
+    """`accelerate launch --num_processes 2` in miniature (gloo, DDP): regression and DMD steps of stage 1,
+    rollout steps of stage 2; student, fake score and both optimisers must match one process with 2x batch."""
+    extra = ["distill.batch_size=1", f"distill.pairs_dir={tmp_path / 'pairs'}"]
+    if stage == "stage2":
+        _run_stage("stage1", _config(teacher, ["distill.regression_steps=1", "distill.dmd_steps=0"]), cache,
+                   tmp_path / "s1")  # fmt: skip
+        extra += [f"distill.init={tmp_path / 's1'}"]
+    _run_stage(stage, _config(teacher, extra + ["distill.batch_size=2"]), cache, tmp_path / "one")
+    mp.spawn(_stage_worker, args=(2, _free_port(), str(cache), str(teacher), str(tmp_path / "two"), stage, extra),
+             nprocs=2, join=True)  # fmt: skip
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["strategy"] == "ddp"
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    worst = max((a[n][k] - b[n][k]).abs().max().item() for n in a for k in a[n])
+    print(f"{stage}: 2 processes x 1 vs 1 process x 2, max difference {worst:.2e}")
+    assert worst < 1e-5
+
+
+def test_engine_runs_a_student_with_its_own_steps_and_no_guidance_branches(cache, teacher, tmp_path):
+    from types import SimpleNamespace
+
+    from streamchar.distill import read_distilled
+    from streamchar.distill.stage1 import distill_stage1
+    from streamchar.engine.session import Engine
+
+    cfg = _config(teacher, ["distill.student_steps=2"])
+    distill_stage1(cfg, cache, tmp_path / "s1", progress=False)
+    engine = Engine(cfg, SimpleNamespace(timeline=None), None, None)
+    assert engine.sampler().guidance.num_branches == 4  # a teacher: the engine's guidance
+    engine.distilled = read_distilled(tmp_path / "s1" / "student")  # what Engine.from_config reads
+    sampler = engine.sampler()
+    assert sampler.steps == 2 and sampler.guidance.num_branches == 1
+    assert engine.sampler(steps=1).steps == 1
