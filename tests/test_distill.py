@@ -80,6 +80,7 @@ def test_dmd_moves_samples_from_the_fake_distribution_to_the_real_one():
     assert abs(x.std().item() - 1.0) < 0.1  # a shift of the mean; the spread is kept
 
 
+@pytest.mark.slow
 def test_toy_one_step_student_recovers_the_mixture_that_its_initialisation_misses():
     from streamchar.distill.toy import ToyConfig, run_toy
 
@@ -203,11 +204,18 @@ def _run_stage(stage, cfg, cache, run):
     return (distill_stage1 if stage == "stage1" else distill_stage2)(cfg, cache, run, progress=False)
 
 
-@pytest.mark.parametrize("stage", ["stage1", "stage2"])
-def test_two_processes_take_the_step_of_one_process_with_the_combined_batch(cache, teacher, tmp_path, stage):
-    """`accelerate launch --num_processes 2` in miniature (gloo, DDP): regression and DMD steps of stage 1,
-    rollout steps of stage 2; student, fake score and both optimisers must match one process with 2x batch."""
-    extra = ["distill.batch_size=1", f"distill.pairs_dir={tmp_path / 'pairs'}"]
+@pytest.mark.parametrize("stage,strategy", [("stage1", "ddp"), ("stage2", "ddp"), ("stage1", "fsdp")])
+def test_two_processes_take_the_step_of_one_process_with_the_combined_batch(
+    cache, teacher, tmp_path, stage, strategy
+):
+    """`accelerate launch --num_processes 2` in miniature (gloo; DDP replicates, FSDP2 shards): regression and
+    DMD steps of stage 1, rollout steps of stage 2; student, fake score and both optimisers must match one
+    process with the combined batch."""
+    extra = [
+        "distill.batch_size=1",
+        f"distill.pairs_dir={tmp_path / 'pairs'}",
+        f"distill.fsdp={strategy == 'fsdp'}",
+    ]
     if stage == "stage2":
         _run_stage("stage1", _config(teacher, ["distill.regression_steps=1", "distill.dmd_steps=0"]), cache,
                    tmp_path / "s1")  # fmt: skip
@@ -215,10 +223,10 @@ def test_two_processes_take_the_step_of_one_process_with_the_combined_batch(cach
     _run_stage(stage, _config(teacher, extra + ["distill.batch_size=2"]), cache, tmp_path / "one")
     mp.spawn(_stage_worker, args=(2, _free_port(), str(cache), str(teacher), str(tmp_path / "two"), stage, extra),
              nprocs=2, join=True)  # fmt: skip
-    assert json.loads((tmp_path / "two" / "summary.json").read_text())["strategy"] == "ddp"
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["strategy"] == strategy
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     worst = max((a[n][k] - b[n][k]).abs().max().item() for n in a for k in a[n])
-    print(f"{stage}: 2 processes x 1 vs 1 process x 2, max difference {worst:.2e}")
+    print(f"{stage} {strategy}: 2 processes x 1 vs 1 process x 2, max difference {worst:.2e}")
     assert worst < 1e-5
 
 
