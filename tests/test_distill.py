@@ -245,3 +245,30 @@ def test_engine_runs_a_student_with_its_own_steps_and_no_guidance_branches(cache
     sampler = engine.sampler()
     assert sampler.steps == 2 and sampler.guidance.num_branches == 1
     assert engine.sampler(steps=1).steps == 1
+
+
+def test_compare_and_drift_reports(cache, teacher, tmp_path):
+    from streamchar.distill.stage1 import distill_stage1
+    from streamchar.eval.distill_eval import compare_samplers, drift_session, parse_contenders
+
+    cfg = _config(teacher, [f"video_codec.path={cache.parent / 'codec'}", "sample.mixed_precision=no"])
+    distill_stage1(cfg, cache, tmp_path / "s1", progress=False)
+    student = str(tmp_path / "s1" / "student")
+    models = parse_contenders([f"teacher8={teacher}@8", f"teacher2={teacher}@2", f"student={student}"], cfg)
+    assert [m.sampler.guidance.num_branches for m in models] == [4, 4, 1] and models[2].sampler.steps == 2
+    result = compare_samplers(cfg, models, cache, tmp_path / "cmp", windows=2)
+    rows = result["samplers"]
+    assert result["reference"] == "teacher8" and rows["teacher8"]["video_mse_to_reference"] == 0
+    assert rows["teacher2"]["steps"] == 2 and rows["student"]["speedup_vs_reference"] > 1  # 2 calls vs 32
+    assert (tmp_path / "cmp" / "compare_sheet.png").is_file() and "| student |" in (
+        tmp_path / "cmp" / "compare.md"
+    ).read_text()
+    drift = drift_session(cfg, parse_contenders([f"s={student}", f"s_nosink={student}:nosink"], cfg), cache,
+                          tmp_path / "drift", chunks=3, segment=1)  # fmt: skip
+    assert len(drift["curves"]["s"]["identity_l1"]) == 3 and not drift["curves"]["s_nosink"]["sink"]
+    assert (
+        drift["curves"]["s"]["identity_l1"][0] == drift["curves"]["s_nosink"]["identity_l1"][0]
+    )  # no sink yet
+    assert (tmp_path / "drift" / "drift.png").is_file()
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        parse_contenders(["just-a-path"], cfg)
