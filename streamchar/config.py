@@ -314,6 +314,10 @@ class DistillConfig:
     init: str | None = None  # the stage-1 student (stage 2 starts from it)
     rollout_chunks: int = 4
     rollout_steps: int = 100
+    # where each rolled-out chunk's conditions come from: corpus (the clip's own frame-aligned units) or
+    # orchestrator (planned from the clip's transcript by the orchestrator, whose pointer is re-aligned
+    # after every chunk to the audio generated so far, read by a phoneme probe)
+    rollout_conditions: str = "corpus"
     batch_size: int = 4  # windows (stage 1) or rollouts (stage 2) per process and step
     lr_regression: float = 2e-4
     lr_student: float = 2e-5

@@ -272,3 +272,32 @@ def test_compare_and_drift_reports(cache, teacher, tmp_path):
     assert (tmp_path / "drift" / "drift.png").is_file()
     with pytest.raises(ValueError, match="NAME=PATH"):
         parse_contenders(["just-a-path"], cfg)
+
+
+def test_stage2_rollouts_planned_by_the_orchestrator_with_pointer_realignment(cache, teacher, tmp_path):
+    from streamchar.data.latents import LatentCache
+    from streamchar.distill.stage1 import distill_stage1
+    from streamchar.distill.stage2 import PlannedConditions, distill_stage2
+
+    cfg = _config(teacher)
+    lc = LatentCache(cache)
+    planner = PlannedConditions(cfg, lc)
+    assert planner.probe_scores["train_accuracy"] > 0.3  # learned something from ground-truth speech
+    keys = [e["key"] for e in lc.entries("train")[:2]]
+    sessions = planner.start(keys)
+    L_a = cfg.timeline.chunk_audio_tokens
+    speaking = 0
+    for _ in range(4):
+        units, talk = planner.plan(sessions, "cpu")
+        assert units.shape == talk.shape == (2, L_a)
+        speaking += int(talk.sum())
+        before = [s.pointer for s in sessions]
+        lags = planner.realign(sessions, torch.randn(2, L_a, lc.tensor(lc.entries()[0], "audio").shape[1]))
+        assert all(lag >= 0 for lag in lags) and all(
+            s.pointer >= b for s, b in zip(sessions, before, strict=True)
+        )
+    assert speaking > 0  # the transcripts are being spoken
+    distill_stage1(cfg, cache, tmp_path / "s1", progress=False)
+    planned = _config(teacher, [f"distill.init={tmp_path / 's1'}", "distill.rollout_conditions=orchestrator"])
+    summary = distill_stage2(planned, cache, tmp_path / "s2", progress=False)
+    assert summary["rollout_conditions"] == "orchestrator" and math.isfinite(summary["last"]["pointer_lag"])

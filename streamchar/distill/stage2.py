@@ -10,7 +10,11 @@ through the last denoising step of each chunk only. The fake score learns the di
 rolled-out chunks. Each chunk's loss is backpropagated as soon as it is computed, so memory does not
 grow with the rollout length.
 
-The conditions of each chunk are the clip's own frame-aligned units and speaking flags.
+Each chunk's conditions are the clip's own frame-aligned units and speaking flags
+(``distill.rollout_conditions=corpus``), or, with ``orchestrator``, what the orchestrator plans from the
+clip's transcript chunk by chunk, as in a live session; after every chunk its progress-aware pointer is
+re-aligned to the audio the student generated so far (a frame phoneme probe trained on the corpus's
+ground-truth speech reads it), so the partial transcript stays aligned with the speech actually made.
 """
 
 from __future__ import annotations
@@ -63,6 +67,41 @@ def rollout_context(batch: dict, chunks: list[tuple[torch.Tensor, torch.Tensor]]
     )  # fmt: skip
 
 
+class PlannedConditions:
+    """Per rollout, an orchestrator speaking the clip's transcript, re-aligned to the generated audio."""
+
+    def __init__(self, cfg: StreamCharConfig, cache) -> None:
+        from streamchar.eval.phoneme_probe import fit_phoneme_probe
+        from streamchar.orchestrator.model import load_unit_lm
+
+        self.cfg, self.cache = cfg, cache
+        self.lm, self.vocab, _ = load_unit_lm(resolve_asset_path(cfg.orchestrator.path), device="cpu")
+        self.probe, self.probe_scores = fit_phoneme_probe(cache)  # deterministic: the same on every process
+        logger.info("phoneme probe for pointer re-alignment: %s", self.probe_scores)
+        self.by_key = {e["key"]: e for e in cache.entries()}
+
+    def start(self, keys: list[str]) -> list:
+        from streamchar.orchestrator.session import Orchestrator
+
+        sessions = []
+        for key in keys:
+            orch = Orchestrator.from_config(self.cfg, loaded=(self.lm, self.vocab))
+            orch.push_text(self.cache.meta(self.by_key[key])["transcript"], final=True)
+            sessions.append(orch)
+        return sessions
+
+    @staticmethod
+    def plan(sessions: list, device) -> tuple[torch.Tensor, torch.Tensor]:
+        chunks = [s.next_chunk() for s in sessions]
+        units = torch.stack([c.units.long() for c in chunks]).to(device)
+        speaking = torch.stack([c.speaking.long() for c in chunks]).to(device)
+        return units, speaking
+
+    def realign(self, sessions: list, audio: torch.Tensor) -> list[int]:
+        """Move each pointer to where its generated audio ``[B, L_a, D_a]`` got; returns the lags."""
+        return [s.realign(self.probe.log_probs(a.float())) for s, a in zip(sessions, audio, strict=True)]
+
+
 def distill_stage2(
     cfg: StreamCharConfig,
     latents: str | Path,
@@ -85,6 +124,11 @@ def distill_stage2(
     acc, obj, b, R = run.accelerator, run.objective, dcfg.batch_size, dcfg.rollout_chunks
     tl = run.timeline
     rollouts = RolloutDataset(run.cache, "train", chunks=R, length=2**31 - 1, seed=dcfg.seed + 5, timeline=tl)
+    if dcfg.rollout_conditions not in ("corpus", "orchestrator"):
+        raise ValueError(
+            f"distill.rollout_conditions must be corpus or orchestrator, got '{dcfg.rollout_conditions}'."
+        )
+    planner = PlannedConditions(cfg, run.cache) if dcfg.rollout_conditions == "orchestrator" else None
     total = dcfg.rollout_steps
     stop = total if max_steps is None else min(total, run.start + max_steps)
     bar = tqdm(total=total, initial=run.start, desc=f"distill stage 2 ({dcfg.student_steps}-step, {R} chunks)",
@@ -94,9 +138,13 @@ def distill_stage2(
         g = run.generator(step)
         first = (step * run.world + run.rank) * b
         batch = _to(collate([rollouts[first + i] for i in range(b)]), run.device)
-        chunks, contexts, draws_all, losses = [], [], [], []
+        chunks, contexts, draws_all, losses, lags = [], [], [], [], []
+        sessions = planner.start(batch["key"]) if planner else None
         for r in range(R):
             cb = chunk_batch(batch, r)
+            if planner:
+                cb["units"], cb["speaking"] = planner.plan(sessions, run.device)
+                cb["audio_mask"] = torch.ones_like(cb["audio_mask"])
             draws = {k: v.to(run.device) for k, v in
                      obj.draw(cb, g, total=b * run.world, offset=run.rank * b).items()}  # fmt: skip
             context = rollout_context(cb, chunks, tl)
@@ -107,6 +155,8 @@ def distill_stage2(
             run.backward(run.student, loss / R, sync=r == R - 1)
             losses.append(loss.item())
             chunks.append((x0[0].detach().float(), x0[1].detach().float()))
+            if planner:
+                lags += planner.realign(sessions, chunks[-1][1].cpu())
             contexts.append(context)
             draws_all.append((cb, draws))
         run.check(torch.tensor(sum(losses)), step)
@@ -121,6 +171,8 @@ def distill_stage2(
             run.update(run.fake, run.opt_fake, run.lr(step, total, dcfg.lr_fake))
         last = {"dmd": sum(losses) / R, "dmd_last_chunk": losses[-1],
                 "fake_flow": sum(fake_losses) / max(1, len(fake_losses))}  # fmt: skip
+        if planner:
+            last["pointer_lag"] = sum(lags) / max(1, len(lags))  # phonemes the audio is behind the plan
         done = step + 1
         bar.update(1)
         if done % dcfg.log_every == 0:
@@ -134,4 +186,6 @@ def distill_stage2(
     run.export_student(final, {"init": str(init), "rollout_chunks": R})
     return run.finish({"stage": "stage2", "step": final, "total_steps": total, "finished": final >= total,
                        "student_steps": dcfg.student_steps, "rollout_chunks": R, "last": last,
+                       "rollout_conditions": dcfg.rollout_conditions,
+                       "phoneme_probe": planner.probe_scores if planner else None,
                        "student": str(run.out / "student")})  # fmt: skip
