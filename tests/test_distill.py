@@ -132,6 +132,7 @@ def _weights(run):
 
 
 def test_stage1_exports_a_student_that_loads_and_differs_from_the_teacher(cache, teacher, tmp_path):
+    from streamchar.data.latents import LatentCache
     from streamchar.distill import read_distilled
     from streamchar.distill.stage1 import distill_stage1
     from streamchar.training.teacher import latent_spec_from_cache, load_teacher
@@ -142,9 +143,7 @@ def test_stage1_exports_a_student_that_loads_and_differs_from_the_teacher(cache,
     assert len(list((tmp_path / "s1" / "pairs").glob("pairs-*.safetensors"))) == 1  # 4 pairs, 8 per shard
     info = read_distilled(tmp_path / "s1")
     assert info["steps"] == 1 and info["stage"] == "stage1" and info["folded_guidance"] == [2.0, 1.5, 1.5]
-    spec = latent_spec_from_cache(
-        __import__("streamchar.data.latents", fromlist=["LatentCache"]).LatentCache(cache)
-    )
+    spec = latent_spec_from_cache(LatentCache(cache))
     student, base = load_teacher(tmp_path / "s1" / "student", cfg, spec), load_teacher(teacher, cfg, spec)
     moved = max(
         (a - b).abs().max().item() for a, b in zip(student.parameters(), base.parameters(), strict=True)

@@ -327,14 +327,16 @@ class WindowDataset(torch.utils.data.Dataset):
         seed: int = 0,
         first_chunk_prob: float = 0.1,
         timeline: Timeline | None = None,
+        min_chunks: int = 1,
     ) -> None:
         self.cache = cache if isinstance(cache, LatentCache) else LatentCache(cache)
         self.timeline = tl = self.cache.window_timeline(timeline)
         self.split, self.length, self.seed, self.first_chunk_prob = split, length, seed, first_chunk_prob
-        self.entries = [e for e in self.cache.entries(split) if e["latent_frames"] >= tl.chunk_latent_frames]
+        need = min_chunks * tl.chunk_latent_frames  # only clips at least this long
+        self.entries = [e for e in self.cache.entries(split) if e["latent_frames"] >= need]
         if not self.entries:
             raise CorpusError(
-                f"No '{split}' clip in {self.cache.folder} is at least {tl.chunk_latent_frames} latent frames long."
+                f"No '{split}' clip in {self.cache.folder} is at least {need} latent frames long."
             )
         self.by_character: dict[str, list[int]] = {}
         for i, e in enumerate(self.entries):

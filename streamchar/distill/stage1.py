@@ -61,8 +61,6 @@ def distill_stage1(
     progress: bool = True,
 ) -> dict:
     """Run (or resume) stage 1; returns a summary and leaves the student in ``OUT/student``."""
-    from tqdm.auto import tqdm
-
     dcfg = cfg.distill
     spec = pair_spec_from_config(dcfg)
     spec.check(dcfg.student_steps)
@@ -78,8 +76,7 @@ def distill_stage1(
     windows = WindowDataset(run.cache, "train", length=2**31 - 1, seed=dcfg.seed + 3,
                             first_chunk_prob=0.1, timeline=run.timeline)  # fmt: skip
     stop = total if max_steps is None else min(total, run.start + max_steps)
-    bar = tqdm(total=total, initial=run.start, desc=f"distill stage 1 ({dcfg.student_steps}-step)", unit="step",
-               disable=not (progress and acc.is_main_process))  # fmt: skip
+    bar = run.progress_bar(total, f"distill stage 1 ({dcfg.student_steps}-step)", progress)
     last: dict[str, float] = {}
     for step in range(run.start, stop):
         g = run.generator(step)
@@ -122,16 +119,5 @@ def distill_stage1(
                 )
             last = {"dmd": loss.item(), "fake_flow": fake_loss.item()}
         run.check(loss, step)
-        done = step + 1
-        bar.update(1)
-        if done % dcfg.log_every == 0:
-            run.log(done, last, bar)
-        if done % dcfg.ckpt_every == 0:
-            run.checkpoint(done)
-    bar.close()
-    final = max(run.start, stop)
-    if final > run.start and final % dcfg.ckpt_every:
-        run.checkpoint(final)
-    run.export_student(final)
-    return run.finish({"stage": "stage1", "step": final, "total_steps": total, "finished": final >= total,
-                       "student_steps": dcfg.student_steps, "last": last, "student": str(run.out / "student")})  # fmt: skip
+        run.step_done(step + 1, last, bar)
+    return run.close(bar, stop, total, last, {})

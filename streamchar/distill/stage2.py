@@ -110,8 +110,6 @@ def distill_stage2(
     progress: bool = True,
 ) -> dict:
     """Run (or resume) stage 2 from ``distill.init`` (a stage-1 student); the student ends in ``OUT/student``."""
-    from tqdm.auto import tqdm
-
     dcfg = cfg.distill
     if not dcfg.init:
         raise CheckpointError(
@@ -131,8 +129,7 @@ def distill_stage2(
     planner = PlannedConditions(cfg, run.cache) if dcfg.rollout_conditions == "orchestrator" else None
     total = dcfg.rollout_steps
     stop = total if max_steps is None else min(total, run.start + max_steps)
-    bar = tqdm(total=total, initial=run.start, desc=f"distill stage 2 ({dcfg.student_steps}-step, {R} chunks)",
-               unit="step", disable=not (progress and acc.is_main_process))  # fmt: skip
+    bar = run.progress_bar(total, f"distill stage 2 ({dcfg.student_steps}-step, {R} chunks)", progress)
     last: dict[str, float] = {}
     for step in range(run.start, stop):
         g = run.generator(step)
@@ -173,19 +170,7 @@ def distill_stage2(
                 "fake_flow": sum(fake_losses) / max(1, len(fake_losses))}  # fmt: skip
         if planner:
             last["pointer_lag"] = sum(lags) / max(1, len(lags))  # phonemes the audio is behind the plan
-        done = step + 1
-        bar.update(1)
-        if done % dcfg.log_every == 0:
-            run.log(done, last, bar)
-        if done % dcfg.ckpt_every == 0:
-            run.checkpoint(done)
-    bar.close()
-    final = max(run.start, stop)
-    if final > run.start and final % dcfg.ckpt_every:
-        run.checkpoint(final)
-    run.export_student(final, {"init": str(init), "rollout_chunks": R})
-    return run.finish({"stage": "stage2", "step": final, "total_steps": total, "finished": final >= total,
-                       "student_steps": dcfg.student_steps, "rollout_chunks": R, "last": last,
-                       "rollout_conditions": dcfg.rollout_conditions,
-                       "phoneme_probe": planner.probe_scores if planner else None,
-                       "student": str(run.out / "student")})  # fmt: skip
+        run.step_done(step + 1, last, bar)
+    summary = {"rollout_chunks": R, "rollout_conditions": dcfg.rollout_conditions,
+               "phoneme_probe": planner.probe_scores if planner else None}  # fmt: skip
+    return run.close(bar, stop, total, last, summary, export={"init": str(init), "rollout_chunks": R})

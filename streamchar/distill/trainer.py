@@ -31,7 +31,6 @@ from streamchar.training import (
     check_finite_loss,
     cosine_lr,
     guard_run_config,
-    list_checkpoints,
     read_optimizer_state,
     resolve_mixed_precision,
     resume_latest,
@@ -211,5 +210,30 @@ class DistillRun:
         self.accelerator.wait_for_everyone()
         return summary
 
-    def has_checkpoint(self) -> bool:
-        return bool(list_checkpoints(self.out))
+    # -- the loop's bookkeeping, shared by both stages -----------------------------------------------
+    def progress_bar(self, total: int, desc: str, progress: bool):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=self.start, desc=desc, unit="step",
+                    disable=not (progress and self.accelerator.is_main_process))  # fmt: skip
+
+    def step_done(self, done: int, last: dict[str, float], bar) -> None:
+        """After optimiser step ``done``: progress, logs every ``log_every``, a checkpoint every ``ckpt_every``."""
+        bar.update(1)
+        if done % self.dcfg.log_every == 0:
+            self.log(done, last, bar)
+        if done % self.dcfg.ckpt_every == 0:
+            self.checkpoint(done)
+
+    def close(
+        self, bar, stop: int, total: int, last: dict, summary: dict, export: dict | None = None
+    ) -> dict:
+        """Checkpoint where the loop stopped, export the student, write ``summary.json``; returns the summary."""
+        bar.close()
+        final = max(self.start, stop)
+        if final > self.start and final % self.dcfg.ckpt_every:
+            self.checkpoint(final)
+        self.export_student(final, export)
+        return self.finish({"stage": self.stage, "step": final, "total_steps": total, "finished": final >= total,
+                            "student_steps": self.dcfg.student_steps, "last": last,
+                            "student": str(self.out / "student"), **summary})  # fmt: skip

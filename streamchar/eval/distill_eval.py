@@ -19,6 +19,7 @@ suite's identity encoder and Fréchet distance will replace these proxies when t
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -113,7 +114,7 @@ def compare_samplers(
     noise = torch.randn(batch["video"].shape, generator=g), torch.randn(batch["audio"].shape, generator=g)
     conditions, context = Conditions(batch["units"], batch["speaking"]), TeacherObjective.context(batch)
     precision = resolve_mixed_precision(cfg.sample.mixed_precision)
-    autocast = lambda: torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")  # noqa: E731
+    autocast = functools.partial(torch.autocast, "cpu", torch.bfloat16, enabled=precision == "bf16")
     reference = (
         reference or max(contenders, key=lambda c: c.sampler.steps * c.sampler.guidance.num_branches).name
     )
