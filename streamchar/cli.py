@@ -164,6 +164,85 @@ def cmd_train_vae(args: argparse.Namespace) -> None:
     _print_json(train_vae(cfg, args.data, args.out, max_steps=args.max_steps))
 
 
+def _add_protocol_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--protocol", choices=["short", "long"], default=None,
+                   help="short: one held-out sentence per held-out identity; long: sessions of --minutes each")  # fmt: skip
+    p.add_argument("--ckpt", action="append", default=[], metavar="[NAME=]PATH[@STEPS]",
+                   help="denoiser folder (teacher or distilled student) to evaluate; repeat to compare")  # fmt: skip
+    p.add_argument(
+        "--corpus", default="data/corpus", help="corpus with the held-out identities (default: data/corpus)"
+    )
+    p.add_argument(
+        "--eval-cache", default="data/eval_cache", help="evaluation cache (default: data/eval_cache)"
+    )
+    p.add_argument(
+        "--instruments", default="checkpoints/eval", help="trained instruments (default: checkpoints/eval)"
+    )
+    p.add_argument(
+        "--turns", default=None, help="orchestrator turn table for voice prompts (RUN/turns.jsonl)"
+    )
+    p.add_argument(
+        "--clips", type=int, default=24, help="short: held-out clips (default: 24, one per identity)"
+    )
+    p.add_argument("--minutes", type=float, default=5.0, help="long: session length in minutes (default: 5)")
+    p.add_argument(
+        "--sessions", type=int, default=1, help="long: sessions (held-out identities) per checkpoint"
+    )
+    p.add_argument(
+        "--segment", type=float, default=60.0, help="long: seconds per reported segment (default: 60)"
+    )
+    p.add_argument("--out", default=None, help="output folder (default: docs/results/eval_PROTOCOL)")
+    published = p.add_argument_group("published models, from local paths (optional; nothing is downloaded)")
+    for name, what in (("whisper", "Whisper folder (WER)"), ("syncnet", "official SyncNet syncnet_v2.model"),
+                       ("wavlm", "WavLM speaker-verification folder"), ("arcface", "ArcFace ONNX file (extra eval)"),
+                       ("inception", "FID Inception TorchScript"), ("i3d", "FVD I3D TorchScript")):  # fmt: skip
+        published.add_argument(f"--{name}", default=None, metavar="PATH", help=what)
+    _add_config_args(p)
+
+
+def cmd_eval_protocol(args: argparse.Namespace) -> None:
+    if args.protocol is None:
+        raise CLIError(
+            "Give --protocol short|long with --ckpt PATH, or a subcommand (see `streamchar eval --help`)."
+        )
+    if not args.ckpt:
+        raise CLIError(
+            "Give at least one --ckpt (a teacher or student folder, e.g. checkpoints/tiny/student-s2-2step)."
+        )
+    from streamchar.eval.protocol import run_protocol
+
+    published = {k: getattr(args, k) for k in ("whisper", "syncnet", "wavlm", "arcface", "inception", "i3d")}
+    cfg = _config(args)
+    out = Path(args.out or f"docs/results/eval_{args.protocol}")
+    run_protocol(cfg, args.protocol, args.ckpt, out, corpus=args.corpus, eval_cache=args.eval_cache,
+                 instruments=args.instruments, turns=args.turns, clips=args.clips, minutes=args.minutes,
+                 sessions=args.sessions, segment_seconds=args.segment, external=published)  # fmt: skip
+    print(f"report: {out / 'report.md'} (JSON: {out / 'report.json'}, plots: {out}/*.png)")
+
+
+def cmd_eval_cache(args: argparse.Namespace) -> None:
+    from streamchar.eval.features import build_eval_cache
+
+    out = build_eval_cache(args.corpus, args.out, args.max_clips)
+    print(f"evaluation cache: {out}")
+
+
+def cmd_eval_train(args: argparse.Namespace) -> None:
+    from streamchar.eval.suite import INSTRUMENTS, train_instrument
+
+    names = INSTRUMENTS if args.instrument == "all" else (args.instrument,)
+    for name in names:
+        scores = train_instrument(name, args.cache, args.root, args.steps, args.runs)
+        print(f"{name}: {json.dumps(scores)} -> {Path(args.root) / name}")
+
+
+def cmd_eval_prove(args: argparse.Namespace) -> None:
+    from streamchar.eval.suite import prove_instruments
+
+    prove_instruments(args.cache, args.root, args.out, args.heldout_voices)
+    print(f"report: {args.out}.md, {args.out}.json, {args.out}.png")
+
+
 def cmd_eval_orchestrator(args: argparse.Namespace) -> None:
     from streamchar.config import resolve_asset_path
     from streamchar.eval.orchestrator_eval import evaluate_orchestrator, write_report
@@ -588,8 +667,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_distill_drift)
 
     # eval
-    p_eval = sub.add_parser("eval", help="evaluation protocols")
-    eval_sub = p_eval.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    p_eval = sub.add_parser(
+        "eval",
+        help="evaluation: protocols over checkpoints (--protocol), instruments (cache, train, prove), orchestrator",
+        description="`streamchar eval --protocol short|long --ckpt PATH` evaluates checkpoints with the trained "
+        "instruments of checkpoints/eval (build them with `eval cache`, `eval train`, check them with `eval prove`).",
+    )
+    eval_sub = p_eval.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    _add_protocol_args(p_eval)
+    p_eval.set_defaults(func=cmd_eval_protocol)
+    p = eval_sub.add_parser(
+        "cache", help="compute the instruments' views (log-mel, mouth windows, faces) of a corpus"
+    )
+    p.add_argument("corpus", help="corpus folder")
+    p.add_argument("--out", default="data/eval_cache", help="cache folder (default: data/eval_cache)")
+    p.add_argument("--max-clips", type=int, default=0, help="only the first N clips of each split (0 = all)")
+    p.set_defaults(func=cmd_eval_cache)
+    p = eval_sub.add_parser("train", help="train an evaluation instrument on the cache's ground truth")
+    p.add_argument("instrument", choices=["recognizer", "sync", "identity", "speaker", "mouth", "all"])
+    p.add_argument("--cache", default="data/eval_cache", help="evaluation cache (default: data/eval_cache)")
+    p.add_argument(
+        "--root", default="checkpoints/eval", help="where instruments are saved (default: checkpoints/eval)"
+    )
+    p.add_argument("--runs", default="runs/eval", help="resumable training checkpoints (default: runs/eval)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: per instrument)")
+    p.set_defaults(func=cmd_eval_train)
+    p = eval_sub.add_parser(
+        "prove", help="measure every instrument on held-out ground truth (report + plots)"
+    )
+    p.add_argument("--cache", default="data/eval_cache", help="evaluation cache (default: data/eval_cache)")
+    p.add_argument("--root", default="checkpoints/eval", help="instrument folder (default: checkpoints/eval)")
+    p.add_argument("--heldout-voices", type=int, default=60, help="utterances by voices not in the corpus")
+    p.add_argument("--out", default="docs/results/eval_instruments", help="writes OUT.json, OUT.md, OUT.png")
+    p.set_defaults(func=cmd_eval_prove)
     p = eval_sub.add_parser(
         "orchestrator",
         help="duration and frame accuracy of the orchestrator on held-out turns; time per chunk",

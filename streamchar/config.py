@@ -318,6 +318,9 @@ class DistillConfig:
     # orchestrator (planned from the clip's transcript by the orchestrator, whose pointer is re-aligned
     # after every chunk to the audio generated so far, read by a phoneme probe)
     rollout_conditions: str = "corpus"
+    # the phoneme reader of the orchestrator mode: the evaluation suite's CTC recognizer when this folder
+    # holds one (`streamchar eval train recognizer`), else a frame probe fitted on the latent cache
+    phoneme_reader: str | None = "checkpoints/eval/recognizer"
     batch_size: int = 4  # windows (stage 1) or rollouts (stage 2) per process and step
     lr_regression: float = 2e-4
     lr_student: float = 2e-5

@@ -76,8 +76,21 @@ class PlannedConditions:
 
         self.cfg, self.cache = cfg, cache
         self.lm, self.vocab, _ = load_unit_lm(resolve_asset_path(cfg.orchestrator.path), device="cpu")
-        self.probe, self.probe_scores = fit_phoneme_probe(cache)  # deterministic: the same on every process
-        logger.info("phoneme probe for pointer re-alignment: %s", self.probe_scores)
+        reader = resolve_asset_path(cfg.distill.phoneme_reader) if cfg.distill.phoneme_reader else None
+        if reader is not None and (reader / "model.safetensors").is_file():
+            from streamchar.codecs.audio import build_audio_codec
+            from streamchar.eval.recognizer import LatentPhonemeReader, load_recognizer
+
+            recognizer = load_recognizer(reader)
+            self.probe = LatentPhonemeReader(recognizer, build_audio_codec(cfg, cfg.timeline))
+            self.probe_scores = {"recognizer": str(reader), **recognizer.scores}
+        else:
+            logger.warning("no recognizer at distill.phoneme_reader=%s; fitting a frame probe on the latent cache",
+                           cfg.distill.phoneme_reader)  # fmt: skip
+            self.probe, self.probe_scores = fit_phoneme_probe(
+                cache
+            )  # deterministic: the same on every process
+        logger.info("phoneme reader for pointer re-alignment: %s", self.probe_scores)
         self.by_key = {e["key"]: e for e in cache.entries()}
 
     def start(self, keys: list[str]) -> list:

@@ -67,39 +67,56 @@ def load_character(
     return Character(folder.name, read_image(folder / "image.png", size), voice, prompt, folder.name, folder)
 
 
-def export_character(corpus: str | Path, turns: str | Path, char_id: int, out: str | Path,
-                     voice_seconds: float = 3.0, prompt_turns: int = 2) -> dict:  # fmt: skip
-    """Write a character folder from a corpus character: the first frame of its first monologue, the
-    first ``voice_seconds`` of its speech, and its ``prompt_turns`` longest turns from ``turns``
-    (``RUN/turns.jsonl`` of ``streamchar train orchestrator``)."""
-    from PIL import Image
-
+def character_from_corpus(corpus, char_id: int, turn_rows: list[dict] | None = None, voice_seconds: float = 3.0,
+                          prompt_turns: int = 2, name: str | None = None) -> tuple[Character, dict]:  # fmt: skip
+    """A corpus character in memory: the first frame of its first monologue, the first ``voice_seconds`` of
+    its speech, and its ``prompt_turns`` longest turns from ``turn_rows`` (rows of ``RUN/turns.jsonl``);
+    returns ``(character, info)``."""
     from streamchar.data.shards import Corpus, CorpusError
 
-    corpus_ = Corpus(corpus)
+    corpus_ = corpus if isinstance(corpus, Corpus) else Corpus(corpus)
     entries = [e for e in corpus_.entries() if e["char_id"] == char_id]
     if not entries:
-        raise CorpusError(f"Character {char_id} has no clip in {corpus}; pick a char_id from corpus.json.")
+        raise CorpusError(
+            f"Character {char_id} has no clip in {corpus_.folder}; pick a char_id from corpus.json."
+        )
     entries.sort(key=lambda e: (e.get("kind") != "monologue", e["key"]))
     clip = corpus_.clip(entries[0])
     spans = clip.meta.get("speaking_spans") or [[0.0, clip.meta["duration"]]]
     rate = clip.meta["sample_rate"]
     start = int(spans[0][0] * rate)
-    voice = clip.audio[start : start + int(voice_seconds * rate)]
-    rows = [json.loads(line) for line in Path(turns).read_text().splitlines() if line.strip()]
+    voice = clip.audio[start : start + int(voice_seconds * rate)].astype(np.float32)
+    rows = turn_rows or []
     own = [t for r in rows if r["char_id"] == char_id for t in r["turns"]]
     language = next((r.get("language") for r in rows if r["char_id"] == char_id), None)
     own.sort(key=lambda t: -len(t["units"]))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(clip.frames[0]).save(out / "image.png", optimize=True)
+    name = name or f"char{char_id}"
+    info = {"name": name, "corpus": str(corpus_.folder), "char_id": char_id, "clip": clip.meta["key"],
+            "split": entries[0].get("split"), "voice_seconds": round(len(voice) / rate, 3), "sample_rate": rate,
+            "prompt_turns": len(own[:prompt_turns]), "language": language}  # fmt: skip
+    return Character(name, clip.frames[0], voice, own[:prompt_turns], name), info
+
+
+def read_turn_rows(turns: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(turns).read_text().splitlines() if line.strip()]
+
+
+def export_character(corpus: str | Path, turns: str | Path, char_id: int, out: str | Path,
+                     voice_seconds: float = 3.0, prompt_turns: int = 2) -> dict:  # fmt: skip
+    """Write a character folder from a corpus character (see :func:`character_from_corpus`; ``turns`` is
+    ``RUN/turns.jsonl`` of ``streamchar train orchestrator``)."""
+    from PIL import Image
+
     from streamchar.media import wav_bytes
 
-    (out / "voice.wav").write_bytes(wav_bytes(voice.astype(np.float32), rate))
-    (out / "prompt.json").write_text(json.dumps(own[:prompt_turns]) + "\n")
-    info = {"name": out.name, "corpus": str(corpus), "char_id": char_id, "clip": clip.meta["key"],
-            "split": entries[0].get("split"), "voice_seconds": round(len(voice) / rate, 3),
-            "prompt_turns": len(own[:prompt_turns]), "language": language}  # fmt: skip
+    out = Path(out)
+    character, info = character_from_corpus(
+        corpus, char_id, read_turn_rows(turns), voice_seconds, prompt_turns, out.name
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(character.image).save(out / "image.png", optimize=True)
+    (out / "voice.wav").write_bytes(wav_bytes(character.voice, info.pop("sample_rate")))
+    (out / "prompt.json").write_text(json.dumps(character.prompt_turns) + "\n")
     (out / "character.json").write_text(json.dumps(info, indent=1) + "\n")
     logger.info("character %s written to %s", out.name, out)
     return info

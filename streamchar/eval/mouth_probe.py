@@ -80,3 +80,62 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     if a.std() == 0 or b.std() == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
+
+
+# -- the pixel probe: mouth opening read from decoded frames ------------------------------------------
+@dataclass(frozen=True)
+class PixelMouthProbe:
+    """Ridge regression from the grey mouth window (:func:`features.mouth_crops`) to mouth opening, fitted
+    on the training split's ground truth; it reads generated video the way the latent probe reads
+    latents, without trusting the video codec."""
+
+    mean: np.ndarray  # [24 * 32] pixel mean
+    weights: np.ndarray  # [24 * 32]
+    bias: float
+
+    def predict(self, mouths: np.ndarray) -> np.ndarray:
+        """Grey mouth windows ``uint8 [T, 24, 32]`` -> mouth opening ``[T]``."""
+        x = np.asarray(mouths, np.float32).reshape(len(mouths), -1) / 255.0
+        return (x - self.mean) @ self.weights + self.bias
+
+    def save(self, path) -> None:
+        np.savez(path, mean=self.mean, weights=self.weights, bias=np.float32(self.bias))
+
+    @classmethod
+    def load(cls, path) -> PixelMouthProbe:
+        from pathlib import Path
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"{path} not found; fit the mouth probe with `streamchar eval train mouth`."
+            )
+        data = np.load(path)
+        return cls(data["mean"], data["weights"], float(data["bias"]))
+
+
+def fit_pixel_mouth_probe(mouths: np.ndarray, mouth_open: np.ndarray, ridge: float = 30.0) -> PixelMouthProbe:
+    """Ridge fit on ``uint8 [N, 24, 32]`` windows and their true opening ``[N]``."""
+    x = np.asarray(mouths, np.float32).reshape(len(mouths), -1).astype(np.float64) / 255.0
+    y = np.asarray(mouth_open, np.float64)
+    mean, bias = x.mean(0), float(y.mean())
+    xc = x - mean
+    gram = xc.T @ xc + ridge * np.eye(x.shape[1])
+    weights = np.linalg.solve(gram, xc.T @ (y - bias))
+    return PixelMouthProbe(mean.astype(np.float32), weights.astype(np.float32), bias)
+
+
+def planned_mouth_open(phoneme_ids: np.ndarray, fps: float) -> np.ndarray:
+    """The mouth opening the synthetic renderer would draw for a per-frame phoneme plan ``[T]`` (runs of
+    one id become phonemes; 0 is silence): the "true" opening of a generated clip."""
+    from streamchar.data.motion import articulation_tracks
+    from streamchar.data.phonemes import PHONEMES, SILENCE_ID
+
+    ids = np.asarray(phoneme_ids)
+    segments, start = [], 0
+    for t in range(1, len(ids) + 1):
+        if t == len(ids) or ids[t] != ids[start]:
+            if ids[start] != SILENCE_ID:
+                segments.append((PHONEMES[int(ids[start])], start / fps, t / fps))
+            start = t
+    tracks, _ = articulation_tracks(segments, len(ids), fps)
+    return tracks["open"]

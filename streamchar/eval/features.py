@@ -1,0 +1,221 @@
+"""The evaluation instruments' fixed front-ends, and a cache of them over a corpus.
+
+Every instrument of the evaluation suite (the CTC recognizer, the sync expert, the identity and speaker
+encoders) reads one of three views, computed here and nowhere else:
+
+- ``log_mel``: 80 log-mel bands at 100 frames/s from a 25 ms window, independent of the audio codec's
+  own mel settings, so that the instruments do not share the codec's blind spots;
+- ``mouth_crops``: the lower-middle of each frame (where every corpus character's mouth sits), grey,
+  at half resolution ``[T, 24, 32]`` for 128 px frames;
+- ``face_views``: whole frames at 64 x 64 RGB.
+
+:func:`build_eval_cache` computes the views for every clip of a corpus once (``streamchar eval
+cache``), so that training an instrument is a pass over arrays in memory, not over video files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from streamchar.data.phonemes import SILENCE_ID, phoneme_id
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+MEL_HOP = 160  # 100 frames/s: four mel frames per 25 fps video frame
+MEL_WINDOW = 400
+MEL_BANDS = 80
+FACE_SIZE = 64
+# the mouth window as fractions of the frame: rows 52/128 .. 100/128, columns 32/128 .. 96/128
+MOUTH_ROWS = (0.40625, 0.78125)
+MOUTH_COLS = (0.25, 0.75)
+MOUTH_SHAPE = (24, 32)
+FACES_PER_CLIP = 8
+CACHE_VERSION = 1
+
+
+class EvalCacheError(ValueError):
+    """An evaluation cache that cannot be used; the message says what to do."""
+
+
+@lru_cache(maxsize=1)
+def _mel_basis() -> torch.Tensor:
+    import librosa
+
+    basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=MEL_WINDOW, n_mels=MEL_BANDS, fmin=20.0, fmax=7600.0)
+    return torch.from_numpy(basis.astype(np.float32))
+
+
+def log_mel(audio: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Log-mel frames ``[M, 80]`` (``M = N // 160``) of mono audio at 16 kHz, normalised per utterance
+    to zero mean per band (so loudness and channel colour do not matter)."""
+    if sample_rate != SAMPLE_RATE:
+        raise ValueError(
+            f"The evaluation front-end reads {SAMPLE_RATE} Hz audio, got {sample_rate} Hz; resample first."
+        )
+    wave = torch.as_tensor(np.asarray(audio, dtype=np.float32)).flatten()
+    frames = wave.numel() // MEL_HOP
+    if frames < 1:
+        return torch.zeros(0, MEL_BANDS)
+    spec = torch.stft(
+        wave, MEL_WINDOW, MEL_HOP, MEL_WINDOW, torch.hann_window(MEL_WINDOW), center=True, return_complex=True
+    ).abs()[:, :frames]  # [F, M]
+    mel = torch.log(_mel_basis() @ spec.square() + 1e-6).T  # [M, 80]
+    return mel - mel.mean(0, keepdim=True)
+
+
+def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-resize ``uint8 [N, H, W, C]`` to ``[N, *size, C]``."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    x = torch.nn.functional.interpolate(x, size=size, mode="area")
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def mouth_crops(frames: np.ndarray) -> np.ndarray:
+    """``uint8 [T, H, W, 3]`` -> grey mouth windows ``uint8 [T, 24, 32]``."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"Expected RGB frames [T, H, W, 3], got shape {frames.shape}.")
+    h, w = frames.shape[1:3]
+    rows = slice(round(MOUTH_ROWS[0] * h), round(MOUTH_ROWS[1] * h))
+    cols = slice(round(MOUTH_COLS[0] * w), round(MOUTH_COLS[1] * w))
+    grey = frames[:, rows, cols].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return _resize(grey.round().astype(np.uint8)[..., None], MOUTH_SHAPE)[..., 0]
+
+
+def face_views(frames: np.ndarray) -> np.ndarray:
+    """``uint8 [T, H, W, 3]`` -> ``uint8 [T, 64, 64, 3]``."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"Expected RGB frames [T, H, W, 3], got shape {frames.shape}.")
+    return _resize(frames, (FACE_SIZE, FACE_SIZE))
+
+
+def clip_phoneme_ids(meta: dict) -> list[int]:
+    """The clip's spoken phoneme sequence (silences dropped), the CTC target."""
+    phonemes = meta["phonemes"]
+    phonemes = json.loads(phonemes) if isinstance(phonemes, str) else phonemes
+    ids = [phoneme_id(label) for label, _, _ in phonemes]
+    return [i for i in ids if i != SILENCE_ID]
+
+
+def voice_key(meta: dict) -> str:
+    voice = meta.get("voice") or {}
+    return json.dumps(voice, sort_keys=True)
+
+
+@dataclass
+class EvalSplit:
+    """One split of the evaluation cache: per-clip views packed into flat arrays with offsets."""
+
+    clips: list[dict]  # key, char_id, voice, transcript, phoneme_ids, kind, speaking_spans, offsets
+    mel: torch.Tensor  # float16 [sum M, 80]
+    mouth: torch.Tensor  # uint8 [sum T, 24, 32]
+    mouth_open: torch.Tensor  # float16 [sum T] (zeros for clips without ground truth)
+    faces: torch.Tensor  # uint8 [sum F, 64, 64, 3]
+
+    def clip_mel(self, i: int) -> torch.Tensor:
+        c = self.clips[i]
+        return self.mel[c["mel"][0] : c["mel"][1]].float()
+
+    def clip_mouth(self, i: int) -> torch.Tensor:
+        c = self.clips[i]
+        return self.mouth[c["frames"][0] : c["frames"][1]]
+
+    def clip_mouth_open(self, i: int) -> torch.Tensor:
+        c = self.clips[i]
+        return self.mouth_open[c["frames"][0] : c["frames"][1]].float()
+
+    def clip_faces(self, i: int) -> torch.Tensor:
+        c = self.clips[i]
+        return self.faces[c["faces"][0] : c["faces"][1]]
+
+
+def _clip_views(clip) -> dict:
+    if clip.sample_rate != SAMPLE_RATE:
+        raise EvalCacheError(
+            f"Clip {clip.key} is at {clip.sample_rate} Hz; the evaluation suite reads {SAMPLE_RATE} Hz."
+        )
+    frames = clip.frames
+    picks = np.linspace(0, len(frames) - 1, min(FACES_PER_CLIP, len(frames))).round().astype(int)
+    mouth_open = clip.ground_truth.get("mouth_open")
+    return {
+        "mel": log_mel(clip.audio).half(),
+        "mouth": torch.from_numpy(mouth_crops(frames)),
+        "mouth_open": torch.from_numpy(
+            np.zeros(len(frames), np.float32) if mouth_open is None else np.asarray(mouth_open, np.float32)
+        ).half(),
+        "faces": torch.from_numpy(face_views(frames[picks])),
+    }
+
+
+def build_eval_cache(corpus_folder: str | Path, out: str | Path, max_clips: int = 0) -> Path:
+    """Compute every clip's views once; writes ``OUT/{train,test}.pt`` and ``OUT/cache.json``.
+
+    Resumable at split granularity: a split whose file exists is kept.
+    """
+    from streamchar.data.shards import Corpus
+
+    corpus = Corpus(corpus_folder)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        path = out / f"{split}.pt"
+        if path.is_file():
+            logger.info("%s exists; keeping it", path)
+            continue
+        entries = corpus.entries(split)[: max_clips or None]
+        clips, parts = [], {"mel": [], "mouth": [], "mouth_open": [], "faces": []}
+        counts = {"mel": 0, "frames": 0, "faces": 0}
+        for entry in tqdm(entries, desc=f"eval cache ({split})", unit="clip"):
+            clip = corpus.clip(entry)
+            views = _clip_views(clip)
+            for name in parts:
+                parts[name].append(views[name])
+            record = {
+                "key": clip.key,
+                "char_id": int(clip.meta["char_id"]),
+                "voice": voice_key(clip.meta),
+                "transcript": clip.meta.get("transcript", ""),
+                "phoneme_ids": clip_phoneme_ids(clip.meta),
+                "kind": clip.meta.get("kind", "monologue"),
+                "speaking_spans": clip.meta.get("speaking_spans", []),
+            }
+            for name, size in (
+                ("mel", len(views["mel"])),
+                ("frames", len(views["mouth"])),
+                ("faces", len(views["faces"])),
+            ):
+                record[name] = [counts[name], counts[name] + size]
+                counts[name] += size
+            clips.append(record)
+        payload = {name: torch.cat(tensors) for name, tensors in parts.items()}
+        payload["clips"] = clips
+        tmp = path.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)
+    (out / "cache.json").write_text(
+        json.dumps({"version": CACHE_VERSION, "corpus": str(Path(corpus_folder).resolve())}, indent=1)
+    )
+    return out
+
+
+def load_eval_split(cache: str | Path, split: str) -> EvalSplit:
+    path = Path(cache) / f"{split}.pt"
+    if not path.is_file():
+        raise EvalCacheError(
+            f"{path} not found; build the evaluation cache with `streamchar eval cache CORPUS --out {cache}`."
+        )
+    meta = Path(cache) / "cache.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("version") != CACHE_VERSION:
+        raise EvalCacheError(f"{cache} was built by another StreamChar version; delete it and rebuild it.")
+    data = torch.load(path, weights_only=True)
+    return EvalSplit(data["clips"], data["mel"], data["mouth"], data["mouth_open"], data["faces"])

@@ -1,0 +1,272 @@
+"""The evaluation suite: front-ends, error rates and word decoding against naive references, the sync
+measure's offset convention, the Fréchet distance, resumable instrument training, and the protocols."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from streamchar.eval import features as F
+from streamchar.eval.recognizer import Lexicon, edit_distance, error_rate, greedy_phonemes, normalise_words
+
+
+# -- front-ends -----------------------------------------------------------------------------------
+def test_front_ends_have_the_documented_shapes_and_reject_bad_input():
+    audio = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    mel = F.log_mel(audio)
+    assert mel.shape == (100, F.MEL_BANDS)
+    assert torch.allclose(mel.mean(0), torch.zeros(F.MEL_BANDS), atol=1e-4)  # per-utterance normalised
+    frames = np.random.default_rng(0).integers(0, 255, (3, 128, 128, 3), dtype=np.uint8)
+    assert F.mouth_crops(frames).shape == (3, *F.MOUTH_SHAPE)
+    assert F.face_views(frames).shape == (3, 64, 64, 3)
+    with pytest.raises(ValueError, match="RGB frames"):
+        F.mouth_crops(frames[..., 0])
+    with pytest.raises(ValueError, match="resample"):
+        F.log_mel(audio, sample_rate=22050)
+
+
+# -- error rates and decoding ---------------------------------------------------------------------
+def _naive_edit_distance(a, b):
+    """Exhaustive recursion (exponential; fine for tiny inputs)."""
+    if not a or not b:
+        return len(a) + len(b)
+    return min(_naive_edit_distance(a[1:], b) + 1, _naive_edit_distance(a, b[1:]) + 1,
+               _naive_edit_distance(a[1:], b[1:]) + (a[0] != b[0]))  # fmt: skip
+
+
+def test_edit_distance_matches_the_naive_recursion():
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        a, b = list(rng.integers(0, 3, rng.integers(0, 6))), list(rng.integers(0, 3, rng.integers(0, 6)))
+        assert edit_distance(a, b) == _naive_edit_distance(a, b)
+    assert error_rate([([1, 2, 3, 4], [1, 3, 4]), (["a"], ["a", "b"])]) == pytest.approx(2 / 5)
+
+
+def test_text_normalisation_and_greedy_ctc():
+    assert normalise_words("Hello, World! It's 'fine'-ish.") == ["hello", "world", "it's", "fine'", "ish"]
+    log_probs = torch.log(torch.eye(5)[[0, 3, 3, 0, 3, 2, 2, 0]] * 0.9 + 0.02)
+    assert greedy_phonemes(log_probs) == [3, 3, 2]
+
+
+def _brute_force_decode(lexicon: Lexicon, phonemes, penalty, skip):
+    """Every segmentation of the hypothesis into words or skipped phonemes (exponential)."""
+    best = (float("inf"), None)
+    n = len(phonemes)
+
+    def walk(position, cost, words):
+        nonlocal best
+        if cost >= best[0]:
+            return
+        if position == n:
+            best = (cost, list(words))
+            return
+        walk(position + 1, cost + skip, words)
+        for end in range(position + 1, n + 1):
+            costs = [edit_distance(p, phonemes[position:end]) + penalty for p in lexicon.pronunciations]
+            w = int(np.argmin(costs))
+            walk(end, cost + costs[w], [*words, lexicon.words[w]])
+
+    walk(0, 0.0, [])
+    return best
+
+
+def test_lexicon_decoding_finds_the_optimal_segmentation():
+    lexicon = Lexicon(["cat", "at", "tack", "a"], [[5, 1, 8], [1, 8], [8, 1, 5], [1]])
+    assert lexicon.decode([5, 1, 8, 8, 1, 5]) == ["cat", "tack"]
+    assert lexicon.decode([5, 2, 8, 1, 8]) == ["cat", "at"]  # a substitution is still the nearest word
+    rng = np.random.default_rng(2)
+    for _ in range(25):
+        hyp = [int(x) for x in rng.choice([1, 5, 8, 9], rng.integers(1, 7))]
+        words = lexicon.decode(hyp, word_penalty=1.0, skip_cost=1.0)
+        cost, _ = _brute_force_decode(lexicon, hyp, 1.0, 1.0)
+        # the decoder's segmentation costs exactly the brute-force optimum
+        assert _segmentation_cost(lexicon, hyp, words) == pytest.approx(cost)
+
+
+def _segmentation_cost(lexicon, hyp, words):
+    """The cheapest way to explain ``hyp`` with exactly ``words`` in order (skips allowed)."""
+    prons = [lexicon.pronunciations[lexicon.words.index(w)] for w in words]
+    best = {(0, 0): 0.0}
+    for i, k in itertools.product(range(len(hyp) + 1), range(len(prons) + 1)):
+        if (i, k) not in best:
+            continue
+        c = best[(i, k)]
+        if i < len(hyp):
+            best[(i + 1, k)] = min(best.get((i + 1, k), np.inf), c + 1.0)
+        if k < len(prons):
+            for end in range(i + 1, len(hyp) + 1):
+                v = c + edit_distance(prons[k], hyp[i:end]) + 1.0
+                best[(end, k + 1)] = min(best.get((end, k + 1), np.inf), v)
+    return best[(len(hyp), len(prons))]
+
+
+def test_lexicon_round_trips_through_its_file(tmp_path):
+    lexicon = Lexicon(["hello", "world"], [[10, 3, 14], [29, 45]])
+    lexicon.save(tmp_path / "lexicon.tsv.gz")
+    back = Lexicon.load(tmp_path / "lexicon.tsv.gz")
+    assert back.words == lexicon.words and back.pronunciations == lexicon.pronunciations
+
+
+# -- sync measure -----------------------------------------------------------------------------------
+class _CodeExpert:
+    """A stand-in expert: the video window's embedding is its mean mouth brightness code, the audio
+    window's the mean of its mel code; both see the same per-frame code, so sync is exact."""
+
+    def embed_video(self, mouths):
+        return mouths.float().mean(dim=(2, 3))  # [B, 5]
+
+    def embed_audio(self, mel):
+        return mel[..., 0].reshape(len(mel), 5, 4).mean(-1)  # [B, 5]
+
+
+def test_sync_measure_finds_the_applied_shift_with_the_documented_sign():
+    from streamchar.eval.sync_expert import shift_audio, sync_scores
+
+    code = torch.from_numpy(np.random.default_rng(3).integers(0, 200, 80)).float()  # [T]
+    mouth = code[:, None, None].expand(80, 24, 32).to(torch.uint8)
+    mel = code.repeat_interleave(4)[:, None].expand(320, F.MEL_BANDS).clone()
+    assert sync_scores(_CodeExpert(), mouth, mel)["offset"] == 0
+    for k in (-7, -2, 3, 10):
+        scores = sync_scores(_CodeExpert(), mouth, shift_audio(mel, k))
+        assert scores["offset"] == k  # audio delayed by k frames -> offset +k
+        assert scores["sync_c"] > 0 and scores["sync_d"] == pytest.approx(0.0, abs=1e-4)
+    with pytest.raises(ValueError, match="at least"):
+        sync_scores(_CodeExpert(), mouth[:20], mel[:80])
+
+
+# -- encoders' measures ------------------------------------------------------------------------------
+def test_frechet_distance_matches_the_closed_form():
+    from streamchar.eval.encoders import frechet_distance
+
+    rng = np.random.default_rng(4)
+    a = rng.normal(0, 1, (4000, 3))
+    b = rng.normal(0, 1, (4000, 3)) * np.array([1.0, 2.0, 3.0]) + np.array([1.0, 0.0, 0.0])
+    # diagonal covariances: |mu|^2 + sum (s_a - s_b)^2
+    assert frechet_distance(a, b) == pytest.approx(1.0 + 0 + 1 + 4, rel=0.1)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pair_auc_is_one_for_separated_clusters_and_a_half_for_noise():
+    from streamchar.eval.encoders import pair_auc
+
+    labels = [0] * 10 + [1] * 10
+    clustered = torch.nn.functional.normalize(torch.eye(2)[labels] + 0.05 * torch.randn(20, 2), dim=-1)
+    assert pair_auc(clustered, labels) == 1.0
+    noise = torch.nn.functional.normalize(
+        torch.randn(400, 16, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+    assert abs(pair_auc(noise, [i % 4 for i in range(400)]) - 0.5) < 0.05
+
+
+def test_pixel_mouth_probe_and_planned_opening():
+    from streamchar.data.phonemes import PHONEME_TO_ID
+    from streamchar.eval.mouth_probe import PixelMouthProbe, fit_pixel_mouth_probe, planned_mouth_open
+
+    rng = np.random.default_rng(5)
+    opening = rng.uniform(0, 1, 600)
+    mouths = (100 + 80 * opening[:, None, None] * np.linspace(0, 1, 24)[None, :, None]).repeat(32, 2)
+    mouths = (mouths + rng.normal(0, 2, mouths.shape)).clip(0, 255).astype(np.uint8)
+    probe = fit_pixel_mouth_probe(mouths[:400], opening[:400])
+    assert np.corrcoef(probe.predict(mouths[400:]), opening[400:])[0, 1] > 0.95
+    plan = np.array([0] * 10 + [PHONEME_TO_ID["aa"]] * 10 + [PHONEME_TO_ID["m"]] * 5 + [0] * 10)
+    open_track = planned_mouth_open(plan, 25)
+    assert open_track[13:18].mean() > 0.3 > open_track[:5].mean()
+    assert open_track[21:24].mean() < open_track[13:18].mean()  # lips close on /m/
+    with pytest.raises(FileNotFoundError, match="streamchar eval train mouth"):
+        PixelMouthProbe.load("/nonexistent/probe.npz")
+
+
+# -- training loop and instrument folders ------------------------------------------------------------------
+def test_fit_resumes_to_the_same_weights(tmp_path):
+    from streamchar.eval.instrument import fit
+
+    def run(steps, run_dir):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+
+        def loss_fn(g):
+            x = torch.randn(8, 4, generator=g)
+            return (model(x).float() - x.sum(1, keepdim=True)).square().mean(), {}
+
+        return fit(model, loss_fn, steps, run_dir, checkpoint_every=3, warmup=2, desc="t")
+
+    straight = run(6, None)
+    run(3, tmp_path / "run")  # stops after its checkpoint at step 3
+    resumed = run(6, tmp_path / "run")
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_instrument_folders_round_trip_and_name_what_is_missing(tmp_path):
+    from streamchar.eval.encoders import IdentityEncoder, load_identity_encoder, save_encoder
+    from streamchar.eval.instrument import InstrumentError
+
+    model = IdentityEncoder().eval()
+    save_encoder(model, tmp_path / "identity", {"roc_auc": 0.5}, "card")
+    back = load_identity_encoder(tmp_path / "identity")
+    faces = torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.uint8)
+    assert torch.allclose(back(faces), model(faces), atol=1e-5)
+    with pytest.raises(InstrumentError, match="config.json"):
+        load_identity_encoder(tmp_path / "missing")
+    (tmp_path / "identity" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(InstrumentError, match="corrupt"):
+        load_identity_encoder(tmp_path / "identity")
+
+
+# -- end to end on the tiny corpus ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def instruments(tiny_corpus, tmp_path_factory):
+    """Every instrument trained for a few steps on the tiny corpus (too short to be good; enough to run)."""
+    from streamchar.eval.suite import train_instrument
+
+    root = tmp_path_factory.mktemp("eval")
+    F.build_eval_cache(tiny_corpus, root / "cache")
+    for name in ("recognizer", "sync", "identity", "speaker", "mouth"):
+        train_instrument(name, root / "cache", root / "instruments", steps=3, run_root=root / "runs")
+    return root
+
+
+def test_instruments_train_prove_and_report(instruments, tmp_path):
+    from streamchar.eval.suite import prove_instruments
+
+    result = prove_instruments(
+        instruments / "cache", instruments / "instruments", tmp_path / "proof", heldout_voices=2
+    )
+    assert {"recognizer", "sync", "identity", "speaker", "frechet", "mouth_probe"} <= set(result)
+    assert set(result["sync"]["per_shift"]) == {0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 7, -7, 10, -10}
+    for suffix in (".json", ".md"):
+        assert (tmp_path / f"proof{suffix}").is_file()
+    assert (tmp_path / "proof.png").is_file()
+    assert (instruments / "instruments" / "recognizer" / "lexicon.tsv.gz").is_file()
+
+
+def test_short_protocol_runs_a_student_through_the_engine(instruments, tiny_corpus, tmp_path):
+    import json
+
+    from streamchar.config import load_config
+    from streamchar.eval.protocol import run_protocol
+
+    result = run_protocol(load_config(None, []), "short", ["s2=checkpoints/tiny/student-s2-2step"], tmp_path,
+                          corpus=tiny_corpus, eval_cache=instruments / "cache",
+                          instruments=instruments / "instruments", clips=1)  # fmt: skip
+    student, truth = result["models"]["s2"], result["models"]["ground_truth"]
+    assert student["clips"] == truth["clips"] == 1
+    for key in (
+        "wer",
+        "per",
+        "identity_sim",
+        "frechet",
+        "time_to_first_frame_s",
+        "real_time_factor",
+        "chunk_latency_s",
+    ):
+        assert key in student, key
+    assert set(student["chunk_latency_s"]) == {"p50", "p95", "p99"}
+    assert json.loads((tmp_path / "report.json").read_text())["protocol"] == "short"
+    assert "| s2 |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "latency.png").is_file()
+    with pytest.raises(FileNotFoundError, match="not found"):
+        run_protocol(load_config(None, []), "short", ["nowhere/ckpt"], tmp_path)
