@@ -165,7 +165,7 @@ def cmd_train_vae(args: argparse.Namespace) -> None:
 
 
 def _add_protocol_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--protocol", choices=["short", "long"], default=None,
+    p.add_argument("--protocol", choices=["short", "long"], required=True,
                    help="short: one held-out sentence per held-out identity; long: sessions of --minutes each")  # fmt: skip
     p.add_argument("--ckpt", action="append", default=[], metavar="[NAME=]PATH[@STEPS]",
                    help="denoiser folder (teacher or distilled student) to evaluate; repeat to compare")  # fmt: skip
@@ -673,9 +673,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="`streamchar eval --protocol short|long --ckpt PATH` evaluates checkpoints with the trained "
         "instruments of checkpoints/eval (build them with `eval cache`, `eval train`, check them with `eval prove`).",
     )
-    eval_sub = p_eval.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
-    _add_protocol_args(p_eval)
-    p_eval.set_defaults(func=cmd_eval_protocol)
+    eval_sub = p_eval.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    p = eval_sub.add_parser(
+        "protocol",
+        help="judge checkpoints: `streamchar eval --protocol short|long --ckpt PATH ...` (the same command)",
+        description="Evaluates checkpoints on held-out identities and sentences with the instruments of "
+        "checkpoints/eval; writes OUT/report.json, OUT/report.md and PNG plots.",
+    )
+    _add_protocol_args(p)
+    p.set_defaults(func=cmd_eval_protocol)
     p = eval_sub.add_parser(
         "cache", help="compute the instruments' views (log-mel, mouth windows, faces) of a corpus"
     )
@@ -854,6 +860,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "eval" and argv[1].startswith("--") and argv[1] != "--help":
+        argv.insert(
+            1, "protocol"
+        )  # `streamchar eval --protocol ...` is `streamchar eval protocol --protocol ...`
     # overrides may also follow options (`data encode CORPUS --out DIR key=value`), which argparse
     # alone leaves unrecognised once the positionals are consumed
     args, extra = parser.parse_known_args(argv)

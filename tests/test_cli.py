@@ -11,7 +11,8 @@ COMMANDS = [[], ["config", "show"], ["data", "synth"], ["data", "preview"], ["da
             ["data", "export"], ["data", "encode"], ["train", "vae"], ["train", "teacher"], ["codec", "eval"],
             ["sample"], ["demo"], ["train", "orchestrator"], ["eval", "orchestrator"], ["plan"], ["generate"],
             ["serve"], ["stream"], ["bench", "stream"], ["data", "export-character"], ["distill", "stage1"],
-            ["distill", "stage2"], ["distill", "toy"], ["distill", "compare"], ["distill", "drift"]]  # fmt: skip
+            ["distill", "stage2"], ["distill", "toy"], ["distill", "compare"], ["distill", "drift"],
+            ["eval", "cache"], ["eval", "train"], ["eval", "prove"], ["eval", "protocol"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -43,6 +44,19 @@ def test_config_show_and_errors(capsys):
     assert err.startswith("streamchar: error: Unknown config key timeline.fsp") and "\n" not in err
     assert main(["data", "verify", "/nonexistent/corpus"]) == 2
     assert "no corpus.json" in capsys.readouterr().err
+
+
+def test_eval_protocol_is_the_eval_command_itself(capsys):
+    from streamchar.cli import _parse
+
+    args = _parse(["eval", "--protocol", "short", "--ckpt", "a", "--ckpt", "b@4", "timeline.fps=25"])
+    assert args.protocol == "short" and args.ckpt == ["a", "b@4"] and args.overrides == ["timeline.fps=25"]
+    assert _parse(["eval", "orchestrator", "--table", "t.jsonl"]).table == "t.jsonl"
+    for argv, message in ((["eval", "--protocol", "short"], "at least one --ckpt"),
+                          (["eval", "--protocol", "long", "--ckpt", "/nonexistent/ckpt"], "not found")):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
 
 
 def test_console_script_entry_point():

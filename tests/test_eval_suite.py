@@ -76,7 +76,10 @@ def _brute_force_decode(lexicon: Lexicon, phonemes, penalty, skip):
 def test_lexicon_decoding_finds_the_optimal_segmentation():
     lexicon = Lexicon(["cat", "at", "tack", "a"], [[5, 1, 8], [1, 8], [8, 1, 5], [1]])
     assert lexicon.decode([5, 1, 8, 8, 1, 5]) == ["cat", "tack"]
-    assert lexicon.decode([5, 2, 8, 1, 8]) == ["cat", "at"]  # a substitution is still the nearest word
+    assert lexicon.decode([5, 2, 8, 1, 8], word_penalty=0.5) == [
+        "cat",
+        "at",
+    ]  # a substitution: still the nearest word
     rng = np.random.default_rng(2)
     for _ in range(25):
         hyp = [int(x) for x in rng.choice([1, 5, 8, 9], rng.integers(1, 7))]
@@ -128,11 +131,13 @@ def test_sync_measure_finds_the_applied_shift_with_the_documented_sign():
     code = torch.from_numpy(np.random.default_rng(3).integers(0, 200, 80)).float()  # [T]
     mouth = code[:, None, None].expand(80, 24, 32).to(torch.uint8)
     mel = code.repeat_interleave(4)[:, None].expand(320, F.MEL_BANDS).clone()
-    assert sync_scores(_CodeExpert(), mouth, mel)["offset"] == 0
+    aligned = sync_scores(_CodeExpert(), mouth, mel)
+    assert aligned["offset"] == 0 and aligned["sync_c0"] == pytest.approx(aligned["sync_c"])
     for k in (-7, -2, 3, 10):
         scores = sync_scores(_CodeExpert(), mouth, shift_audio(mel, k))
         assert scores["offset"] == k  # audio delayed by k frames -> offset +k
         assert scores["sync_c"] > 0 and scores["sync_d"] == pytest.approx(0.0, abs=1e-4)
+        assert scores["sync_c0"] < scores["sync_c"]  # the confidence at the nominal alignment falls
     with pytest.raises(ValueError, match="at least"):
         sync_scores(_CodeExpert(), mouth[:20], mel[:80])
 
@@ -161,22 +166,26 @@ def test_pair_auc_is_one_for_separated_clusters_and_a_half_for_noise():
     assert abs(pair_auc(noise, [i % 4 for i in range(400)]) - 0.5) < 0.05
 
 
-def test_pixel_mouth_probe_and_planned_opening():
+def test_mouth_reader_learns_opening_and_planned_opening_follows_phonemes():
     from streamchar.data.phonemes import PHONEME_TO_ID
-    from streamchar.eval.mouth_probe import PixelMouthProbe, fit_pixel_mouth_probe, planned_mouth_open
+    from streamchar.eval.instrument import InstrumentError
+    from streamchar.eval.mouth_probe import load_mouth_reader, planned_mouth_open, train_mouth_reader
 
     rng = np.random.default_rng(5)
-    opening = rng.uniform(0, 1, 600)
-    mouths = (100 + 80 * opening[:, None, None] * np.linspace(0, 1, 24)[None, :, None]).repeat(32, 2)
-    mouths = (mouths + rng.normal(0, 2, mouths.shape)).clip(0, 255).astype(np.uint8)
-    probe = fit_pixel_mouth_probe(mouths[:400], opening[:400])
-    assert np.corrcoef(probe.predict(mouths[400:]), opening[400:])[0, 1] > 0.95
+    opening = rng.uniform(0, 1, 1200)
+    rows = np.arange(24)[None, :, None]
+    mouths = np.where(np.abs(rows - 12) < 1 + 8 * opening[:, None, None], 40, 200).repeat(32, 2)  # a dark gap
+    mouths = (mouths + rng.normal(0, 4, mouths.shape)).clip(0, 255).astype(np.uint8)
+    reader = train_mouth_reader(
+        torch.from_numpy(mouths[:1000]), torch.from_numpy(opening[:1000]), steps=150, batch=64
+    )
+    assert np.corrcoef(reader.predict(mouths[1000:]), opening[1000:])[0, 1] > 0.9
     plan = np.array([0] * 10 + [PHONEME_TO_ID["aa"]] * 10 + [PHONEME_TO_ID["m"]] * 5 + [0] * 10)
     open_track = planned_mouth_open(plan, 25)
     assert open_track[13:18].mean() > 0.3 > open_track[:5].mean()
     assert open_track[21:24].mean() < open_track[13:18].mean()  # lips close on /m/
-    with pytest.raises(FileNotFoundError, match="streamchar eval train mouth"):
-        PixelMouthProbe.load("/nonexistent/probe.npz")
+    with pytest.raises(InstrumentError, match="config.json"):
+        load_mouth_reader("/nonexistent/mouth")
 
 
 # -- training loop and instrument folders ------------------------------------------------------------------

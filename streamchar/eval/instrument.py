@@ -58,27 +58,24 @@ def fit(
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     start = 0
     if run_dir is not None and list_checkpoints(run_dir):
         last = list_checkpoints(run_dir)[-1]
-        state = load_checkpoint(last, model, opt)
-        start = state["step"]
-        sched.last_epoch = start - 1
-        sched.step()
+        start = load_checkpoint(last, model, opt)["step"]
         logger.info("resuming %s from step %d (%s)", desc, start, last)
     model.train()
     generator = torch.Generator()
     bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, unit="step")
     for step in bar:
         generator.manual_seed(seed * 1_000_003 + step)  # batches depend on the step only: exact resume
+        for group in opt.param_groups:
+            group["lr"] = lr * schedule(step)
         with autocast():
             loss, logs = loss_fn(generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
-        sched.step()
         bar.set_postfix({"loss": f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in logs.items()}})
         done = step + 1
         if run_dir is not None and (done % checkpoint_every == 0 or done == steps):

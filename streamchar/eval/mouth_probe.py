@@ -82,46 +82,63 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-# -- the pixel probe: mouth opening read from decoded frames ------------------------------------------
-@dataclass(frozen=True)
-class PixelMouthProbe:
-    """Ridge regression from the grey mouth window (:func:`features.mouth_crops`) to mouth opening, fitted
-    on the training split's ground truth; it reads generated video the way the latent probe reads
-    latents, without trusting the video codec."""
+# -- the mouth reader: mouth opening read from decoded frames ------------------------------------------
+class MouthReader(torch.nn.Module):
+    """A small CNN from the grey mouth window (:func:`features.mouth_crops`) to mouth opening, trained on the
+    training identities' ground truth; it reads generated video the way the latent probe reads latents,
+    without trusting the video codec. Each window is normalised to zero mean and unit variance first, so a
+    character's skin and lip brightness do not read as opening."""
 
-    mean: np.ndarray  # [24 * 32] pixel mean
-    weights: np.ndarray  # [24 * 32]
-    bias: float
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        from torch import nn
 
-    def predict(self, mouths: np.ndarray) -> np.ndarray:
-        """Grey mouth windows ``uint8 [T, 24, 32]`` -> mouth opening ``[T]``."""
-        x = np.asarray(mouths, np.float32).reshape(len(mouths), -1) / 255.0
-        return (x - self.mean) @ self.weights + self.bias
+        w = width
+        self.net = nn.Sequential(  # [B, 1, 24, 32]
+            nn.Conv2d(1, w, 3, padding=1), nn.GELU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * w), nn.GELU(),  # 12 x 16
+            nn.Conv2d(2 * w, 3 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 3 * w), nn.GELU(),  # 6 x 8
+            nn.Conv2d(3 * w, 4 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 4 * w), nn.GELU(),  # 3 x 4
+            nn.Flatten(), nn.Linear(4 * w * 12, 1),
+        )  # fmt: skip
 
-    def save(self, path) -> None:
-        np.savez(path, mean=self.mean, weights=self.weights, bias=np.float32(self.bias))
+    def forward(self, mouths: torch.Tensor) -> torch.Tensor:
+        """``uint8 [B, 24, 32]`` -> opening ``[B]``."""
+        x = mouths.float().flatten(1)
+        x = ((x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + 4.0)).view(-1, 1, *mouths.shape[1:])
+        return self.net(x)[:, 0].float()
 
-    @classmethod
-    def load(cls, path) -> PixelMouthProbe:
-        from pathlib import Path
+    def predict(self, mouths: np.ndarray | torch.Tensor, batch: int = 1024) -> np.ndarray:
+        from streamchar.eval.instrument import inference
 
-        if not Path(path).is_file():
-            raise FileNotFoundError(
-                f"{path} not found; fit the mouth probe with `streamchar eval train mouth`."
+        mouths = torch.as_tensor(np.asarray(mouths))
+        with inference():
+            return (
+                torch.cat([self(mouths[i : i + batch]) for i in range(0, len(mouths), batch)]).float().numpy()
             )
-        data = np.load(path)
-        return cls(data["mean"], data["weights"], float(data["bias"]))
 
 
-def fit_pixel_mouth_probe(mouths: np.ndarray, mouth_open: np.ndarray, ridge: float = 30.0) -> PixelMouthProbe:
-    """Ridge fit on ``uint8 [N, 24, 32]`` windows and their true opening ``[N]``."""
-    x = np.asarray(mouths, np.float32).reshape(len(mouths), -1).astype(np.float64) / 255.0
-    y = np.asarray(mouth_open, np.float64)
-    mean, bias = x.mean(0), float(y.mean())
-    xc = x - mean
-    gram = xc.T @ xc + ridge * np.eye(x.shape[1])
-    weights = np.linalg.solve(gram, xc.T @ (y - bias))
-    return PixelMouthProbe(mean.astype(np.float32), weights.astype(np.float32), bias)
+def train_mouth_reader(mouths: torch.Tensor, mouth_open: torch.Tensor, steps: int = 1500, batch: int = 256,
+                       run_dir=None, seed: int = 0) -> MouthReader:  # fmt: skip
+    """Regress ``float [N]`` opening from ``uint8 [N, 24, 32]`` windows (mean squared error)."""
+    from streamchar.eval.instrument import fit
+
+    torch.manual_seed(seed)
+    model = MouthReader()
+    target = mouth_open.float()
+
+    def loss_fn(generator: torch.Generator):
+        picks = torch.randint(0, len(mouths), (batch,), generator=generator)
+        return torch.nn.functional.mse_loss(model(mouths[picks]), target[picks]), {}
+
+    return fit(model, loss_fn, steps, run_dir, lr=2e-3, desc="mouth reader", seed=seed)
+
+
+def load_mouth_reader(folder) -> MouthReader:
+    from streamchar.eval.instrument import load_weights, read_instrument
+
+    config, weights, _ = read_instrument(folder, "mouth reader")
+    return load_weights(MouthReader(**config), weights, folder)
 
 
 def planned_mouth_open(phoneme_ids: np.ndarray, fps: float) -> np.ndarray:

@@ -46,7 +46,7 @@ class Instruments:
     def load(cls, root: str | Path, external: dict[str, str] | None = None) -> Instruments:
         from streamchar.eval import external as ext
         from streamchar.eval.encoders import load_identity_encoder, load_speaker_encoder
-        from streamchar.eval.mouth_probe import PixelMouthProbe
+        from streamchar.eval.mouth_probe import load_mouth_reader
         from streamchar.eval.recognizer import load_recognizer
         from streamchar.eval.sync_expert import load_sync_expert
 
@@ -56,7 +56,7 @@ class Instruments:
         root = Path(root)
         return cls(load_recognizer(root / "recognizer"), load_sync_expert(root / "sync"),
                    load_identity_encoder(root / "identity"), load_speaker_encoder(root / "speaker"),
-                   PixelMouthProbe.load(root / "mouth" / "probe.npz"), published)  # fmt: skip
+                   load_mouth_reader(root / "mouth"), published)  # fmt: skip
 
 
 def measure_external(published: dict, frames: np.ndarray, audio: np.ndarray, text: str, reference_image: np.ndarray,
@@ -177,6 +177,7 @@ def summarise(rows: list[dict]) -> dict:
     for key in (
         "sync_c",
         "sync_d",
+        "sync_c0",
         "mouth_r",
         "identity_sim",
         "voice_sim",
@@ -508,22 +509,21 @@ def write_report(result: dict, out: str | Path) -> None:
     (out / "report.json").write_text(json.dumps(result, indent=1) + "\n")
     models = result["models"]
     if result["protocol"] == "short":
-        lines = [
-            f"# Short protocol: {len(result['clips'])} held-out clips (held-out identities and sentences)", "",
-            "| model | WER | PER | Sync-C | Sync-D | offset within ±1 | mouth r | identity sim | voice sim | Fréchet | "
-            "TTFF s | latency p50/p95/p99 s | RTF | misses |",
-            "|---|" + "---|" * 13,
-        ]  # fmt: skip
+        columns = ["model", "WER", "PER", "Sync-C", "Sync-D", "Sync-C at 0", "offset within ±1", "mouth r",
+                   "identity sim", "voice sim", "Fréchet", "TTFF s", "latency p50/p95/p99 s", "RTF", "misses"]  # fmt: skip
+        extra = [k for k in ("whisper_wer", "syncnet_c", "syncnet_d", "arcface_sim", "wavlm_sim", "fid", "fvd")
+                 if any(k in m for m in models.values())]  # fmt: skip
+        lines = [f"# Short protocol: {len(result['clips'])} held-out clips (held-out identities and sentences)", "",
+                 "| " + " | ".join(columns + extra) + " |", "|---" * len(columns + extra) + "|"]  # fmt: skip
         for name, m in models.items():
             lat = m.get("chunk_latency_s", {})
-            lat_cell = "/".join(f"{lat[k]:.3f}" for k in ("p50", "p95", "p99")) if lat else "–"
-            lines.append(
-                f"| {name} | {_cell(m.get('wer'), '{:.1%}')} | {_cell(m.get('per'), '{:.1%}')} | {_cell(m.get('sync_c'))} | "
-                f"{_cell(m.get('sync_d'))} | {_cell(m.get('sync_offset_within_1'), '{:.0%}')} | {_cell(m.get('mouth_r'))} | "
-                f"{_cell(m.get('identity_sim'))} | {_cell(m.get('voice_sim'))} | {_cell(m.get('frechet'), '{:.2f}')} | "
-                f"{_cell(m.get('time_to_first_frame_s'))} | {lat_cell} | {_cell(m.get('real_time_factor'), '{:.2f}')} | "
-                f"{m.get('deadline_misses', '–')} |"
-            )
+            cells = [name, _cell(m.get("wer"), "{:.1%}"), _cell(m.get("per"), "{:.1%}"), _cell(m.get("sync_c")),
+                     _cell(m.get("sync_d")), _cell(m.get("sync_c0")), _cell(m.get("sync_offset_within_1"), "{:.0%}"),
+                     _cell(m.get("mouth_r")), _cell(m.get("identity_sim")), _cell(m.get("voice_sim")),
+                     _cell(m.get("frechet"), "{:.2f}"), _cell(m.get("time_to_first_frame_s")),
+                     "/".join(f"{lat[k]:.3f}" for k in ("p50", "p95", "p99")) if lat else "–",
+                     _cell(m.get("real_time_factor"), "{:.2f}"), str(m.get("deadline_misses", "–"))]  # fmt: skip
+            lines.append("| " + " | ".join(cells + [_cell(m.get(k)) for k in extra]) + " |")
         (out / "report.md").write_text("\n".join(lines) + "\n")
     else:
         lines = [

@@ -11,6 +11,10 @@ at frame t + d; the distances are averaged over t for each d. The best offset is
 mean distance, Sync-D that smallest mean distance, and Sync-C the median of the 31 mean distances minus
 the smallest. Offset convention: audio that lags the video by k frames (a sound heard k frames after the
 mouth makes it) gives offset +k.
+
+Sync-C is measured at the best offset, so by construction it does not change when the audio is merely
+shifted within the search range; the confidence at the nominal alignment, ``sync_c0`` (the median minus
+the mean distance at offset 0), does, and is what falls for a clip that is out of sync.
 """
 
 from __future__ import annotations
@@ -102,13 +106,14 @@ def offset_distances(
 def sync_scores(
     expert: SyncExpert, mouth: torch.Tensor, mel: torch.Tensor, max_offset: int = MAX_OFFSET
 ) -> dict:
-    """``{"offset", "sync_c", "sync_d"}`` of one clip (see the module docstring)."""
+    """``{"offset", "sync_c", "sync_d", "sync_c0"}`` of one clip (see the module docstring)."""
     dist = offset_distances(expert, mouth, mel, max_offset)
     best = int(np.argmin(dist))
     return {
         "offset": best - max_offset,
         "sync_d": float(dist[best]),
         "sync_c": float(np.median(dist) - dist[best]),
+        "sync_c0": float(np.median(dist) - dist[max_offset]),
     }
 
 
@@ -182,22 +187,19 @@ def evaluate_sync_expert(
     expert: SyncExpert, split: EvalSplit, shifts=(0, 1, 2, 3, 5, 7, 10), max_clips: int = 0
 ) -> dict:
     """Offset recovery and Sync-C/D on a split's ground-truth clips, with the audio shifted by each of
-    ``±shifts`` frames: accuracy (found offset == shift), the mean Sync-C and Sync-D per shift."""
+    ``±shifts`` frames: accuracy (found offset == shift), the mean Sync-C, Sync-D and Sync-C at offset 0."""
     clips = [i for i in _usable(split, MAX_OFFSET) if split.clips[i].get("kind") != "listening"]
     clips = clips[: max_clips or None]
     per_shift = {}
     for shift in sorted({s for k in shifts for s in (k, -k)}):
-        found, sync_c, sync_d = [], [], []
-        for i in clips:
-            scores = sync_scores(expert, split.clip_mouth(i), shift_audio(split.clip_mel(i), shift))
-            found.append(scores["offset"])
-            sync_c.append(scores["sync_c"])
-            sync_d.append(scores["sync_d"])
+        scores = [
+            sync_scores(expert, split.clip_mouth(i), shift_audio(split.clip_mel(i), shift)) for i in clips
+        ]
+        found = np.array([s["offset"] for s in scores])
         per_shift[shift] = {
-            "accuracy": round(float(np.mean(np.array(found) == shift)), 4),
-            "within_1": round(float(np.mean(np.abs(np.array(found) - shift) <= 1)), 4),
-            "sync_c": round(float(np.mean(sync_c)), 4),
-            "sync_d": round(float(np.mean(sync_d)), 4),
+            "accuracy": round(float(np.mean(found == shift)), 4),
+            "within_1": round(float(np.mean(np.abs(found - shift) <= 1)), 4),
+            **{k: round(float(np.mean([s[k] for s in scores])), 4) for k in ("sync_c", "sync_d", "sync_c0")},
         }
     return {"clips": len(clips), "per_shift": per_shift}
 
