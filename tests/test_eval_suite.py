@@ -279,3 +279,25 @@ def test_short_protocol_runs_a_student_through_the_engine(instruments, tiny_corp
     assert (tmp_path / "latency.png").is_file()
     with pytest.raises(FileNotFoundError, match="not found"):
         run_protocol(load_config(None, []), "short", ["nowhere/ckpt"], tmp_path)
+
+
+def test_long_protocol_reports_every_segment(instruments, tiny_corpus, tmp_path):
+    import json
+
+    from streamchar.config import load_config
+    from streamchar.eval.protocol import run_protocol
+
+    result = run_protocol(load_config(None, []), "long", ["checkpoints/tiny/student-s2-2step"], tmp_path,
+                          corpus=tiny_corpus, eval_cache=instruments / "cache", instruments=instruments / "instruments",
+                          minutes=0.4, segment_seconds=10)  # fmt: skip
+    model = result["models"]["student-s2-2step"]
+    assert [s["start_s"] for s in model["segments"]] == [0, 10]
+    assert {"identity_sim", "frechet", "wer"} <= set(model["drift"])
+    session = model["sessions"][0]
+    assert session["stats"]["media_seconds"] >= 24 and session["stats"]["deadline_misses"] >= 0
+    assert json.loads((tmp_path / "report.json").read_text())["protocol"] == "long"
+    assert (tmp_path / "drift.png").is_file() and (tmp_path / "latency.png").is_file()
+    with pytest.raises(ValueError, match="fewer than two"):
+        run_protocol(
+            load_config(None, []), "long", ["checkpoints/tiny/student-s2-2step"], tmp_path, minutes=1.0
+        )

@@ -141,12 +141,8 @@ def measure(inst: Instruments, frames: np.ndarray, audio: np.ndarray, text: str,
     out["word_edits"], out["words"] = edit_distance(words, recognized), len(words)
     out["transcript"] = " ".join(recognized)
     if len(frames) >= WINDOW + 2 * MAX_OFFSET + 1:
-        out.update(
-            {
-                f"sync_{k}" if k != "offset" else "sync_offset": v
-                for k, v in sync_scores_of(inst.sync, frames, audio).items()
-            }
-        )
+        scores = sync_scores_of(inst.sync, frames, audio)  # offset, sync_c, sync_d, sync_c0
+        out.update({"sync_offset" if k == "offset" else k: v for k, v in scores.items()})
     if true_open is not None:
         from streamchar.eval.features import mouth_crops
 
@@ -327,6 +323,13 @@ def _reference_features(inst: Instruments, eval_cache: str | Path) -> np.ndarray
         )
 
 
+def _character_features(inst: Instruments, corpus, char_id: int) -> np.ndarray:
+    """Fréchet features of every second frame of one character's ground-truth clips (the long protocol's
+    reference: a session shows one character, so it is compared with that character's own frames)."""
+    frames = [corpus.clip(e).frames[::2] for e in corpus.entries() if e["char_id"] == char_id]
+    return inst.identity.frechet_features(np.concatenate(frames))
+
+
 def _latency(values: list[float]) -> dict:
     return {f"p{q}": round(float(np.percentile(values, q)), 4) for q in (50, 95, 99)} if values else {}
 
@@ -386,7 +389,7 @@ def short_protocol(
     return result
 
 
-def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, eval_cache, minutes: float,
+def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, minutes: float,
                   sessions: int, segment_seconds: float) -> dict:  # fmt: skip
     from streamchar.data.shards import Corpus
     from streamchar.engine.session import Engine
@@ -395,7 +398,6 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, e
     corpus = Corpus(corpus)
     entries = _heldout_clips(corpus, 10_000)
     sentences = [corpus.reader(e["shard"]).meta(e["key"])["transcript"] for e in entries]
-    reference = _reference_features(inst, eval_cache)
     seconds = minutes * 60
     characters: dict = {}
     chars = list(dict.fromkeys(e["char_id"] for e in entries))[:sessions]
@@ -414,9 +416,12 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, e
         model: dict = {"sessions": []}
         for s, char_id in enumerate(chars):
             char = _character(corpus, char_id, turn_rows, characters, cfg.video_codec.image_size)
+            own = _character_features(inst, corpus, char_id)  # this character's ground-truth frames
             script = sentences[s:] + sentences[:s]
             logger.info("%s: a %.1f-minute session as character %d", name, minutes, char_id)
-            generated, words = speak(engine, char, script * 4, steps, seed=s, max_seconds=seconds)
+            generated, words = speak(
+                engine, char, script * max(4, int(seconds)), steps, seed=s, max_seconds=seconds
+            )
             frames, audio, phonemes, word_track = generated.arrays()
             rows = []
             for k, start in enumerate(range(0, len(frames) - per_frame + 1, per_frame)):
@@ -430,7 +435,7 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, e
                 planned = [int(p) for j, p in enumerate(ids) if p != 0 and (j == 0 or ids[j - 1] != p)]
                 row = measure(inst, frames[start:stop], audio[start * 640 : stop * 640], text, char.image, char.voice,
                               planned_mouth_open(ids, 25), phonemes=planned)  # fmt: skip
-                row["frechet"] = _fd(inst, frames[start:stop:2], reference)
+                row["frechet"] = _fd(inst, frames[start:stop:2], own)
                 per_chunk = len(generated.frames[0])
                 chunk_lat = generated.latencies[start // per_chunk : stop // per_chunk]
                 row["chunk_latency_s"] = _latency(chunk_lat)
@@ -467,8 +472,13 @@ def run_protocol(cfg, protocol: str, ckpts: list[str], out: str | Path, corpus: 
     """Run a protocol and write ``OUT/report.json``, ``OUT/report.md`` and plots."""
     from streamchar.engine.characters import read_turn_rows
 
+    if protocol not in ("short", "long"):
+        raise ValueError(f"Unknown protocol '{protocol}'; use short or long.")
+    if protocol == "long" and minutes * 60 < 2 * segment_seconds:
+        raise ValueError(f"A long session of {minutes:g} min has fewer than two {segment_seconds:g} s segments; "
+                         "raise --minutes or lower --segment.")  # fmt: skip
     for spec in ckpts:
-        parse_ckpt(spec)  # fail on a bad path before loading anything
+        parse_ckpt(spec)  # fail on bad input before loading anything
     inst = Instruments.load(instruments, external)
     turn_rows = read_turn_rows(turns) if turns else None
     if turn_rows is None:
@@ -477,15 +487,8 @@ def run_protocol(cfg, protocol: str, ckpts: list[str], out: str | Path, corpus: 
         )
     if protocol == "short":
         result = short_protocol(cfg, ckpts, inst, corpus, turn_rows, eval_cache, clips)
-    elif protocol == "long":
-        if minutes * 60 < 2 * segment_seconds:
-            raise ValueError(f"A long session of {minutes} min has fewer than two {segment_seconds:g} s segments; "
-                             "raise --minutes or lower --segment.")  # fmt: skip
-        result = long_protocol(
-            cfg, ckpts, inst, corpus, turn_rows, eval_cache, minutes, sessions, segment_seconds
-        )
     else:
-        raise ValueError(f"Unknown protocol '{protocol}'; use short or long.")
+        result = long_protocol(cfg, ckpts, inst, corpus, turn_rows, minutes, sessions, segment_seconds)
     result["instruments"] = str(instruments)
     write_report(result, out)
     return result
