@@ -105,16 +105,24 @@ class SpeakerEncoder(nn.Module):
 def pair_auc(embeddings: torch.Tensor, labels: list, groups: list | None = None) -> float:
     """ROC AUC of cosine similarity for same-label versus different-label pairs (pairs within one
     ``group``, e.g. two frames of one clip, are left out)."""
-    from sklearn.metrics import roc_auc_score
+    from scipy.stats import rankdata
 
-    sims = (embeddings @ embeddings.T).numpy()
+    sims = (embeddings.float() @ embeddings.float().T).numpy()
     labels = np.asarray(labels)
     same = labels[:, None] == labels[None, :]
     keep = np.triu(np.ones_like(same), k=1).astype(bool)
     if groups is not None:
         groups = np.asarray(groups)
         keep &= groups[:, None] != groups[None, :]
-    return float(roc_auc_score(same[keep], sims[keep]))
+    positive, scores = same[keep], sims[keep]
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        logger.warning("ROC AUC is undefined with %d same and %d different pairs (a split with one identity?); "
+                       "evaluate on at least two identities, each in two clips or more", n_pos, n_neg)  # fmt: skip
+        return float("nan")
+    # Mann-Whitney: the probability that a same pair scores above a different pair (ties count half)
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -124,7 +132,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    root = linalg.sqrtm(cov_a @ cov_b)
     if not np.isfinite(root).all():
         eps = np.eye(len(cov_a)) * 1e-6
         root = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
@@ -179,6 +187,8 @@ def _monologues(split: EvalSplit) -> list[int]:
 def train_speaker_encoder(split: EvalSplit, steps: int = 1200, batch: int = 32, seconds: float = 2.0,
                           run_dir: str | Path | None = None, seed: int = 0) -> SpeakerEncoder:  # fmt: skip
     clips = _monologues(split)
+    if not clips:
+        raise ValueError("The evaluation cache has no monologue with speech to train the speaker encoder on.")
     labels, classes = _labels([split.clips[i]["voice"] for i in clips])
     frames = int(seconds * 100)
     torch.manual_seed(seed)

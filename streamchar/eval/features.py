@@ -119,7 +119,7 @@ class EvalSplit:
     clips: list[dict]  # key, char_id, voice, transcript, phoneme_ids, kind, speaking_spans, offsets
     mel: torch.Tensor  # float16 [sum M, 80]
     mouth: torch.Tensor  # uint8 [sum T, 24, 32]
-    mouth_open: torch.Tensor  # float16 [sum T] (zeros for clips without ground truth)
+    mouth_open: torch.Tensor  # float16 [sum T] (NaN for clips without ground truth, e.g. real videos)
     faces: torch.Tensor  # uint8 [sum F, 64, 64, 3]
 
     def clip_mel(self, i: int) -> torch.Tensor:
@@ -147,11 +147,16 @@ def _clip_views(clip) -> dict:
     frames = clip.frames
     picks = np.linspace(0, len(frames) - 1, min(FACES_PER_CLIP, len(frames))).round().astype(int)
     mouth_open = clip.ground_truth.get("mouth_open")
+    if mouth_open is not None and len(mouth_open) != len(frames):
+        raise EvalCacheError(f"Clip {clip.key} has {len(mouth_open)} mouth-opening values for {len(frames)} frames; "
+                             "re-synthesise or re-prepare the corpus.")  # fmt: skip
     return {
         "mel": log_mel(clip.audio).half(),
         "mouth": torch.from_numpy(mouth_crops(frames)),
         "mouth_open": torch.from_numpy(
-            np.zeros(len(frames), np.float32) if mouth_open is None else np.asarray(mouth_open, np.float32)
+            np.full(len(frames), np.nan, np.float32)
+            if mouth_open is None
+            else np.asarray(mouth_open, np.float32)
         ).half(),
         "faces": torch.from_numpy(face_views(frames[picks])),
     }

@@ -28,9 +28,8 @@ class InstrumentError(FileNotFoundError):
 
 
 def autocast():
-    """bf16 autocast where it pays (CUDA, and CPUs with bf16 matrix units), else nothing."""
-    if torch.cuda.is_available():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """The instruments run on the CPU under bf16 autocast, on every machine, so that a checkpoint scores
+    the same whether or not a GPU is present."""
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
@@ -85,7 +84,7 @@ def fit(
 
 
 def save_instrument(model: nn.Module, folder: str | Path, config: dict, scores: dict, card: str) -> Path:
-    """Write ``model.safetensors`` (bf16 where it halves the size), ``config.json`` and ``README.md``."""
+    """Write ``model.safetensors`` (float32), ``config.json`` and ``README.md``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -76,8 +76,11 @@ def fit_mouth_probe(
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r over the entries where both are finite (NaN when either is constant there)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.std() == 0 or b.std() == 0:
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
 
@@ -123,9 +126,14 @@ def train_mouth_reader(mouths: torch.Tensor, mouth_open: torch.Tensor, steps: in
     """Regress ``float [N]`` opening from ``uint8 [N, 24, 32]`` windows (mean squared error)."""
     from streamchar.eval.instrument import fit
 
+    known = torch.isfinite(mouth_open.float())  # real videos carry no ground-truth opening
+    if not bool(known.any()):
+        raise ValueError(
+            "No frame of the evaluation cache has a ground-truth mouth opening (only synthetic clips do)."
+        )
+    mouths, target = mouths[known], mouth_open.float()[known]
     torch.manual_seed(seed)
     model = MouthReader()
-    target = mouth_open.float()
 
     def loss_fn(generator: torch.Generator):
         picks = torch.randint(0, len(mouths), (batch,), generator=generator)
@@ -142,8 +150,8 @@ def load_mouth_reader(folder) -> MouthReader:
 
 
 def planned_mouth_open(phoneme_ids: np.ndarray, fps: float) -> np.ndarray:
-    """The mouth opening the synthetic renderer would draw for a per-frame phoneme plan ``[T]`` (runs of
-    one id become phonemes; 0 is silence): the "true" opening of a generated clip."""
+    """The mouth opening the synthetic renderer draws for a per-frame phoneme plan ``[T]`` (runs of one id
+    become phonemes; 0 is silence), without its loudness emphasis: the "true" opening of a generated clip."""
     from streamchar.data.motion import articulation_tracks
     from streamchar.data.phonemes import PHONEMES, SILENCE_ID
 

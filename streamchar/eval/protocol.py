@@ -13,7 +13,8 @@ similarity to the reference image and voice similarity to the reference voice (c
 the frames to the held-out ground-truth frames; and the engine's streaming figures: time to first frame,
 per-chunk latency p50/p95/p99, real-time factor and deadline misses. Sessions run offline (as fast as
 possible), with the playback clock started at the first frame, so a deadline is missed exactly when a live
-session would have stalled.
+session would have stalled. A long session's streaming figures come from the engine's own statistics, which
+also count the few chunks made ahead before the session stopped at ``--minutes``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Instruments:
                    "arcface": ext.load_arcface, "inception": ext.load_inception, "i3d": ext.load_i3d}  # fmt: skip
         published = {name: loaders[name](path) for name, path in (external or {}).items() if path}
         root = Path(root)
-        return cls(load_recognizer(root / "recognizer"), load_sync_expert(root / "sync"),
+        return cls(load_recognizer(root / "recognizer", words=True), load_sync_expert(root / "sync"),
                    load_identity_encoder(root / "identity"), load_speaker_encoder(root / "speaker"),
                    load_mouth_reader(root / "mouth"), published)  # fmt: skip
 
@@ -68,9 +69,14 @@ def measure_external(published: dict, frames: np.ndarray, audio: np.ndarray, tex
     out: dict = {}
     if "whisper" in published:
         words = normalise_words(text)
-        heard = normalise_words(published["whisper"].transcribe(audio[: 30 * 16000]))
+        windows = range(0, max(1, len(audio)), 30 * 16000)  # Whisper hears at most 30 s at a time
+        heard = [
+            w
+            for s in windows
+            for w in normalise_words(published["whisper"].transcribe(audio[s : s + 30 * 16000]))
+        ]
         out["whisper_word_edits"], out["whisper_words"] = edit_distance(words, heard), len(words)
-    if "syncnet" in published and len(frames) >= 36:
+    if "syncnet" in published and len(frames) >= 35:
         scores = published["syncnet"].sync_scores(frames, audio)
         out.update(
             {"syncnet_offset": scores["offset"], "syncnet_c": scores["sync_c"], "syncnet_d": scores["sync_d"]}
@@ -140,7 +146,7 @@ def measure(inst: Instruments, frames: np.ndarray, audio: np.ndarray, text: str,
     recognized = inst.recognizer.lexicon.decode(hypothesis, inst.recognizer.word_penalty)
     out["word_edits"], out["words"] = edit_distance(words, recognized), len(words)
     out["transcript"] = " ".join(recognized)
-    if len(frames) >= WINDOW + 2 * MAX_OFFSET + 1:
+    if len(frames) >= WINDOW + 2 * MAX_OFFSET:
         scores = sync_scores_of(inst.sync, frames, audio)  # offset, sync_c, sync_d, sync_c0
         out.update({"sync_offset" if k == "offset" else k: v for k, v in scores.items()})
     if true_open is not None:
@@ -238,10 +244,11 @@ def speak(engine, character, texts: list[str], steps: int | None, seed: int = 0,
 
     def push_next() -> None:
         text = queue.pop(0)
-        before = session.orchestrator.words_pushed
-        session.push_text(text, final=True)
+        with session._lock:  # the producer finishes turns under this lock: the count cannot move meanwhile
+            before = session.orchestrator.words_pushed
+            session.push_text(text, final=True)
+            added = session.orchestrator.words_pushed - before
         tokens = [" ".join(normalise_words(t)) for t in text.split()]
-        added = session.orchestrator.words_pushed - before
         words.extend((tokens + [""] * added)[:added])
 
     try:
@@ -264,7 +271,9 @@ def speak(engine, character, texts: list[str], steps: int | None, seed: int = 0,
 # -- the protocols ------------------------------------------------------------------------------------
 def parse_ckpt(spec: str) -> tuple[str, str, int | None]:
     """``[NAME=]PATH[@STEPS]`` -> ``(name, path, steps)``."""
-    name, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    name, rest = "", spec
+    if "=" in spec and not Path(spec.partition("@")[0]).is_dir():  # a path may itself hold "="
+        name, _, rest = spec.partition("=")
     path, _, steps = rest.partition("@")
     if not Path(path).is_dir():
         raise FileNotFoundError(f"Checkpoint folder {path} not found; give a teacher or student folder such as "
@@ -276,14 +285,20 @@ def parse_ckpt(spec: str) -> tuple[str, str, int | None]:
 
 
 def _heldout_clips(corpus, count: int) -> list[dict]:
-    """The first monologue of each held-out identity (then second ones, ...), ``count`` in all."""
+    """Held-out monologues, one per held-out identity in turn (first clips, then second ones, ...), ``count``
+    in all. A character's reference clip (its first monologue by key, :func:`character_from_corpus`) is left
+    out when the character has another, so a clip is never judged against its own first frame."""
     by_char: dict[int, list[dict]] = {}
-    for e in corpus.entries("test"):
+    for e in sorted(corpus.entries("test"), key=lambda e: e["key"]):
         if e.get("kind") == "monologue":
             by_char.setdefault(e["char_id"], []).append(e)
+    by_char = {c: (v[1:] if len(v) > 1 else v) for c, v in by_char.items()}
     rounds = max((len(v) for v in by_char.values()), default=0)
-    ordered = [v[r] for r in range(1, rounds) for v in by_char.values() if len(v) > r]
-    ordered = [v[1] if len(v) > 1 else v[0] for v in by_char.values()] + ordered
+    ordered = [v[r] for r in range(rounds) for v in by_char.values() if len(v) > r]
+    if not ordered:
+        raise ValueError(
+            "The corpus has no held-out (test) monologue to evaluate on; synthesise one with held-out identities."
+        )
     return ordered[:count]
 
 
@@ -339,6 +354,7 @@ def short_protocol(
 ) -> dict:
     from streamchar.data.shards import Corpus
     from streamchar.engine.session import Engine
+    from streamchar.eval.features import clip_phoneme_ids
     from streamchar.eval.mouth_probe import planned_mouth_open
 
     corpus = Corpus(corpus)
@@ -351,9 +367,9 @@ def short_protocol(
         clip = corpus.clip(entry)
         char = _character(corpus, entry["char_id"], turn_rows, characters, cfg.video_codec.image_size)
         true_open = clip.ground_truth.get("mouth_open")
-        truth_rows.append(
-            measure(inst, clip.frames, clip.audio, clip.meta["transcript"], char.image, char.voice, true_open)
-        )
+        spoken = clip_phoneme_ids(clip.meta)  # what the clip's own (en-us or en) voice said
+        truth_rows.append(measure(inst, clip.frames, clip.audio, clip.meta["transcript"], char.image, char.voice,
+                                  true_open, phonemes=spoken))  # fmt: skip
         truth_frames.append(clip.frames)
     result["models"]["ground_truth"] = summarise(truth_rows) | {
         "frechet": _fd(inst, np.concatenate([f[::2] for f in truth_frames]), reference)
@@ -423,6 +439,8 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
                 engine, char, script * max(4, int(seconds)), steps, seed=s, max_seconds=seconds
             )
             frames, audio, phonemes, word_track = generated.arrays()
+            bounds = np.cumsum([0, *map(len, generated.frames)])  # first frame of every chunk
+            spf = engine.timeline.samples_per_video_frame
             rows = []
             for k, start in enumerate(range(0, len(frames) - per_frame + 1, per_frame)):
                 stop = start + per_frame
@@ -433,11 +451,12 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
                 )
                 ids = phonemes[start:stop]
                 planned = [int(p) for j, p in enumerate(ids) if p != 0 and (j == 0 or ids[j - 1] != p)]
-                row = measure(inst, frames[start:stop], audio[start * 640 : stop * 640], text, char.image, char.voice,
+                row = measure(inst, frames[start:stop], audio[start * spf : stop * spf], text, char.image, char.voice,
                               planned_mouth_open(ids, 25), phonemes=planned)  # fmt: skip
                 row["frechet"] = _fd(inst, frames[start:stop:2], own)
-                per_chunk = len(generated.frames[0])
-                chunk_lat = generated.latencies[start // per_chunk : stop // per_chunk]
+                chunk_lat = [
+                    lat for lat, b in zip(generated.latencies, bounds[:-1], strict=True) if start <= b < stop
+                ]
                 row["chunk_latency_s"] = _latency(chunk_lat)
                 row["segment"] = k
                 rows.append(row)

@@ -8,10 +8,10 @@ QuartzNet-style stack, 1.6 s of context) into a CTC head over the phoneme invent
 
 Words come from the phoneme hypothesis by lexicon decoding: a dynamic programme splits the greedy
 CTC phoneme string into the sequence of lexicon words whose espeak pronunciations are closest in edit
-distance, plus a per-word penalty. The lexicon is the sentence generator's whole vocabulary (tens of
-thousands of words), pronounced by espeak-ng and stored beside the weights, so decoding needs no
-espeak at run time. Homophones cannot be told apart by sound; the decoder then takes the word listed
-first (the generator's closed word classes come before the open vocabulary).
+distance, plus a per-word penalty. The lexicon is the sentence generator's closed word classes plus every
+word of the training transcripts (:func:`recognizer_vocabulary`), pronounced by espeak-ng and stored beside
+the weights, so decoding needs no espeak at run time. Homophones cannot be told apart by sound; the
+decoder then takes the word listed first (the generator's closed word classes come first).
 
 Text normalisation for WER (:func:`normalise_words`): lower case; every character other than a-z,
 apostrophe and space becomes a space; runs of spaces split words. The corpus text is already written
@@ -285,10 +285,18 @@ class LatentPhonemeReader:
         return pooled.clamp_min(1e-8).log()
 
 
-def load_recognizer(folder: str | Path) -> Recognizer:
+def load_recognizer(folder: str | Path, words: bool = False) -> Recognizer:
+    """The recognizer in ``folder``; with ``words``, its lexicon is required too."""
+    from streamchar.eval.instrument import InstrumentError
+
     config, weights, scores = read_instrument(folder, "recognizer")
     model = load_weights(CTCRecognizer(**config["model"]), weights, folder)
     lexicon_path = Path(folder) / LEXICON_FILE
+    if words and not lexicon_path.is_file():
+        raise InstrumentError(
+            f"{lexicon_path} not found, so this recognizer reads phonemes but not words; retrain it with "
+            "`streamchar eval train recognizer`."
+        )
     lexicon = Lexicon.load(lexicon_path) if lexicon_path.is_file() else None
     return Recognizer(model, lexicon, config.get("word_penalty", 1.0), scores)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -147,6 +148,7 @@ def train_instrument(name: str, cache: str | Path, root: str | Path = DEFAULT_RO
         save_instrument(
             reader, folder, {}, scores, _card(name, scores, steps, time.perf_counter() - started, str(cache))
         )
+    shutil.rmtree(run_dir, ignore_errors=True)  # resumable until saved; a later `train` starts afresh
     logger.info("%s: %s (saved to %s)", name, scores, folder)
     return scores
 
@@ -203,8 +205,8 @@ def frechet_proof(
 
 
 def heldout_voice_speech(count: int = 60, seed: int = 20261122) -> list[dict]:
-    """Held-out sentences spoken by voices that are not in the corpus: espeak voices drawn with a seed of
-    their own (any that matches a corpus voice exactly would be redrawn; none has so far)."""
+    """Held-out sentences spoken by voices drawn with a seed of their own (the corpus draws its voices with
+    its own seed from the same ranges, so an exact match is possible but improbable)."""
     from streamchar.data.characters import VOICE_VARIANTS
     from streamchar.data.espeak import PAUSE_PHONEMES, Voice, get_espeak
     from streamchar.data.phonemes import SILENCE_ID, phoneme_id
@@ -275,7 +277,7 @@ def prove_instruments(cache: str | Path, root: str | Path = DEFAULT_ROOT, out: s
     test = load_eval_split(cache, "test")
     result: dict = {"cache": str(cache)}
     result["recognizer"] = recognizer_proof(
-        load_recognizer(root / "recognizer"), test, heldout_voice_speech(heldout_voices)
+        load_recognizer(root / "recognizer", words=True), test, heldout_voice_speech(heldout_voices)
     )
     result["sync"] = evaluate_sync_expert(
         load_sync_expert(root / "sync"), test, shifts=(0, 1, 2, 3, 4, 5, 7, 10)

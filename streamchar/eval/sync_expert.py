@@ -87,9 +87,9 @@ def offset_distances(
     """Mean embedding distance per audio offset ``-max_offset..max_offset`` (``float [2 max_offset + 1]``),
     over the video windows for which every offset has audio."""
     frames = len(mouth)
-    if frames < WINDOW + 2 * max_offset + 1:
+    if frames < WINDOW + 2 * max_offset:
         raise ValueError(
-            f"Sync needs at least {WINDOW + 2 * max_offset + 1} frames for a ±{max_offset} search, got {frames}."
+            f"Sync needs at least {WINDOW + 2 * max_offset} frames for a ±{max_offset} search, got {frames}."
         )
     with inference():
         v = expert.embed_video(video_windows(mouth))  # [W, D]
@@ -136,14 +136,18 @@ def shift_audio(mel: torch.Tensor, frames: int) -> torch.Tensor:
 
 # -- training and proof ------------------------------------------------------------------------------
 def _usable(split: EvalSplit, margin: int) -> list[int]:
-    return [
-        i for i, c in enumerate(split.clips) if c["frames"][1] - c["frames"][0] >= WINDOW + 2 * margin + 4
-    ]
+    """Clips with speech (listening clips are silent) long enough for a ±``margin`` search."""
+    return [i for i, c in enumerate(split.clips)
+            if c.get("kind") != "listening" and c["frames"][1] - c["frames"][0] >= WINDOW + 2 * margin + 4]  # fmt: skip
 
 
 def train_sync_expert(split: EvalSplit, steps: int = 2000, batch: int = 32, run_dir: str | Path | None = None,
                       seed: int = 0) -> SyncExpert:  # fmt: skip
     clips = _usable(split, MAX_OFFSET)
+    if not clips:
+        raise ValueError(
+            f"No clip with speech of {WINDOW + 2 * MAX_OFFSET + 4} frames or more to train the sync expert on."
+        )
     torch.manual_seed(seed)
     model = SyncExpert()
     offsets = torch.arange(-MAX_OFFSET, MAX_OFFSET + 1)
@@ -188,8 +192,7 @@ def evaluate_sync_expert(
 ) -> dict:
     """Offset recovery and Sync-C/D on a split's ground-truth clips, with the audio shifted by each of
     ``±shifts`` frames: accuracy (found offset == shift), the mean Sync-C, Sync-D and Sync-C at offset 0."""
-    clips = [i for i in _usable(split, MAX_OFFSET) if split.clips[i].get("kind") != "listening"]
-    clips = clips[: max_clips or None]
+    clips = _usable(split, MAX_OFFSET)[: max_clips or None]
     per_shift = {}
     for shift in sorted({s for k in shifts for s in (k, -k)}):
         scores = [
