@@ -178,15 +178,9 @@ def train_identity_encoder(split: EvalSplit, steps: int = 1200, batch: int = 64,
     return model
 
 
-def _monologues(split: EvalSplit) -> list[int]:
-    return [
-        i for i, c in enumerate(split.clips) if c.get("kind", "monologue") == "monologue" and c["phoneme_ids"]
-    ]
-
-
 def train_speaker_encoder(split: EvalSplit, steps: int = 1200, batch: int = 32, seconds: float = 2.0,
                           run_dir: str | Path | None = None, seed: int = 0) -> SpeakerEncoder:  # fmt: skip
-    clips = _monologues(split)
+    clips = split.monologues()
     if not clips:
         raise ValueError("The evaluation cache has no monologue with speech to train the speaker encoder on.")
     labels, classes = _labels([split.clips[i]["voice"] for i in clips])
@@ -230,7 +224,7 @@ def evaluate_identity_encoder(model: IdentityEncoder, split: EvalSplit) -> dict:
 
 
 def evaluate_speaker_encoder(model: SpeakerEncoder, split: EvalSplit) -> dict:
-    clips = _monologues(split)
+    clips = split.monologues()
     with inference():
         embeddings = torch.stack([model(split.clip_mel(i)[None])[0] for i in clips]).float()
     labels = [split.clips[i]["voice"] for i in clips]

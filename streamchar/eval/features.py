@@ -122,6 +122,15 @@ class EvalSplit:
     mouth_open: torch.Tensor  # float16 [sum T] (NaN for clips without ground truth, e.g. real videos)
     faces: torch.Tensor  # uint8 [sum F, 64, 64, 3]
 
+    def monologues(self) -> list[int]:
+        """Clips whose audio is exactly the character's own transcript (the recognizer's and speaker
+        encoder's speech)."""
+        return [
+            i
+            for i, c in enumerate(self.clips)
+            if c.get("kind", "monologue") == "monologue" and c["phoneme_ids"]
+        ]
+
     def clip_mel(self, i: int) -> torch.Tensor:
         c = self.clips[i]
         return self.mel[c["mel"][0] : c["mel"][1]].float()

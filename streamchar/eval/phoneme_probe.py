@@ -3,8 +3,9 @@ with it (``Orchestrator.realign``).
 
 A small MLP sees each audio token with ``context`` neighbours either side and predicts its phoneme (id 0,
 silence, doubles as the CTC blank of :func:`streamchar.orchestrator.pointer.ctc_align`). It is trained on
-the latent cache's ground-truth speech only (per-token ``phoneme_ids``), never on generated audio. The
-evaluation suite's CTC recognizer, when it lands, serves the same :class:`PhonemeProbe` protocol.
+the latent cache's ground-truth speech only (per-token ``phoneme_ids``), never on generated audio. Stage 2
+uses it only when no evaluation recognizer is found (``distill.phoneme_reader``); the recognizer serves the
+same :class:`PhonemeProbe` protocol through :class:`streamchar.eval.recognizer.LatentPhonemeReader`.
 """
 
 from __future__ import annotations

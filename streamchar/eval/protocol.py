@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from streamchar.eval.features import face_views, load_eval_split
+from streamchar.eval.features import load_eval_split
 
 logger = logging.getLogger(__name__)
 
@@ -253,11 +252,11 @@ def speak(engine, character, texts: list[str], steps: int | None, seed: int = 0,
 
     try:
         push_next()
-        media = 0.0
+        media, spoken = 0.0, -1
         for chunk in session:
             out.add(chunk, session)
             media += chunk.timing.duration
-            spoken = int(max((w.max() for w in out.words), default=-1))
+            spoken = max(spoken, int(out.words[-1].max()))
             while queue and spoken >= len(words) - keep_ahead_words:
                 push_next()
             if max_seconds is not None and media >= max_seconds:
@@ -327,15 +326,8 @@ def _fd(inst: Instruments, frames: np.ndarray, reference: np.ndarray) -> float:
 
 
 def _reference_features(inst: Instruments, eval_cache: str | Path) -> np.ndarray:
-    from streamchar.eval.instrument import inference
-
-    faces = load_eval_split(eval_cache, "test").faces
-    with inference():
-        return (
-            torch.cat([inst.identity.pooled(faces[i : i + 256]) for i in range(0, len(faces), 256)])
-            .double()
-            .numpy()
-        )
+    """Fréchet features of every held-out face of the evaluation cache (the short protocol's reference)."""
+    return inst.identity.frechet_features(load_eval_split(eval_cache, "test").faces.numpy())
 
 
 def _character_features(inst: Instruments, corpus, char_id: int) -> np.ndarray:
@@ -591,6 +583,3 @@ def write_report(result: dict, out: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "latency.png", dpi=110)
     plt.close(fig)
-
-
-__all__ = ["Instruments", "face_views", "measure", "run_protocol", "speak"]

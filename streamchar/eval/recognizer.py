@@ -248,7 +248,10 @@ class Recognizer:
 
     def log_probs(self, audio: np.ndarray) -> torch.Tensor:
         """16 kHz audio -> CTC log-probabilities ``[T, num_phonemes]`` at 50 frames/s."""
-        mel = log_mel(audio)
+        return self.mel_log_probs(log_mel(audio))
+
+    def mel_log_probs(self, mel: torch.Tensor) -> torch.Tensor:
+        """The same from the front-end's log-mel frames ``[M, 80]``."""
         if len(mel) < 2:
             return torch.zeros(0, len(PHONEMES))
         with inference():
@@ -302,13 +305,6 @@ def load_recognizer(folder: str | Path, words: bool = False) -> Recognizer:
 
 
 # -- training and proof ----------------------------------------------------------------------------------
-def _speech_clips(split: EvalSplit) -> list[int]:
-    """Clips whose audio is exactly the character's own transcript (monologues)."""
-    return [
-        i for i, c in enumerate(split.clips) if c.get("kind", "monologue") == "monologue" and c["phoneme_ids"]
-    ]
-
-
 def _spec_augment(mel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Two band masks (up to 10 bands), two time masks (up to 20 frames) and a random spectral tilt."""
     b, m, f = mel.shape
@@ -327,7 +323,7 @@ def _spec_augment(mel: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 
 def train_recognizer(split: EvalSplit, steps: int = 1500, batch: int = 16, run_dir: str | Path | None = None,
                      seed: int = 0) -> CTCRecognizer:  # fmt: skip
-    clips = _speech_clips(split)
+    clips = split.monologues()
     if not clips:
         raise ValueError(
             "The evaluation cache has no monologue clips with phonemes to train the recognizer on."
@@ -354,12 +350,10 @@ def train_recognizer(split: EvalSplit, steps: int = 1500, batch: int = 16, run_d
 def evaluate_recognizer(recognizer: Recognizer, split: EvalSplit, max_clips: int = 0,
                         with_words: bool = True) -> dict:  # fmt: skip
     """Phoneme and word error rates on a split's ground-truth monologues."""
-    clips = _speech_clips(split)[: max_clips or None]
+    clips = split.monologues()[: max_clips or None]
     phone_pairs, word_pairs = [], []
     for i in clips:
-        with inference():
-            log_probs = torch.log_softmax(recognizer.model(split.clip_mel(i)[None])[0], -1)
-        hypothesis = greedy_phonemes(log_probs)
+        hypothesis = greedy_phonemes(recognizer.mel_log_probs(split.clip_mel(i)))
         phone_pairs.append((split.clips[i]["phoneme_ids"], hypothesis))
         if with_words and recognizer.lexicon is not None:
             words = recognizer.lexicon.decode(hypothesis, recognizer.word_penalty)

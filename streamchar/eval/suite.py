@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from streamchar.eval.features import EvalSplit, load_eval_split
 
@@ -178,15 +177,8 @@ def frechet_proof(
     """Fréchet distance between the two halves of the held-out clips (alternate clips, so both halves hold
     every identity), then with one half blurred or noised at increasing strength."""
     from streamchar.eval.encoders import frechet_distance
-    from streamchar.eval.instrument import inference
 
-    def features(images: np.ndarray) -> np.ndarray:
-        with inference():
-            feats = [
-                identity.pooled(torch.from_numpy(images[i : i + 256])) for i in range(0, len(images), 256)
-            ]
-        return torch.cat(feats).double().numpy()
-
+    features = identity.frechet_features
     halves = [
         np.concatenate([test.clip_faces(i).numpy() for i in range(start, len(test.clips), 2)])
         for start in (0, 1)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from streamchar.eval.features import MEL_BANDS, MOUTH_SHAPE, EvalSplit, log_mel, mouth_crops
+from streamchar.eval.features import MEL_BANDS, EvalSplit, log_mel, mouth_crops
 from streamchar.eval.instrument import fit, inference, load_weights, read_instrument, save_instrument
 
 logger = logging.getLogger(__name__)
@@ -214,6 +214,3 @@ def load_sync_expert(folder: str | Path) -> SyncExpert:
 
 def save_sync_expert(expert: SyncExpert, folder: str | Path, scores: dict, card: str) -> Path:
     return save_instrument(expert, folder, {}, scores, card)
-
-
-__all__ = ["MOUTH_SHAPE", "SyncExpert", "sync_scores", "sync_scores_of", "train_sync_expert"]
