@@ -7,13 +7,17 @@ STAMP := $(VENV)/.streamchar-installed
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all lint setup system-deps clean
+.PHONY: demo test test-all train-tiny lint setup system-deps clean
 
 demo: setup
-	$(VENV)/bin/streamchar demo --out out/demo
+	$(VENV)/bin/streamchar demo --out out/demo.mp4
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# the reference tiny model from corpus to shipped, evaluated model (resumable; hours on a CPU)
+train-tiny: setup
+	$(VENV)/bin/streamchar recipe tiny
 
 test-all: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -23,13 +23,20 @@ class CLIError(Exception):
 
 
 def _config(args: argparse.Namespace):
-    from streamchar.config import load_config
+    from streamchar.config import load_config, model_overrides
 
-    return load_config(args.config, args.overrides)
+    if getattr(args, "model_name", None):
+        preset, parts = model_overrides(args.model_name)
+        return load_config(args.config or preset, parts + list(args.overrides))
+    return load_config(args.config or "tiny", args.overrides)
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="tiny", help="preset name (tiny, base) or YAML file (default: tiny)")
+def _add_config_args(p: argparse.ArgumentParser, model: str | None = None) -> None:
+    p.add_argument("--config", default=None, help="preset name (tiny, base) or YAML file (default: tiny)")
+    if "--model" not in p._option_string_actions:  # distill compare|drift use --model for their contenders
+        what = "a shipped model by name (tiny) or a model folder: sets the codec, orchestrator, denoiser, characters"
+        p.add_argument("--model", dest="model_name", default=model, metavar="NAME|DIR",
+                       help=what + (f" (default: {model})" if model else ""))  # fmt: skip
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. timeline.fps=25")
 
 
@@ -167,8 +174,9 @@ def cmd_train_vae(args: argparse.Namespace) -> None:
 def _add_protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=["short", "long"], required=True,
                    help="short: one held-out sentence per held-out identity; long: sessions of --minutes each")  # fmt: skip
-    p.add_argument("--ckpt", action="append", default=[], metavar="[NAME=]PATH[@STEPS]",
-                   help="denoiser folder (teacher or distilled student) to evaluate; repeat to compare")  # fmt: skip
+    p.add_argument("--ckpt", action="append", default=[], metavar="[NAME=]PATH[@STEPS][:ABLATION]",
+                   help="denoiser folder (teacher or distilled student) to evaluate, with ablations :nosink, "
+                   ":nomotion, :norealign; repeat to compare")  # fmt: skip
     p.add_argument(
         "--corpus", default="data/corpus", help="corpus with the held-out identities (default: data/corpus)"
     )
@@ -452,10 +460,23 @@ def cmd_data_export_character(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    from streamchar.demo import run_demo
+def cmd_recipe(args: argparse.Namespace) -> None:
+    from streamchar.recipe import Recipe, describe_plan, plan, run_recipe
 
-    _print_json(run_demo(_config(args), args.out))
+    recipe = Recipe.load(args.recipe, args.root)
+    if args.list:
+        print(describe_plan(plan(recipe)))
+        return
+    start = time.perf_counter()
+    rows = run_recipe(recipe, only=args.only, until=args.until, force=args.force)
+    print(describe_plan(rows))
+    print(f"this invocation: {(time.perf_counter() - start) / 60:.1f} min")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from streamchar.demo import describe, run_demo
+
+    print(describe(run_demo(_config(args), args.out)))
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -851,9 +872,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("demo", help="the demo behind `make demo`")
-    p.add_argument("--out", default="out/demo", help="output folder")
-    _add_config_args(p)
+    p = sub.add_parser(
+        "recipe",
+        help="the reference pipeline from corpus to shipped, evaluated model (resumable)",
+        description="Runs corpus -> vae -> latents -> teacher -> orchestrator -> stage 1 (2, 1, 4 steps) -> stage 2 -> "
+        "ship -> instruments -> results, skipping each stage whose output is present and valid; an interrupted "
+        "recipe resumes. Uses a GPU when there is one. Prints each stage's wall time and the total.",
+    )
+    p.add_argument(
+        "recipe", nargs="?", default="tiny", help="recipe name (configs/recipes/NAME.yaml) or YAML file"
+    )
+    p.add_argument("--root", default=None, help="prefix for the recipe's relative folders (default: here)")
+    p.add_argument(
+        "--only", action="append", default=None, metavar="STAGE", help="run only this stage (repeat)"
+    )
+    p.add_argument("--until", default=None, metavar="STAGE", help="stop after this stage")
+    p.add_argument(
+        "--force", action="store_true", help="run the chosen stages even when their output is done"
+    )
+    p.add_argument(
+        "--list", action="store_true", help="print each stage's status and recorded time, run nothing"
+    )
+    p.set_defaults(func=cmd_recipe)
+
+    p = sub.add_parser(
+        "demo",
+        help="the demo behind `make demo`: a shipped character speaks with the 2-step student",
+        description="Writes OUT (default out/demo.mp4), OUT-dialogue.mp4 (two characters) and OUT.json, and prints "
+        "the real-time factor and time to first frame of each.",
+    )
+    p.add_argument("--out", default="out/demo.mp4", help="the mp4 to write (default: out/demo.mp4)")
+    _add_config_args(p, model="tiny")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -886,6 +935,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamchar.data.espeak import EspeakError
     from streamchar.data.shards import CorpusError
     from streamchar.media import MediaError
+    from streamchar.recipe import RecipeError
 
     start = time.perf_counter()
     try:
@@ -896,6 +946,7 @@ def main(argv: list[str] | None = None) -> int:
         CorpusError,
         MediaError,
         EspeakError,
+        RecipeError,
         FileNotFoundError,
         ValueError,
         FloatingPointError,

@@ -10,6 +10,7 @@ Models never read these objects: small builder functions turn a section into con
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,13 @@ class EngineConfig:
     lead_seconds: float = 0.0  # listening before the first turn starts
     lookahead_chunks: int = 1  # live: chunks generated ahead of playback (interrupt latency grows with it)
     audio_context_tokens: int = 4  # audio decoder context carried from one chunk into the next
+    # the window memory and the pointer (switch one off for an ablation)
+    sink: bool = True  # the first chunk stays in the window for the whole session
+    motion_frames: bool = True  # each chunk sees the previous chunk's last frames
+    realign: bool = True  # move the pointer to where the generated speech got (needs phoneme_reader)
+    phoneme_reader: str = (
+        "checkpoints/eval/recognizer"  # a recognizer folder (streamchar eval train recognizer)
+    )
 
 
 @dataclass
@@ -384,6 +392,45 @@ def _describe(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None)
     first_line = str(err).splitlines()[0]
     return f"{key}: {first_line}" if key else first_line
+
+
+MODEL_FILE = "model.json"
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A shipped model by name (``tiny`` is ``checkpoints/tiny``) or a model folder holding ``model.json``."""
+    path = Path(name_or_path)
+    candidates = [path] if (path.is_absolute() or path.exists()) else [path, REPO_ROOT / "checkpoints" / path]
+    for folder in candidates:
+        if (folder / MODEL_FILE).is_file():
+            return folder
+    shipped = sorted(p.parent.name for p in (REPO_ROOT / "checkpoints").glob(f"*/{MODEL_FILE}"))
+    raise ConfigError(
+        f"No model '{name_or_path}': give a shipped name ({', '.join(shipped) or 'none shipped'}) or a folder with "
+        f"{MODEL_FILE} (`streamchar recipe tiny` writes one)."
+    )
+
+
+def model_overrides(name_or_path: str | Path) -> tuple[str, list[str]]:
+    """The preset and the ``key=value`` overrides that point every path of a config at a model folder's parts
+    (video codec, orchestrator, denoiser, characters, teacher), from its ``model.json``."""
+    folder = resolve_model(name_or_path)
+    try:
+        record = json.loads((folder / MODEL_FILE).read_text())
+        parts = dict(record["parts"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"{folder / MODEL_FILE} is damaged ({err}); restore it from git or rerun the recipe."
+        ) from err
+    overrides = []
+    for key, relative in parts.items():
+        target = folder / relative
+        if not target.exists():
+            raise ConfigError(
+                f"{target} is missing from model '{name_or_path}'; restore it or rerun the recipe."
+            )
+        overrides.append(f"{key}={target}")
+    return record.get("preset", "tiny"), overrides
 
 
 def load_config(

@@ -9,7 +9,7 @@ from streamchar.cli import build_parser, main
 
 COMMANDS = [[], ["config", "show"], ["data", "synth"], ["data", "preview"], ["data", "verify"], ["data", "prepare"],
             ["data", "export"], ["data", "encode"], ["train", "vae"], ["train", "teacher"], ["codec", "eval"],
-            ["sample"], ["demo"], ["train", "orchestrator"], ["eval", "orchestrator"], ["plan"], ["generate"],
+            ["sample"], ["demo"], ["recipe"], ["train", "orchestrator"], ["eval", "orchestrator"], ["plan"], ["generate"],
             ["serve"], ["stream"], ["bench", "stream"], ["data", "export-character"], ["distill", "stage1"],
             ["distill", "stage2"], ["distill", "toy"], ["distill", "compare"], ["distill", "drift"],
             ["eval", "cache"], ["eval", "train"], ["eval", "prove"], ["eval", "protocol"]]  # fmt: skip

@@ -278,3 +278,30 @@ def test_live_audio_in_blocks_plays_back_without_gaps(engine):
     finally:
         session.close()
         feeder.join(timeout=10)
+
+
+@pytest.mark.parametrize("switch", ["sink", "motion_frames"])
+def test_sink_and_motion_ablations_leave_their_segment_out_of_the_window(engine, monkeypatch, switch):
+    from streamchar.memory.window import MOTION, SINK
+
+    monkeypatch.setattr(engine.cfg.engine, switch, False)
+    with engine.session(decode_overlap=False) as session:
+        session.push_text("One two three four five.", final=True)
+        chunks = _run(session)
+        segments = set(session._cache.segments)
+    assert len(chunks) >= 3
+    assert (SINK in segments, MOTION in segments) == ((False, True) if switch == "sink" else (True, False))
+
+
+def test_realignment_reads_the_speech_and_keeps_overlap_on_and_off_equal(engine):
+    assert engine.phoneme_reader is not None  # the shipped recognizer (engine.phoneme_reader)
+    outputs = []
+    for overlap in (True, False):
+        with engine.session(decode_overlap=overlap, seed=5) as session:
+            session.push_text("Hello there, how are you doing on this fine day?", final=True)
+            chunks = _run(session)
+            outputs.append((np.stack([c.frames for c in chunks[:8]]), session.orchestrator.pointer))
+            lags = list(session.stats.realign_lag)
+        assert len(lags) >= 3  # realigned on every spoken chunk's speech, two chunks later
+    np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
+    assert outputs[0][1] == outputs[1][1]

@@ -388,3 +388,22 @@ def test_realignment_from_ground_truth_alignment():
     turn.frame_p.extend([1] * len(ahead))
     assert orch.realign(torch.from_numpy(probe)) == 0
     assert ptr.p == min(before + 2, ptr.num_positions) and orch.pointer >= before
+
+
+def test_realignment_behind_later_planned_frames_moves_the_pointer_as_without_them():
+    """Audio read while later frames were already planned (decode overlap) realigns the pointer by the same
+    amount as when it is read at once; frames further back than the turn are ignored."""
+    pointers = []
+    for behind in (0, 3, 1000):
+        orch = orchestrator()
+        orch.push_text("hello world the apple is red.", final=True)
+        orch.next_chunk()
+        ptr = orch._current.pointer
+        ahead = [ptr._position(i) for i in range(max(ptr.p - 1, 0), ptr.p + 3)]
+        probe = np.full((len(ahead), 70), np.log(0.01 / 69))
+        probe[np.arange(len(ahead)), ahead] = np.log(0.99)
+        orch._current.frame_p.extend([ptr.p] * (len(ahead) + min(behind, 3)))
+        start = ptr.p
+        orch.realign(torch.from_numpy(probe), behind=behind)
+        pointers.append(orch._current.pointer.p - start)
+    assert pointers[0] == pointers[1] > 0 and pointers[2] == 0

@@ -90,6 +90,7 @@ class SessionStats:
         self.denoise_latency: deque[float] = deque(maxlen=keep)
         self.tts_latency: deque[float] = deque(maxlen=keep)
         self.interrupts = 0
+        self.realign_lag: deque[int] = deque(maxlen=keep)  # pointer ahead of the speech (tokens), per chunk
 
     def add_chunk(self, timing: ChunkTiming) -> None:
         if self.time_to_first_frame is None:
@@ -123,4 +124,5 @@ class SessionStats:
             "real_time_factor": round(self.real_time_factor, 4) if self.real_time_factor else None,
             "deadline_misses": self.deadline_misses,
             "interrupts": self.interrupts,
+            "realign_lag_mean": round(float(np.mean(self.realign_lag)), 3) if self.realign_lag else None,
         }

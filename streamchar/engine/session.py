@@ -88,6 +88,7 @@ class Engine:
         self.device = device or torch.device("cpu")
         self.precision = precision
         self.distilled: dict | None = None  # a distilled student's record: its steps, shift, folded guidance
+        self.phoneme_reader = None  # reads phonemes from generated audio latents (pointer realignment)
         self.lock = threading.Lock()  # one chunk at a time on the device
         self.sessions = 0  # open sessions
         self._count_lock = threading.Lock()
@@ -123,6 +124,8 @@ class Engine:
         engine = cls(cfg, denoiser, video_codec, audio_codec, unit_lm, vocab, device,
                      resolve_mixed_precision(ecfg.mixed_precision))  # fmt: skip
         engine.distilled = distilled
+        if with_orchestrator and ecfg.realign:
+            engine.phoneme_reader = _phoneme_reader(cfg, audio_codec)
         return engine
 
     # -- pieces a session is made of ---------------------------------------------------------------
@@ -174,6 +177,21 @@ class Engine:
         return torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16")
 
 
+def _phoneme_reader(cfg, audio_codec):
+    """The recognizer that realigns the pointer (``engine.phoneme_reader``), or None with a warning."""
+    from streamchar.config import resolve_asset_path
+    from streamchar.eval.recognizer import LatentPhonemeReader, load_recognizer
+
+    folder = resolve_asset_path(cfg.engine.phoneme_reader)
+    if not (folder / "config.json").is_file():
+        logger.warning("no recognizer at engine.phoneme_reader=%s; the pointer is not realigned (train one "
+                       "with `streamchar eval train recognizer`, or set engine.realign=false)", folder)  # fmt: skip
+        return None
+    reader = LatentPhonemeReader(load_recognizer(folder), audio_codec)
+    reader.wave_log_probs(np.zeros(cfg.timeline.sample_rate // 2, np.float32), 12)  # warm-up off the clock
+    return reader
+
+
 class StreamSession:
     """One conversation: one character (or two, side by side, for a dialogue), one window memory.
 
@@ -206,6 +224,9 @@ class StreamSession:
         self.tail_seconds = ecfg.tail_seconds if tail_seconds is None else tail_seconds
         self.lookahead = ecfg.lookahead_chunks if lookahead_chunks is None else lookahead_chunks
         self.sampler = engine.sampler(steps, audio_driven=mode == "audio")
+        self.use_sink, self.use_motion = ecfg.sink, ecfg.motion_frames
+        self._reader = engine.phoneme_reader if mode == "text" else None
+        self._progress: deque[tuple[int, torch.Tensor]] = deque()  # (chunk, phoneme log-probs) to realign on
         self.orchestrator = engine.orchestrator(self.characters) if mode == "text" else None
         self.stats = SessionStats()
         self.clock = PlaybackClock()
@@ -422,6 +443,7 @@ class StreamSession:
         playing = min(L_a, tl.video_frames_to_audio_tokens(tl.chunk_video_frames(self._index)))
         if self.mode == "text":
             with self._lock, eng.lock:
+                self._realign()
                 plan = self.orchestrator.next_chunk(playing)
             if playing < L_a:
                 plan = _padded(plan, L_a)
@@ -476,10 +498,11 @@ class StreamSession:
         with eng.lock, model.streaming(self._cache), eng.autocast():
             if self._previous is not None:
                 video, audio = self._previous
-                if not self._sink_set:
+                if not self._sink_set and self.use_sink:
                     model.set_sink(repeat_batch(video[:, :, :S], n), repeat_batch(audio[:, :S_a], n))
-                    self._sink_set = True
-                model.set_motion(repeat_batch(video[:, :, -M:], n), repeat_batch(audio[:, -M_a:], n))
+                self._sink_set = True
+                if self.use_motion:
+                    model.set_motion(repeat_batch(video[:, :, -M:], n), repeat_batch(audio[:, -M_a:], n))
             given_audio = given.to(device) if given is not None else None
             video, audio = self.sampler.sample(model, noise_video, noise_audio, cond, given_audio=given_audio)
             if given_audio is not None:
@@ -496,6 +519,25 @@ class StreamSession:
         duration = tl.video_frames_to_seconds(tl.chunk_video_frames(index))
         self._media += duration
         return index, media, duration, started, denoised, video, audio, plan, given_wave, event
+
+    def _read_progress(self, index: int, plan: AudioConditions | None, wave: np.ndarray) -> None:
+        """Decode worker: read the phonemes of chunk ``index``'s speech for the next realignment."""
+        if plan is None or self._reader is None or not bool(plan.speaking.any()):
+            return
+        tokens = min(len(plan.units), self.tl.video_frames_to_audio_tokens(self.tl.chunk_video_frames(index)))
+        log_probs = self._reader.wave_log_probs(wave[: self.tl.audio_tokens_to_samples(tokens)], tokens)
+        with self._lock:
+            self._progress.append((index, log_probs))
+
+    def _realign(self) -> None:
+        """Producer, before planning chunk ``j``: move the pointer to where chunk ``j - 2``'s speech got (the
+        newest chunk whose decode has surely finished with decode overlap on, so the result never depends on
+        thread timing, and is the same with overlap off). Chunk ``j - 1``, planned since, is ``behind`` it."""
+        while self._progress and self._progress[0][0] <= self._index - 2:
+            index, log_probs = self._progress.popleft()
+            behind = sum(min(self.tl.chunk_audio_tokens, self.tl.video_frames_to_audio_tokens(
+                self.tl.chunk_video_frames(i))) for i in range(index + 1, self._index))  # fmt: skip
+            self.stats.realign_lag.append(self.orchestrator.realign(log_probs, behind=behind))
 
     @torch.no_grad()
     def _decode_and_emit(
@@ -518,6 +560,8 @@ class StreamSession:
                 wave = wave.clamp(-1, 1).cpu().numpy().astype(np.float32)
         frames_n = tl.chunk_video_frames(index)
         frames, wave = frames[:frames_n], wave[: tl.video_frames_to_samples(frames_n)]
+        if given is None:
+            self._read_progress(index, plan, wave)
         ready = time.perf_counter()
         deadline, missed = self.clock.schedule(media, ready)
         timing = ChunkTiming(index, media, duration, started, denoised, ready, deadline, missed)

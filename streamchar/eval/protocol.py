@@ -268,19 +268,43 @@ def speak(engine, character, texts: list[str], steps: int | None, seed: int = 0,
 
 
 # -- the protocols ------------------------------------------------------------------------------------
-def parse_ckpt(spec: str) -> tuple[str, str, int | None]:
-    """``[NAME=]PATH[@STEPS]`` -> ``(name, path, steps)``."""
+ABLATIONS = {
+    "nosink": "sink",
+    "nomotion": "motion_frames",
+    "norealign": "realign",
+}  # flag -> engine switch off
+
+
+def parse_ckpt(spec: str) -> tuple[str, str, int | None, dict[str, bool]]:
+    """``[NAME=]PATH[@STEPS][:ABLATION...]`` -> ``(name, path, steps, engine switches)``; ablations are
+    ``:nosink``, ``:nomotion`` and ``:norealign`` (engine.sink, engine.motion_frames, engine.realign off)."""
     name, rest = "", spec
-    if "=" in spec and not Path(spec.partition("@")[0]).is_dir():  # a path may itself hold "="
+    if "=" in spec and not Path(spec.partition("@")[0].partition(":")[0]).is_dir():  # a path may hold "="
         name, _, rest = spec.partition("=")
+    rest, *flags = rest.split(":")
+    unknown = [f for f in flags if f not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"--ckpt {spec}: unknown ablation ':{unknown[0]}'; use :{', :'.join(ABLATIONS)}.")
     path, _, steps = rest.partition("@")
     if not Path(path).is_dir():
         raise FileNotFoundError(f"Checkpoint folder {path} not found; give a teacher or student folder such as "
                                 "checkpoints/tiny/student-s2-2step.")  # fmt: skip
     if steps and not steps.isdigit():
         raise ValueError(f"--ckpt {spec}: the step count after @ must be a whole number.")
-    name = name or (Path(path).name + (f"@{steps}" if steps else ""))
-    return name, path, int(steps) if steps else None
+    name = name or (Path(path).name + (f"@{steps}" if steps else "") + "".join(f":{f}" for f in flags))
+    return name, path, int(steps) if steps else None, {ABLATIONS[f]: False for f in flags}
+
+
+def _engine(cfg, path: str, switches: dict[str, bool]):
+    """The engine for one ``--ckpt``, with its ablation switches."""
+    import copy
+
+    from streamchar.engine.session import Engine
+
+    cfg = copy.deepcopy(cfg)
+    for key, value in switches.items():
+        setattr(cfg.engine, key, value)
+    return Engine.from_config(cfg, denoiser_path=path)
 
 
 def _heldout_clips(corpus, count: int) -> list[dict]:
@@ -345,7 +369,6 @@ def short_protocol(
     cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, eval_cache, clips: int
 ) -> dict:
     from streamchar.data.shards import Corpus
-    from streamchar.engine.session import Engine
     from streamchar.eval.features import clip_phoneme_ids
     from streamchar.eval.mouth_probe import planned_mouth_open
 
@@ -367,8 +390,8 @@ def short_protocol(
         "frechet": _fd(inst, np.concatenate([f[::2] for f in truth_frames]), reference)
     }
     for spec in ckpts:
-        name, path, steps = parse_ckpt(spec)
-        engine = Engine.from_config(cfg, denoiser_path=path)
+        name, path, steps, switches = parse_ckpt(spec)
+        engine = _engine(cfg, path, switches)
         rows, frames_all, latencies, ttff, rtf, misses = [], [], [], [], [], 0
         for i, entry in enumerate(tqdm(entries, desc=name, unit="clip")):
             text = corpus.reader(entry["shard"]).meta(entry["key"])["transcript"]
@@ -400,7 +423,6 @@ def short_protocol(
 def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, minutes: float,
                   sessions: int, segment_seconds: float) -> dict:  # fmt: skip
     from streamchar.data.shards import Corpus
-    from streamchar.engine.session import Engine
     from streamchar.eval.mouth_probe import planned_mouth_open
 
     corpus = Corpus(corpus)
@@ -418,8 +440,8 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
     }
     per_frame = int(segment_seconds * 25)
     for spec in ckpts:
-        name, path, steps = parse_ckpt(spec)
-        engine = Engine.from_config(cfg, denoiser_path=path)
+        name, path, steps, switches = parse_ckpt(spec)
+        engine = _engine(cfg, path, switches)
         segments: list[list[dict]] = []
         model: dict = {"sessions": []}
         for s, char_id in enumerate(chars):

@@ -278,8 +278,12 @@ class LatentPhonemeReader:
         self.codec = audio_codec
 
     def log_probs(self, audio_latents: torch.Tensor) -> torch.Tensor:
-        tokens = audio_latents.shape[0]
+        """Audio latents ``[T_a, D_a]`` -> log-probabilities ``[T_a, num_phonemes]`` per audio token."""
         wave = self.codec.decode(audio_latents.float().cpu()).numpy()
+        return self.wave_log_probs(wave, audio_latents.shape[0])
+
+    def wave_log_probs(self, wave: np.ndarray, tokens: int) -> torch.Tensor:
+        """The same from speech already decoded (``tokens`` audio tokens of it)."""
         probs = self.recognizer.log_probs(wave).exp()  # [T, C]
         per_token = len(probs) / max(1, tokens)
         index = torch.clamp((torch.arange(len(probs)) / per_token).long(), max=tokens - 1)

@@ -366,9 +366,10 @@ class Orchestrator:
         return self._words_done + current if current >= 0 else -1
 
     # -- realignment ------------------------------------------------------------------------------
-    def realign(self, log_probs: torch.Tensor, lookahead: int = 4) -> int:
+    def realign(self, log_probs: torch.Tensor, lookahead: int = 4, behind: int = 0) -> int:
         """Move the pointer forward to where the generated audio is, from a CTC phoneme probe's
-        ``log_probs`` ``[F, num_phonemes]`` over the current turn's last ``F`` spoken frames.
+        ``log_probs`` ``[F, num_phonemes]`` over the current turn's last ``F`` spoken frames (or the ``F``
+        before the last ``behind``, when frames were planned after the audio that was read).
 
         The pointer never moves back: if the audio lags, the lag is returned (positive) and the pointer
         stays; if the audio is ahead, the pointer jumps (within the text already in the LM's context) and
@@ -378,8 +379,11 @@ class Orchestrator:
         if turn is None or not turn.frame_p or len(log_probs) == 0:
             return 0
         ptr = turn.pointer
-        frames = min(len(log_probs), len(turn.frame_p))
-        window = list(turn.frame_p)[len(turn.frame_p) - frames :]
+        planned = len(turn.frame_p) - behind
+        frames = min(len(log_probs), planned)
+        if frames <= 0:
+            return 0
+        window = list(turn.frame_p)[planned - frames : planned]
         while window and window[0] - 1 < ptr._pos_base and ptr._pos_base > 0:
             window.pop(0)  # frames of positions already forgotten
         if not window:
@@ -389,9 +393,11 @@ class Orchestrator:
         end = min(ptr.p + lookahead, ptr.num_positions)
         targets = [ptr._position(i) for i in range(start, end)]
         reached = start + realigned_pointer(torch.as_tensor(log_probs[-frames:]).cpu().numpy(), targets)
-        if reached <= ptr.p:
-            return ptr.p - reached
-        inserted = ptr.jump(reached)
+        # where the plan was at the last frame read: the pointer itself, or (``behind``) its value then
+        planned_at = ptr.p if not behind else window[-1]
+        if reached <= planned_at:
+            return planned_at - reached
+        inserted = ptr.jump(min(ptr.p + reached - planned_at, ptr.num_positions))
         if inserted is not None:
             self._pending_token = None
             self._append(turn, inserted)

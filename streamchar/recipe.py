@@ -1,0 +1,515 @@
+"""``streamchar recipe tiny``: the reference model from corpus to distilled student, one resumable pipeline.
+
+A recipe file (``configs/recipes/tiny.yaml``) names the folders and each stage's budget; the stages run
+in order::
+
+    corpus -> vae -> latents -> teacher -> orchestrator -> stage1-{2,1,4}step -> stage2-2step
+           -> ship (the model folder) -> instruments -> results (short and long protocols)
+
+Each stage is skipped when its output is present and valid (a finished run, a complete cache), and the
+training stages resume from their own checkpoints, so an interrupted recipe picks up where it stopped.
+Every stage uses a GPU when there is one and the CPU otherwise. ``RUNS/recipe-NAME.json`` records how
+long each stage took and on what device; the recipe prints the table and the total at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from streamchar.config import MODEL_FILE, REPO_ROOT, StreamCharConfig, load_config
+
+logger = logging.getLogger(__name__)
+STAGES = ("corpus", "vae", "latents", "teacher", "orchestrator", "stage1-2step", "stage1-1step", "stage1-4step",
+          "stage2-2step", "ship", "instruments", "results")  # fmt: skip
+TURNS = "turns.jsonl"  # the orchestrator run's turn table (voice prompts)
+MODEL_PARTS = {"video_codec.path": "vae", "orchestrator.path": "orchestrator", "engine.characters_dir": "characters",
+               "distill.teacher": "teacher"}  # fmt: skip
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run as given; the message says what to change."""
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe file: folders, global overrides and per-stage settings."""
+
+    name: str
+    preset: str
+    folders: dict[str, Path]
+    overrides: list[str]
+    stages: dict[str, dict]
+    stage1_overrides: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, root: str | Path | None = None) -> Recipe:
+        """``tiny`` (``configs/recipes/tiny.yaml``) or a YAML path; ``root`` prefixes the relative folders."""
+        path = Path(name_or_path)
+        if not path.suffix:
+            path = REPO_ROOT / "configs" / "recipes" / f"{name_or_path}.yaml"
+        if not path.is_file():
+            shipped = sorted(p.stem for p in (REPO_ROOT / "configs" / "recipes").glob("*.yaml"))
+            raise RecipeError(f"No recipe '{name_or_path}'; give one of {', '.join(shipped)} or a YAML file.")
+        try:
+            raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+            folders = {k: Path(root or ".") / v for k, v in raw["folders"].items()}
+            stages = {k: dict(v or {}) for k, v in raw["stages"].items()}
+        except Exception as err:
+            raise RecipeError(
+                f"Could not read recipe {path} ({err}); compare it with configs/recipes/tiny.yaml."
+            ) from err
+        unknown = sorted(set(stages) - set(STAGES))
+        if unknown:
+            raise RecipeError(f"Unknown stage '{unknown[0]}' in {path}; stages are {', '.join(STAGES)}.")
+        missing = sorted(
+            {"corpus", "latents", "eval_cache", "runs", "instruments", "model", "results"} - set(folders)
+        )
+        if missing:
+            raise RecipeError(f"Recipe {path} names no folder for '{missing[0]}'; add it under folders:.")
+        return cls(path.stem, raw.get("preset", "tiny"), folders, list(raw.get("overrides") or []), stages,
+                   list(raw.get("stage1_overrides") or []))  # fmt: skip
+
+    def settings(self, stage: str) -> dict:
+        return self.stages.get(stage, {})
+
+    def run_folder(self, stage: str) -> Path:
+        return self.folders["runs"] / self.settings(stage).get("run", f"{self.name}-{stage}")
+
+    def config(self, stage: str, *extra: str) -> StreamCharConfig:
+        """The stage's config: preset, the recipe's overrides, the stage's, then ``extra``."""
+        overrides = list(self.overrides)
+        if stage.startswith("stage1"):
+            overrides += self.stage1_overrides + [
+                f"distill.pairs_dir={self.folders['runs'] / 'distill-pairs'}"
+            ]
+        overrides += list(self.settings(stage).get("overrides") or []) + list(extra)
+        return load_config(self.preset, overrides)
+
+
+# -- what each stage reads and writes --------------------------------------------------------------
+def _finished(run: Path, output: str | None = None) -> bool:
+    summary = run / "summary.json"
+    if not summary.is_file() or (output and not (run / output).exists()):
+        return False
+    try:
+        return bool(json.loads(summary.read_text()).get("finished"))
+    except ValueError:
+        return False
+
+
+def _corpus_done(recipe: Recipe) -> bool:
+    from streamchar.data.shards import MANIFEST
+    from streamchar.data.synth import plan_jobs
+
+    manifest = recipe.folders["corpus"] / MANIFEST
+    if not manifest.is_file():
+        return False
+    scfg = recipe.config("corpus").data.synth
+    shards = -(-len(plan_jobs(scfg)) // max(1, scfg.clips_per_shard))
+    return len(json.loads(manifest.read_text()).get("shards", [])) == shards
+
+
+def _latents_done(recipe: Recipe) -> bool:
+    from streamchar.data.latents import MANIFEST
+    from streamchar.data.shards import MANIFEST as CORPUS_MANIFEST
+
+    manifest = recipe.folders["latents"] / MANIFEST
+    if not manifest.is_file():
+        return False
+    corpus = json.loads((recipe.folders["corpus"] / CORPUS_MANIFEST).read_text())
+    limit = recipe.config("latents").data.encode.max_shards
+    shards = sorted({c["shard"] for c in corpus["clips"]})[: limit if limit is not None else None]
+    expected = sum(1 for c in corpus["clips"] if c["shard"] in set(shards))
+    return len(json.loads(manifest.read_text()).get("clips", [])) == expected
+
+
+def _stage1_cfg(recipe: Recipe, stage: str) -> StreamCharConfig:
+    return recipe.config(stage, f"distill.teacher={recipe.run_folder('teacher')}")
+
+
+def _ship_done(recipe: Recipe) -> bool:
+    record = recipe.folders["model"] / MODEL_FILE
+    if not record.is_file():
+        return False
+    try:
+        sources = json.loads(record.read_text()).get("sources", {})
+    except ValueError:
+        return False
+    return bool(sources) and all(_summary_step(Path(src)) == step for src, step in sources.items())
+
+
+def _summary_step(run: Path) -> int | None:
+    summary = run / "summary.json"
+    return json.loads(summary.read_text()).get("step") if summary.is_file() else None
+
+
+def _instruments_done(recipe: Recipe) -> bool:
+    from streamchar.eval.suite import INSTRUMENTS
+
+    return all((recipe.folders["instruments"] / name / "config.json").is_file() for name in INSTRUMENTS)
+
+
+def _results_specs(recipe: Recipe) -> dict[str, list[str]]:
+    """The ``--ckpt`` lists of the short and long protocols over the shipped model."""
+    model = recipe.folders["model"]
+    s2 = f"{model}/student-s2-2step"
+    short = [f"teacher@32={model}/teacher@32", f"s1_4step={model}/student-s1-4step",
+             f"s1_2step={model}/student-s1-2step", f"s1_1step={model}/student-s1-1step", f"s2_2step={s2}",
+             f"s2_2step_nosink={s2}:nosink", f"s2_2step_nomotion={s2}:nomotion",
+             f"s2_2step_norealign={s2}:norealign"]  # fmt: skip
+    return {"short": short, "long": [f"s2_2step={s2}", f"s2_2step_nosink={s2}:nosink"]}
+
+
+def _results_done(recipe: Recipe) -> bool:
+    for protocol, specs in _results_specs(recipe).items():
+        report = recipe.folders["results"] / f"recipe_{protocol}" / "report.json"
+        if not report.is_file():
+            return False
+        names = {s.partition("=")[0] for s in specs}
+        if not names <= set(json.loads(report.read_text()).get("models", {})):
+            return False
+    return True
+
+
+# -- running the stages ------------------------------------------------------------------------------
+def _run_corpus(recipe: Recipe) -> dict:
+    from streamchar.data.synth import synth_corpus
+
+    return synth_corpus(recipe.config("corpus"), recipe.folders["corpus"])
+
+
+def _run_vae(recipe: Recipe) -> dict:
+    from streamchar.codecs.train_vae import train_vae
+
+    return train_vae(recipe.config("vae"), recipe.folders["corpus"], recipe.run_folder("vae"))
+
+
+def _run_latents(recipe: Recipe) -> dict:
+    from streamchar.data.latents import encode_corpus
+
+    cfg = recipe.config("latents", f"video_codec.path={recipe.run_folder('vae') / 'codec'}")
+    return encode_corpus(cfg, recipe.folders["corpus"], recipe.folders["latents"])
+
+
+def _run_teacher(recipe: Recipe) -> dict:
+    from streamchar.training.teacher import train_teacher
+
+    return train_teacher(recipe.config("teacher"), recipe.folders["latents"], recipe.run_folder("teacher"))
+
+
+def _run_orchestrator(recipe: Recipe) -> dict:
+    from streamchar.training.orchestrator import train_orchestrator
+
+    return train_orchestrator(recipe.config("orchestrator"), recipe.folders["corpus"],
+                              recipe.run_folder("orchestrator"))  # fmt: skip
+
+
+def _stage1(stage: str) -> Callable[[Recipe], dict]:
+    def run(recipe: Recipe) -> dict:
+        from streamchar.distill.stage1 import distill_stage1
+
+        return distill_stage1(_stage1_cfg(recipe, stage), recipe.folders["latents"], recipe.run_folder(stage))
+
+    return run
+
+
+def _run_stage2(recipe: Recipe) -> dict:
+    from streamchar.distill.stage2 import distill_stage2
+
+    init = recipe.settings("stage2-2step").get("init", "stage1-2step")
+    cfg = recipe.config("stage2-2step", f"distill.teacher={recipe.run_folder('teacher')}",
+                        f"distill.init={recipe.run_folder(init)}",
+                        f"distill.phoneme_reader={recipe.folders['instruments'] / 'recognizer'}")  # fmt: skip
+    return distill_stage2(cfg, recipe.folders["latents"], recipe.run_folder("stage2-2step"))
+
+
+def _run_instruments(recipe: Recipe) -> dict:
+    from streamchar.eval.features import build_eval_cache
+    from streamchar.eval.suite import INSTRUMENTS, train_instrument
+
+    cache = build_eval_cache(recipe.folders["corpus"], recipe.folders["eval_cache"])
+    scores = {}
+    for name in INSTRUMENTS:
+        if (recipe.folders["instruments"] / name / "config.json").is_file():
+            continue
+        steps = recipe.settings("instruments").get("steps", {}).get(name)
+        scores[name] = train_instrument(name, cache, recipe.folders["instruments"], steps,
+                                        recipe.folders["runs"] / "eval")  # fmt: skip
+    return scores
+
+
+def _run_results(recipe: Recipe) -> dict:
+    from streamchar.eval.protocol import run_protocol
+
+    settings, model = recipe.settings("results"), recipe.folders["model"]
+    cfg = load_config(recipe.preset, recipe.overrides + _model_overrides(model))
+    turns = recipe.run_folder("orchestrator") / TURNS
+    common = dict(corpus=recipe.folders["corpus"], eval_cache=recipe.folders["eval_cache"],
+                  instruments=recipe.folders["instruments"], turns=turns)  # fmt: skip
+    specs, out = _results_specs(recipe), recipe.folders["results"]
+    teacher, students = specs["short"][:1], specs["short"][1:]
+    reports = {}
+    # the slow 32-step teacher on fewer clips, in its own report; the rest side by side
+    reports["short_teacher"] = run_protocol(cfg, "short", teacher, out / "recipe_short_teacher",
+                                            clips=settings.get("teacher_clips", 8), **common)  # fmt: skip
+    reports["short"] = run_protocol(cfg, "short", students, out / "recipe_short",
+                                    clips=settings.get("short_clips", 24), **common)  # fmt: skip
+    _merge_teacher(out / "recipe_short", reports["short_teacher"])
+    reports["long"] = run_protocol(cfg, "long", specs["long"], out / "recipe_long",
+                                   minutes=settings.get("long_minutes", 10.0),
+                                   segment_seconds=settings.get("segment_seconds", 60.0), **common)  # fmt: skip
+    return {name: sorted(r["models"]) for name, r in reports.items()}
+
+
+def _merge_teacher(folder: Path, teacher: dict) -> None:
+    """Record the teacher's row (measured on its own clips) in the students' report.json."""
+    path = folder / "report.json"
+    report = json.loads(path.read_text())
+    for name, row in teacher["models"].items():
+        if name != "ground_truth":
+            report["models"][name] = row | {"clips": len(teacher["clips"])}
+    path.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def _model_overrides(model: Path) -> list[str]:
+    from streamchar.config import model_overrides
+
+    return model_overrides(model)[1]
+
+
+# -- ship: the model folder ----------------------------------------------------------------------------
+def _bf16_copy(src: Path, dst: Path) -> None:
+    """A safetensors file with its floating tensors in bfloat16 (half the bytes; what the engine runs)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = {
+        k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in load_file(str(src)).items()
+    }
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dst))
+
+
+def _copy_files(src: Path, dst: Path, names: list[str]) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (src / name).is_file():
+            shutil.copy(src / name, dst / name)
+
+
+def _run_ship(recipe: Recipe) -> dict:
+    """Write the model folder: codec, orchestrator, teacher (EMA), students, characters, model.json, README."""
+    from streamchar.engine.characters import export_character
+    from streamchar.training import list_checkpoints
+
+    trained = (
+        "vae",
+        "teacher",
+        "orchestrator",
+        "stage1-1step",
+        "stage1-2step",
+        "stage1-4step",
+        "stage2-2step",
+    )
+    model, runs = recipe.folders["model"], {s: recipe.run_folder(s) for s in trained}
+    tmp = model.with_name(model.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(runs["vae"] / "codec", tmp / "vae")
+    shutil.copytree(runs["orchestrator"] / "final", tmp / "orchestrator")
+    _copy_files(runs["orchestrator"], tmp / "orchestrator", ["curve.json", "curve.png", "summary.json"])
+    last = list_checkpoints(runs["teacher"])[-1]
+    (tmp / "teacher").mkdir()
+    _bf16_copy(last / ("ema.safetensors" if (last / "ema.safetensors").is_file() else "model.safetensors"),
+               tmp / "teacher" / "model.safetensors")  # fmt: skip
+    _copy_files(
+        runs["teacher"], tmp / "teacher", ["denoiser.json", "summary.json", "curve.json", "curve.png"]
+    )
+    students = {}
+    for stage in ("stage1-1step", "stage1-2step", "stage1-4step", "stage2-2step"):
+        name = {"stage1-1step": "student-s1-1step", "stage1-2step": "student-s1-2step",
+                "stage1-4step": "student-s1-4step", "stage2-2step": "student-s2-2step"}[stage]  # fmt: skip
+        folder = tmp / name
+        folder.mkdir()
+        _bf16_copy(runs[stage] / "student" / "model.safetensors", folder / "model.safetensors")
+        _copy_files(runs[stage] / "student", folder, ["denoiser.json", "distilled.json"])
+        students[stage] = name
+    turns = runs["orchestrator"] / TURNS
+    for char_name, char_id in recipe.settings("ship").get("characters", {"ada": 0}).items():
+        export_character(recipe.folders["corpus"], turns, int(char_id), tmp / "characters" / char_name)
+    default = students[recipe.settings("ship").get("default_student", "stage2-2step")]
+    record = {
+        "name": recipe.name, "preset": recipe.preset,
+        "parts": MODEL_PARTS | {"engine.denoiser_path": default},
+        "denoisers": ["teacher", *students.values()],
+        "sources": {str(runs[s]): _summary_step(runs[s]) for s in runs},
+    }  # fmt: skip
+    (tmp / MODEL_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    (tmp / "README.md").write_text(model_card(recipe, record))
+    _carry_docs(model, tmp)
+    old = model.with_name(model.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if model.exists():
+        model.rename(old)
+    tmp.rename(model)
+    shutil.rmtree(old, ignore_errors=True)
+    return {"model": str(model), "default": default, "parts": sorted(p.name for p in model.iterdir())}
+
+
+def _carry_docs(model: Path, tmp: Path) -> None:
+    """Documents of an earlier model folder (part cards, plots, training records) that the new one lacks
+    carry over; weights never do."""
+    for doc in model.glob("*/*") if model.is_dir() else []:
+        target = tmp / doc.parent.name / doc.name
+        if doc.suffix in (".md", ".png", ".json") and target.parent.is_dir() and not target.exists():
+            shutil.copy(doc, target)
+
+
+def model_card(recipe: Recipe, record: dict) -> str:
+    """The model folder's README: what it holds, the data, the budget, intended use and limitations."""
+    budget = "\n".join(
+        f"| {stage} | {' '.join(recipe.settings(stage).get('overrides') or []) or 'defaults'} | "
+        f"{recipe.settings(stage).get('cpu_minutes', '–')} |"
+        for stage in STAGES[:9]
+    )
+    return f"""# StreamChar {recipe.name} model
+
+Loaded by name: `streamchar generate --model {recipe.name} ...`, `streamchar serve --model {recipe.name}`,
+`streamchar demo` (its default). `model.json` maps each config path to a part of this folder; the default
+denoiser is `{record["parts"]["engine.denoiser_path"]}`, and any other (`{"`, `".join(record["denoisers"])}`) is
+chosen with `engine.denoiser_path=checkpoints/{recipe.name}/NAME`.
+
+| part | what |
+|---|---|
+| `vae/` | video autoencoder (AutoencoderTiny), 128x128 frames to 16x16x8 latents |
+| `orchestrator/` | unit language model (transcript -> one phoneme x F0 unit per audio frame), Hugging Face folder |
+| `teacher/` | the joint audio-video DiT (EMA weights, bf16), sampled with guidance |
+| `student-s1-*step/` | stage-1 students (ODE-pair regression + DMD, guidance folded in) at 1, 2 and 4 steps |
+| `student-s2-2step/` | the stage-2 student (rollout fine-tuning on its own sink and motion frames) |
+| `characters/` | shipped characters (reference image, 3 s of voice, voice prompt) from training identities |
+
+**Data.** The synthetic talking-character corpus (`streamchar data synth`, seed 0): 240 procedurally drawn
+characters with espeak-ng voices, 10% of identities and sentences held out. The denoisers saw the latent
+cache of the first 20 of its 60 shards.
+
+**Training budget** (`streamchar recipe {recipe.name}`, configs/recipes/{recipe.name}.yaml; minutes measured on a
+2-core CPU without a GPU):
+
+| stage | settings | CPU minutes |
+|---|---|---|
+{budget}
+
+**Intended use.** Tests, demos, the CPU real-time path, and a starting point for longer training (every run
+folder resumes). **Limitations.** A CPU-budget model: faces keep their identity and the mouth moves with the
+planned speech, but the generated speech is not intelligible (see README "Results"); it knows only the
+synthetic corpus's drawing styles and espeak voices, English text, and 128x128 video.
+"""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    done: Callable[[Recipe], bool]
+    run: Callable[[Recipe], dict]
+
+
+def stages() -> list[Stage]:
+    return [
+        Stage("corpus", _corpus_done, _run_corpus),
+        Stage("vae", lambda r: _finished(r.run_folder("vae"), "codec"), _run_vae),
+        Stage("latents", _latents_done, _run_latents),
+        Stage("teacher", lambda r: _finished(r.run_folder("teacher")), _run_teacher),
+        Stage("orchestrator", lambda r: _finished(r.run_folder("orchestrator"), "final"), _run_orchestrator),
+        *[Stage(s, lambda r, s=s: _finished(r.run_folder(s), "student"), _stage1(s))
+          for s in ("stage1-2step", "stage1-1step", "stage1-4step")],
+        Stage("stage2-2step", lambda r: _finished(r.run_folder("stage2-2step"), "student"), _run_stage2),
+        Stage("ship", _ship_done, _run_ship),
+        Stage("instruments", _instruments_done, _run_instruments),
+        Stage("results", _results_done, _run_results),
+    ]  # fmt: skip
+
+
+def _device() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def plan(recipe: Recipe) -> list[dict]:
+    """Each stage's status (done or to run), its recorded wall time and its CPU estimate."""
+    record = _read_record(recipe)
+    rows = []
+    for stage in stages():
+        settings = recipe.settings(stage.name)
+        rows.append({"stage": stage.name, "done": stage.done(recipe), "seconds": record.get(stage.name, {}).get("seconds"),
+                     "device": record.get(stage.name, {}).get("device"), "cpu_minutes": settings.get("cpu_minutes"),
+                     "note": settings.get("gpu_note")})  # fmt: skip
+    return rows
+
+
+def _record_path(recipe: Recipe) -> Path:
+    return recipe.folders["runs"] / f"recipe-{recipe.name}.json"
+
+
+def _read_record(recipe: Recipe) -> dict:
+    path = _record_path(recipe)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_recipe(
+    recipe: Recipe, only: list[str] | None = None, until: str | None = None, force: bool = False
+) -> list[dict]:
+    """Run the stages in order (``only`` some; stop after ``until``), skipping finished ones unless ``force``."""
+    names = [s.name for s in stages()]
+    for name in (only or []) + ([until] if until else []):
+        if name not in names:
+            raise RecipeError(f"Unknown stage '{name}'; stages are {', '.join(names)}.")
+    chosen = names[: names.index(until) + 1] if until else names
+    chosen = [n for n in chosen if not only or n in only]
+    device = _device()
+    record = _read_record(recipe)
+    for stage in stages():
+        if stage.name not in chosen:
+            continue
+        if stage.done(recipe) and not force:
+            logger.info("%s: done, skipped", stage.name)
+            continue
+        settings = recipe.settings(stage.name)
+        if device == "cpu" and settings.get("cpu_minutes"):
+            logger.info("%s: about %s min on a 2-core CPU (no GPU found)%s", stage.name, settings["cpu_minutes"],
+                        f"; {settings['gpu_note']}" if settings.get("gpu_note") else "")  # fmt: skip
+        start = time.perf_counter()
+        summary = stage.run(recipe)
+        seconds = time.perf_counter() - start
+        if not stage.done(recipe):
+            raise RecipeError(
+                f"Stage {stage.name} ended without a finished output; run the recipe again to resume it."
+            )
+        record[stage.name] = {"seconds": round(seconds + record.get(stage.name, {}).get("partial", 0.0), 1),
+                              "device": device, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+        _record_path(recipe).parent.mkdir(parents=True, exist_ok=True)
+        _record_path(recipe).write_text(json.dumps(record, indent=1) + "\n")
+        logger.info(
+            "%s: finished in %.1f min (%s)", stage.name, seconds / 60, json.dumps(summary, default=str)[:300]
+        )
+    return plan(recipe)
+
+
+def describe_plan(rows: list[dict]) -> str:
+    """The stage table the command prints, with the total wall time."""
+    lines = [f"{'stage':<14} {'status':<8} {'wall':>9}  {'device':<10} cpu estimate"]
+    total = 0.0
+    for row in rows:
+        wall = f"{row['seconds'] / 60:.1f} min" if row["seconds"] is not None else "–"
+        total += row["seconds"] or 0.0
+        estimate = f"{row['cpu_minutes']} min" if row["cpu_minutes"] else ""
+        lines.append(f"{row['stage']:<14} {'done' if row['done'] else 'to run':<8} {wall:>9}  "
+                     f"{row['device'] or '':<10} {estimate}")  # fmt: skip
+    lines.append(f"recorded wall time of the stages run by this recipe: {total / 60:.1f} min")
+    estimated = sum(r["cpu_minutes"] or 0 for r in rows)
+    lines.append(f"the whole recipe on a 2-core CPU (measured per stage): about {estimated / 60:.1f} h")
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""``streamchar recipe``: every stage end to end at a micro budget, skipping, resuming, the model folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from streamchar.config import ConfigError, load_config, model_overrides
+from streamchar.recipe import STAGES, Recipe, RecipeError, describe_plan, plan, run_recipe
+from tests.conftest import TINY_CORPUS_OVERRIDES
+
+MICRO = {
+    "preset": "tiny",
+    "folders": {"corpus": "corpus", "latents": "latents", "eval_cache": "eval_cache", "runs": "runs",
+                "instruments": "instruments", "model": "model", "results": "results"},
+    "overrides": TINY_CORPUS_OVERRIDES + [
+        "video_codec.arch.encoder_block_out_channels=[8,8,8,8]", "video_codec.arch.decoder_block_out_channels=[8,8,8,8]",
+        "denoiser.width=32", "denoiser.depth=2", "denoiser.heads=2", "orchestrator.hidden_size=32",
+        "orchestrator.layers=2", "orchestrator.heads=2", "orchestrator.kv_heads=1", "orchestrator.intermediate_size=64",
+        "engine.steps=2", "sample.steps=2",
+    ],
+    "stages": {
+        "vae": {"overrides": ["train.vae.steps=2", "train.vae.batch_size=2", "train.vae.crop_size=32",
+                              "train.vae.eval_frames=4", "train.vae.frames_per_clip=2", "train.vae.warmup_steps=1"]},
+        "teacher": {"overrides": ["train.teacher.steps=2", "train.teacher.batch_size=2", "train.teacher.eval_every=2",
+                                  "train.teacher.eval_windows=2", "train.teacher.warmup_steps=1"]},
+        "orchestrator": {"overrides": ["train.orchestrator.steps=2", "train.orchestrator.batch_size=2",
+                                       "train.orchestrator.eval_every=2", "train.orchestrator.eval_sequences=2",
+                                       "train.orchestrator.max_tokens=256", "train.orchestrator.warmup_steps=1"]},
+        "stage1-2step": {"overrides": ["distill.student_steps=2"]},
+        "stage1-1step": {"overrides": ["distill.student_steps=1"]},
+        "stage1-4step": {"overrides": ["distill.student_steps=4"]},
+        "stage2-2step": {"overrides": ["distill.student_steps=2", "distill.rollout_chunks=2", "distill.rollout_steps=1",
+                                       "distill.batch_size=1"]},
+        "ship": {"characters": {"ada": 0, "ben": 1}},
+        "instruments": {"steps": {"recognizer": 2, "sync": 2, "identity": 2, "speaker": 2, "mouth": 2}},
+        "results": {"short_clips": 1, "teacher_clips": 1, "long_minutes": 0.15, "segment_seconds": 4},
+    },
+    "stage1_overrides": ["distill.pairs=2", "distill.pair_teacher_steps=4", "distill.regression_steps=1",
+                         "distill.dmd_steps=1", "distill.batch_size=2", "distill.warmup_steps=0"],
+}  # fmt: skip
+
+
+def _write(tmp_path, recipe: dict):
+    path = tmp_path / "micro.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_recipe_runs_every_stage_then_skips_them_and_ships_a_loadable_model(tmp_path):
+    path = _write(tmp_path, MICRO)
+    recipe = Recipe.load(path, tmp_path)
+    assert [row["done"] for row in plan(recipe)] == [False] * len(STAGES)
+    rows = run_recipe(recipe)
+    assert all(row["done"] for row in rows), rows
+    record = json.loads((tmp_path / "runs" / "recipe-micro.json").read_text())
+    assert set(record) == set(STAGES) and all(r["device"] == "cpu" for r in record.values())
+    assert "whole recipe" in describe_plan(rows)
+
+    # a second run skips every stage: nothing is rewritten
+    stamp = (tmp_path / "model" / "model.json").stat().st_mtime_ns
+    run_recipe(recipe)
+    assert json.loads((tmp_path / "runs" / "recipe-micro.json").read_text()) == record
+    assert (tmp_path / "model" / "model.json").stat().st_mtime_ns == stamp
+
+    # the model folder loads by path: every config path points into it, the default is the stage-2 student
+    preset, parts = model_overrides(tmp_path / "model")
+    cfg = load_config(preset, [o for o in MICRO["overrides"] if not o.startswith("video_codec.path")] + parts)
+    assert cfg.engine.denoiser_path.endswith("student-s2-2step")
+    assert cfg.video_codec.path == str(tmp_path / "model" / "vae")
+    names = {p.name for p in (tmp_path / "model").iterdir()}
+    assert {"vae", "orchestrator", "teacher", "student-s1-1step", "student-s1-2step", "student-s1-4step",
+            "student-s2-2step", "characters", "model.json", "README.md"} <= names  # fmt: skip
+    from streamchar.engine.session import Engine
+
+    engine = Engine.from_config(cfg)
+    assert engine.distilled["steps"] == 2
+    with engine.session([engine.character("ada")]) as session:
+        session.push_text("hello there", final=True)
+        assert sum(1 for _ in session) > 0
+
+    # the results hold the teacher, the students and the three ablations
+    short = json.loads((tmp_path / "results" / "recipe_short" / "report.json").read_text())
+    assert {"teacher@32", "s1_4step", "s1_2step", "s1_1step", "s2_2step", "s2_2step_nosink", "s2_2step_nomotion",
+            "s2_2step_norealign", "ground_truth"} == set(short["models"])  # fmt: skip
+    long = json.loads((tmp_path / "results" / "recipe_long" / "report.json").read_text())
+    assert {"s2_2step", "s2_2step_nosink"} <= set(long["models"])
+
+    # a finished run that is deleted is redone, and only that stage and what follows is
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs" / "micro-stage2-2step")
+    assert [r["stage"] for r in plan(recipe) if not r["done"]] == ["stage2-2step", "ship"]
+
+
+def test_recipe_errors_are_one_line_and_name_the_fix(tmp_path):
+    with pytest.raises(RecipeError, match="No recipe 'nope'"):
+        Recipe.load("nope")
+    bad = dict(MICRO, stages={"teachr": {}})
+    with pytest.raises(RecipeError, match="Unknown stage 'teachr'"):
+        Recipe.load(_write(tmp_path, bad))
+    recipe = Recipe.load(_write(tmp_path, MICRO), tmp_path)
+    with pytest.raises(RecipeError, match="Unknown stage 'shipp'"):
+        run_recipe(recipe, until="shipp")
+    with pytest.raises(ConfigError, match="No model 'nope'"):
+        model_overrides("nope")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model.json").write_text("{")
+    with pytest.raises(ConfigError, match="damaged"):
+        model_overrides(tmp_path / "broken")
+
+
+def test_shipped_tiny_model_loads_by_name():
+    preset, parts = model_overrides("tiny")
+    cfg = load_config(preset, parts)
+    assert preset == "tiny" and cfg.engine.denoiser_path.endswith("student-s2-2step")
+    assert cfg.orchestrator.path.endswith("tiny/orchestrator") and cfg.distill.teacher.endswith(
+        "tiny/teacher"
+    )
