@@ -16,7 +16,8 @@ from pathlib import Path
 from streamchar.config import StreamCharConfig
 
 logger = logging.getLogger(__name__)
-TEXT = "Hello! I am Ada. I was made from a picture and a few seconds of a voice, and I speak as you type."
+# said in words the evaluation recognizer's lexicon holds, so that `judge` can score what it hears
+TEXT = "I painted a bright picture today. We drew a castle near the river, and then we cooked dinner in the kitchen."
 DIALOGUE = (
     "A: Hi Ben, did you sleep well?\nB: Not really, the rain was loud all night.\nA: Oh no, I am sorry."
 )
@@ -48,8 +49,41 @@ def run_demo(cfg: StreamCharConfig, out: str | Path = "out/demo.mp4") -> dict:
         result["streams"] = streams
         result["audio_video_duration_difference_s"] = round(max(durations) - min(durations), 4)
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    results["judged"] = judge(cfg, results["monologue"]["video"], ada, TEXT)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     return results
+
+
+def judge(cfg: StreamCharConfig, video: str | Path, character, text: str,
+          instruments: str | Path = "checkpoints/eval") -> dict | None:  # fmt: skip
+    """What the evaluation instruments hear and see in a written clip: the recognizer's WER on its speech
+    and on espeak's own rendering of the same text in the character's corpus voice (the ceiling), and the
+    sync expert's audio-video offset (0 is in sync), read back from the mp4. None without instruments."""
+    from streamchar.config import resolve_asset_path
+    from streamchar.data.characters import sample_identity
+    from streamchar.data.espeak import get_espeak
+    from streamchar.eval.protocol import Instruments, measure
+    from streamchar.eval.recognizer import edit_distance, normalise_words
+    from streamchar.media import read_video, resample
+
+    root = resolve_asset_path(instruments)
+    if not (root / "recognizer" / "config.json").is_file():
+        logger.warning("no evaluation instruments in %s; the demo is not judged", root)
+        return None
+    inst = Instruments.load(root)
+    rate = cfg.timeline.sample_rate
+    frames, _, audio, _ = read_video(video, rate)
+    row = measure(inst, frames, audio, text, character.image, character.voice, None)
+    judged = {"wer": row["word_edits"] / row["words"], "heard": row["transcript"],
+              "sync_offset_frames": row.get("sync_offset"), "sync_c": row.get("sync_c")}  # fmt: skip
+    record = resolve_asset_path(cfg.engine.characters_dir) / character.name / "character.json"
+    if record.is_file() and "char_id" in (info := json.loads(record.read_text())):
+        synth = cfg.data.synth
+        voice = sample_identity(synth.seed, int(info["char_id"]), synth.styles).voice
+        speech = get_espeak().synthesize(text, voice)
+        heard = inst.recognizer.words(resample(speech.samples, speech.sample_rate, rate))
+        judged["wer_espeak"] = edit_distance(normalise_words(text), heard) / len(normalise_words(text))
+    return judged
 
 
 def describe(results: dict) -> str:
@@ -65,5 +99,13 @@ def describe(results: dict) -> str:
             f"({1 / rtf:.1f}x faster than playback), first frame after {stats['time_to_first_frame_s']:.2f} s, "
             f"{stats['deadline_misses']} deadline misses"
         )
+    if judged := results.get("judged"):
+        espeak = (
+            f" (on espeak's own audio of the text: {judged['wer_espeak']:.0%})"
+            if "wer_espeak" in judged
+            else ""
+        )
+        lines.append(f"the evaluation recognizer hears \"{judged['heard']}\": WER {judged['wer']:.0%}{espeak}; "
+                     f"the sync expert finds audio and video {judged['sync_offset_frames']} frames apart")  # fmt: skip
     lines.append(f"details: {Path(results['monologue']['video']).with_suffix('.json')}")
     return "\n".join(lines)

@@ -175,7 +175,8 @@ def _results_done(recipe: Recipe) -> bool:
         if not report.is_file():
             return False
         names = {s.partition("=")[0] for s in specs}
-        if not names <= set(json.loads(report.read_text()).get("models", {})):
+        models = {name.partition(" (")[0] for name in json.loads(report.read_text()).get("models", {})}
+        if not names <= models:
             return False
     return True
 
@@ -271,13 +272,15 @@ def _run_results(recipe: Recipe) -> dict:
 
 
 def _merge_teacher(folder: Path, teacher: dict) -> None:
-    """Record the teacher's row (measured on its own clips) in the students' report.json."""
-    path = folder / "report.json"
-    report = json.loads(path.read_text())
+    """Add the teacher's rows (and the ground truth of its clips), measured on its own fewer clips and
+    named with their count, to the students' report (JSON, Markdown and plots)."""
+    from streamchar.eval.protocol import write_report
+
+    report = json.loads((folder / "report.json").read_text())
+    count = len(teacher["clips"])
     for name, row in teacher["models"].items():
-        if name != "ground_truth":
-            report["models"][name] = row | {"clips": len(teacher["clips"])}
-    path.write_text(json.dumps(report, indent=1) + "\n")
+        report["models"][f"{name} ({count} clip{'s' * (count != 1)})"] = row
+    write_report(report, folder)
 
 
 def _model_overrides(model: Path) -> list[str]:

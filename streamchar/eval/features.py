@@ -74,7 +74,10 @@ def log_mel(audio: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE) ->
 
 def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Area-resize ``uint8 [N, H, W, C]`` to ``[N, *size, C]``."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    images = np.ascontiguousarray(images)
+    if not images.flags.writeable:  # frames decoded from a file are read-only
+        images = images.copy()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
     x = torch.nn.functional.interpolate(x, size=size, mode="area")
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
