@@ -14,6 +14,7 @@ long each stage took and on what device; the recipe prints the table and the tot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -438,6 +439,19 @@ def stages() -> list[Stage]:
     ]  # fmt: skip
 
 
+@contextlib.contextmanager
+def _own_accelerator_state():
+    """Each stage builds its own ``Accelerator``; accelerate keeps one process-wide state and refuses a second
+    mixed precision, so a stage's state is dropped before and after it (the process group is kept)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    try:
+        yield
+    finally:
+        AcceleratorState._reset_state()
+
+
 def _device() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
@@ -486,7 +500,8 @@ def run_recipe(
             logger.info("%s: about %s min on a 2-core CPU (no GPU found)%s", stage.name, settings["cpu_minutes"],
                         f"; {settings['gpu_note']}" if settings.get("gpu_note") else "")  # fmt: skip
         start = time.perf_counter()
-        summary = stage.run(recipe)
+        with _own_accelerator_state():
+            summary = stage.run(recipe)
         seconds = time.perf_counter() - start
         if not stage.done(recipe):
             raise RecipeError(

@@ -19,7 +19,8 @@ MICRO = {
         "video_codec.arch.encoder_block_out_channels=[8,8,8,8]", "video_codec.arch.decoder_block_out_channels=[8,8,8,8]",
         "denoiser.width=32", "denoiser.depth=2", "denoiser.heads=2", "orchestrator.hidden_size=32",
         "orchestrator.layers=2", "orchestrator.heads=2", "orchestrator.kv_heads=1", "orchestrator.intermediate_size=64",
-        "engine.steps=2", "sample.steps=2",
+        "engine.steps=2", "sample.steps=2", "train.vae.mixed_precision=no", "train.teacher.mixed_precision=no",
+        "train.orchestrator.mixed_precision=no", "distill.mixed_precision=no",
     ],
     "stages": {
         "vae": {"overrides": ["train.vae.steps=2", "train.vae.batch_size=2", "train.vae.crop_size=32",
