@@ -472,6 +472,12 @@ def _record_path(recipe: Recipe) -> Path:
     return recipe.folders["runs"] / f"recipe-{recipe.name}.json"
 
 
+def _write_record(recipe: Recipe, record: dict) -> None:
+    path = _record_path(recipe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
 def _read_record(recipe: Recipe) -> dict:
     path = _record_path(recipe)
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -500,17 +506,25 @@ def run_recipe(
             logger.info("%s: about %s min on a 2-core CPU (no GPU found)%s", stage.name, settings["cpu_minutes"],
                         f"; {settings['gpu_note']}" if settings.get("gpu_note") else "")  # fmt: skip
         start = time.perf_counter()
-        with _own_accelerator_state():
-            summary = stage.run(recipe)
+        earlier = record.get(stage.name, {}).get("partial", 0.0)  # time spent in interrupted attempts
+        try:
+            with _own_accelerator_state():
+                summary = stage.run(recipe)
+        except BaseException:
+            record[stage.name] = {
+                "partial": round(earlier + time.perf_counter() - start, 1),
+                "device": device,
+            }
+            _write_record(recipe, record)
+            raise
         seconds = time.perf_counter() - start
         if not stage.done(recipe):
             raise RecipeError(
                 f"Stage {stage.name} ended without a finished output; run the recipe again to resume it."
             )
-        record[stage.name] = {"seconds": round(seconds + record.get(stage.name, {}).get("partial", 0.0), 1),
-                              "device": device, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
-        _record_path(recipe).parent.mkdir(parents=True, exist_ok=True)
-        _record_path(recipe).write_text(json.dumps(record, indent=1) + "\n")
+        record[stage.name] = {"seconds": round(earlier + seconds, 1), "device": device,
+                              "finished": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+        _write_record(recipe, record)
         logger.info(
             "%s: finished in %.1f min (%s)", stage.name, seconds / 60, json.dumps(summary, default=str)[:300]
         )

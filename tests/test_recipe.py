@@ -122,3 +122,27 @@ def test_shipped_tiny_model_loads_by_name():
     assert cfg.orchestrator.path.endswith("tiny/orchestrator") and cfg.distill.teacher.endswith(
         "tiny/teacher"
     )
+
+
+def test_an_interrupted_stage_keeps_its_time_and_adds_it_when_it_finishes(tmp_path, monkeypatch):
+    import streamchar.recipe as recipe_module
+
+    state = {"calls": 0, "done": False}
+
+    def run(recipe):
+        state["calls"] += 1
+        if state["calls"] == 1:
+            raise KeyboardInterrupt
+        state["done"] = True
+        return {}
+
+    stage = recipe_module.Stage("corpus", lambda r: state["done"], run)
+    monkeypatch.setattr(recipe_module, "stages", lambda: [stage])
+    recipe = Recipe.load(_write(tmp_path, MICRO), tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe)
+    record = json.loads((tmp_path / "runs" / "recipe-micro.json").read_text())
+    assert "partial" in record["corpus"] and "seconds" not in record["corpus"]
+    rows = run_recipe(recipe)
+    record = json.loads((tmp_path / "runs" / "recipe-micro.json").read_text())
+    assert rows[0]["done"] and record["corpus"]["seconds"] >= 0 and "partial" not in record["corpus"]
