@@ -31,12 +31,11 @@ def _config(args: argparse.Namespace):
     return load_config(args.config or "tiny", args.overrides)
 
 
-def _add_config_args(p: argparse.ArgumentParser, model: str | None = None) -> None:
+def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="preset name (tiny, base) or YAML file (default: tiny)")
     if "--model" not in p._option_string_actions:  # distill compare|drift use --model for their contenders
         what = "a shipped model by name (tiny) or a model folder: sets the codec, orchestrator, denoiser, characters"
-        p.add_argument("--model", dest="model_name", default=model, metavar="NAME|DIR",
-                       help=what + (f" (default: {model})" if model else ""))  # fmt: skip
+        p.add_argument("--model", dest="model_name", default=None, metavar="NAME|DIR", help=what)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. timeline.fps=25")
 
 
@@ -476,6 +475,8 @@ def cmd_recipe(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from streamchar.demo import describe, run_demo
 
+    if args.model_name is None and args.config is None:
+        args.model_name = "tiny"  # the shipped model, unless a config says otherwise
     print(describe(run_demo(_config(args), args.out)))
 
 
@@ -875,8 +876,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "recipe",
         help="the reference pipeline from corpus to shipped, evaluated model (resumable)",
-        description="Runs corpus -> vae -> latents -> teacher -> orchestrator -> stage 1 (2, 1, 4 steps) -> stage 2 -> "
-        "ship -> instruments -> results, skipping each stage whose output is present and valid; an interrupted "
+        description="Runs corpus -> vae -> latents -> teacher -> orchestrator -> instruments -> stage 1 (2, 1, 4 steps) "
+        "-> stage 2 -> ship -> results, skipping each stage whose output is present and valid; an interrupted "
         "recipe resumes. Uses a GPU when there is one. Prints each stage's wall time and the total.",
     )
     p.add_argument(
@@ -899,10 +900,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="the demo behind `make demo`: a shipped character speaks with the 2-step student",
         description="Writes OUT (default out/demo.mp4), OUT-dialogue.mp4 (two characters) and OUT.json, and prints "
-        "the real-time factor and time to first frame of each.",
+        "the real-time factor and time to first frame of each. Uses --model tiny unless --model or --config is given.",
     )
     p.add_argument("--out", default="out/demo.mp4", help="the mp4 to write (default: out/demo.mp4)")
-    _add_config_args(p, model="tiny")
+    _add_config_args(p)
     p.set_defaults(func=cmd_demo)
     return parser
 

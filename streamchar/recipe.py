@@ -3,10 +3,11 @@
 A recipe file (``configs/recipes/tiny.yaml``) names the folders and each stage's budget; the stages run
 in order::
 
-    corpus -> vae -> latents -> teacher -> orchestrator -> stage1-{2,1,4}step -> stage2-2step
-           -> ship (the model folder) -> instruments -> results (short and long protocols)
+    corpus -> vae -> latents -> teacher -> orchestrator -> instruments -> stage1-{2,1,4}step
+           -> stage2-2step -> ship (the model folder) -> results (short and long protocols)
 
-Each stage is skipped when its output is present and valid (a finished run, a complete cache), and the
+Each stage is skipped when its output is present and valid (a finished run, a complete cache; ``ship``
+and ``results`` also when what they were made from is unchanged, by digest), and the
 training stages resume from their own checkpoints, so an interrupted recipe picks up where it stopped.
 Every stage uses a GPU when there is one and the CPU otherwise. ``RUNS/recipe-NAME.json`` records how
 long each stage took and on what device; the recipe prints the table and the total at the end.
@@ -15,6 +16,7 @@ long each stage took and on what device; the recipe prints the table and the tot
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import shutil
@@ -29,8 +31,8 @@ from omegaconf import OmegaConf
 from streamchar.config import MODEL_FILE, REPO_ROOT, StreamCharConfig, load_config
 
 logger = logging.getLogger(__name__)
-STAGES = ("corpus", "vae", "latents", "teacher", "orchestrator", "stage1-2step", "stage1-1step", "stage1-4step",
-          "stage2-2step", "ship", "instruments", "results")  # fmt: skip
+STAGES = ("corpus", "vae", "latents", "teacher", "orchestrator", "instruments", "stage1-2step", "stage1-1step",
+          "stage1-4step", "stage2-2step", "ship", "results")  # fmt: skip
 TURNS = "turns.jsonl"  # the orchestrator run's turn table (voice prompts)
 MODEL_PARTS = {"video_codec.path": "vae", "orchestrator.path": "orchestrator", "engine.characters_dir": "characters",
                "distill.teacher": "teacher"}  # fmt: skip
@@ -126,6 +128,8 @@ def _latents_done(recipe: Recipe) -> bool:
     manifest = recipe.folders["latents"] / MANIFEST
     if not manifest.is_file():
         return False
+    if not (recipe.folders["corpus"] / CORPUS_MANIFEST).is_file():
+        return False
     corpus = json.loads((recipe.folders["corpus"] / CORPUS_MANIFEST).read_text())
     limit = recipe.config("latents").data.encode.max_shards
     shards = sorted({c["shard"] for c in corpus["clips"]})[: limit if limit is not None else None]
@@ -145,12 +149,27 @@ def _ship_done(recipe: Recipe) -> bool:
         sources = json.loads(record.read_text()).get("sources", {})
     except ValueError:
         return False
-    return bool(sources) and all(_summary_step(Path(src)) == step for src, step in sources.items())
+    return bool(sources) and all(_fingerprint(Path(src)) == mark for src, mark in sources.items())
 
 
-def _summary_step(run: Path) -> int | None:
-    summary = run / "summary.json"
-    return json.loads(summary.read_text()).get("step") if summary.is_file() else None
+def _fingerprint(run: Path) -> str | None:
+    """A digest of a run's exported weights (its export folder, else its newest checkpoint) and summary, so
+    that a retrained run is shipped again even at the same step count."""
+    from streamchar.training import list_checkpoints
+
+    if not (run / "summary.json").is_file():
+        return None
+    folders = [run / name for name in ("codec", "final", "student") if (run / name).is_dir()]
+    folders = folders or list_checkpoints(run)[-1:]
+    digest = hashlib.sha256((run / "summary.json").read_bytes())
+    for path in sorted(p for folder in folders for p in folder.glob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _model_fingerprint(model: Path) -> str | None:
+    record = model / MODEL_FILE
+    return hashlib.sha256(record.read_bytes()).hexdigest()[:16] if record.is_file() else None
 
 
 def _instruments_done(recipe: Recipe) -> bool:
@@ -176,8 +195,11 @@ def _results_done(recipe: Recipe) -> bool:
         if not report.is_file():
             return False
         names = {s.partition("=")[0] for s in specs}
-        models = {name.partition(" (")[0] for name in json.loads(report.read_text()).get("models", {})}
-        if not names <= models:
+        content = json.loads(report.read_text())
+        models = {name.partition(" (")[0] for name in content.get("models", {})}
+        if not names <= models or content.get("model_fingerprint") != _model_fingerprint(
+            recipe.folders["model"]
+        ):
             return False
     return True
 
@@ -230,6 +252,7 @@ def _run_stage2(recipe: Recipe) -> dict:
     init = recipe.settings("stage2-2step").get("init", "stage1-2step")
     cfg = recipe.config("stage2-2step", f"distill.teacher={recipe.run_folder('teacher')}",
                         f"distill.init={recipe.run_folder(init)}",
+                        f"orchestrator.path={recipe.run_folder('orchestrator') / 'final'}",
                         f"distill.phoneme_reader={recipe.folders['instruments'] / 'recognizer'}")  # fmt: skip
     return distill_stage2(cfg, recipe.folders["latents"], recipe.run_folder("stage2-2step"))
 
@@ -253,7 +276,8 @@ def _run_results(recipe: Recipe) -> dict:
     from streamchar.eval.protocol import run_protocol
 
     settings, model = recipe.settings("results"), recipe.folders["model"]
-    cfg = load_config(recipe.preset, recipe.overrides + _model_overrides(model))
+    cfg = load_config(recipe.preset, recipe.overrides + _model_overrides(model)
+                      + [f"engine.phoneme_reader={recipe.folders['instruments'] / 'recognizer'}"])  # fmt: skip
     turns = recipe.run_folder("orchestrator") / TURNS
     common = dict(corpus=recipe.folders["corpus"], eval_cache=recipe.folders["eval_cache"],
                   instruments=recipe.folders["instruments"], turns=turns)  # fmt: skip
@@ -269,7 +293,15 @@ def _run_results(recipe: Recipe) -> dict:
     reports["long"] = run_protocol(cfg, "long", specs["long"], out / "recipe_long",
                                    minutes=settings.get("long_minutes", 10.0),
                                    segment_seconds=settings.get("segment_seconds", 60.0), **common)  # fmt: skip
+    for protocol in ("short", "long"):  # which model folder these results judged
+        _stamp(out / f"recipe_{protocol}" / "report.json", _model_fingerprint(model))
     return {name: sorted(r["models"]) for name, r in reports.items()}
+
+
+def _stamp(report: Path, fingerprint: str | None) -> None:
+    content = json.loads(report.read_text())
+    content["model_fingerprint"] = fingerprint
+    report.write_text(json.dumps(content, indent=1) + "\n")
 
 
 def _merge_teacher(folder: Path, teacher: dict) -> None:
@@ -323,17 +355,25 @@ def _run_ship(recipe: Recipe) -> dict:
         "stage2-2step",
     )
     model, runs = recipe.folders["model"], {s: recipe.run_folder(s) for s in trained}
-    tmp = model.with_name(model.name + ".tmp")
+    tmp, old = model.with_name(model.name + ".tmp"), model.with_name(model.name + ".old")
+    if old.is_dir() and not model.exists():  # an earlier ship stopped between its two renames
+        old.rename(model)
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(runs["vae"] / "codec", tmp / "vae")
     shutil.copytree(runs["orchestrator"] / "final", tmp / "orchestrator")
-    _copy_files(runs["orchestrator"], tmp / "orchestrator", ["curve.json", "curve.png", "summary.json"])
+    _copy_files(
+        runs["orchestrator"],
+        tmp / "orchestrator",
+        ["curve.json", "curve.png", "summary.json", "train_orchestrator.json"],
+    )
     last = list_checkpoints(runs["teacher"])[-1]
     (tmp / "teacher").mkdir()
     _bf16_copy(last / ("ema.safetensors" if (last / "ema.safetensors").is_file() else "model.safetensors"),
                tmp / "teacher" / "model.safetensors")  # fmt: skip
     _copy_files(
-        runs["teacher"], tmp / "teacher", ["denoiser.json", "summary.json", "curve.json", "curve.png"]
+        runs["teacher"],
+        tmp / "teacher",
+        ["denoiser.json", "summary.json", "curve.json", "curve.png", "train_teacher.json"],
     )
     students = {}
     for stage in ("stage1-1step", "stage1-2step", "stage1-4step", "stage2-2step"):
@@ -352,12 +392,11 @@ def _run_ship(recipe: Recipe) -> dict:
         "name": recipe.name, "preset": recipe.preset,
         "parts": MODEL_PARTS | {"engine.denoiser_path": default},
         "denoisers": ["teacher", *students.values()],
-        "sources": {str(runs[s]): _summary_step(runs[s]) for s in runs},
+        "sources": {str(runs[s]): _fingerprint(runs[s]) for s in runs},
     }  # fmt: skip
     (tmp / MODEL_FILE).write_text(json.dumps(record, indent=1) + "\n")
     (tmp / "README.md").write_text(model_card(recipe, record))
     _carry_docs(model, tmp)
-    old = model.with_name(model.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if model.exists():
         model.rename(old)
@@ -367,20 +406,33 @@ def _run_ship(recipe: Recipe) -> dict:
 
 
 def _carry_docs(model: Path, tmp: Path) -> None:
-    """Documents of an earlier model folder (part cards, plots, training records) that the new one lacks
-    carry over; weights never do."""
+    """Part cards and plots of an earlier model folder that the new one lacks carry over (never weights or
+    configs), and so do characters the recipe does not make."""
     for doc in model.glob("*/*") if model.is_dir() else []:
         target = tmp / doc.parent.name / doc.name
-        if doc.suffix in (".md", ".png", ".json") and target.parent.is_dir() and not target.exists():
+        if (
+            (doc.name == "README.md" or doc.suffix == ".png")
+            and target.parent.is_dir()
+            and not target.exists()
+        ):
             shutil.copy(doc, target)
+    for character in (model / "characters").iterdir() if (model / "characters").is_dir() else []:
+        if not (tmp / "characters" / character.name).exists():  # characters users added stay
+            shutil.copytree(character, tmp / "characters" / character.name)
+
+
+def _stage_overrides(recipe: Recipe, stage: str) -> list[str]:
+    shared = recipe.stage1_overrides if stage.startswith("stage1") else []
+    return shared + list(recipe.settings(stage).get("overrides") or [])
 
 
 def model_card(recipe: Recipe, record: dict) -> str:
     """The model folder's README: what it holds, the data, the budget, intended use and limitations."""
     budget = "\n".join(
-        f"| {stage} | {' '.join(recipe.settings(stage).get('overrides') or []) or 'defaults'} | "
+        f"| {stage} | {' '.join(_stage_overrides(recipe, stage)) or 'defaults'} | "
         f"{recipe.settings(stage).get('cpu_minutes', '–')} |"
-        for stage in STAGES[:9]
+        for stage in STAGES
+        if stage not in ("ship", "results")
     )
     return f"""# StreamChar {recipe.name} model
 
@@ -430,11 +482,11 @@ def stages() -> list[Stage]:
         Stage("latents", _latents_done, _run_latents),
         Stage("teacher", lambda r: _finished(r.run_folder("teacher")), _run_teacher),
         Stage("orchestrator", lambda r: _finished(r.run_folder("orchestrator"), "final"), _run_orchestrator),
+        Stage("instruments", _instruments_done, _run_instruments),  # stage 2 reads speech with the recognizer
         *[Stage(s, lambda r, s=s: _finished(r.run_folder(s), "student"), _stage1(s))
           for s in ("stage1-2step", "stage1-1step", "stage1-4step")],
         Stage("stage2-2step", lambda r: _finished(r.run_folder("stage2-2step"), "student"), _run_stage2),
         Stage("ship", _ship_done, _run_ship),
-        Stage("instruments", _instruments_done, _run_instruments),
         Stage("results", _results_done, _run_results),
     ]  # fmt: skip
 

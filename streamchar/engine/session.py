@@ -227,6 +227,7 @@ class StreamSession:
         self.use_sink, self.use_motion = ecfg.sink, ecfg.motion_frames
         self._reader = engine.phoneme_reader if mode == "text" else None
         self._progress: deque[tuple[int, torch.Tensor]] = deque()  # (chunk, phoneme log-probs) to realign on
+        self._planned: dict[int, tuple[int, bool]] = {}  # chunk -> (frames the turn committed, a turn ended)
         self.orchestrator = engine.orchestrator(self.characters) if mode == "text" else None
         self.stats = SessionStats()
         self.clock = PlaybackClock()
@@ -445,6 +446,10 @@ class StreamSession:
             with self._lock, eng.lock:
                 self._realign()
                 plan = self.orchestrator.next_chunk(playing)
+                self._planned[self._index] = (
+                    int(self._committed_rows(plan, playing).sum()),
+                    bool(plan.turn_ends),
+                )
             if playing < L_a:
                 plan = _padded(plan, L_a)
             silence = SILENCE_ID * self.orchestrator.vocab.buckets.size
@@ -521,23 +526,36 @@ class StreamSession:
         return index, media, duration, started, denoised, video, audio, plan, given_wave, event
 
     def _read_progress(self, index: int, plan: AudioConditions | None, wave: np.ndarray) -> None:
-        """Decode worker: read the phonemes of chunk ``index``'s speech for the next realignment."""
+        """Decode worker: read the phonemes of chunk ``index``'s speech for the next realignment; only the
+        frames the current turn committed (not held, after any turn that ended in the chunk) are kept."""
         if plan is None or self._reader is None or not bool(plan.speaking.any()):
             return
         tokens = min(len(plan.units), self.tl.video_frames_to_audio_tokens(self.tl.chunk_video_frames(index)))
         log_probs = self._reader.wave_log_probs(wave[: self.tl.audio_tokens_to_samples(tokens)], tokens)
         with self._lock:
-            self._progress.append((index, log_probs))
+            self._progress.append((index, log_probs[self._committed_rows(plan, tokens)]))
+
+    @staticmethod
+    def _committed_rows(plan: AudioConditions, tokens: int) -> torch.Tensor:
+        """Rows of the chunk's first ``tokens`` frames that the current turn committed to its pointer."""
+        keep = ~plan.held[:tokens]
+        if plan.turn_ends:
+            keep[: max(plan.turn_ends) + 1] = False
+        return keep
 
     def _realign(self) -> None:
         """Producer, before planning chunk ``j``: move the pointer to where chunk ``j - 2``'s speech got (the
         newest chunk whose decode has surely finished with decode overlap on, so the result never depends on
-        thread timing, and is the same with overlap off). Chunk ``j - 1``, planned since, is ``behind`` it."""
+        thread timing, and is the same with overlap off). The frames chunk ``j - 1`` committed since are
+        ``behind`` it; a turn that ended since makes the reading stale."""
         while self._progress and self._progress[0][0] <= self._index - 2:
             index, log_probs = self._progress.popleft()
-            behind = sum(min(self.tl.chunk_audio_tokens, self.tl.video_frames_to_audio_tokens(
-                self.tl.chunk_video_frames(i))) for i in range(index + 1, self._index))  # fmt: skip
-            self.stats.realign_lag.append(self.orchestrator.realign(log_probs, behind=behind))
+            later = [self._planned.get(i, (0, True)) for i in range(index + 1, self._index)]
+            if len(log_probs) and not any(ended for _, ended in later):
+                behind = sum(committed for committed, _ in later)
+                self.stats.realign_lag.append(self.orchestrator.realign(log_probs, behind=behind))
+        for old in [i for i in self._planned if i < self._index - 2]:  # bounded however long the session
+            del self._planned[old]
 
     @torch.no_grad()
     def _decode_and_emit(

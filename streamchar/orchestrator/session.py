@@ -390,11 +390,11 @@ class Orchestrator:
             return 0
         frames = len(window)
         start = max(window[0] - 1, 0)
-        end = min(ptr.p + lookahead, ptr.num_positions)
-        targets = [ptr._position(i) for i in range(start, end)]
-        reached = start + realigned_pointer(torch.as_tensor(log_probs[-frames:]).cpu().numpy(), targets)
         # where the plan was at the last frame read: the pointer itself, or (``behind``) its value then
         planned_at = ptr.p if not behind else window[-1]
+        end = min(planned_at + lookahead, ptr.num_positions)
+        targets = [ptr._position(i) for i in range(start, end)]
+        reached = start + realigned_pointer(torch.as_tensor(log_probs[-frames:]).cpu().numpy(), targets)
         if reached <= planned_at:
             return planned_at - reached
         inserted = ptr.jump(min(ptr.p + reached - planned_at, ptr.num_positions))
