@@ -273,10 +273,11 @@ def _run_instruments(recipe: Recipe) -> dict:
 
 
 def _run_results(recipe: Recipe) -> dict:
+    from streamchar.config import model_overrides
     from streamchar.eval.protocol import run_protocol
 
     settings, model = recipe.settings("results"), recipe.folders["model"]
-    cfg = load_config(recipe.preset, recipe.overrides + _model_overrides(model)
+    cfg = load_config(recipe.preset, recipe.overrides + model_overrides(model)[1]
                       + [f"engine.phoneme_reader={recipe.folders['instruments'] / 'recognizer'}"])  # fmt: skip
     turns = recipe.run_folder("orchestrator") / TURNS
     common = dict(corpus=recipe.folders["corpus"], eval_cache=recipe.folders["eval_cache"],
@@ -314,12 +315,6 @@ def _merge_teacher(folder: Path, teacher: dict) -> None:
     for name, row in teacher["models"].items():
         report["models"][f"{name} ({count} clip{'s' * (count != 1)})"] = row
     write_report(report, folder)
-
-
-def _model_overrides(model: Path) -> list[str]:
-    from streamchar.config import model_overrides
-
-    return model_overrides(model)[1]
 
 
 # -- ship: the model folder ----------------------------------------------------------------------------

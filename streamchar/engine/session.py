@@ -188,7 +188,10 @@ def _phoneme_reader(cfg, audio_codec):
                        "with `streamchar eval train recognizer`, or set engine.realign=false)", folder)  # fmt: skip
         return None
     reader = LatentPhonemeReader(load_recognizer(folder), audio_codec)
-    reader.wave_log_probs(np.zeros(cfg.timeline.sample_rate // 2, np.float32), 12)  # warm-up off the clock
+    tokens = cfg.timeline.chunk_audio_tokens
+    reader.wave_log_probs(
+        np.zeros(cfg.timeline.audio_tokens_to_samples(tokens), np.float32), tokens
+    )  # warm-up
     return reader
 
 
