@@ -274,6 +274,7 @@ class EngineConfig:
     lead_seconds: float = 0.0  # listening before the first turn starts
     lookahead_chunks: int = 1  # live: chunks generated ahead of playback (interrupt latency grows with it)
     audio_context_tokens: int = 4  # audio decoder context carried from one chunk into the next
+    pinned_memory: bool = True  # CUDA: frames and PCM reach the host through pinned buffers
     # the window memory and the pointer (switch one off for an ablation)
     sink: bool = True  # the first chunk stays in the window for the whole session
     motion_frames: bool = True  # each chunk sees the previous chunk's last frames

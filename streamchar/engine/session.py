@@ -27,7 +27,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +87,7 @@ class Engine:
         self.device = device or torch.device("cpu")
         self.precision = precision
         self.distilled: dict | None = None  # a distilled student's record: its steps, shift, folded guidance
+        self.decoder_factory = None  # (characters, audio_context_tokens) -> ChunkDecoder; None: local
         self.phoneme_reader = None  # reads phonemes from generated audio latents (pointer realignment)
         self.lock = threading.Lock()  # one chunk at a time on the device
         self.sessions = 0  # open sessions
@@ -169,6 +169,15 @@ class Engine:
                 if keep <= 1:
                     raise
                 keep -= 1
+
+    def chunk_decoder(self, characters: int, audio_context_tokens: int | None, side_stream: bool = False):
+        """A session's decoders (:class:`~streamchar.engine.decode.ChunkDecoder`): here, on the engine's
+        device, unless ``decoder_factory`` puts them elsewhere (another GPU, :mod:`streamchar.engine.disagg`)."""
+        if self.decoder_factory is not None:
+            return self.decoder_factory(characters, audio_context_tokens)
+        from streamchar.engine.decode import LocalDecoder
+
+        return LocalDecoder(self, characters, audio_context_tokens, side_stream, self.cfg.engine.pinned_memory)
 
     def session(self, characters: list[Character] | None = None, **kwargs) -> StreamSession:
         return StreamSession(self, characters or [self.character()], **kwargs)
@@ -278,14 +287,10 @@ class StreamSession:
             )
         self._sink_set = False
         self._previous: tuple[torch.Tensor, torch.Tensor] | None = None  # last chunk's latents
-        self._video_streams = [eng.video_codec.decoder_stream() for _ in self.characters]
-        self._audio_stream = (
-            eng.audio_codec.decoder_stream(eng.cfg.engine.audio_context_tokens)
-            if hasattr(eng.audio_codec, "decoder_stream") and self.mode == "text"
-            else None
-        )
+        context = eng.cfg.engine.audio_context_tokens if self.mode == "text" else None
+        self._chunk_decoder = eng.chunk_decoder(len(self.characters), context, side_stream=self.overlap)
         self._decoder = _Worker("streamchar-decode") if self.overlap else None
-        self._decode_cuda = torch.cuda.Stream(device) if (self.overlap and device.type == "cuda") else None
+        self._cuda_events = device.type == "cuda" and self.overlap
 
     def state_nbytes(self) -> dict[str, int]:
         """Bytes of the per-session tensors (constant once the sink is set, whatever the session length)."""
@@ -518,7 +523,7 @@ class StreamSession:
             video, audio = video.float(), audio.float()
         self._previous = (video, audio)
         event = None
-        if self._decode_cuda is not None:
+        if self._cuda_events:
             event = torch.cuda.Event()
             event.record()
         denoised = time.perf_counter()
@@ -564,21 +569,10 @@ class StreamSession:
     def _decode_and_emit(
         self, index, media, duration, started, denoised, video, audio, plan, given, event
     ) -> None:
-        eng, tl = self.engine, self.tl
-        stream = torch.cuda.stream(self._decode_cuda) if self._decode_cuda is not None else nullcontext()
-        with stream, eng.autocast():
-            if event is not None:
-                self._decode_cuda.wait_event(event)
-            frames = [s.decode(video[b]) for b, s in enumerate(self._video_streams)]
-            frames = torch.cat(frames, dim=2).cpu().numpy()  # [T, H, W * B, 3]
-            if given is not None:  # audio-driven: play the given speech itself
-                wave = given
-            else:
-                if self._audio_stream is not None:
-                    wave = self._audio_stream.decode(audio).float().sum(0)
-                else:
-                    wave = eng.audio_codec.decode(audio).float().sum(0)
-                wave = wave.clamp(-1, 1).cpu().numpy().astype(np.float32)
+        tl = self.tl
+        frames, wave = self._chunk_decoder.decode(video, audio if given is None else None, event)
+        if given is not None:  # audio-driven: play the given speech itself
+            wave = given
         frames_n = tl.chunk_video_frames(index)
         frames, wave = frames[:frames_n], wave[: tl.video_frames_to_samples(frames_n)]
         if given is None:
@@ -643,8 +637,7 @@ class StreamSession:
             self._decoder.shutdown()
         self._cache = None
         self._previous = None
-        self._video_streams = []
-        self._audio_stream = None
+        self._chunk_decoder.close()
         self.orchestrator = None
         self._audio_in = self._audio_context = np.zeros(0, np.float32)
         self._out = queue.Queue(maxsize=1)
