@@ -305,3 +305,30 @@ def test_realignment_reads_the_speech_and_keeps_overlap_on_and_off_equal(engine)
         assert len(lags) >= 3  # realigned on every spoken chunk's speech, two chunks later
     np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
     assert outputs[0][1] == outputs[1][1]
+
+
+@pytest.mark.parametrize("switch", ["sink", "motion_frames", None])
+def test_context_cache_off_recomputes_the_window_and_gives_the_same_chunks(engine, monkeypatch, switch):
+    """The K/V cache ablation: the whole window at every step, with or without the sink / motion frames (in
+    float32, where the two orders of summation agree to rounding)."""
+    if switch is not None:
+        monkeypatch.setattr(engine.cfg.engine, switch, False)
+    precision = engine.precision
+    outputs = []
+    try:
+        engine.precision = "no"
+        engine.apply_fast_path()
+        for cached in (True, False):
+            monkeypatch.setattr(engine.cfg.engine, "context_cache", cached)
+            with engine.session(decode_overlap=False, seed=5) as session:
+                session.push_text("One two three four.", final=True)
+                outputs.append(_run(session))
+                if not cached:
+                    assert not session._cache.segments  # nothing was cached
+    finally:
+        engine.precision = precision
+        engine.apply_fast_path()
+    assert len(outputs[0]) == len(outputs[1]) >= 3
+    for a, b in zip(*outputs, strict=True):
+        assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 1
+        np.testing.assert_allclose(a.audio, b.audio, atol=1e-4)

@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from streamchar.denoiser.attention import WindowMask, attend, check_backend
 from streamchar.denoiser.rope import apply_rope, rope_angles
-from streamchar.memory.cache import ContextCache, StreamingModule
+from streamchar.memory.cache import ContextCache, StaticContextCache, StreamingModule
 from streamchar.memory.window import CURRENT, MOTION, REFERENCE, SINK, WindowLayout
 from streamchar.timeline import Timeline
 
@@ -193,6 +193,7 @@ class _Tokens:
     segments: torch.Tensor  # [n] long
     valid: torch.Tensor  # [B, n] bool
     segment: int | None = None  # the one segment these tokens belong to (None when mixed)
+    angles: torch.Tensor | None = None  # [n, D / 2] rotary angles, when computed ahead (the compiled step)
 
 
 def _cat_tokens(parts: list[_Tokens]) -> _Tokens:
@@ -203,6 +204,35 @@ def _cat_tokens(parts: list[_Tokens]) -> _Tokens:
         segments=torch.cat([p.segments for p in parts]),
         valid=torch.cat([p.valid for p in parts], dim=1),
     )
+
+
+@dataclass(frozen=True)
+class ChunkGeometry:
+    """Everything about the current chunk's tokens that depends only on its shape: computed once per
+    (frames, audio tokens, device) and kept on the device, so a compiled step creates no tensor on the
+    host (a CUDA graph cannot hold host work).
+
+    Attributes:
+        positions: ``[n, 3]`` window positions of the chunk's tokens (video, then audio).
+        angles: ``[n, D / 2]`` rotary angles of the chunk's tokens (video, then audio).
+        timestep_index: ``[n]`` long, 1 for video tokens and 2 for audio tokens.
+        segments: ``[n]`` long, all ``CURRENT``.
+        cross_angles: ``[T_a, D / 2]`` of the condition tokens; ``query_angles`` ``[n, D / 2]``.
+        cross_mask: ``[1, 1, n, T_a]`` bool, the local window of each token's cross-attention.
+        additive: ``[n, T_a]`` weights of the additive condition embedding.
+    """
+
+    positions: torch.Tensor
+    angles: torch.Tensor
+    timestep_index: torch.Tensor
+    segments: torch.Tensor
+    cross_angles: torch.Tensor
+    query_angles: torch.Tensor
+    cross_mask: torch.Tensor
+    additive: torch.Tensor
+
+    def as_tuple(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, f) for f in self.__dataclass_fields__)
 
 
 # -- the model --------------------------------------------------------------------------------------
@@ -242,6 +272,8 @@ class JointDiT(StreamingModule):
         self.gradient_checkpointing = gradient_checkpointing
         grid = latent_size // patch_size
         self.layout = WindowLayout(timeline, (grid, grid))
+        self._geometry: dict[tuple, ChunkGeometry] = {}
+        self._compiled_step, self._compiled_mode = None, None
         check_backend(attention)
 
         self.video_in = nn.Linear(latent_channels * patch_size**2, width)
@@ -343,36 +375,45 @@ class JointDiT(StreamingModule):
             segment, video, audio, present, present[:, None].expand(-1, audio.shape[1])
         )
 
+    def chunk_geometry(self, frames: int, n_audio: int, device: torch.device) -> ChunkGeometry:
+        """The current chunk's shape-only tensors (memoised; see :class:`ChunkGeometry`)."""
+        key = (frames, n_audio, str(device))
+        if key not in self._geometry:
+            n_video = frames * self.layout.tokens_per_frame
+            positions = self.layout.video_positions(CURRENT, frames)
+            audio_positions = self.layout.audio_positions(CURRENT, n_audio)
+            t_cond = audio_positions[:, 0]
+            t_query = torch.cat([positions[:, 0], t_cond])
+            # additive: a video token gets the mean of the conditions inside its latent frame, an audio token
+            # its own
+            same_frame = (t_query[:, None].floor() == t_cond[None, :].floor()).float()
+            same_frame[n_video:] = torch.eye(n_audio)
+            both = torch.cat([positions, audio_positions])
+            angles = rope_angles(both, self.head_dim, self.rope_theta)
+            self._geometry[key] = ChunkGeometry(
+                positions=both.to(device),
+                angles=angles.to(device),
+                timestep_index=torch.cat([torch.full((n_video,), 1), torch.full((n_audio,), 2)]).to(device),
+                segments=torch.full((n_video + n_audio,), CURRENT, dtype=torch.long, device=device),
+                cross_angles=rope_angles(audio_positions, self.head_dim, self.rope_theta).to(device),
+                query_angles=angles.to(device),
+                cross_mask=((t_query[:, None] - t_cond[None, :]).abs() <= self.cond_window + 1e-6)[None, None].to(
+                    device
+                ),
+                additive=(same_frame / same_frame.sum(dim=1, keepdim=True).clamp_min(1)).to(device),
+            )  # fmt: skip
+        return self._geometry[key]
+
     def _conditioning(
-        self, conditions: Conditions, n_video: int, n_audio: int
+        self, conditions: Conditions, geometry: ChunkGeometry
     ) -> tuple[torch.Tensor, CrossInputs]:
         """Additive condition embedding ``[B, n_video + n_audio, W]`` for the current chunk's tokens, and
         the inputs of the local cross-attention (``start`` is filled in by the caller)."""
         cond = self.unit_embedding(conditions.units) + self.speaking_embedding(conditions.speaking)
         cond = self.condition_mlp(cond)  # [B, T_a, W]
-        t_cond = self.layout.audio_positions(CURRENT, n_audio)[:, 0]
-        positions = self.layout.video_positions(CURRENT, n_video // self.layout.tokens_per_frame)
-        t_query = torch.cat([positions[:, 0], t_cond])
-        # additive: a video token gets the mean of the conditions inside its latent frame, an audio token its own
-        same_frame = (t_query[:, None].floor() == t_cond[None, :].floor()).float()
-        same_frame[n_video:] = torch.eye(n_audio)
-        weights = (same_frame / same_frame.sum(dim=1, keepdim=True).clamp_min(1)).to(cond)
-        additive = torch.einsum("qa,baw->bqw", weights, cond)
-        device = cond.device
-        mask = (t_query[:, None] - t_cond[None, :]).abs() <= self.cond_window + 1e-6
-        cross = CrossInputs(
-            tokens=cond,
-            angles=rope_angles(
-                self.layout.audio_positions(CURRENT, n_audio), self.head_dim, self.rope_theta
-            ).to(device),
-            query_angles=rope_angles(
-                torch.cat([positions, self.layout.audio_positions(CURRENT, n_audio)]),
-                self.head_dim,
-                self.rope_theta,
-            ).to(device),
-            mask=mask[None, None].to(device),
-            start=0,
-        )
+        additive = torch.einsum("qa,baw->bqw", geometry.additive.to(cond), cond)
+        cross = CrossInputs(tokens=cond, angles=geometry.cross_angles, query_angles=geometry.query_angles,
+                            mask=geometry.cross_mask, start=0)  # fmt: skip
         return additive, cross
 
     def _timestep_tables(
@@ -391,7 +432,9 @@ class JointDiT(StreamingModule):
         pasts: list[tuple[torch.Tensor, torch.Tensor] | None],
         cross: CrossInputs | None,
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        angles = rope_angles(tokens.positions, self.head_dim, self.rope_theta).to(tokens.x.device)
+        angles = tokens.angles
+        if angles is None:
+            angles = rope_angles(tokens.positions, self.head_dim, self.rope_theta).to(tokens.x.device)
         mod = modulation[:, tokens.timestep_index]  # [B, n, 6W]
         x, own_kv = tokens.x, []
         for block, past in zip(self.blocks, pasts, strict=True):
@@ -425,22 +468,91 @@ class JointDiT(StreamingModule):
         Returns:
             ``(v_video [B, C, L, h, w], v_audio [B, L_a, D_a])``.
         """
+        if context is None:  # 3'. the current chunk over cached context K/V (the streaming step)
+            return self._streaming_step(video, audio, timesteps, conditions, audio_valid)
         frames, n_audio = video.shape[2], audio.shape[1]
         current, modulation, final_modulation, cross = self._current_tokens(
             video, audio, timesteps, conditions, audio_valid
         )
+        # 3. the blocks over the whole window under its mask
+        hidden = self._window_hidden(current, modulation, cross, context)[:, -current.x.shape[1] :]
+        return self._velocity(hidden, current, final_modulation, frames, n_audio)
+
+    def _velocity(self, hidden, current: _Tokens, final_modulation, frames: int, n_audio: int):
+        """4. velocity heads on the current chunk only."""
         n_video = current.x.shape[1] - n_audio
-        # 3. the blocks: the whole window under its mask, or the current chunk over cached context K/V
-        if context is not None:
-            hidden = self._window_hidden(current, modulation, cross, context)[:, -current.x.shape[1] :]
-        else:
-            hidden, _ = self._extend(self._require_stream(), current, modulation, cross)
-        # 4. velocity heads on the current chunk only
         shift, scale = final_modulation[:, current.timestep_index].chunk(2, dim=-1)
         hidden = self.final_norm(hidden) * (1 + scale) + shift
         v_video = self.unpatchify(self.video_out(hidden[:, :n_video]), frames)
         v_audio = self.audio_out(hidden[:, n_video:])
         return v_video, v_audio
+
+    # -- the streaming step (compilable) ------------------------------------------------------------
+    def _streaming_step(self, video, audio, timesteps, conditions: Conditions, audio_valid):
+        """Gather the step's inputs as plain tensors (context K/V from the cache, the chunk's geometry), then
+        run :meth:`cached_step`, compiled when :meth:`compile_step` was called."""
+        cache = self._require_stream()
+        prefixes = [cache.prefix(layer, CURRENT) for layer in range(len(self.blocks))]
+        if prefixes[0] is None:
+            keys = values = prefix_valid = prefix_ids = None
+        else:
+            keys, values = [p[0] for p in prefixes], [p[1] for p in prefixes]
+            prefix_valid, prefix_ids = prefixes[0][2], prefixes[0][3]
+        # with every context token and every chunk token valid the mask allows everything: drop it, so
+        # attention may take its fastest (mask-free) kernel
+        maskless = keys is not None and audio_valid is None and cache.all_valid(CURRENT)
+        geometry = self.chunk_geometry(video.shape[2], audio.shape[1], video.device).as_tuple()
+        step = self.cached_step
+        if self._compiled_step is not None:
+            step = self._compiled_step
+            if self._compiled_mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs were consumed
+        return step(video, audio, timesteps[0], timesteps[1], conditions.units, conditions.speaking, audio_valid,
+                    keys, values, prefix_valid, prefix_ids, geometry, maskless)  # fmt: skip
+
+    def cached_step(self, video, audio, t_video, t_audio, units, speaking, audio_valid, keys, values,
+                    prefix_valid, prefix_ids, geometry: tuple, maskless: bool):  # fmt: skip
+        """Velocity of the current chunk over given context K/V: tensors in, tensors out, nothing created on
+        the host (so ``torch.compile`` and CUDA graphs can take it whole).
+
+        Args:
+            keys, values: per layer ``[B, H, N_ctx, D]`` (None: no context), ``prefix_valid`` ``[B, N_ctx]``
+                and ``prefix_ids`` ``[N_ctx]`` their validity and segments.
+            geometry: :meth:`ChunkGeometry.as_tuple` of the chunk's shape.
+            maskless: every key is visible to every query (no mask at all).
+        """
+        geo = ChunkGeometry(*geometry)
+        current, modulation, final_modulation, cross = self._current_tokens(
+            video, audio, (t_video, t_audio), Conditions(units, speaking), audio_valid, geo
+        )
+        if keys is None:
+            mask = WindowMask(current.segments, current.segments, current.valid, current.valid)
+            pasts = [None] * len(self.blocks)
+        else:
+            mask = None
+            if not maskless:
+                mask = WindowMask(current.segments, torch.cat([prefix_ids, current.segments]),
+                                  torch.cat([prefix_valid, current.valid], dim=1), current.valid)  # fmt: skip
+            pasts = list(zip(keys, values, strict=True))
+        hidden, _ = self._run_blocks(current, modulation, mask, pasts, cross)
+        return self._velocity(hidden, current, final_modulation, video.shape[2], audio.shape[1])
+
+    def compile_step(self, mode: str | None = "default") -> None:
+        """``torch.compile`` the streaming step (None: back to eager). ``mode="reduce-overhead"`` also
+        replays it as a CUDA graph; use a :class:`StaticContextCache` then, so the context K/V keep their
+        addresses and are not copied in at every replay."""
+        if mode is None:
+            self._compiled_step, self._compiled_mode = None, None
+            return
+        self._compiled_step = torch.compile(self.cached_step, mode=mode, dynamic=False)
+        self._compiled_mode = mode
+
+    def static_cache(self) -> StaticContextCache:
+        """A fixed-layout context cache for this model's window (see :class:`StaticContextCache`)."""
+        tl, per_frame = self.timeline, self.layout.tokens_per_frame
+        sizes = (per_frame + tl.reference_voice_tokens, tl.sink_latent_frames * per_frame + tl.sink_audio_tokens,
+                 tl.motion_latent_frames * per_frame + tl.motion_audio_tokens)  # fmt: skip
+        return StaticContextCache(sizes)
 
     def predict_x0(
         self,
@@ -457,18 +569,27 @@ class JointDiT(StreamingModule):
         return video - t_video.view(-1, 1, 1, 1, 1) * v_video, audio - t_audio.view(-1, 1, 1) * v_audio
 
     def _current_tokens(
-        self, video, audio, timesteps, conditions: Conditions, audio_valid: torch.Tensor | None
-    ) -> tuple[_Tokens, torch.Tensor, torch.Tensor, CrossInputs]:
-        b, n_audio = video.shape[0], audio.shape[1]
+        self, video, audio, timesteps, conditions: Conditions, audio_valid: torch.Tensor | None,
+        geometry: ChunkGeometry | None = None,
+    ) -> tuple[_Tokens, torch.Tensor, torch.Tensor, CrossInputs]:  # fmt: skip
+        b, frames, n_audio = video.shape[0], video.shape[2], audio.shape[1]
+        if geometry is None:
+            geometry = self.chunk_geometry(frames, n_audio, video.device)
         if audio_valid is None:
             audio_valid = torch.ones(b, n_audio, dtype=torch.bool, device=video.device)
         # 1. timestep tables: one row per timestep value, gathered per token later
         modulation, final_modulation = self._timestep_tables(*timesteps)
         # 2. current-chunk tokens with their additive condition embedding
-        present = torch.ones(b, dtype=torch.bool, device=video.device)
-        current = self._segment_tokens(CURRENT, video, audio, present, audio_valid)
-        additive, cross = self._conditioning(conditions, current.x.shape[1] - n_audio, n_audio)
-        current.x = current.x + additive
+        xv = self.video_in(self.patchify(video)) + self.segment_embedding.weight[2 * CURRENT + VIDEO]
+        xa = self.audio_in(audio) + self.segment_embedding.weight[2 * CURRENT + AUDIO]
+        additive, cross = self._conditioning(conditions, geometry)
+        n_video = xv.shape[1]
+        current = _Tokens(
+            x=torch.cat([xv, xa], dim=1) + additive, positions=geometry.positions,
+            timestep_index=geometry.timestep_index,
+            segments=geometry.segments, segment=CURRENT, angles=geometry.angles,
+            valid=torch.cat([torch.ones(b, n_video, dtype=torch.bool, device=video.device), audio_valid], dim=1),
+        )  # fmt: skip
         return current, modulation, final_modulation, cross
 
     def _window_hidden(

@@ -23,6 +23,37 @@ class Rollout:
     chunk_seconds: list[float]  # wall time of each chunk (context update + sampling)
 
 
+def window_context(
+    ref_video: torch.Tensor,
+    ref_voice: torch.Tensor,
+    ref_voice_valid: torch.Tensor,
+    sink: tuple[torch.Tensor, torch.Tensor] | None,
+    motion: tuple[torch.Tensor, torch.Tensor] | None,
+    timeline,
+) -> WindowContext:
+    """The clean context of a window for full recomputation (no cache): ``sink`` / ``motion`` are ``(video
+    [B, C, S|M, h, w], audio [B, S_a|M_a, D_a])`` or None while absent (zeros marked invalid)."""
+    b, c, _, h, w = ref_video.shape
+    device = ref_video.device
+    tl = timeline
+
+    def segment(given, frames, tokens):
+        if given is not None:
+            return given[0], given[1], torch.ones(b, dtype=torch.bool, device=device)
+        video = torch.zeros(b, c, frames, h, w, device=device, dtype=ref_video.dtype)
+        audio = torch.zeros(b, tokens, ref_voice.shape[-1], device=device, dtype=ref_voice.dtype)
+        return video, audio, torch.zeros(b, dtype=torch.bool, device=device)
+
+    sink_video, sink_audio, has_sink = segment(sink, tl.sink_latent_frames, tl.sink_audio_tokens)
+    motion_video, motion_audio, has_motion = segment(motion, tl.motion_latent_frames, tl.motion_audio_tokens)
+    return WindowContext(
+        ref_video=ref_video, ref_voice=ref_voice, ref_voice_valid=ref_voice_valid,
+        ref_image_valid=torch.ones(b, dtype=torch.bool, device=device), sink_video=sink_video,
+        sink_audio=sink_audio, has_sink=has_sink, motion_video=motion_video, motion_audio=motion_audio,
+        has_motion=has_motion,
+    )  # fmt: skip
+
+
 @torch.no_grad()
 def generate(
     model: JointDiT,
@@ -70,22 +101,9 @@ def generate(
                         model.set_sink(repeat_batch(sink_video, n), repeat_batch(sink_audio, n))
                     model.set_motion(repeat_batch(motion_video, n), repeat_batch(motion_audio, n))
             if not use_cache:
-                present = torch.full((b,), index > 0, device=device)
-                sink_present = present & use_sink
-                zeros_v, zeros_a = (
-                    torch.zeros(b, c, 1, h, w, device=device),
-                    torch.zeros(b, 1, ref_voice.shape[-1], device=device),
-                )
-                context = WindowContext(
-                    ref_video=ref_video, ref_voice=ref_voice, ref_voice_valid=ref_voice_valid,
-                    ref_image_valid=torch.ones(b, dtype=torch.bool, device=device),
-                    sink_video=sink_video if index > 0 else zeros_v.expand(-1, -1, S, -1, -1),
-                    sink_audio=sink_audio if index > 0 else zeros_a.expand(-1, S_a, -1),
-                    has_sink=sink_present,
-                    motion_video=motion_video if index > 0 else zeros_v.expand(-1, -1, M, -1, -1),
-                    motion_audio=motion_audio if index > 0 else zeros_a.expand(-1, M_a, -1),
-                    has_motion=present,
-                )  # fmt: skip
+                context = window_context(ref_video, ref_voice, ref_voice_valid,
+                                         (sink_video, sink_audio) if index > 0 and use_sink else None,
+                                         (motion_video, motion_audio) if index > 0 else None, tl)  # fmt: skip
             noise_video = torch.randn(b, c, L, h, w, generator=generator).to(device)
             noise_audio = torch.randn(b, L_a, ref_voice.shape[-1], generator=generator).to(device)
             audio_in = given_audio[index].to(device) if given_audio is not None else None

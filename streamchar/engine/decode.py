@@ -61,11 +61,23 @@ class LocalDecoder:
 
     @torch.no_grad()
     def decode(self, video, audio, ready=None):
-        eng = self.engine
         stream = torch.cuda.stream(self.cuda_stream) if self.cuda_stream is not None else nullcontext()
-        with stream, eng.autocast():
+        with stream:
             if ready is not None and self.cuda_stream is not None:
                 self.cuda_stream.wait_event(ready)
+            frames, wave = self.decode_on_device(video, audio)
+            frames_host = self._to_host("frames", frames)  # [T, H, W * B, 3]
+            wave_host = self._to_host("wave", wave) if wave is not None else None
+        return frames_host, wave_host
+
+    @torch.no_grad()
+    def decode_on_device(
+        self, video: torch.Tensor, audio: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`decode` on the current stream, results left on the device: frames uint8
+        ``[T, H, W * B, 3]``, wave float32 ``[N]`` or None (what a decoder server sends on as it is)."""
+        eng = self.engine
+        with eng.autocast():
             frames = torch.cat([s.decode(video[b]) for b, s in enumerate(self.video_streams)], dim=2)
             wave = None
             if audio is not None:
@@ -74,9 +86,7 @@ class LocalDecoder:
                 else:
                     wave = eng.audio_codec.decode(audio)
                 wave = wave.float().sum(0).clamp(-1, 1)
-            frames_host = self._to_host("frames", frames)  # [T, H, W * B, 3]
-            wave_host = self._to_host("wave", wave) if wave is not None else None
-        return frames_host, wave_host
+        return frames, wave
 
     def _to_host(self, name: str, tensor: torch.Tensor) -> np.ndarray:
         """A host copy; on CUDA through a pinned buffer (an asynchronous DMA, then one host copy out, since

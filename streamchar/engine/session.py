@@ -35,10 +35,10 @@ import torch
 from streamchar.data.phonemes import SILENCE_ID
 from streamchar.denoiser.dit import NULL_SPEAKING, Conditions
 from streamchar.denoiser.flow import EulerSampler, Guidance, repeat_batch, set_reference_for_guidance
+from streamchar.denoiser.rollout import window_context
 from streamchar.distill import read_distilled
 from streamchar.engine.characters import Character, load_character
 from streamchar.engine.clock import ChunkTiming, PlaybackClock, SessionStats
-from streamchar.memory.cache import ContextCache
 from streamchar.orchestrator.session import AudioConditions, Orchestrator, VoicePrompt
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class Engine:
         self.precision = precision
         self.distilled: dict | None = None  # a distilled student's record: its steps, shift, folded guidance
         self.decoder_factory = None  # (characters, audio_context_tokens) -> ChunkDecoder; None: local
+        self.fast_path: dict[str, str | bool] = {}  # what apply_fast_path put into effect
         self.phoneme_reader = None  # reads phonemes from generated audio latents (pointer realignment)
         self.lock = threading.Lock()  # one chunk at a time on the device
         self.sessions = 0  # open sessions
@@ -124,9 +125,42 @@ class Engine:
         engine = cls(cfg, denoiser, video_codec, audio_codec, unit_lm, vocab, device,
                      resolve_mixed_precision(ecfg.mixed_precision))  # fmt: skip
         engine.distilled = distilled
+        engine.apply_fast_path()
         if with_orchestrator and ecfg.realign:
             engine.phoneme_reader = _phoneme_reader(cfg, audio_codec)
         return engine
+
+    def apply_fast_path(self) -> dict[str, str | bool]:
+        """Put ``cfg.engine``'s fast-path switches into effect on the loaded models (call again after changing
+        them, as the benchmark does between rows); returns what is in effect."""
+        from streamchar.denoiser.attention import flash_available
+
+        ecfg, cuda = self.cfg.engine, self.device.type == "cuda"
+        weights = ecfg.weights if ecfg.weights != "auto" else ("bf16" if self.precision == "bf16" else "fp32")
+        if weights not in ("fp32", "bf16"):
+            raise ValueError(f"engine.weights must be auto, fp32 or bf16, got '{ecfg.weights}'.")
+        if weights == "bf16" and self.precision != "bf16":
+            raise ValueError("engine.weights=bf16 needs engine.mixed_precision=bf16 (float32 latents meet bf16 "
+                             "weights through autocast); set both, or weights=fp32.")  # fmt: skip
+        dtype = torch.bfloat16 if weights == "bf16" else torch.float32
+        self.denoiser.to(dtype)
+        if self.unit_lm is not None:
+            self.unit_lm.to(dtype)
+        attention = ecfg.attention
+        if attention == "auto":
+            attention = "flash" if flash_available() else "sdpa"
+        self.denoiser.set_attention_backend(attention)
+        compile_on = {"auto": cuda, "on": True, "off": False}.get(str(ecfg.compile).lower())
+        if compile_on is None:
+            raise ValueError(f"engine.compile must be auto, on or off, got '{ecfg.compile}'.")
+        mode = ("reduce-overhead" if cuda and ecfg.cuda_graphs else "default") if compile_on else None
+        if mode != self.denoiser._compiled_mode:
+            self.denoiser.compile_step(mode)
+        self.fast_path = {"weights": weights, "attention": attention, "compile": mode or "off",
+                          "context_cache": ecfg.context_cache, "pinned_memory": ecfg.pinned_memory and cuda,
+                          "orchestrator_kv_cache": self.cfg.orchestrator.kv_cache}  # fmt: skip
+        logger.info("fast path: %s", self.fast_path)
+        return self.fast_path
 
     # -- pieces a session is made of ---------------------------------------------------------------
     def character(self, name: str | None = None) -> Character:
@@ -177,7 +211,9 @@ class Engine:
             return self.decoder_factory(characters, audio_context_tokens)
         from streamchar.engine.decode import LocalDecoder
 
-        return LocalDecoder(self, characters, audio_context_tokens, side_stream, self.cfg.engine.pinned_memory)
+        return LocalDecoder(
+            self, characters, audio_context_tokens, side_stream, self.cfg.engine.pinned_memory
+        )
 
     def session(self, characters: list[Character] | None = None, **kwargs) -> StreamSession:
         return StreamSession(self, characters or [self.character()], **kwargs)
@@ -237,6 +273,7 @@ class StreamSession:
         self.lookahead = ecfg.lookahead_chunks if lookahead_chunks is None else lookahead_chunks
         self.sampler = engine.sampler(steps, audio_driven=mode == "audio")
         self.use_sink, self.use_motion = ecfg.sink, ecfg.motion_frames
+        self.context_cache = ecfg.context_cache
         self._reader = engine.phoneme_reader if mode == "text" else None
         self._progress: deque[tuple[int, torch.Tensor]] = deque()  # (chunk, phoneme log-probs) to realign on
         self._planned: dict[int, tuple[int, bool]] = {}  # chunk -> (frames the turn committed, a turn ended)
@@ -280,12 +317,15 @@ class StreamSession:
             if c.voice is not None and len(c.voice) >= spt:
                 lat = eng.audio_codec.encode(c.voice[: R * spt]).to(device)
                 voices[i, : len(lat)], valid[i, : len(lat)] = lat, True
-        self._cache = ContextCache()
-        with eng.lock, eng.denoiser.streaming(self._cache), eng.autocast():
-            set_reference_for_guidance(
-                eng.denoiser, self.sampler.guidance, ref_video.to(device), voices, valid
-            )
+        # the fixed-layout cache: the step reads the same buffers from the first chunk to the last (what a
+        # compiled step and its CUDA graph need); without the context cache the window is recomputed
+        self._cache = eng.denoiser.static_cache()
+        self._references = (ref_video.to(device), voices, valid)
+        if self.context_cache:
+            with eng.lock, eng.denoiser.streaming(self._cache), eng.autocast():
+                set_reference_for_guidance(eng.denoiser, self.sampler.guidance, *self._references)
         self._sink_set = False
+        self._sink: tuple[torch.Tensor, torch.Tensor] | None = None  # the sink chunk's latents
         self._previous: tuple[torch.Tensor, torch.Tensor] | None = None  # last chunk's latents
         context = eng.cfg.engine.audio_context_tokens if self.mode == "text" else None
         self._chunk_decoder = eng.chunk_decoder(len(self.characters), context, side_stream=self.overlap)
@@ -508,16 +548,25 @@ class StreamSession:
             device
         )
         cond = Conditions(cond.units.to(device), cond.speaking.to(device))
+        context = None
         with eng.lock, model.streaming(self._cache), eng.autocast():
             if self._previous is not None:
                 video, audio = self._previous
                 if not self._sink_set and self.use_sink:
-                    model.set_sink(repeat_batch(video[:, :, :S], n), repeat_batch(audio[:, :S_a], n))
+                    self._sink = (video[:, :, :S], audio[:, :S_a])
+                    if self.context_cache:
+                        model.set_sink(repeat_batch(self._sink[0], n), repeat_batch(self._sink[1], n))
                 self._sink_set = True
-                if self.use_motion:
+                if self.use_motion and self.context_cache:
                     model.set_motion(repeat_batch(video[:, :, -M:], n), repeat_batch(audio[:, -M_a:], n))
+            if not self.context_cache:  # the ablation: the whole window at every step
+                motion = (self._previous[0][:, :, -M:], self._previous[1][:, -M_a:]) if (
+                    self._previous is not None and self.use_motion) else None  # fmt: skip
+                context = window_context(*self._references, self._sink, motion, tl)
             given_audio = given.to(device) if given is not None else None
-            video, audio = self.sampler.sample(model, noise_video, noise_audio, cond, given_audio=given_audio)
+            video, audio = self.sampler.sample(
+                model, noise_video, noise_audio, cond, context, given_audio=given_audio
+            )
             if given_audio is not None:
                 audio = given_audio
             video, audio = video.float(), audio.float()
@@ -636,6 +685,7 @@ class StreamSession:
         if self._decoder is not None:
             self._decoder.shutdown()
         self._cache = None
+        self._references = self._sink = None
         self._previous = None
         self._chunk_decoder.close()
         self.orchestrator = None

@@ -65,6 +65,11 @@ class ContextCache:
         ids = torch.cat([torch.full((self.segments[s][2].shape[1],), s, dtype=torch.long) for s in present])
         return keys, values, valid, ids.to(keys.device)
 
+    def all_valid(self, below: int) -> bool:
+        """Whether the segments before ``below`` are all present with every token valid (then a chunk
+        attending to them needs no mask, and attention can take its fastest kernel)."""
+        return all(s in self.segments and bool(self.segments[s][2].all()) for s in range(below))
+
     def nbytes(self) -> int:
         """Bytes of the cached K/V (the concatenated prefixes add at most as much again)."""
         total = 0
@@ -92,6 +97,96 @@ class ContextCache:
             values = [state[f"{name}.{i}.v"] for i in range(layers)]
             cache.set(segment, keys, values, state[f"{name}.valid"])
         return cache
+
+
+class StaticContextCache(ContextCache):
+    """The same cache with a fixed layout: one preallocated K/V buffer per layer for every context segment.
+
+    Each segment has its own slice of ``[B, H, N_ctx, D]`` (``N_ctx`` = reference + sink + motion tokens);
+    setting a segment writes into its slice in place, and a segment not set yet (or dropped) is only
+    marked invalid. So the current chunk always attends over the same tensors at the same addresses, with
+    the same shapes, from the first chunk to the last: what ``torch.compile`` needs to compile the step
+    once, and CUDA graphs need to replay it without copying the context in. Masked-out slots give the
+    same attention as absent ones, so outputs equal :class:`ContextCache`'s.
+
+    Args:
+        sizes: tokens of each context segment, in window order (reference, sink, motion).
+    """
+
+    def __init__(self, sizes: tuple[int, ...]) -> None:
+        super().__init__()
+        self.sizes = tuple(int(n) for n in sizes)
+        self.starts = [sum(self.sizes[:s]) for s in range(len(self.sizes) + 1)]
+        self.keys: list[torch.Tensor] = []  # per layer [B, H, N_ctx, D]
+        self.values: list[torch.Tensor] = []
+        self.valid: torch.Tensor | None = None  # [B, N_ctx]
+        self.ids: torch.Tensor | None = None  # [N_ctx] segment of each slot
+        self._complete = [False] * len(self.sizes)  # per segment: set with every token valid
+
+    def _allocate(self, like: torch.Tensor, layers: int, batch: int) -> None:
+        b, h, _, d = like.shape
+        total = self.starts[-1]
+        self.keys = [like.new_zeros(b, h, total, d) for _ in range(layers)]
+        self.values = [like.new_zeros(b, h, total, d) for _ in range(layers)]
+        self.valid = torch.zeros(batch, total, dtype=torch.bool, device=like.device)
+        self.ids = torch.cat([torch.full((n,), s, dtype=torch.long) for s, n in enumerate(self.sizes)]).to(
+            like.device
+        )
+
+    def set(self, segment, keys, values, valid) -> None:
+        n = keys[0].shape[2]
+        if n != self.sizes[segment]:
+            raise ValueError(
+                f"Segment {segment} has {n} tokens but this cache was laid out for {self.sizes[segment]}."
+            )
+        if (
+            self.valid is None
+            or self.keys[0].shape[0] != keys[0].shape[0]
+            or self.keys[0].dtype != keys[0].dtype
+        ):
+            self._allocate(keys[0], len(keys), valid.shape[0])
+        lo, hi = self.starts[segment], self.starts[segment + 1]
+        for buffer, new in zip(self.keys + self.values, keys + values, strict=True):
+            buffer[:, :, lo:hi].copy_(new)
+        self.valid[:, lo:hi].copy_(valid)
+        self.segments[segment] = (
+            [k[:, :, lo:hi] for k in self.keys],
+            [v[:, :, lo:hi] for v in self.values],
+            self.valid[:, lo:hi],
+        )
+        self._complete[segment] = bool(valid.all())
+
+    def drop(self, segment: int) -> None:
+        if self.segments.pop(segment, None) is not None:
+            self.valid[:, self.starts[segment] : self.starts[segment + 1]] = False
+            self._complete[segment] = False
+
+    def replace_with(self, other: ContextCache) -> None:
+        for segment in list(self.segments):
+            self.drop(segment)
+        for segment, (keys, values, valid) in sorted(other.segments.items()):
+            self.set(segment, keys, values, valid)
+
+    def prefix(self, layer: int, below: int):
+        if not self.segments or min(self.segments) >= below:
+            return None
+        end = self.starts[below]
+        if end == self.starts[-1]:  # the whole context: the buffers themselves (fixed addresses)
+            return self.keys[layer], self.values[layer], self.valid, self.ids
+        return (self.keys[layer][:, :, :end], self.values[layer][:, :, :end], self.valid[:, :end],
+                self.ids[:end])  # fmt: skip
+
+    def all_valid(self, below: int) -> bool:
+        return all(self._complete[:below])
+
+    def nbytes(self) -> int:
+        if self.valid is None:
+            return 0
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values) + self.valid.numel()
+
+    def buffers(self) -> list[torch.Tensor]:
+        """Every tensor a compiled step reads from the cache (their addresses never change)."""
+        return [*self.keys, *self.values, self.valid, self.ids] if self.valid is not None else []
 
 
 class StreamingModule(nn.Module):

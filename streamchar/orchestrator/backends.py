@@ -44,10 +44,12 @@ class LLMBackend(Protocol):
 
 
 class HFBackend:
-    """In-process transformers model with a ``DynamicCache``."""
+    """In-process transformers model with a ``DynamicCache`` kept from one token (and chunk) to the next;
+    ``kv_cache=False`` recomputes the whole context for every token (the ablation the benchmark measures)."""
 
-    def __init__(self, model, temperature: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, model, temperature: float = 0.0, seed: int = 0, kv_cache: bool = True) -> None:
         self.model = model
+        self.kv_cache = kv_cache
         self.device = next(model.parameters()).device
         self.temperature = temperature
         self.generator = torch.Generator().manual_seed(seed)
@@ -74,8 +76,8 @@ class HFBackend:
         if self._logits is None:
             from transformers import DynamicCache
 
-            if self._cache is None:
-                self._cache = DynamicCache()
+            if self._cache is None or not self.kv_cache:
+                self._cache, self._computed = DynamicCache(), 0
             pending = torch.tensor([self._tokens[self._computed :]], device=self.device)
             out = self.model(input_ids=pending, past_key_values=self._cache, use_cache=True)
             self._cache = out.past_key_values
@@ -132,9 +134,10 @@ class VLLMBackend:
         return choose_move(logits, moves, self.temperature, self.generator)
 
 
-def make_backend(name: str, model=None, path: str | None = None, temperature: float = 0.0, seed: int = 0):
+def make_backend(name: str, model=None, path: str | None = None, temperature: float = 0.0, seed: int = 0,
+                 kv_cache: bool = True):  # fmt: skip
     if name == "hf":
-        return HFBackend(model, temperature=temperature, seed=seed)
+        return HFBackend(model, temperature=temperature, seed=seed, kv_cache=kv_cache)
     if name == "vllm":
         return VLLMBackend(path, temperature=temperature, seed=seed)
     raise ValueError(f"orchestrator.backend must be hf or vllm, got '{name}'.")

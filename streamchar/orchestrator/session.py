@@ -145,7 +145,9 @@ class Orchestrator:
         limits = PointerLimits(ocfg.max_phoneme_frames, ocfg.max_silence_frames)
         if loaded is not None:
             model, vocab = loaded
-            backend = make_backend("hf", model=model, temperature=ocfg.temperature, seed=ocfg.seed)
+            backend = make_backend(
+                "hf", model=model, temperature=ocfg.temperature, seed=ocfg.seed, kv_cache=ocfg.kv_cache
+            )
             return cls(backend, vocab, cfg.timeline.chunk_audio_tokens, Frontend(ocfg.language), voice_prompts,
                        ocfg.max_context_tokens, ocfg.max_history_tokens, limits, ocfg.max_push_chars)  # fmt: skip
         folder = path or ocfg.path
