@@ -1,9 +1,10 @@
 """Denoiser size, FLOPs per denoising step per chunk, and sampling time with and without the context cache.
 
 Parameter counts and FLOPs are counted for the tiny and base presets on PyTorch's meta device (no memory,
-no weights): FLOPs come from ``torch.utils.flop_counter`` over one forward pass of one item, for the full
+no weights) by :func:`streamchar.engine.flops.dit_flops`: one forward pass of one item, for the full
 window (what a step costs without the cache) and for the current chunk over cached context K/V, plus the
-once-per-chunk motion update and the once-per-session reference + sink update.
+once-per-chunk motion update and the once-per-session reference + sink update. The whole chunk (decoders
+and orchestrator too) is ``python -m streamchar.engine.flops``.
 
 The timing part runs the tiny preset for real: ``--chunks`` chunks of ``--steps`` Euler steps, once
 recomputing the whole window at every step and once with the cache, side by side in one run.
@@ -18,71 +19,25 @@ import json
 import statistics
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from streamchar.config import load_config
 from streamchar.denoiser.build import build_denoiser, build_sampler, latent_spec_from_config
-from streamchar.denoiser.dit import Conditions, WindowContext, count_parameters
+from streamchar.denoiser.dit import Conditions
 from streamchar.denoiser.rollout import generate
-
-
-def _flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
-def _window(model, spec, device):
-    tl = model.timeline
-    c, s, d = spec.latent_channels, spec.latent_size, spec.audio_dim
-    L, M, S = tl.chunk_latent_frames, tl.motion_latent_frames, tl.sink_latent_frames
-    La, Ma, Sa, R = (
-        tl.chunk_audio_tokens,
-        tl.motion_audio_tokens,
-        tl.sink_audio_tokens,
-        tl.reference_voice_tokens,
-    )
-
-    def z(*shape):
-        return torch.zeros(*shape, device=device)
-
-    yes = torch.ones(1, dtype=torch.bool, device=device)
-    ctx = WindowContext(z(1, c, 1, s, s), z(1, R, d), torch.ones(1, R, dtype=torch.bool, device=device), yes,
-                        z(1, c, S, s, s), z(1, Sa, d), yes, z(1, c, M, s, s), z(1, Ma, d), yes)  # fmt: skip
-    zeros = torch.zeros(1, La, dtype=torch.long, device=device)
-    current = (z(1, c, L, s, s), z(1, La, d), (z(1), z(1)), Conditions(zeros, zeros))
-    return ctx, current
+from streamchar.engine.flops import dit_flops
 
 
 def size_and_flops(preset: str) -> dict:
-    cfg = load_config(preset)
-    spec = latent_spec_from_config(cfg)
-    with torch.device("meta"):
-        model = build_denoiser(cfg.denoiser, cfg.timeline, spec).eval()
-    ctx, (video, audio, t, cond) = _window(model, spec, "meta")
-    with torch.no_grad():
-        full = _flops(lambda: model(video, audio, t, cond, ctx))
-        with model.streaming():
-            session = _flops(lambda: (model.set_reference(ctx.ref_video, ctx.ref_voice),
-                                      model.set_sink(ctx.sink_video, ctx.sink_audio)))  # fmt: skip
-            motion = _flops(lambda: model.set_motion(ctx.motion_video, ctx.motion_audio))
-            cached = _flops(lambda: model(video, audio, t, cond))
-    tl = cfg.timeline
-    tokens_per_frame = model.layout.tokens_per_frame
-    current_tokens = tl.chunk_latent_frames * tokens_per_frame + tl.chunk_audio_tokens
+    d = dit_flops(load_config(preset))
     return {
         "preset": preset,
-        "parameters": count_parameters(model),
-        "tokens_current_chunk": current_tokens,
-        "tokens_window": current_tokens
-        + (1 + tl.sink_latent_frames + tl.motion_latent_frames) * tokens_per_frame
-        + tl.reference_voice_tokens
-        + tl.sink_audio_tokens
-        + tl.motion_audio_tokens,
-        "gflops_step_full_window": round(full / 1e9, 2),
-        "gflops_step_cached": round(cached / 1e9, 2),
-        "gflops_motion_update_per_chunk": round(motion / 1e9, 2),
-        "gflops_reference_and_sink_per_session": round(session / 1e9, 2),
+        "parameters": d.parameters,
+        "tokens_current_chunk": d.tokens_current_chunk,
+        "tokens_window": d.tokens_window,
+        "gflops_step_full_window": round(d.step_full_window / 1e9, 2),
+        "gflops_step_cached": round(d.step_cached / 1e9, 2),
+        "gflops_motion_update_per_chunk": round(d.motion_update / 1e9, 2),
+        "gflops_reference_and_sink_per_session": round(d.reference_and_sink / 1e9, 2),
     }
 
 

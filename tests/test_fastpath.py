@@ -129,7 +129,9 @@ def test_the_streaming_step_traces_as_one_graph():
     with torch.no_grad(), model.streaming(cache):
         model.set_reference(ctx.ref_video, ctx.ref_voice, ctx.ref_voice_valid, ctx.ref_image_valid)
         model.set_motion(ctx.motion_video, ctx.motion_audio)
-        keys, values, valid, ids = zip(*[cache.prefix(layer, CURRENT) for layer in range(len(model.blocks))])
+        keys, values, valid, ids = zip(
+            *[cache.prefix(layer, CURRENT) for layer in range(len(model.blocks))], strict=True
+        )
         geometry = model.chunk_geometry(video.shape[2], audio.shape[1], video.device).as_tuple()
         explained = torch._dynamo.explain(model.cached_step)(video, audio, t[0], t[1], cond.units, cond.speaking,
                                                              None, list(keys), list(values), valid[0], ids[0],
