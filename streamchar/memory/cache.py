@@ -68,7 +68,10 @@ class ContextCache:
     def all_valid(self, below: int) -> bool:
         """Whether the segments before ``below`` are all present with every token valid (then a chunk
         attending to them needs no mask, and attention can take its fastest kernel)."""
-        return all(s in self.segments and bool(self.segments[s][2].all()) for s in range(below))
+        present = all(s in self.segments for s in range(below))
+        if not present or any(self.segments[s][2].is_meta for s in range(below)):  # meta: counting FLOPs
+            return present
+        return all(bool(self.segments[s][2].all()) for s in range(below))
 
     def nbytes(self) -> int:
         """Bytes of the cached K/V (the concatenated prefixes add at most as much again)."""
