@@ -442,13 +442,35 @@ def cmd_bench_stream(args: argparse.Namespace) -> None:
     from streamchar.engine.bench import bench_stream, format_table
 
     cfg = _config(args)
-    result = bench_stream(
-        cfg, steps=args.steps, chunks=args.chunks, overlap=args.overlap, presets=args.preset
-    )
+    options = dict(steps=args.steps, chunks=args.chunks, overlap=args.overlap, presets=args.preset,
+                   random_init=args.random_init, ablate=args.ablate, profile=args.profile)  # fmt: skip
+    result = bench_stream(cfg, **options)
+    if args.split:
+        from streamchar.engine.disagg import run_split
+
+        single = {r["steps"]: r for r in result["rows"] if r["row"] == "all on" and r["overlap"]}
+        split = run_split(cfg, _bench_split, options, random_init=args.random_init)
+        for row in split["rows"]:
+            row["row"] = "decoders on rank 1"
+            if row["steps"] in single:
+                row["rtf_single_over_split"] = round(
+                    single[row["steps"]]["real_time_factor"] / row["real_time_factor"], 3
+                )
+        result["rows"] += split["rows"]
+        result["split_device"] = split.get("device")
     print(format_table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _bench_split(engine, options: dict) -> dict:
+    """Rank 0 of ``bench stream --split``: the overlap-on rows with the decoders on the other rank."""
+    from streamchar.engine.bench import bench_stream
+
+    return bench_stream(
+        engine.cfg, **{**options, "overlap": "on", "ablate": False, "profile": None}, engine=engine
+    )
 
 
 def cmd_data_export_character(args: argparse.Namespace) -> None:
@@ -848,6 +870,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--chunks", type=int, default=16, help="chunks per run (default: 16)")
     p.add_argument("--overlap", choices=["both", "on", "off"], default="both", help="decode overlap runs")
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="random weights for every component (time a preset whose weights you do not have, e.g. base)",
+    )
+    p.add_argument(
+        "--ablate",
+        action="store_true",
+        help="also one row per fast-path optimisation switched off alone (first step count)",
+    )
+    p.add_argument(
+        "--split",
+        action="store_true",
+        help="also run with the decoders in a second process (the second GPU with two; gloo on a CPU)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        default=None,
+        help="profile a few chunks: DIR/trace.json (Chrome trace) and DIR/profile.md (time per stage)",
+    )
     p.add_argument("--json", default=None, help="also write the result here")
     _add_config_args(p)
     p.set_defaults(func=cmd_bench_stream)

@@ -8,6 +8,15 @@ Recorded per run: time to first frame (first push -> first frame decoded), chunk
 (chunks ready after their playback slot), and text-to-speech latency (push -> the pushed text's first
 audio playing) for the first and the mid-session sentence. Absolute times count only on a GPU; on a
 CPU the ratios between rows are the result.
+
+``--ablate`` adds, for the first step count, one row per fast-path optimisation switched off alone (bf16,
+the compiled step, CUDA graphs, the attention kernel, the context K/V cache, decode overlap, the
+orchestrator's KV cache, pinned transfers), in the same run as the row with everything on; a switch that
+changes nothing on this machine (CUDA graphs on a CPU) is listed as such instead of being timed. Each row
+also gives the sampler's device time per chunk and, from the FLOPs model
+(:mod:`streamchar.engine.flops`), the DiT's achieved TFLOP/s and its model FLOPs utilisation of the
+card's dense bf16 peak. ``--random-init`` times a preset with random weights (``base``, whose weights
+do not ship); ``--profile DIR`` records a trace of a few chunks and summarises where a chunk's time goes.
 """
 
 from __future__ import annotations
@@ -28,6 +37,11 @@ SECOND = "Tell me what you would like to talk about today."
 
 def run_once(engine: Engine, steps: int, overlap: bool, chunks: int, max_chunks: int | None = None) -> dict:
     max_chunks = max_chunks or 4 * chunks
+    cuda = engine.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
     session = engine.session([engine.character()], steps=steps, realtime=True, decode_overlap=overlap)
     second_pushed = None
     try:
@@ -53,61 +67,158 @@ def run_once(engine: Engine, steps: int, overlap: bool, chunks: int, max_chunks:
             "tts_first_s": round(latencies[0], 4) if latencies else None,
             "tts_mid_session_s": round(latencies[1], 4) if len(latencies) > 1 else None,
             "mid_session_push_after_chunk": second_pushed,
+            "sample_s": summary["sample_s"],
+            "session_state_mib": round(sum(session.state_nbytes().values()) / 2**20, 1),
+            "gpu_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+            "gpu_session_gib": round((torch.cuda.max_memory_allocated() - before) / 2**30, 2) if cuda else None,
         }  # fmt: skip
     finally:
         session.close()
 
 
-def bench_stream(cfg, steps=(1, 2, 4, 32), chunks: int = 16, overlap: str = "both", presets=None) -> dict:
+# (name, what turning it off means, overrides of cfg sections) -- decode overlap is a session argument
+ABLATIONS: tuple[tuple[str, str, dict], ...] = (
+    ("bf16", "fp32 weights and activations", {"engine.mixed_precision": "no", "engine.weights": "fp32"}),
+    ("compile", "the eager step", {"engine.compile": "off"}),
+    ("cuda_graphs", "compiled, launched kernel by kernel", {"engine.cuda_graphs": False}),
+    ("attention", "explicit softmax attention instead of the best kernel", {"engine.attention": "naive"}),
+    ("context_cache", "the whole window recomputed at every step", {"engine.context_cache": False}),
+    ("decode_overlap", "decoding after denoising, not beside the next chunk", {}),
+    ("orchestrator_kv_cache", "the LM context recomputed for every token", {"orchestrator.kv_cache": False}),
+    ("pinned_memory", "pageable host copies", {"engine.pinned_memory": False}),
+)
+
+
+def _configure(engine: Engine, overrides: dict) -> dict:
+    """Set ``overrides`` (``section.key`` -> value) on the engine's config and re-apply the fast path;
+    returns the previous values."""
+    from streamchar.training import resolve_mixed_precision
+
+    previous = {}
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        previous[dotted] = getattr(getattr(engine.cfg, section), key)
+        setattr(getattr(engine.cfg, section), key, value)
+    engine.precision = resolve_mixed_precision(engine.cfg.engine.mixed_precision)
+    engine.apply_fast_path()
+    return previous
+
+
+def _warm(engine: Engine, steps: int) -> None:
+    """One short session: compilation, CUDA graph capture, allocator and first-call costs out of the way."""
+    warm = engine.session([engine.character()], steps=steps)
+    warm.push_text("Hi there.", final=True)
+    for _ in warm:
+        pass
+    warm.close()
+
+
+def _utilisation(row: dict, flops, peak: float | None) -> None:
+    """The DiT's achieved TFLOP/s over the sampler's median time per chunk, and its share of ``peak``."""
+    from streamchar.engine.flops import mfu
+
+    seconds = (row.get("sample_s") or {}).get("p50")
+    if flops is None or not seconds:
+        return
+    work = row["steps"] * flops.dit.step_cached
+    row["dit_tflops"] = round(work / seconds / 1e12, 3)
+    row["dit_mfu"] = round(mfu(work, seconds, peak), 4) if peak else None
+
+
+def bench_stream(cfg, steps=(1, 2, 4, 32), chunks: int = 16, overlap: str = "both", presets=None,
+                 random_init: bool = False, ablate: bool = False, profile: str | None = None,
+                 engine: Engine | None = None) -> dict:  # fmt: skip
+    """Rows of :func:`run_once`; see the module docstring. ``engine`` reuses a built engine (one preset)."""
     from streamchar.config import load_config
+    from streamchar.engine.flops import peak_bf16_flops
 
     modes = {"both": (True, False), "on": (True,), "off": (False,)}[overlap]
-    rows = []
+    rows, skipped, flops_report = [], [], None
     for preset in presets or [None]:
         pcfg = cfg if preset is None else load_config(preset)
-        engine = Engine.from_config(pcfg)
-        warm = engine.session([engine.character()], steps=1)  # first-call costs out of the way
-        warm.push_text("Hi.", final=True)
-        for _ in warm:
-            pass
-        warm.close()
+        if engine is None or preset is not None:
+            engine = Engine.random_init(pcfg) if random_init else Engine.from_config(pcfg)
+        pcfg = engine.cfg
+        branches = engine.sampler().guidance.num_branches
+        device_name = torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else None
+        peak = peak_bf16_flops(device_name) if device_name else None
+        flops = {}
+        _warm(engine, min(steps))
         for n in tqdm(steps, desc=f"bench {pcfg.preset}", unit="steps"):
+            flops[n] = _count(pcfg, n, branches)
             for on in modes:
-                row = run_once(engine, n, on, chunks)
-                rows.append({"preset": pcfg.preset} | row)
-                logger.info("%s", rows[-1])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+                row = {"preset": pcfg.preset, "row": "all on"} | run_once(engine, n, on, chunks)
+                _utilisation(row, flops[n], peak)
+                rows.append(row)
+                logger.info("%s", row)
+        if ablate:
+            n, baseline = steps[0], dict(engine.fast_path)
+            for name, meaning, overrides in tqdm(ABLATIONS, desc=f"ablate {pcfg.preset}", unit="switch"):
+                previous = _configure(engine, overrides)
+                try:
+                    if engine.fast_path == baseline and name != "decode_overlap":
+                        skipped.append(
+                            {"preset": pcfg.preset, "off": name, "why": "no effect on this machine"}
+                        )
+                        continue
+                    _warm(engine, n)
+                    row = {"preset": pcfg.preset, "row": f"{name} off", "meaning": meaning}
+                    row |= run_once(engine, n, name != "decode_overlap", chunks)
+                    _utilisation(row, flops[n], peak)
+                    rows.append(row)
+                    logger.info("%s", row)
+                finally:
+                    _configure(engine, previous)
+            row = {"preset": pcfg.preset, "row": "all on, again"} | run_once(engine, n, True, chunks)
+            _utilisation(row, flops[n], peak)  # the same as the first row, unless the machine drifted
+            rows.append(row)
+        if profile:
+            from streamchar.engine.profile import profile_session
+
+            profiled = profile_session(engine, steps[0], profile)
+            logger.info("profile: %s", profiled["trace"])
+        flops_report = {n: f.to_dict() for n, f in flops.items() if f is not None}
+    device = "cuda" if engine.device.type == "cuda" else "cpu"
     return {
-        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
+        "device": device_name if device == "cuda" else platform.processor() or platform.machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "precision": engine.precision,
+        "fast_path": engine.fast_path, "random_init": random_init,
+        "peak_bf16_tflops": round(peak / 1e12, 1) if peak else None,
         "chunk_seconds": engine.timeline.chunk_seconds, "lookahead_chunks": pcfg.engine.lookahead_chunks,
-        "guidance_branches": engine.sampler().guidance.num_branches,
-        "date": time.strftime("%Y-%m-%d"), "rows": rows,
+        "guidance_branches": branches, "date": time.strftime("%Y-%m-%d"), "rows": rows,
+        "ablations_not_timed": skipped, "flops": flops_report,
     }  # fmt: skip
 
 
+def _count(cfg, steps: int, branches: int):
+    """The FLOPs model of a chunk, or None (logged) where the config's codecs are not modelled."""
+    from streamchar.engine.flops import chunk_flops
+
+    try:
+        return chunk_flops(cfg, steps, guidance_branches=branches)
+    except (ValueError, NotImplementedError) as err:
+        logger.warning("no FLOPs model for this config (%s); MFU is not reported", err)
+        return None
+
+
 def format_table(result: dict) -> str:
-    head = (
-        "preset",
-        "steps",
-        "overlap",
-        "TTFF s",
-        "chunk p50",
-        "p95",
-        "p99",
-        "RTF",
-        "misses",
-        "TTS first",
-        "TTS mid",
-    )
+    head = ("preset", "row", "steps", "overlap", "TTFF s", "chunk p50", "p95", "p99", "RTF", "misses",
+            "TTS first", "TTS mid", "sample p50 s", "DiT TFLOP/s", "MFU", "GPU GiB")  # fmt: skip
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in result["rows"]:
         lat = r["chunk_latency_s"]
-        cells = (r["preset"], r["steps"], "on" if r["overlap"] else "off", r["time_to_first_frame_s"], lat["p50"],
-                 lat["p95"], lat["p99"], r["real_time_factor"], f"{r['deadline_misses']}/{r['chunks']}",
-                 r["tts_first_s"], r["tts_mid_session_s"])  # fmt: skip
+        mfu = r.get("dit_mfu")
+        cells = (r["preset"], r.get("row", ""), r["steps"], "on" if r["overlap"] else "off",
+                 r["time_to_first_frame_s"], lat["p50"], lat["p95"], lat["p99"], r["real_time_factor"],
+                 f"{r['deadline_misses']}/{r['chunks']}", r["tts_first_s"], r["tts_mid_session_s"],
+                 (r.get("sample_s") or {}).get("p50"), r.get("dit_tflops", "–"),
+                 f"{100 * mfu:.1f} %" if mfu is not None else "–",
+                 r["gpu_session_gib"] if r.get("gpu_session_gib") is not None else "–")  # fmt: skip
         lines.append(" | ".join(str(c) for c in cells))
-    note = (f"device {result['device']}, {result['threads']} threads, {result['precision']}, chunk "
-            f"{result['chunk_seconds']} s, {result['guidance_branches']} guidance branches, lookahead "
-            f"{result['lookahead_chunks']}")  # fmt: skip
+    note = (f"device {result['device']}, {result['threads']} threads, {result['precision']}, fast path "
+            f"{result.get('fast_path')}, chunk {result['chunk_seconds']} s, {result['guidance_branches']} guidance "
+            f"branches, lookahead {result['lookahead_chunks']}"
+            + (", random weights" if result.get("random_init") else ""))  # fmt: skip
+    for s in result.get("ablations_not_timed", []):
+        note += f"\n{s['off']} off: {s['why']}"
     return "\n".join(lines) + "\n" + note

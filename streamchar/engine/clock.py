@@ -88,6 +88,9 @@ class SessionStats:
         self.busy_seconds = 0.0  # the producer's time per chunk, waits for playback excluded
         self.chunk_latency: deque[float] = deque(maxlen=keep)
         self.denoise_latency: deque[float] = deque(maxlen=keep)
+        self.sample_seconds: deque[float] = deque(
+            maxlen=keep
+        )  # the sampler's steps alone, per chunk (device time)
         self.tts_latency: deque[float] = deque(maxlen=keep)
         self.interrupts = 0
         self.realign_lag: deque[int] = deque(maxlen=keep)  # pointer ahead of the speech (tokens), per chunk
@@ -119,6 +122,7 @@ class SessionStats:
             "time_to_first_frame_s": round(self.time_to_first_frame, 4) if self.time_to_first_frame else None,
             "chunk_latency_s": rounded(percentiles(self.chunk_latency)),
             "denoise_latency_s": rounded(percentiles(self.denoise_latency)),
+            "sample_s": rounded(percentiles(self.sample_seconds)),
             "text_to_speech_latency_s": rounded(percentiles(self.tts_latency, (50, 95)))
             | {"count": len(self.tts_latency)},
             "real_time_factor": round(self.real_time_factor, 4) if self.real_time_factor else None,

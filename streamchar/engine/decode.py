@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 
 class ChunkDecoder(Protocol):
@@ -66,8 +67,9 @@ class LocalDecoder:
             if ready is not None and self.cuda_stream is not None:
                 self.cuda_stream.wait_event(ready)
             frames, wave = self.decode_on_device(video, audio)
-            frames_host = self._to_host("frames", frames)  # [T, H, W * B, 3]
-            wave_host = self._to_host("wave", wave) if wave is not None else None
+            with record_function("streamchar.to_host"):
+                frames_host = self._to_host("frames", frames)  # [T, H, W * B, 3]
+                wave_host = self._to_host("wave", wave) if wave is not None else None
         return frames_host, wave_host
 
     @torch.no_grad()
@@ -78,14 +80,16 @@ class LocalDecoder:
         ``[T, H, W * B, 3]``, wave float32 ``[N]`` or None (what a decoder server sends on as it is)."""
         eng = self.engine
         with eng.autocast():
-            frames = torch.cat([s.decode(video[b]) for b, s in enumerate(self.video_streams)], dim=2)
+            with record_function("streamchar.decode_video"):
+                frames = torch.cat([s.decode(video[b]) for b, s in enumerate(self.video_streams)], dim=2)
             wave = None
             if audio is not None:
-                if self.audio_stream is not None:
-                    wave = self.audio_stream.decode(audio)
-                else:
-                    wave = eng.audio_codec.decode(audio)
-                wave = wave.float().sum(0).clamp(-1, 1)
+                with record_function("streamchar.decode_audio"):
+                    if self.audio_stream is not None:
+                        wave = self.audio_stream.decode(audio)
+                    else:
+                        wave = eng.audio_codec.decode(audio)
+                    wave = wave.float().sum(0).clamp(-1, 1)
         return frames, wave
 
     def _to_host(self, name: str, tensor: torch.Tensor) -> np.ndarray:

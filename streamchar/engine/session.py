@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from streamchar.data.phonemes import SILENCE_ID
 from streamchar.denoiser.dit import NULL_SPEAKING, Conditions
@@ -128,6 +129,35 @@ class Engine:
         engine.apply_fast_path()
         if with_orchestrator and ecfg.realign:
             engine.phoneme_reader = _phoneme_reader(cfg, audio_codec)
+        return engine
+
+    @classmethod
+    def random_init(cls, cfg, seed: int = 0) -> Engine:
+        """Every component randomly initialised from the config's sizes (no checkpoint): for timing a preset
+        whose weights you do not have, such as ``base`` (``streamchar bench stream --random-init``). The
+        denoiser stands for a distilled student (guidance folded in: one branch, ``engine.steps`` steps); the
+        pointer is not realigned. The character is the configured one, resized to the preset's images."""
+        from streamchar.codecs.audio import build_audio_codec
+        from streamchar.codecs.video import build_video_codec
+        from streamchar.denoiser.build import build_denoiser, latent_spec_from_config
+        from streamchar.orchestrator.model import build_unit_lm
+        from streamchar.orchestrator.text import UnitVocabulary
+        from streamchar.training import resolve_mixed_precision
+
+        ecfg, vc = cfg.engine, cfg.video_codec
+        device = torch.device("cuda" if ecfg.device == "auto" and torch.cuda.is_available() else
+                              ("cpu" if ecfg.device == "auto" else ecfg.device))  # fmt: skip
+        torch.manual_seed(seed)
+        with torch.device(device):  # initialised in place: a 1.3B model never passes through host memory
+            denoiser = build_denoiser(cfg.denoiser, cfg.timeline, latent_spec_from_config(cfg)).eval()
+            video_codec = build_video_codec(vc.kind, vc.image_size, vc.latent_channels, vc.arch).eval()
+            vocab = UnitVocabulary()
+            unit_lm = build_unit_lm(cfg.orchestrator, vocab).eval()
+        audio_codec = build_audio_codec(cfg, cfg.timeline).to(device)
+        engine = cls(cfg, denoiser, video_codec.to(device), audio_codec, unit_lm, vocab, device,
+                     resolve_mixed_precision(ecfg.mixed_precision))  # fmt: skip
+        engine.distilled = {"steps": ecfg.steps, "shift": ecfg.shift, "random_init": True}
+        engine.apply_fast_path()
         return engine
 
     def apply_fast_path(self) -> dict[str, str | bool]:
@@ -491,7 +521,7 @@ class StreamSession:
         # input for) only what plays, and fill the rest with silence
         playing = min(L_a, tl.video_frames_to_audio_tokens(tl.chunk_video_frames(self._index)))
         if self.mode == "text":
-            with self._lock, eng.lock:
+            with self._lock, eng.lock, record_function("streamchar.plan"):
                 self._realign()
                 plan = self.orchestrator.next_chunk(playing)
                 self._planned[self._index] = (
@@ -550,23 +580,27 @@ class StreamSession:
         cond = Conditions(cond.units.to(device), cond.speaking.to(device))
         context = None
         with eng.lock, model.streaming(self._cache), eng.autocast():
-            if self._previous is not None:
-                video, audio = self._previous
-                if not self._sink_set and self.use_sink:
-                    self._sink = (video[:, :, :S], audio[:, :S_a])
-                    if self.context_cache:
-                        model.set_sink(repeat_batch(self._sink[0], n), repeat_batch(self._sink[1], n))
-                self._sink_set = True
-                if self.use_motion and self.context_cache:
-                    model.set_motion(repeat_batch(video[:, :, -M:], n), repeat_batch(audio[:, -M_a:], n))
-            if not self.context_cache:  # the ablation: the whole window at every step
-                motion = (self._previous[0][:, :, -M:], self._previous[1][:, -M_a:]) if (
-                    self._previous is not None and self.use_motion) else None  # fmt: skip
-                context = window_context(*self._references, self._sink, motion, tl)
+            with record_function("streamchar.context_update"):
+                if self._previous is not None:
+                    video, audio = self._previous
+                    if not self._sink_set and self.use_sink:
+                        self._sink = (video[:, :, :S], audio[:, :S_a])
+                        if self.context_cache:
+                            model.set_sink(repeat_batch(self._sink[0], n), repeat_batch(self._sink[1], n))
+                    self._sink_set = True
+                    if self.use_motion and self.context_cache:
+                        model.set_motion(repeat_batch(video[:, :, -M:], n), repeat_batch(audio[:, -M_a:], n))
+                if not self.context_cache:  # the ablation: the whole window at every step
+                    motion = (self._previous[0][:, :, -M:], self._previous[1][:, -M_a:]) if (
+                        self._previous is not None and self.use_motion) else None  # fmt: skip
+                    context = window_context(*self._references, self._sink, motion, tl)
             given_audio = given.to(device) if given is not None else None
-            video, audio = self.sampler.sample(
-                model, noise_video, noise_audio, cond, context, given_audio=given_audio
-            )
+            timer = _DeviceTimer(device)
+            with record_function("streamchar.sample"):
+                video, audio = self.sampler.sample(
+                    model, noise_video, noise_audio, cond, context, given_audio=given_audio
+                )
+            timer.stop()
             if given_audio is not None:
                 audio = given_audio
             video, audio = video.float(), audio.float()
@@ -580,7 +614,7 @@ class StreamSession:
         self._index += 1
         duration = tl.video_frames_to_seconds(tl.chunk_video_frames(index))
         self._media += duration
-        return index, media, duration, started, denoised, video, audio, plan, given_wave, event
+        return index, media, duration, started, denoised, video, audio, plan, given_wave, event, timer
 
     def _read_progress(self, index: int, plan: AudioConditions | None, wave: np.ndarray) -> None:
         """Decode worker: read the phonemes of chunk ``index``'s speech for the next realignment; only the
@@ -616,10 +650,11 @@ class StreamSession:
 
     @torch.no_grad()
     def _decode_and_emit(
-        self, index, media, duration, started, denoised, video, audio, plan, given, event
+        self, index, media, duration, started, denoised, video, audio, plan, given, event, timer
     ) -> None:
         tl = self.tl
         frames, wave = self._chunk_decoder.decode(video, audio if given is None else None, event)
+        self.stats.sample_seconds.append(timer.seconds())  # the decode waited for the sampling to finish
         if given is not None:  # audio-driven: play the given speech itself
             wave = given
         frames_n = tl.chunk_video_frames(index)
@@ -723,6 +758,31 @@ def _padded(plan: AudioConditions, frames: int) -> AudioConditions:
         speaking=extend(plan.speaking, False), speaker=extend(plan.speaker, -1), held=extend(plan.held, False),
         turn_ends=plan.turn_ends, done=plan.done, word=extend(plan.word, -1) if plan.word is not None else None,
     )  # fmt: skip
+
+
+class _DeviceTimer:
+    """Device time of the work queued between its creation and :meth:`stop`: CUDA events on a GPU (read
+    without a synchronisation once the work is known to be done), the wall clock on a CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.start, self.end = time.perf_counter(), None
+
+    def stop(self) -> None:
+        if self.cuda:
+            self.end.record()
+        else:
+            self.end = time.perf_counter()
+
+    def seconds(self) -> float:
+        if self.cuda:
+            self.end.synchronize()
+            return self.start.elapsed_time(self.end) / 1000
+        return self.end - self.start
 
 
 class _Worker:
