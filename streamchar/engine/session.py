@@ -180,7 +180,9 @@ class Engine:
         if attention == "auto":
             attention = "flash" if flash_available() else "sdpa"
         self.denoiser.set_attention_backend(attention)
-        compile_on = {"auto": cuda, "on": True, "off": False}.get(str(ecfg.compile).lower())
+        compile_on = {"auto": cuda, "on": True, "true": True, "off": False, "false": False}.get(
+            str(ecfg.compile).lower()
+        )  # YAML reads a bare on / off as a boolean
         if compile_on is None:
             raise ValueError(f"engine.compile must be auto, on or off, got '{ecfg.compile}'.")
         mode = ("reduce-overhead" if cuda and ecfg.cuda_graphs else "default") if compile_on else None
