@@ -444,6 +444,8 @@ def cmd_bench_stream(args: argparse.Namespace) -> None:
     cfg = _config(args)
     options = dict(steps=args.steps, chunks=args.chunks, overlap=args.overlap, presets=args.preset,
                    random_init=args.random_init, ablate=args.ablate, profile=args.profile)  # fmt: skip
+    if args.split and args.preset:
+        raise SystemExit("streamchar: error: --split runs the --config preset; leave out --preset.")
     result = bench_stream(cfg, **options)
     if args.split:
         from streamchar.engine.disagg import run_split
@@ -457,7 +459,6 @@ def cmd_bench_stream(args: argparse.Namespace) -> None:
                     single[row["steps"]]["real_time_factor"] / row["real_time_factor"], 3
                 )
         result["rows"] += split["rows"]
-        result["split_device"] = split.get("device")
     print(format_table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -468,9 +469,8 @@ def _bench_split(engine, options: dict) -> dict:
     """Rank 0 of ``bench stream --split``: the overlap-on rows with the decoders on the other rank."""
     from streamchar.engine.bench import bench_stream
 
-    return bench_stream(
-        engine.cfg, **{**options, "overlap": "on", "ablate": False, "profile": None}, engine=engine
-    )
+    split = {**options, "overlap": "on", "ablate": False, "profile": None, "presets": None}
+    return bench_stream(engine.cfg, **split, engine=engine)
 
 
 def cmd_data_export_character(args: argparse.Namespace) -> None:

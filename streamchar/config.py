@@ -276,14 +276,13 @@ class EngineConfig:
     lookahead_chunks: int = 1  # live: chunks generated ahead of playback (interrupt latency grows with it)
     audio_context_tokens: int = 4  # audio decoder context carried from one chunk into the next
     # the fast path (docs/performance.md); each switch can be turned off to measure what it buys
-    weights: str = (
-        "auto"  # auto (bf16 when the engine runs in bf16) | fp32 | bf16: the denoiser's stored weights
-    )
+    # auto (bf16 when the engine runs in bf16) | fp32 | bf16: the stored weights of the denoiser and the
+    # orchestrator's LM; going back to fp32 keeps the bf16-rounded values (reload for fp32 quality runs)
+    weights: str = "auto"
     compile: str = "auto"  # auto (on CUDA) | on | off: torch.compile the denoising step
     cuda_graphs: bool = True  # with compile on CUDA: replay the fixed-shape step as a CUDA graph
-    attention: str = (
-        "auto"  # auto (flash-attn when installed on CUDA, else sdpa) | sdpa | flex | flash | naive
-    )
+    # auto (flash-attn when installed on CUDA, else denoiser.attention) | sdpa | flex | flash | naive
+    attention: str = "auto"
     context_cache: bool = True  # reuse context K/V in every step (off: recompute the whole window each step)
     pinned_memory: bool = True  # CUDA: frames and PCM reach the host through pinned buffers
     # the window memory and the pointer (switch one off for an ablation)

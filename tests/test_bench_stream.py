@@ -35,7 +35,7 @@ def test_every_switch_is_timed_or_said_to_do_nothing_here(result):
 
 def test_the_flops_model_and_the_profile_come_with_the_rows(result):
     report, profile = result
-    flops = report["flops"][1]["flops"]
+    flops = report["flops"]["tiny"][1]["flops"]
     assert flops["total"] == sum(flops[k] for k in ("dit_denoising", "dit_motion_update", "video_decoder",
                                                     "audio_decoder", "orchestrator"))  # fmt: skip
     summary = (profile / "profile.md").read_text()

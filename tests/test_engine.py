@@ -131,7 +131,9 @@ def test_state_is_constant_and_close_frees_it(engine):
     before = engine.sessions
     session.close()
     gc.collect()
-    assert cache() is None and engine.sessions == before - 1
+    # the session's state is gone: its cache was freed, or went back, emptied, to the engine's bounded pool
+    assert engine.sessions == before - 1 and session._cache is None
+    assert cache() is None or (any(c is cache() for c in engine._free_caches) and not cache().segments)
     with pytest.raises(SessionClosed):
         session.push_text("anyone there?")
 
@@ -332,3 +334,14 @@ def test_context_cache_off_recomputes_the_window_and_gives_the_same_chunks(engin
     for a, b in zip(*outputs, strict=True):
         assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 1
         np.testing.assert_allclose(a.audio, b.audio, atol=1e-4)
+
+
+def test_a_closed_sessions_cache_is_reused_by_the_next(engine):
+    """The same buffers at the same addresses (a CUDA graph recorded for them replays), reset in between."""
+    with engine.session(decode_overlap=False) as first:
+        first.push_text("One.", final=True)
+        _run(first)
+        cache = first._cache
+        assert cache.segments
+    with engine.session(decode_overlap=False) as second:  # only its own reference so far
+        assert second._cache is cache and set(cache.segments) == {0}

@@ -137,3 +137,28 @@ def test_the_streaming_step_traces_as_one_graph():
                                                              None, list(keys), list(values), valid[0], ids[0],
                                                              geometry, False)  # fmt: skip
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_static_cache_keeps_its_segments_when_the_dtype_changes_and_resets_in_place():
+    """A cache filled in float32 that meets bf16 K/V (the model cast between chunks) re-allocates with every
+    segment carried over, never with a silently empty reference; reset keeps the buffers."""
+    model = tiny_dit()
+    video, audio, t, cond, ctx = random_window()
+    cache = model.static_cache()
+    with torch.no_grad(), model.streaming(cache):
+        model.set_reference(ctx.ref_video, ctx.ref_voice, ctx.ref_voice_valid, ctx.ref_image_valid)
+        model.to(torch.bfloat16)
+        with torch.autocast("cpu", torch.bfloat16):
+            model.set_sink(ctx.sink_video, ctx.sink_audio)
+            model.set_motion(ctx.motion_video, ctx.motion_audio)
+            mixed = model(video, audio, t, cond)
+    assert cache.keys[0].dtype == cache.values[0].dtype == torch.bfloat16 and set(cache.segments) == {0, 1, 2}
+    with torch.autocast("cpu", torch.bfloat16):
+        fresh = _stream(model, ctx, video, audio, t, cond, model.static_cache(), steps=1)[0]
+    scale = fresh[0].float().abs().max()
+    assert (
+        mixed[0].float() - fresh[0].float()
+    ).abs().max() < 0.05 * scale  # bf16 rounding, not a lost segment
+    buffer = cache.keys[0]
+    cache.reset()
+    assert not cache.segments and not cache.valid.any() and cache.keys[0] is buffer

@@ -110,7 +110,13 @@ def _flash(q, k, v, mask: WindowMask | torch.Tensor | None) -> torch.Tensor:
 
     if mask is None:
         return call(q, k, v)
-    if not isinstance(mask, WindowMask) or not bool(mask.k_valid.all() and mask.q_valid.all()):
+    # the per-segment split reads the mask's values on the host: inside a compiled step that would break
+    # the graph at every layer, so a masked call there takes SDPA with the dense mask
+    if (
+        torch.compiler.is_compiling()
+        or not isinstance(mask, WindowMask)
+        or not bool(mask.k_valid.all() and mask.q_valid.all())
+    ):
         return _sdpa(q, k, v, mask.dense() if isinstance(mask, WindowMask) else mask)
     outputs = []
     for segment in torch.unique_consecutive(mask.q_segments).tolist():

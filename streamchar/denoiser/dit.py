@@ -402,6 +402,9 @@ class JointDiT(StreamingModule):
                 ),
                 additive=(same_frame / same_frame.sum(dim=1, keepdim=True).clamp_min(1)).to(device),
             )  # fmt: skip
+            if torch.device(device).type == "cuda":  # fixed addresses: a CUDA graph reads them in place
+                for tensor in self._geometry[key].as_tuple():
+                    torch._dynamo.mark_static_address(tensor, guard=False)
         return self._geometry[key]
 
     def _conditioning(
@@ -539,8 +542,10 @@ class JointDiT(StreamingModule):
 
     def compile_step(self, mode: str | None = "default") -> None:
         """``torch.compile`` the streaming step (None: back to eager). ``mode="reduce-overhead"`` also
-        replays it as a CUDA graph; use a :class:`StaticContextCache` then, so the context K/V keep their
-        addresses and are not copied in at every replay."""
+        replays it as a CUDA graph; use a :class:`StaticContextCache` then: its buffers (and the chunk
+        geometry) are marked as static addresses, so the graph reads the context K/V in place instead of
+        copying them in at every replay. A graph is recorded per cache, so reuse caches across sessions
+        (``Engine`` keeps a pool)."""
         if mode is None:
             self._compiled_step, self._compiled_mode = None, None
             return

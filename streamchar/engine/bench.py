@@ -82,26 +82,34 @@ ABLATIONS: tuple[tuple[str, str, dict], ...] = (
     ("compile", "the eager step", {"engine.compile": "off"}),
     ("cuda_graphs", "compiled, launched kernel by kernel", {"engine.cuda_graphs": False}),
     ("attention", "explicit softmax attention instead of the best kernel", {"engine.attention": "naive"}),
-    ("context_cache", "the whole window recomputed at every step", {"engine.context_cache": False}),
+    (
+        "context_cache",
+        "the whole window recomputed at every step (eager: only the cached step is compiled)",
+        {"engine.context_cache": False},
+    ),
     ("decode_overlap", "decoding after denoising, not beside the next chunk", {}),
     ("orchestrator_kv_cache", "the LM context recomputed for every token", {"orchestrator.kv_cache": False}),
     ("pinned_memory", "pageable host copies", {"engine.pinned_memory": False}),
 )
 
 
-def _configure(engine: Engine, overrides: dict) -> dict:
-    """Set ``overrides`` (``section.key`` -> value) on the engine's config and re-apply the fast path;
-    returns the previous values."""
+def _current(engine: Engine, overrides: dict) -> dict:
+    """The engine config's present values of the keys ``overrides`` names (``section.key``)."""
+    return {
+        dotted: getattr(getattr(engine.cfg, dotted.split(".")[0]), dotted.split(".")[1])
+        for dotted in overrides
+    }
+
+
+def _configure(engine: Engine, overrides: dict) -> None:
+    """Set ``overrides`` (``section.key`` -> value) on the engine's config and re-apply the fast path."""
     from streamchar.training import resolve_mixed_precision
 
-    previous = {}
     for dotted, value in overrides.items():
         section, key = dotted.split(".")
-        previous[dotted] = getattr(getattr(engine.cfg, section), key)
         setattr(getattr(engine.cfg, section), key, value)
     engine.precision = resolve_mixed_precision(engine.cfg.engine.mixed_precision)
     engine.apply_fast_path()
-    return previous
 
 
 def _warm(engine: Engine, steps: int) -> None:
@@ -113,14 +121,15 @@ def _warm(engine: Engine, steps: int) -> None:
     warm.close()
 
 
-def _utilisation(row: dict, flops, peak: float | None) -> None:
-    """The DiT's achieved TFLOP/s over the sampler's median time per chunk, and its share of ``peak``."""
+def _utilisation(row: dict, flops, peak: float | None, full_window: bool = False) -> None:
+    """The DiT's achieved TFLOP/s over the sampler's median time per chunk, and its share of ``peak``
+    (``full_window``: each step recomputed the whole window, the context-cache ablation)."""
     from streamchar.engine.flops import mfu
 
     seconds = (row.get("sample_s") or {}).get("p50")
     if flops is None or not seconds:
         return
-    work = row["steps"] * flops.dit.step_cached
+    work = row["steps"] * (flops.dit.step_full_window if full_window else flops.dit.step_cached)
     row["dit_tflops"] = round(work / seconds / 1e12, 3)
     row["dit_mfu"] = round(mfu(work, seconds, peak), 4) if peak else None
 
@@ -132,8 +141,10 @@ def bench_stream(cfg, steps=(1, 2, 4, 32), chunks: int = 16, overlap: str = "bot
     from streamchar.config import load_config
     from streamchar.engine.flops import peak_bf16_flops
 
+    if engine is not None and presets:
+        raise ValueError("Give bench_stream an engine or presets, not both (the engine runs its own preset).")
     modes = {"both": (True, False), "on": (True,), "off": (False,)}[overlap]
-    rows, skipped, flops_report = [], [], None
+    rows, skipped, flops_report = [], [], {}
     for preset in presets or [None]:
         pcfg = cfg if preset is None else load_config(preset)
         if engine is None or preset is not None:
@@ -154,8 +165,9 @@ def bench_stream(cfg, steps=(1, 2, 4, 32), chunks: int = 16, overlap: str = "bot
         if ablate:
             n, baseline = steps[0], dict(engine.fast_path)
             for name, meaning, overrides in tqdm(ABLATIONS, desc=f"ablate {pcfg.preset}", unit="switch"):
-                previous = _configure(engine, overrides)
+                previous = _current(engine, overrides)
                 try:
+                    _configure(engine, overrides)
                     if engine.fast_path == baseline and name != "decode_overlap":
                         skipped.append(
                             {"preset": pcfg.preset, "off": name, "why": "no effect on this machine"}
@@ -164,7 +176,7 @@ def bench_stream(cfg, steps=(1, 2, 4, 32), chunks: int = 16, overlap: str = "bot
                     _warm(engine, n)
                     row = {"preset": pcfg.preset, "row": f"{name} off", "meaning": meaning}
                     row |= run_once(engine, n, name != "decode_overlap", chunks)
-                    _utilisation(row, flops[n], peak)
+                    _utilisation(row, flops[n], peak, full_window=name == "context_cache")
                     rows.append(row)
                     logger.info("%s", row)
                 finally:
@@ -177,7 +189,7 @@ def bench_stream(cfg, steps=(1, 2, 4, 32), chunks: int = 16, overlap: str = "bot
 
             profiled = profile_session(engine, steps[0], profile)
             logger.info("profile: %s", profiled["trace"])
-        flops_report = {n: f.to_dict() for n, f in flops.items() if f is not None}
+        flops_report[pcfg.preset] = {n: f.to_dict() for n, f in flops.items() if f is not None}
     device = "cuda" if engine.device.type == "cuda" else "cpu"
     return {
         "device": device_name if device == "cuda" else platform.processor() or platform.machine(),

@@ -87,6 +87,7 @@ class SessionStats:
         self.compute_seconds = 0.0  # sum of chunk latencies (overlapping chunks count twice)
         self.busy_seconds = 0.0  # the producer's time per chunk, waits for playback excluded
         self.chunk_latency: deque[float] = deque(maxlen=keep)
+        # planning -> the step's work queued (on CUDA the device may still be busy: see sample_seconds)
         self.denoise_latency: deque[float] = deque(maxlen=keep)
         self.sample_seconds: deque[float] = deque(
             maxlen=keep

@@ -68,8 +68,9 @@ DEFAULT_TOKENS_PER_FRAME = 2.5
 # ``torch.cuda.get_device_name()``. NVIDIA's datasheets print the sparse figure (marked "*With sparsity");
 # the dense peak is half of it:
 #   H100 SXM 1,979* -> 989, H100 PCIe 1,513* -> 756, H100 NVL 1,671* -> 835 (H100 datasheet, BF16 Tensor Core);
-#   H200 and GH200 1,979* -> 989 (H200 / GH200 datasheets); A100 624* -> 312 (A100 datasheet, BFLOAT16
-#   Tensor Core, SXM and PCIe alike); L40S 733* -> 362 (L40S datasheet, 362.05 dense);
+#   H200 and GH200 1,979* -> 989, H200 NVL 1,671* -> 835 (H200 / GH200 datasheets);
+#   A100 624* -> 312 (A100 datasheet, BFLOAT16 Tensor Core, SXM and PCIe alike);
+#   L40S 733* -> 362 (L40S datasheet, 362.05 dense);
 #   RTX 4090: 165.2 dense BF16 with FP32 accumulate (Ada Lovelace architecture whitepaper, appendix table),
 #   the accumulation PyTorch's BF16 matmuls use.
 PEAK_BF16_TFLOPS: dict[str, float] = {
@@ -77,6 +78,7 @@ PEAK_BF16_TFLOPS: dict[str, float] = {
     "H100 PCIe": 756.0,
     "H100 NVL": 835.0,
     "H200": 989.0,
+    "H200 NVL": 835.0,
     "GH200": 989.0,
     "A100": 312.0,
     "L40S": 362.0,

@@ -62,8 +62,9 @@ def profile_session(engine, steps: int, out: str | Path, chunks: int = 8) -> dic
             (e for e in events if e.self_device_time_total > 0 and not e.key.startswith("streamchar.")),
             key=lambda e: -e.self_device_time_total,
         )
-        kernels = [{"name": e.key[:90], "device_ms_per_chunk": round(e.self_device_time_total / 1000 / profiled, 3),
-                    "calls_per_chunk": round(e.count / profiled, 1)} for e in ranked[:12]]  # fmt: skip
+        per = max(profiled, 1)
+        kernels = [{"name": e.key[:90], "device_ms_per_chunk": round(e.self_device_time_total / 1000 / per, 3),
+                    "calls_per_chunk": round(e.count / per, 1)} for e in ranked[:12]]  # fmt: skip
     summary = {"chunks": profiled, "steps": steps, "device": str(engine.device), "fast_path": engine.fast_path,
                "stages": {k: stages[k] for k in STAGES if k in stages}, "top_kernels": kernels,
                "trace": str(out / "trace.json")}  # fmt: skip

@@ -88,6 +88,7 @@ class Engine:
         self.device = device or torch.device("cpu")
         self.precision = precision
         self.distilled: dict | None = None  # a distilled student's record: its steps, shift, folded guidance
+        self._free_caches: list = []  # closed sessions' context caches, reused by new ones
         self.decoder_factory = None  # (characters, audio_context_tokens) -> ChunkDecoder; None: local
         self.fast_path: dict[str, str | bool] = {}  # what apply_fast_path put into effect
         self.phoneme_reader = None  # reads phonemes from generated audio latents (pointer realignment)
@@ -162,7 +163,8 @@ class Engine:
 
     def apply_fast_path(self) -> dict[str, str | bool]:
         """Put ``cfg.engine``'s fast-path switches into effect on the loaded models (call again after changing
-        them, as the benchmark does between rows); returns what is in effect."""
+        them, as the benchmark does between rows); returns what is in effect. Weights are cast in place:
+        back to fp32 after bf16 they keep the bf16-rounded values."""
         from streamchar.denoiser.attention import flash_available
 
         ecfg, cuda = self.cfg.engine, self.device.type == "cuda"
@@ -176,9 +178,15 @@ class Engine:
         self.denoiser.to(dtype)
         if self.unit_lm is not None:
             self.unit_lm.to(dtype)
+        from streamchar.denoiser.attention import BACKENDS
+
         attention = ecfg.attention
         if attention == "auto":
-            attention = "flash" if flash_available() else "sdpa"
+            attention = "flash" if flash_available() else self.cfg.denoiser.attention
+        if attention not in BACKENDS:
+            raise ValueError(
+                f"engine.attention must be auto or one of {', '.join(BACKENDS)}, got '{attention}'."
+            )
         self.denoiser.set_attention_backend(attention)
         compile_on = {"auto": cuda, "on": True, "true": True, "off": False, "false": False}.get(
             str(ecfg.compile).lower()
@@ -188,7 +196,7 @@ class Engine:
         mode = ("reduce-overhead" if cuda and ecfg.cuda_graphs else "default") if compile_on else None
         if mode != self.denoiser._compiled_mode:
             self.denoiser.compile_step(mode)
-        self.fast_path = {"weights": weights, "attention": attention, "compile": mode or "off",
+        self.fast_path = {"precision": self.precision, "weights": weights, "attention": attention, "compile": mode or "off",
                           "context_cache": ecfg.context_cache, "pinned_memory": ecfg.pinned_memory and cuda,
                           "orchestrator_kv_cache": self.cfg.orchestrator.kv_cache}  # fmt: skip
         logger.info("fast path: %s", self.fast_path)
@@ -246,6 +254,23 @@ class Engine:
         return LocalDecoder(
             self, characters, audio_context_tokens, side_stream, self.cfg.engine.pinned_memory
         )
+
+    def take_cache(self):
+        """A context cache for a new session: a closed session's, reset, when one is free (the same buffers
+        at the same addresses, so a CUDA graph of the step recorded for it replays without recording)."""
+        with self._count_lock:
+            if self._free_caches:
+                return self._free_caches.pop()
+        return self.denoiser.static_cache()
+
+    def give_cache(self, cache) -> None:
+        """Take a closed session's cache back for the next session (at most a few are kept)."""
+        if cache is None:
+            return
+        cache.reset()
+        with self._count_lock:
+            if len(self._free_caches) < 4:
+                self._free_caches.append(cache)
 
     def session(self, characters: list[Character] | None = None, **kwargs) -> StreamSession:
         return StreamSession(self, characters or [self.character()], **kwargs)
@@ -351,7 +376,7 @@ class StreamSession:
                 voices[i, : len(lat)], valid[i, : len(lat)] = lat, True
         # the fixed-layout cache: the step reads the same buffers from the first chunk to the last (what a
         # compiled step and its CUDA graph need); without the context cache the window is recomputed
-        self._cache = eng.denoiser.static_cache()
+        self._cache = eng.take_cache()
         self._references = (ref_video.to(device), voices, valid)
         if self.context_cache:
             with eng.lock, eng.denoiser.streaming(self._cache), eng.autocast():
@@ -721,6 +746,7 @@ class StreamSession:
                 self._producer.join(timeout=0.05)
         if self._decoder is not None:
             self._decoder.shutdown()
+        self.engine.give_cache(self._cache)
         self._cache = None
         self._references = self._sink = None
         self._previous = None

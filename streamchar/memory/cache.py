@@ -112,6 +112,10 @@ class StaticContextCache(ContextCache):
     once, and CUDA graphs need to replay it without copying the context in. Masked-out slots give the
     same attention as absent ones, so outputs equal :class:`ContextCache`'s.
 
+    A padding query (an invalid current-chunk token) reads every slot, set or not, where the growing cache
+    has only the segments present; no valid token reads a padding token's output, so every valid output
+    is the same.
+
     Args:
         sizes: tokens of each context segment, in window order (reference, sink, motion).
     """
@@ -126,28 +130,47 @@ class StaticContextCache(ContextCache):
         self.ids: torch.Tensor | None = None  # [N_ctx] segment of each slot
         self._complete = [False] * len(self.sizes)  # per segment: set with every token valid
 
-    def _allocate(self, like: torch.Tensor, layers: int, batch: int) -> None:
-        b, h, _, d = like.shape
+    def _allocate(self, keys: torch.Tensor, values: torch.Tensor, layers: int, batch: int) -> None:
+        """New buffers shaped, typed and placed like ``keys`` / ``values``; segments already set are copied
+        over (cast), so a change of batch, dtype or device never loses them."""
+        kept = {s: (list(k), list(v), m) for s, (k, v, m) in self.segments.items()}
+        b, h, _, d = keys.shape
         total = self.starts[-1]
-        self.keys = [like.new_zeros(b, h, total, d) for _ in range(layers)]
-        self.values = [like.new_zeros(b, h, total, d) for _ in range(layers)]
-        self.valid = torch.zeros(batch, total, dtype=torch.bool, device=like.device)
+        self.keys = [keys.new_zeros(b, h, total, d) for _ in range(layers)]
+        self.values = [values.new_zeros(b, h, total, values.shape[-1]) for _ in range(layers)]
+        self.valid = torch.zeros(batch, total, dtype=torch.bool, device=keys.device)
         self.ids = torch.cat([torch.full((n,), s, dtype=torch.long) for s, n in enumerate(self.sizes)]).to(
-            like.device
+            keys.device
         )
+        if keys.is_cuda:  # a CUDA graph of the step reads these in place instead of copying them in
+            for buffer in self.buffers():
+                torch._dynamo.mark_static_address(buffer, guard=False)
+        self.segments, self._complete = {}, [False] * len(self.sizes)
+        for segment, (k, v, m) in sorted(kept.items()):
+            if m.shape[0] == batch:  # another batch size cannot carry the old segments over
+                self._write(segment, k, v, m)
+
+    def _fits(self, keys: torch.Tensor, values: torch.Tensor, batch: int) -> bool:
+        if self.valid is None:
+            return False
+        k, v = self.keys[0], self.values[0]
+        return (k.shape[0] == keys.shape[0] == batch and k.dtype == keys.dtype
+                and v.dtype == values.dtype and k.device == keys.device)  # fmt: skip
 
     def set(self, segment, keys, values, valid) -> None:
         n = keys[0].shape[2]
         if n != self.sizes[segment]:
             raise ValueError(
-                f"Segment {segment} has {n} tokens but this cache was laid out for {self.sizes[segment]}."
+                f"The {SEGMENTS[segment]} segment has {n} tokens but this static cache was laid out for "
+                f"{self.sizes[segment]}; pad it to the timeline's size (padding marked invalid) or stream "
+                "with a growing ContextCache."
             )
-        if (
-            self.valid is None
-            or self.keys[0].shape[0] != keys[0].shape[0]
-            or self.keys[0].dtype != keys[0].dtype
-        ):
-            self._allocate(keys[0], len(keys), valid.shape[0])
+        if not self._fits(keys[0], values[0], valid.shape[0]):
+            self._allocate(keys[0], values[0], len(keys), valid.shape[0])
+        self._write(segment, keys, values, valid)
+
+    def _write(self, segment, keys, values, valid) -> None:
+        """Copy a segment into its slice of the buffers (cast to their dtype and device)."""
         lo, hi = self.starts[segment], self.starts[segment + 1]
         for buffer, new in zip(self.keys + self.values, keys + values, strict=True):
             buffer[:, :, lo:hi].copy_(new)
@@ -158,6 +181,11 @@ class StaticContextCache(ContextCache):
             self.valid[:, lo:hi],
         )
         self._complete[segment] = bool(valid.all())
+
+    def reset(self) -> None:
+        """Forget every segment, keeping the buffers (a new session reuses them at the same addresses)."""
+        for segment in list(self.segments):
+            self.drop(segment)
 
     def drop(self, segment: int) -> None:
         if self.segments.pop(segment, None) is not None:
