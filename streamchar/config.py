@@ -242,6 +242,9 @@ class OrchestratorConfig:
     max_positions: int = 4096
     backend: str = "hf"  # hf (in-process, KV cache) | vllm (optional extra)
     kv_cache: bool = True  # hf: keep the LM's KV cache across tokens and chunks (off only for the benchmark)
+    # hf: auto (on CUDA) | on | off: a preallocated KV cache and bucketed appends, so the per-frame pass has
+    # a few fixed shapes (compiled, and captured as CUDA graphs, when engine.compile is on)
+    static_cache: str = "auto"
     device: str = "auto"
     language: str = "en-us"  # espeak-ng voice used for phonemes
     temperature: float = 0.0  # 0 = greedy
@@ -486,3 +489,12 @@ def to_yaml(cfg: StreamCharConfig) -> str:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def resolve_switch(value, name: str, auto: bool) -> bool:
+    """An ``auto | on | off`` setting as a bool (YAML reads a bare on / off as a boolean; ``auto`` is
+    ``auto``), or a one-sentence error naming the key."""
+    on = {"auto": auto, "on": True, "true": True, "off": False, "false": False}.get(str(value).lower())
+    if on is None:
+        raise ValueError(f"{name} must be auto, on or off, got '{value}'.")
+    return on

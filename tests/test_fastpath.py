@@ -162,3 +162,34 @@ def test_static_cache_keeps_its_segments_when_the_dtype_changes_and_resets_in_pl
     buffer = cache.keys[0]
     cache.reset()
     assert not cache.segments and not cache.valid.any() and cache.keys[0] is buffer
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_orchestrator_static_cache_with_padded_appends_gives_the_dynamic_logits(compiled):
+    """Appends of 1-16 tokens padded to a bucket, longer ones eager, a reset: the logits the growing cache
+    gives, every time."""
+    from streamchar.config import load_config
+    from streamchar.orchestrator.backends import HFBackend
+    from streamchar.orchestrator.model import build_unit_lm
+    from streamchar.orchestrator.text import UnitVocabulary
+
+    torch.manual_seed(0)
+    vocab = UnitVocabulary()
+    model = build_unit_lm(load_config("tiny").orchestrator, vocab).eval()
+    dynamic = HFBackend(model)
+    static = HFBackend(model, static=True, compile=compiled, max_tokens=256)
+    g = torch.Generator().manual_seed(1)
+    for appends in (
+        [40, 1, 2, 3, 1, 5, 9, 16, 1, 20, 2],
+        [7, 1, 1, 4],
+    ):  # a prompt, frames, a turn; then reset
+        for backend in (dynamic, static):
+            backend.reset([])
+        for n in appends:
+            tokens = torch.randint(0, len(vocab), (n,), generator=g).tolist()
+            for backend in (dynamic, static):
+                backend.append(tokens)
+            torch.testing.assert_close(static.logits(), dynamic.logits(), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="static cache of 256"):
+        static.append([1] * 300)
+        static.logits()

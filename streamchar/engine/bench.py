@@ -11,8 +11,9 @@ CPU the ratios between rows are the result.
 
 ``--ablate`` adds, for the first step count, one row per fast-path optimisation switched off alone (bf16,
 the compiled step, CUDA graphs, the attention kernel, the context K/V cache, decode overlap, the
-orchestrator's KV cache, pinned transfers), in the same run as the row with everything on; a switch that
-changes nothing on this machine (CUDA graphs on a CPU) is listed as such instead of being timed. Each row
+orchestrator's KV cache and its static, graph-captured form, pinned transfers), in the same run as the
+row with everything on; a switch that changes nothing on this machine (CUDA graphs on a CPU) is listed
+as such instead of being timed. Each row
 also gives the sampler's device time per chunk and, from the FLOPs model
 (:mod:`streamchar.engine.flops`), the DiT's achieved TFLOP/s and its model FLOPs utilisation of the
 card's dense bf16 peak. ``--random-init`` times a preset with random weights (``base``, whose weights
@@ -89,6 +90,11 @@ ABLATIONS: tuple[tuple[str, str, dict], ...] = (
     ),
     ("decode_overlap", "decoding after denoising, not beside the next chunk", {}),
     ("orchestrator_kv_cache", "the LM context recomputed for every token", {"orchestrator.kv_cache": False}),
+    (
+        "orchestrator_static_cache",
+        "the LM's growing cache, each frame's pass launched op by op",
+        {"orchestrator.static_cache": "off"},
+    ),
     ("pinned_memory", "pageable host copies", {"engine.pinned_memory": False}),
 )
 

@@ -165,7 +165,9 @@ class Engine:
         """Put ``cfg.engine``'s fast-path switches into effect on the loaded models (call again after changing
         them, as the benchmark does between rows); returns what is in effect. Weights are cast in place:
         back to fp32 after bf16 they keep the bf16-rounded values."""
+        from streamchar.config import resolve_switch
         from streamchar.denoiser.attention import flash_available
+        from streamchar.orchestrator.session import hf_backend_options
 
         ecfg, cuda = self.cfg.engine, self.device.type == "cuda"
         weights = ecfg.weights if ecfg.weights != "auto" else ("bf16" if self.precision == "bf16" else "fp32")
@@ -188,17 +190,14 @@ class Engine:
                 f"engine.attention must be auto or one of {', '.join(BACKENDS)}, got '{attention}'."
             )
         self.denoiser.set_attention_backend(attention)
-        compile_on = {"auto": cuda, "on": True, "true": True, "off": False, "false": False}.get(
-            str(ecfg.compile).lower()
-        )  # YAML reads a bare on / off as a boolean
-        if compile_on is None:
-            raise ValueError(f"engine.compile must be auto, on or off, got '{ecfg.compile}'.")
+        compile_on = resolve_switch(ecfg.compile, "engine.compile", cuda)
         mode = ("reduce-overhead" if cuda and ecfg.cuda_graphs else "default") if compile_on else None
         if mode != self.denoiser._compiled_mode:
             self.denoiser.compile_step(mode)
         self.fast_path = {"precision": self.precision, "weights": weights, "attention": attention, "compile": mode or "off",
                           "context_cache": ecfg.context_cache, "pinned_memory": ecfg.pinned_memory and cuda,
-                          "orchestrator_kv_cache": self.cfg.orchestrator.kv_cache}  # fmt: skip
+                          "orchestrator_kv_cache": self.cfg.orchestrator.kv_cache,
+                          "orchestrator_static_cache": hf_backend_options(self.cfg, self.device)["static"]}  # fmt: skip
         logger.info("fast path: %s", self.fast_path)
         return self.fast_path
 

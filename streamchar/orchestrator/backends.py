@@ -44,15 +44,34 @@ class LLMBackend(Protocol):
 
 
 class HFBackend:
-    """In-process transformers model with a ``DynamicCache`` kept from one token (and chunk) to the next;
-    ``kv_cache=False`` recomputes the whole context for every token (the ablation the benchmark measures)."""
+    """In-process transformers model with a KV cache kept from one token (and chunk) to the next.
 
-    def __init__(self, model, temperature: float = 0.0, seed: int = 0, kv_cache: bool = True) -> None:
+    The orchestrator reads a few tokens per audio frame, one forward pass each, so on a GPU a pass costs
+    its kernel launches more than its FLOPs. ``static=True`` keeps the context in a preallocated
+    ``StaticCache`` and feeds each short append padded to a bucket length (1, 2, 4, 8 or 16 tokens) at
+    fixed cache positions, so the pass has a handful of shapes that ``torch.compile`` (``compile=True``;
+    with CUDA graphs on a GPU) captures once. Padding is exact: the padded tokens sit after the real ones,
+    which never attend to them, and the next append overwrites them before any query can reach them.
+    Longer appends (a prompt, a new turn) run eagerly into the same cache. ``kv_cache=False`` recomputes
+    the whole context for every token (the ablation the benchmark measures).
+    """
+
+    BUCKETS = (1, 2, 4, 8, 16)
+
+    def __init__(self, model, temperature: float = 0.0, seed: int = 0, kv_cache: bool = True,
+                 static: bool = False, compile: bool = False, max_tokens: int = 4096) -> None:  # fmt: skip
         self.model = model
         self.kv_cache = kv_cache
         self.device = next(model.parameters()).device
         self.temperature = temperature
         self.generator = torch.Generator().manual_seed(seed)
+        self.static = static and kv_cache
+        self.max_tokens = max_tokens
+        self._static_cache = None
+        self._step = model.forward
+        if self.static and compile:
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+            self._step = _compiled_forward(model, mode)
         self.reset([])
 
     def reset(self, tokens: Sequence[int]) -> None:
@@ -60,6 +79,9 @@ class HFBackend:
         self._cache = None
         self._computed = 0  # tokens already in the KV cache
         self._logits: torch.Tensor | None = None
+        if self._static_cache is not None:
+            with torch.inference_mode():  # its tensors were made in inference mode
+                self._static_cache.reset()
         self.append(tokens)
 
     def append(self, tokens: Sequence[int]) -> None:
@@ -74,19 +96,57 @@ class HFBackend:
     def logits(self) -> torch.Tensor:
         """Next-token logits ``[V]`` for the current context (computed once per context)."""
         if self._logits is None:
-            from transformers import DynamicCache
-
-            if self._cache is None or not self.kv_cache:
-                self._cache, self._computed = DynamicCache(), 0
-            pending = torch.tensor([self._tokens[self._computed :]], device=self.device)
-            out = self.model(input_ids=pending, past_key_values=self._cache, use_cache=True)
-            self._cache = out.past_key_values
-            self._computed = len(self._tokens)
-            self._logits = out.logits[0, -1].float().cpu()
+            self._logits = self._static_logits() if self.static else self._dynamic_logits()
         return self._logits
+
+    def _dynamic_logits(self) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        if self._cache is None or not self.kv_cache:
+            self._cache, self._computed = DynamicCache(), 0
+        pending = torch.tensor([self._tokens[self._computed :]], device=self.device)
+        out = self.model(input_ids=pending, past_key_values=self._cache, use_cache=True)
+        self._cache = out.past_key_values
+        self._computed = len(self._tokens)
+        return out.logits[0, -1].float().cpu()
+
+    def _static_logits(self) -> torch.Tensor:
+        from transformers import StaticCache
+
+        pending = self._tokens[self._computed :]
+        n, start = len(pending), self._computed
+        bucket = next((b for b in self.BUCKETS if b >= n), None)
+        if start + (bucket or n) > self.max_tokens:
+            raise ValueError(
+                f"The orchestrator's context reached {start + n} tokens, over its static cache of "
+                f"{self.max_tokens}; raise orchestrator.max_positions or lower orchestrator.max_context_tokens."
+            )
+        if self._static_cache is None:
+            self._static_cache = StaticCache(config=self.model.config, max_cache_len=self.max_tokens)
+        if bucket is None or start == 0:  # a prompt or a new turn: one eager pass of its own length
+            ids, step = pending, self.model.forward
+        else:  # a frame's few tokens: padded to the bucket (see the class docstring)
+            ids, step = pending + [pending[-1]] * (bucket - n), self._step
+        positions = torch.arange(start, start + len(ids), device=self.device)
+        out = step(input_ids=torch.tensor([ids], device=self.device), cache_position=positions,
+                   position_ids=positions[None], past_key_values=self._static_cache, use_cache=True)  # fmt: skip
+        self._computed = len(self._tokens)
+        if len(ids) > n:  # the cache counts the padding as written: rewind it to the real length, in place
+            for layer in self._static_cache.layers:
+                layer.cumulative_length.fill_(self._computed)
+        return out.logits[0, n - 1].float().cpu()  # read before a CUDA graph's next replay overwrites it
 
     def next_token(self, moves: Sequence[Sequence[int]]) -> int:
         return choose_move(self.logits(), moves, self.temperature, self.generator)
+
+
+def _compiled_forward(model, mode: str):
+    """One compiled forward per model, kept on the model (every session's backend shares it)."""
+    compiled = getattr(model, "_streamchar_compiled_forward", None)
+    if compiled is None:
+        compiled = torch.compile(model.forward, mode=mode, dynamic=False)
+        model._streamchar_compiled_forward = compiled
+    return compiled
 
 
 class VLLMBackend:
@@ -135,9 +195,10 @@ class VLLMBackend:
 
 
 def make_backend(name: str, model=None, path: str | None = None, temperature: float = 0.0, seed: int = 0,
-                 kv_cache: bool = True):  # fmt: skip
+                 **hf_options):  # fmt: skip
+    """``hf_options``: :class:`HFBackend`'s ``kv_cache``, ``static``, ``compile`` and ``max_tokens``."""
     if name == "hf":
-        return HFBackend(model, temperature=temperature, seed=seed, kv_cache=kv_cache)
+        return HFBackend(model, temperature=temperature, seed=seed, **hf_options)
     if name == "vllm":
         return VLLMBackend(path, temperature=temperature, seed=seed)
     raise ValueError(f"orchestrator.backend must be hf or vllm, got '{name}'.")

@@ -33,6 +33,17 @@ from streamchar.orchestrator.text import Frontend, TextError, UnitVocabulary, Wo
 logger = logging.getLogger(__name__)
 
 
+def hf_backend_options(cfg, device: torch.device) -> dict:
+    """The in-process backend's cache settings: ``orchestrator.kv_cache`` and ``orchestrator.static_cache``
+    (auto: on CUDA), its decode step compiled when ``engine.compile`` is on (auto: on CUDA)."""
+    from streamchar.config import resolve_switch
+
+    ocfg, cuda = cfg.orchestrator, torch.device(device).type == "cuda"
+    static = resolve_switch(ocfg.static_cache, "orchestrator.static_cache", cuda)
+    return {"kv_cache": ocfg.kv_cache, "static": static, "max_tokens": ocfg.max_positions,
+            "compile": static and resolve_switch(cfg.engine.compile, "engine.compile", cuda)}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class AudioConditions:
     """One chunk's frame-aligned audio conditions (``T_a`` = the timeline's audio tokens per chunk).
@@ -145,9 +156,8 @@ class Orchestrator:
         limits = PointerLimits(ocfg.max_phoneme_frames, ocfg.max_silence_frames)
         if loaded is not None:
             model, vocab = loaded
-            backend = make_backend(
-                "hf", model=model, temperature=ocfg.temperature, seed=ocfg.seed, kv_cache=ocfg.kv_cache
-            )
+            backend = make_backend("hf", model=model, temperature=ocfg.temperature, seed=ocfg.seed,
+                                   **hf_backend_options(cfg, next(model.parameters()).device))  # fmt: skip
             return cls(backend, vocab, cfg.timeline.chunk_audio_tokens, Frontend(ocfg.language), voice_prompts,
                        ocfg.max_context_tokens, ocfg.max_history_tokens, limits, ocfg.max_push_chars)  # fmt: skip
         folder = path or ocfg.path
