@@ -279,8 +279,9 @@ class EngineConfig:
     lookahead_chunks: int = 1  # live: chunks generated ahead of playback (interrupt latency grows with it)
     audio_context_tokens: int = 4  # audio decoder context carried from one chunk into the next
     # the fast path (docs/performance.md); each switch can be turned off to measure what it buys
-    # auto (bf16 when the engine runs in bf16) | fp32 | bf16: the stored weights of the denoiser and the
-    # orchestrator's LM; going back to fp32 keeps the bf16-rounded values (reload for fp32 quality runs)
+    # auto (bf16 when the engine runs in bf16) | fp32 | bf16: the denoiser's stored weights, and on CUDA the
+    # orchestrator LM's (on a CPU its host-bound passes gain nothing and it stays fp32, as the shipped
+    # results were measured); going back to fp32 keeps the bf16-rounded values (reload for quality runs)
     weights: str = "auto"
     compile: str = "auto"  # auto (on CUDA) | on | off: torch.compile the denoising step
     cuda_graphs: bool = True  # with compile on CUDA: replay the fixed-shape step as a CUDA graph

@@ -178,8 +178,9 @@ class Engine:
                              "weights through autocast); set both, or weights=fp32.")  # fmt: skip
         dtype = torch.bfloat16 if weights == "bf16" else torch.float32
         self.denoiser.to(dtype)
+        lm_dtype = dtype if cuda else torch.float32  # see engine.weights
         if self.unit_lm is not None:
-            self.unit_lm.to(dtype)
+            self.unit_lm.to(lm_dtype)
         from streamchar.denoiser.attention import BACKENDS
 
         attention = ecfg.attention
@@ -194,10 +195,12 @@ class Engine:
         mode = ("reduce-overhead" if cuda and ecfg.cuda_graphs else "default") if compile_on else None
         if mode != self.denoiser._compiled_mode:
             self.denoiser.compile_step(mode)
-        self.fast_path = {"precision": self.precision, "weights": weights, "attention": attention, "compile": mode or "off",
-                          "context_cache": ecfg.context_cache, "pinned_memory": ecfg.pinned_memory and cuda,
-                          "orchestrator_kv_cache": self.cfg.orchestrator.kv_cache,
-                          "orchestrator_static_cache": hf_backend_options(self.cfg, self.device)["static"]}  # fmt: skip
+        orchestrator = {"orchestrator_weights": "bf16" if lm_dtype == torch.bfloat16 else "fp32",
+                        "orchestrator_kv_cache": self.cfg.orchestrator.kv_cache,
+                        "orchestrator_static_cache": hf_backend_options(self.cfg, self.device)["static"]}  # fmt: skip
+        self.fast_path = {"precision": self.precision, "weights": weights, "attention": attention,
+                          "compile": mode or "off", "context_cache": ecfg.context_cache,
+                          "pinned_memory": ecfg.pinned_memory and cuda} | orchestrator  # fmt: skip
         logger.info("fast path: %s", self.fast_path)
         return self.fast_path
 
