@@ -197,6 +197,12 @@ def test_four_concurrent_sessions_are_served(engine):
         finally:
             for s in sockets:
                 s.__exit__(None, None, None)
+    # every session was closed, also those whose handlers the shutdown cancelled (their threads would
+    # otherwise run on into the interpreter's exit)
+    deadline = time.monotonic() + 10
+    while engine.sessions and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.sessions == 0
 
 
 def test_token(engine):

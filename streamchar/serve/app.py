@@ -145,6 +145,9 @@ def create_app(engine: Engine, feed: Callable[[StreamSession], None] | None = No
             if session is not None:
                 try:
                     await asyncio.shield(asyncio.to_thread(session.close))
+                except asyncio.CancelledError:  # the server is shutting down: close here, never leave the
+                    session.close()  # session's threads running into the interpreter's exit
+                    raise
                 finally:
                     app.state.sessions.discard(session)
             logger.info("session ended (%d open)", len(app.state.sessions))
