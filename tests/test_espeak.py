@@ -40,3 +40,26 @@ def test_errors_are_clear():
         get_espeak().synthesize("   ", Voice())
     with pytest.raises(EspeakError, match="no voice"):
         get_espeak().synthesize("hello", Voice("xx-nowhere"))
+
+
+def test_recorded_phonemes_replay_what_espeak_answered_and_refuse_the_rest(tmp_path):
+    """A machine without espeak-ng (the GPU machines) speaks texts recorded where espeak runs."""
+    from streamchar.data.espeak import EspeakError, RecordedPhonemizer
+
+    class Espeak:  # stands in for espeak-ng: the recorder only stores and replays its answers
+        calls = 0
+
+        def words(self, text, language="en-us"):
+            Espeak.calls += 1
+            return [[f"{w}0"] for w in text.split()]
+
+    table = tmp_path / "phonemes.json"
+    recorder = RecordedPhonemizer(table, Espeak())
+    assert recorder.words("hello there") == [["hello0"], ["there0"]]
+    assert recorder.words("hello there") == [["hello0"], ["there0"]] and Espeak.calls == 1
+    replay = RecordedPhonemizer(table)
+    assert replay.words("hello there") == [["hello0"], ["there0"]]
+    with pytest.raises(EspeakError, match="not among the phonemes recorded"):
+        replay.words("something new")
+    with pytest.raises(EspeakError, match="No recorded phonemes"):
+        RecordedPhonemizer(tmp_path / "missing.json")

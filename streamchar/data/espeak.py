@@ -462,15 +462,56 @@ class EspeakPhonemizer(_HelperProcess):
         return value
 
 
-_PHONEMIZER: EspeakPhonemizer | None = None
+class RecordedPhonemizer:
+    """espeak's answers read from a file instead of espeak, for a machine without libespeak-ng (the GPU
+    machines, whose image lacks it) that speaks only texts recorded beforehand where espeak runs.
+
+    ``STREAMCHAR_PHONEMES=FILE`` makes :func:`get_phonemizer` return one; ``STREAMCHAR_RECORD_PHONEMES=FILE``
+    makes it record every answer of the real espeak into ``FILE`` (JSON ``{language: {text: words}}``).
+    """
+
+    def __init__(self, path: str | os.PathLike, inner: EspeakPhonemizer | None = None) -> None:
+        import json
+
+        self.path, self.inner = str(path), inner
+        self.table: dict[str, dict[str, list[list[str]]]] = {}
+        if os.path.isfile(self.path):
+            self.table = json.loads(open(self.path, encoding="utf-8").read())
+        elif inner is None:
+            raise EspeakError(f"No recorded phonemes at {self.path}; record them where espeak-ng is installed "
+                              "with STREAMCHAR_RECORD_PHONEMES set, or unset STREAMCHAR_PHONEMES.")  # fmt: skip
+
+    def words(self, text: str, language: str = "en-us") -> list[list[str]]:
+        known = self.table.get(language, {})
+        if text in known:
+            return known[text]
+        if self.inner is None:
+            raise EspeakError(f"'{text[:40]}' ({language}) is not among the phonemes recorded in {self.path}; "
+                              "record it where espeak-ng is installed (STREAMCHAR_RECORD_PHONEMES).")  # fmt: skip
+        import json
+
+        value = known[text] = self.inner.words(text, language)
+        self.table[language] = known
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(self.table, ensure_ascii=False, indent=0, sort_keys=True) + "\n")
+        return value
+
+
+_PHONEMIZER: EspeakPhonemizer | RecordedPhonemizer | None = None
 _PHONEMIZER_PID: int | None = None
 
 
-def get_phonemizer() -> EspeakPhonemizer:
-    """The process's text-to-phoneme helper (started on first use)."""
+def get_phonemizer() -> EspeakPhonemizer | RecordedPhonemizer:
+    """The process's text-to-phoneme helper (started on first use): espeak-ng, or its recorded answers
+    (see :class:`RecordedPhonemizer`)."""
     global _PHONEMIZER, _PHONEMIZER_PID
     with _INSTANCE_LOCK:
         if _PHONEMIZER is None or _PHONEMIZER_PID != os.getpid():
-            _PHONEMIZER = EspeakPhonemizer()
+            if os.environ.get("STREAMCHAR_PHONEMES"):
+                _PHONEMIZER = RecordedPhonemizer(os.environ["STREAMCHAR_PHONEMES"])
+            elif os.environ.get("STREAMCHAR_RECORD_PHONEMES"):
+                _PHONEMIZER = RecordedPhonemizer(os.environ["STREAMCHAR_RECORD_PHONEMES"], EspeakPhonemizer())
+            else:
+                _PHONEMIZER = EspeakPhonemizer()
             _PHONEMIZER_PID = os.getpid()
         return _PHONEMIZER
