@@ -193,8 +193,10 @@ def bench_stream(cfg, steps=(1, 2, 4, 32), chunks: int = 16, overlap: str = "bot
         if profile:
             from streamchar.engine.profile import profile_session
 
-            profiled = profile_session(engine, steps[0], profile)
-            logger.info("profile: %s", profiled["trace"])
+            try:  # the rows above are the result; a profiler failure must not lose them
+                logger.info("profile: %s", profile_session(engine, steps[0], profile)["trace"])
+            except Exception as err:
+                logger.error("profiling failed (%s: %s); the rows are unaffected", type(err).__name__, err)
         flops_report[pcfg.preset] = {n: f.to_dict() for n, f in flops.items() if f is not None}
     device = "cuda" if engine.device.type == "cuda" else "cpu"
     return {
