@@ -131,9 +131,10 @@ class HFBackend:
         out = step(input_ids=torch.tensor([ids], device=self.device), cache_position=positions,
                    position_ids=positions[None], past_key_values=self._static_cache, use_cache=True)  # fmt: skip
         self._computed = len(self._tokens)
-        if len(ids) > n:  # the cache counts the padding as written: rewind it to the real length, in place
-            for layer in self._static_cache.layers:
-                layer.cumulative_length.fill_(self._computed)
+        if len(ids) > n:  # a cache that counts what it was given counts the padding: rewind it, in place
+            for layer in getattr(self._static_cache, "layers", ()):  # (older ones write at cache_position)
+                if hasattr(layer, "cumulative_length"):
+                    layer.cumulative_length.fill_(self._computed)
         return out.logits[0, n - 1].float().cpu()  # read before a CUDA graph's next replay overwrites it
 
     def next_token(self, moves: Sequence[Sequence[int]]) -> int:
