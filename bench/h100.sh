@@ -18,6 +18,8 @@ fi
 export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" STREAMCHAR_PHONEMES="$PWD/bench/phonemes_en-us.json"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$OUT/gpu.csv"
 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -15 > "$OUT/gpu_tests.txt" || true
+# the static LM cache against the growing one, on the machine's own transformers version
+python3 -m pytest -q -p no:cacheprovider tests/test_fastpath.py -k orchestrator 2>&1 | tail -5 >> "$OUT/gpu_tests.txt" || true
 device=$(python3 -c 'import torch; print(torch.cuda.get_device_name())')
 python3 -m streamchar.engine.flops --config configs/base.yaml --steps 2 --device "$device" > "$OUT/flops_base.txt"
 split=""
