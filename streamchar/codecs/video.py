@@ -311,9 +311,13 @@ def load_video_codec(
     return DiffusersVideoCodec(kind, model, int(image_size), meta.get("latent_mean"), meta.get("latent_std"))
 
 
-def video_codec_from_config(cfg) -> DiffusersVideoCodec:
-    """The configured codec: loaded from ``video_codec.path`` (required: a random codec is useless)."""
+def video_codec_from_config(cfg, random_init: bool = False) -> DiffusersVideoCodec:
+    """The configured codec: loaded from ``video_codec.path`` (required: a random codec is useless), or, with
+    ``random_init``, randomly initialised from the section's sizes (timing, FLOPs counting; built on the
+    default device, so ``with torch.device(...)`` places it)."""
     vc = cfg.video_codec
+    if random_init:
+        return build_video_codec(vc.kind, vc.image_size, vc.latent_channels, vc.arch).eval()
     if not vc.path:
         raise CodecError(
             "video_codec.path is not set; train one with `streamchar train vae` or pass a local diffusers "

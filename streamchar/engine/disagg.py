@@ -215,13 +215,12 @@ class DecoderHost:
     def from_config(cls, cfg, device: torch.device, random_init: bool = False) -> DecoderHost:
         """The configured codecs (``random_init``: randomly initialised, as :meth:`Engine.random_init`)."""
         from streamchar.codecs.audio import build_audio_codec
-        from streamchar.codecs.video import build_video_codec, video_codec_from_config
+        from streamchar.codecs.video import video_codec_from_config
         from streamchar.training import resolve_mixed_precision
 
-        vc = cfg.video_codec
         if random_init:
-            with torch.device(device):
-                video_codec = build_video_codec(vc.kind, vc.image_size, vc.latent_channels, vc.arch).eval()
+            with torch.device(device):  # built in place
+                video_codec = video_codec_from_config(cfg, random_init=True)
         else:
             video_codec = video_codec_from_config(cfg).to(device)
         audio_codec = build_audio_codec(cfg, cfg.timeline).to(device)

@@ -196,11 +196,11 @@ def dit_flops(cfg, batch: int = 1) -> DiTFlops:
 def video_decoder_flops(cfg) -> tuple[int, int]:
     """``(FLOPs, decoder parameters)`` of one character's steady-state chunk through the streaming video
     decoder of ``cfg.video_codec`` (built on the meta device from the config's architecture)."""
-    from streamchar.codecs.video import build_video_codec
+    from streamchar.codecs.video import video_codec_from_config
 
-    vc, tl = cfg.video_codec, cfg.timeline
+    tl = cfg.timeline
     with torch.device("meta"):
-        codec = build_video_codec(vc.kind, vc.image_size, vc.latent_channels, vc.arch)
+        codec = video_codec_from_config(cfg, random_init=True)
     size = codec.latent_size
     # [C, L, h, w]: one character's chunk of latents
     latents = torch.zeros(codec.latent_channels, tl.chunk_latent_frames, size, size, device="meta")

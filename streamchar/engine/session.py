@@ -107,10 +107,7 @@ class Engine:
         from streamchar.training.teacher import load_teacher
 
         ecfg = cfg.engine
-        device = ecfg.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(device)
+        device = _engine_device(ecfg.device)
         denoiser = load_teacher(denoiser_path or ecfg.denoiser_path, cfg, latent_spec_from_config(cfg)).to(
             device
         )
@@ -139,23 +136,22 @@ class Engine:
         denoiser stands for a distilled student (guidance folded in: one branch, ``engine.steps`` steps); the
         pointer is not realigned. The character is the configured one, resized to the preset's images."""
         from streamchar.codecs.audio import build_audio_codec
-        from streamchar.codecs.video import build_video_codec
+        from streamchar.codecs.video import video_codec_from_config
         from streamchar.denoiser.build import build_denoiser, latent_spec_from_config
         from streamchar.orchestrator.model import build_unit_lm
         from streamchar.orchestrator.text import UnitVocabulary
         from streamchar.training import resolve_mixed_precision
 
-        ecfg, vc = cfg.engine, cfg.video_codec
-        device = torch.device("cuda" if ecfg.device == "auto" and torch.cuda.is_available() else
-                              ("cpu" if ecfg.device == "auto" else ecfg.device))  # fmt: skip
+        ecfg = cfg.engine
+        device = _engine_device(ecfg.device)
         torch.manual_seed(seed)
         with torch.device(device):  # initialised in place: a 1.3B model never passes through host memory
             denoiser = build_denoiser(cfg.denoiser, cfg.timeline, latent_spec_from_config(cfg)).eval()
-            video_codec = build_video_codec(vc.kind, vc.image_size, vc.latent_channels, vc.arch).eval()
+            video_codec = video_codec_from_config(cfg, random_init=True)
             vocab = UnitVocabulary()
             unit_lm = build_unit_lm(cfg.orchestrator, vocab).eval()
         audio_codec = build_audio_codec(cfg, cfg.timeline).to(device)
-        engine = cls(cfg, denoiser, video_codec.to(device), audio_codec, unit_lm, vocab, device,
+        engine = cls(cfg, denoiser, video_codec, audio_codec, unit_lm, vocab, device,
                      resolve_mixed_precision(ecfg.mixed_precision))  # fmt: skip
         engine.distilled = {"steps": ecfg.steps, "shift": ecfg.shift, "random_init": True}
         engine.apply_fast_path()
@@ -279,6 +275,13 @@ class Engine:
 
     def autocast(self):
         return torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16")
+
+
+def _engine_device(name: str) -> torch.device:
+    """``engine.device``: ``auto`` is CUDA when there is one, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
 
 
 def _phoneme_reader(cfg, audio_codec):
