@@ -146,6 +146,12 @@ def cmd_train_teacher(args: argparse.Namespace) -> None:
     _print_json(train_teacher(_config(args), args.latents, args.out, max_steps=args.max_steps))
 
 
+def cmd_train_prior(args: argparse.Namespace) -> None:
+    from streamchar.training.prior import train_prior
+
+    _print_json(train_prior(_config(args), args.which, args.latents, args.out, max_steps=args.max_steps))
+
+
 def cmd_train_orchestrator(args: argparse.Namespace) -> None:
     from streamchar.training.orchestrator import train_orchestrator
 
@@ -625,6 +631,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.set_defaults(func=cmd_train_teacher)
+
+    p = train_sub.add_parser(
+        "prior",
+        help="train the acoustic or the video prior (regression) on a latent cache (resumable)",
+        description="Regression training of a prior the DiT refines (DESIGN.md section 7): --which audio maps a "
+        "chunk's units, speaking flag and reference voice to its audio latents (L1); --which video maps the "
+        "reference latent, the last motion latent and the chunk's audio to its video latents (MSE, weighted on the "
+        "mouth), reading the trained acoustic prior at prior.audio_path. Re-running with the same --out resumes; "
+        "the EMA weights are exported to OUT/final (set prior.audio_path / prior.video_path to it).",
+    )
+    p.add_argument("--which", required=True, choices=("audio", "video"), help="which prior")
+    p.add_argument("--latents", required=True, help="latent cache folder (streamchar data encode)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, curve, final/)")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps in this invocation"
+    )
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train_prior)
 
     p = train_sub.add_parser(
         "orchestrator",

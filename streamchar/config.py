@@ -198,10 +198,43 @@ class TrainOrchestratorConfig:
 
 
 @dataclass
+class TrainPriorConfig:
+    """Regression training of a prior (``streamchar train prior --which audio|video``)."""
+
+    steps: int = 2500
+    batch_size: int = 64  # windows per process and step
+    lr: float = 1e-3
+    lr_min: float = 3e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.998
+    mixed_precision: str = "auto"
+    # video prior: loss weight inside the mouth box (1 = uniform); the chunk audio it reads comes from the
+    # trained acoustic prior for this fraction of windows (what it gets when speaking from text) and is the
+    # clip's own speech otherwise (what it gets when audio-driven)
+    mouth_weight: float = 4.0
+    prior_audio_fraction: float = 0.5
+    first_chunk_prob: float = 0.1
+    log_every: int = 25
+    eval_every: int = 250
+    eval_windows: int = 256
+    ckpt_every: int = 250
+    seed: int = 0
+    num_threads: int = 0
+
+
+def _video_prior_training() -> TrainPriorConfig:
+    return TrainPriorConfig(batch_size=16, lr=5e-4, eval_windows=128)
+
+
+@dataclass
 class TrainConfig:
     vae: TrainVAEConfig = field(default_factory=TrainVAEConfig)
     teacher: TrainTeacherConfig = field(default_factory=TrainTeacherConfig)
     orchestrator: TrainOrchestratorConfig = field(default_factory=TrainOrchestratorConfig)
+    prior_audio: TrainPriorConfig = field(default_factory=TrainPriorConfig)
+    prior_video: TrainPriorConfig = field(default_factory=_video_prior_training)
 
 
 # -- denoiser and sampling --------------------------------------------------------------------------
@@ -217,6 +250,36 @@ class DenoiserConfig:
     qk_norm: bool = True
     attention: str = "sdpa"  # sdpa | flex | flash | naive
     gradient_checkpointing: bool = False
+    # how the DiT meets the priors (DESIGN.md section 7): residual (it denoises the normalised residual
+    # (x0 - mu) / scale around the prior means mu, which it also reads as conditions) or plain (from noise,
+    # no prior: the formulation before the priors)
+    formulation: str = "residual"
+    residual_scale_audio: float = 1.0  # the noise scale around mu, in normalised latent units
+    residual_scale_video: float = 1.0
+
+
+@dataclass
+class AcousticPriorConfig:
+    width: int = 256
+    speaker_dim: int = 128
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 1, 2, 4, 8])
+    context_seconds: float = 0.64  # units before the chunk it reads (its only context; no look-ahead)
+
+
+@dataclass
+class VideoPriorConfig:
+    channels: list[int] = field(default_factory=lambda: [32, 64, 96])  # U-Net widths at 1, 1/2, 1/4 size
+    audio_width: int = 128
+
+
+@dataclass
+class PriorConfig:
+    """The priors the DiT refines (``denoiser/prior.py``) and where trained ones are loaded from."""
+
+    audio: AcousticPriorConfig = field(default_factory=AcousticPriorConfig)
+    video: VideoPriorConfig = field(default_factory=VideoPriorConfig)
+    audio_path: str | None = "checkpoints/tiny/prior-audio"  # a `streamchar train prior` run or its export
+    video_path: str | None = "checkpoints/tiny/prior-video"
 
 
 @dataclass
@@ -368,6 +431,7 @@ class StreamCharConfig:
     audio_codec: AudioCodecConfig = field(default_factory=AudioCodecConfig)
     data: DataConfig = field(default_factory=DataConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
     orchestrator: OrchestratorConfig = field(default_factory=OrchestratorConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)

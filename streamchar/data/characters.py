@@ -665,6 +665,36 @@ class CharacterRenderer:
         frame.alpha_composite(face)
         return np.asarray(frame.convert("RGB").resize((self.size, self.size), Image.BOX))
 
+    def mouth_box(self, state: FaceState) -> tuple[float, float, float, float]:
+        """Where :meth:`render` may draw the mouth in this state: ``(x0, y0, x1, y1)`` as fractions of the frame.
+
+        The box holds the widest and most open mouth this identity can make (whatever ``open``, ``width``
+        and ``smile`` are now), placed at this frame's head pose: the parallax of :meth:`_draw_mouth`, then
+        the roll about the neck and the sway that :meth:`render` applies to the face layer. Training
+        weights the loss inside it, so it is the region where lip sync lives."""
+        ident, px = self.identity, self.px
+        yaw = np.clip(state.yaw / YAW_RANGE, -1.5, 1.5)
+        pitch = np.clip(state.pitch / PITCH_RANGE, -1.5, 1.5)
+        fdx = yaw * ident.head_rx * 0.28 * px
+        fdy = pitch * ident.head_ry * 0.12 * px
+        cx = ident.head_cx * px + fdx * 1.1  # the mouth's centre on the face layer (see _draw_mouth)
+        cy = (ident.head_cy + ident.mouth_dy) * px + fdy
+        lip_th = max(1.5, ident.mouth_w * px * 0.11)
+        half_w = ident.mouth_w * px * 1.28 + lip_th * 0.6
+        smile = ident.mouth_w * px * 0.25  # |smile| <= 1 bends the corners by up to this much
+        half_h = 0.5 * 1.2 * ident.head_ry * 0.34 * ident.expressiveness * px + lip_th + smile
+        corners = np.array([[cx - half_w, cy - half_h], [cx + half_w, cy - half_h],
+                            [cx - half_w, cy + half_h], [cx + half_w, cy + half_h]])  # fmt: skip
+        # PIL's rotate(angle, center, translate) turns the layer counter-clockwise on screen (y down)
+        pivot = np.array(self._layers.pivot)
+        theta = math.radians(state.roll)
+        rot = np.array([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]])
+        shift = np.array([state.shift_x * px + fdx * 0.35, state.shift_y * px + fdy * 0.25])
+        placed = (corners - pivot) @ rot.T + pivot + shift
+        x0, y0 = np.clip(placed.min(axis=0) / px, 0.0, 1.0)
+        x1, y1 = np.clip(placed.max(axis=0) / px, 0.0, 1.0)
+        return float(x0), float(y0), float(x1), float(y1)
+
     def _draw_nose(self, d: ImageDraw.ImageDraw, dx: float, dy: float, outline, ow: int) -> None:
         ident, px = self.identity, self.px
         cx = ident.head_cx * px + dx

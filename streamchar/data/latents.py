@@ -314,7 +314,13 @@ class WindowDataset(torch.utils.data.Dataset):
     - ``motion_video`` ``[C, M, h, w]``, ``motion_audio`` ``[M_a, D_a]``, ``has_motion`` (bool);
     - ``sink_video`` ``[C, S, h, w]``, ``sink_audio`` ``[S_a, D_a]``, ``has_sink`` (bool);
     - ``ref_image`` ``[C, 1, h, w]``; ``ref_voice`` ``[R, D_a]`` with ``ref_voice_mask`` ``[R]``;
-    - ``mouth_open`` ``[L_v]`` for synthetic clips (NaN otherwise), ``L_v`` video frames of the chunk.
+    - ``mouth_open`` ``[L_v]`` for synthetic clips (NaN otherwise), ``L_v`` video frames of the chunk;
+    - ``mouth_box`` ``[L, 4]`` per latent frame, the ``(x0, y0, x1, y1)`` box (fractions of the frame) that
+      holds the mouth in every video frame of that latent frame, and ``has_mouth_box`` (False for clips
+      whose ground truth has none, such as real clips: the box is then the whole frame);
+    - with ``unit_context`` > 0, ``context_units`` and ``context_speaking`` ``[unit_context]`` (long): the
+      units and speaking flags just before the chunk, ``-1`` / 0 before the clip's start (what the acoustic
+      prior reads).
 
     With probability ``first_chunk_prob`` the window is a session's first chunk: no sink, no motion.
     """
@@ -328,10 +334,12 @@ class WindowDataset(torch.utils.data.Dataset):
         first_chunk_prob: float = 0.1,
         timeline: Timeline | None = None,
         min_chunks: int = 1,
+        unit_context: int = 0,
     ) -> None:
         self.cache = cache if isinstance(cache, LatentCache) else LatentCache(cache)
         self.timeline = tl = self.cache.window_timeline(timeline)
         self.split, self.length, self.seed, self.first_chunk_prob = split, length, seed, first_chunk_prob
+        self.unit_context = unit_context
         need = min_chunks * tl.chunk_latent_frames  # only clips at least this long
         self.entries = [e for e in self.cache.entries(split) if e["latent_frames"] >= need]
         if not self.entries:
@@ -380,6 +388,34 @@ class WindowDataset(torch.utils.data.Dataset):
             padded[: min(size, len(values))] = values[:size]
             out[name] = padded
         return out
+
+    def context_conditions(self, entry: dict, first_token: int, size: int) -> dict[str, torch.Tensor]:
+        """``context_units`` / ``context_speaking`` ``[size]``: the ``size`` tokens before ``first_token``,
+        ``-1`` / 0 where they fall before the clip's start."""
+        units = torch.full((size,), -1, dtype=torch.long)
+        speaking = torch.zeros(size, dtype=torch.long)
+        start = max(0, first_token - size)
+        if first_token > start:
+            units[size - (first_token - start) :] = self.cache.slice(entry, "units", start, first_token).long()
+            speaking[size - (first_token - start) :] = self.cache.slice(entry, "speaking", start, first_token).long()
+        return {"context_units": units, "context_speaking": speaking}
+
+    def mouth_boxes(self, entry: dict, start: int, frames: int) -> tuple[torch.Tensor, bool]:
+        """``[frames, 4]`` mouth boxes of latent frames ``start ..``, each the union over its video frames
+        (the whole frame where the clip has no box), and whether the clip has boxes."""
+        tl = self.timeline
+        boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(frames, 1)
+        if not self.cache.has(entry, "gt/mouth_box"):
+            return boxes, False
+        v0, _ = tl.latent_frame_span(start)
+        _, v1 = tl.latent_frame_span(start + frames - 1)
+        per_video = self.cache.slice(entry, "gt/mouth_box", v0, v1).float()  # [V, 4]
+        for k in range(frames):
+            a, b = tl.latent_frame_span(start + k)
+            span = per_video[a - v0 : b - v0]
+            if len(span):
+                boxes[k] = torch.cat([span[:, :2].min(0).values, span[:, 2:].max(0).values])
+        return boxes, True
 
     def __getitem__(self, index: int) -> dict:
         tl = self.timeline
@@ -433,7 +469,61 @@ class WindowDataset(torch.utils.data.Dataset):
             mouth = torch.full((v1 - v0,), float("nan"))
         item["mouth_open"] = torch.full((tl.chunk_video_frames(1),), float("nan"))
         item["mouth_open"][: len(mouth)] = mouth[: tl.chunk_video_frames(1)]
+        item["mouth_box"], item["has_mouth_box"] = self.mouth_boxes(entry, start, L)
+        if self.unit_context:
+            item.update(self.context_conditions(entry, tl.latent_frames_to_audio_tokens(start), self.unit_context))
         return item
+
+
+class UnitWindowDataset(torch.utils.data.Dataset):
+    """Windows for the acoustic prior: ``context + chunk_audio_tokens`` tokens of units and speaking flags
+    starting anywhere in a clip, the chunk's audio latents as the target, and a reference voice.
+
+    Item ``i`` (its own random stream ``(seed, i)``): ``units``, ``speaking`` ``[context + L_a]`` (long; ``-1``
+    / 0 before the clip's start), ``audio`` ``[L_a, D_a]`` with ``audio_mask`` ``[L_a]``, ``ref_voice``
+    ``[R, D_a]`` with ``ref_voice_mask`` ``[R]`` (from another clip of the same character when there is one).
+    """
+
+    def __init__(self, cache: LatentCache | str | Path, split: str = "train", context: int = 16,
+                 length: int = 10_000, seed: int = 0, timeline: Timeline | None = None) -> None:  # fmt: skip
+        self.windows = WindowDataset(cache, split, length, seed, timeline=timeline, unit_context=context)
+        self.cache, self.timeline, self.context = self.windows.cache, self.windows.timeline, context
+        self.length, self.seed = length, seed
+        weights = np.array([max(1, e["audio_tokens"]) for e in self.windows.entries], float)
+        self.weights = weights / weights.sum()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        ds, tl = self.windows, self.timeline
+        rng = np.random.default_rng([self.seed, index])
+        ci = int(rng.choice(len(ds.entries), p=self.weights))
+        entry = ds.entries[ci]
+        L_a = tl.chunk_audio_tokens
+        start = int(rng.integers(0, max(1, entry["audio_tokens"] - L_a + 1)))
+        item = ds.context_conditions(entry, start, self.context)
+        chunk = {}
+        for name in ("units", "speaking"):
+            values = torch.full((L_a,), -1 if name == "units" else 0, dtype=torch.long)
+            got = self.cache.slice(entry, name, start, start + L_a).long()
+            values[: len(got)] = got
+            chunk[name] = values
+        units = torch.cat([item["context_units"], chunk["units"]])
+        speaking = torch.cat([item["context_speaking"], chunk["speaking"]])
+        audio = self.cache.slice(entry, "audio", start, start + L_a).float()
+        target = torch.zeros(L_a, audio.shape[1])
+        mask = torch.zeros(L_a, dtype=torch.bool)
+        target[: len(audio)], mask[: len(audio)] = audio, True
+        peers = [i for i in ds.by_character[str(entry["char_id"])] if i != ci]
+        ref_entry = ds.entries[int(rng.choice(peers))] if peers else entry
+        R, ra = tl.reference_voice_tokens, ref_entry["audio_tokens"]
+        r0 = int(rng.integers(max(1, ra - R + 1)))
+        voice = self.cache.slice(ref_entry, "audio", r0, min(ra, r0 + R)).float()
+        ref_voice, ref_mask = torch.zeros(R, audio.shape[1]), torch.zeros(R, dtype=torch.bool)
+        ref_voice[: len(voice)], ref_mask[: len(voice)] = voice, True
+        return {"key": entry["key"], "start": start, "units": units, "speaking": speaking, "audio": target,
+                "audio_mask": mask, "ref_voice": ref_voice, "ref_voice_mask": ref_mask}  # fmt: skip
 
 
 class RolloutDataset(WindowDataset):

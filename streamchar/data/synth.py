@@ -43,7 +43,7 @@ from streamchar.timeline import Timeline
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: ground truth holds the mouth box
 _TARGET_RMS = 0.08  # speech loudness after normalisation (about -22 dBFS)
 
 
@@ -208,7 +208,11 @@ def synthesize_job(job: Job, cfg: SynthConfig, timeline: Timeline, image_size: i
             rng, character.identity, num_frames, timeline.fps, phonemes[who], words[who], spans[who],
             partner_turns, partner_side, energy, emphasis,
         )  # fmt: skip
-        frames = np.stack([character.renderer.render(motion.state(k)) for k in range(num_frames)])
+        states = [motion.state(k) for k in range(num_frames)]
+        frames = np.stack([character.renderer.render(state) for state in states])
+        ground_truth = motion.ground_truth()
+        # [T, 4] (x0, y0, x1, y1) fractions of the frame: where the mouth may be drawn (the loss weights it)
+        ground_truth["mouth_box"] = np.array([character.renderer.mouth_box(s) for s in states], np.float32)
         key = f"{job.index:06d}-{who}"
         turn_list = [
             {"speaker": "self" if w == who else "partner", "start": round(s, 6), "end": round(s + len(sp.samples) / sr, 6),
@@ -252,7 +256,7 @@ def synthesize_job(job: Job, cfg: SynthConfig, timeline: Timeline, image_size: i
             "speaking_seconds": round(sum(e - s for s, e in spans[who]), 4),
         }
         clips.append(
-            {"key": key, "meta": meta, "frames": frames, "audio": tracks[who], "ground_truth": motion.ground_truth(),
+            {"key": key, "meta": meta, "frames": frames, "audio": tracks[who], "ground_truth": ground_truth,
              "summary": summary}
         )  # fmt: skip
     return clips

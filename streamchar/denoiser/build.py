@@ -60,3 +60,17 @@ def build_sampler(section) -> EulerSampler:
     """The Euler sampler from the ``sample`` config section."""
     guidance = Guidance(section.guidance_conditions, section.guidance_ref_image, section.guidance_ref_voice)
     return EulerSampler(steps=section.steps, shift=section.shift, guidance=guidance)
+
+
+def acoustic_prior_kwargs(section, timeline: Timeline, spec: LatentSpec) -> dict:
+    """Constructor kwargs of the :class:`AcousticPrior` from the ``prior.audio`` section."""
+    return {"num_units": spec.num_units, "audio_dim": spec.audio_dim,
+            "context": timeline.seconds_to_audio_tokens(section.context_seconds), "width": section.width,
+            "speaker_dim": section.speaker_dim, "dilations": tuple(section.dilations)}  # fmt: skip
+
+
+def video_prior_kwargs(section, timeline: Timeline, spec: LatentSpec) -> dict:
+    """Constructor kwargs of the :class:`VideoPrior` from the ``prior.video`` section."""
+    return {"latent_channels": spec.latent_channels, "audio_dim": spec.audio_dim,
+            "audio_per_frame": timeline.audio_tokens_per_latent_frame, "motion_audio": timeline.motion_audio_tokens,
+            "channels": tuple(section.channels), "audio_width": section.audio_width}  # fmt: skip

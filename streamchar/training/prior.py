@@ -1,0 +1,227 @@
+"""``streamchar train prior --which audio|video``: regression training of the priors the DiT refines.
+
+- **audio** (:class:`~streamchar.denoiser.prior.AcousticPrior`): L1 between the chunk's prior means and its
+  normalised audio latents, on windows of ``context + L_a`` tokens that start anywhere in a clip; the
+  reference voice comes from another clip of the same character.
+- **video** (:class:`~streamchar.denoiser.prior.VideoPrior`): MSE between the chunk's prior means and its video
+  latents, weighted ``train.prior_video.mouth_weight`` times inside the mouth box; the chunk audio it reads is
+  the trained acoustic prior's output for a fraction of windows and the clip's own speech otherwise, so one
+  video prior serves text-driven and audio-driven sessions.
+
+Both run on :func:`~streamchar.training.loop.run_loop` (accelerate, exact resume, EMA, curves) and export the
+EMA weights to ``RUN/final`` (``model.safetensors`` + ``prior.json``), which ``prior.audio_path`` /
+``prior.video_path`` and the model folder load.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from streamchar.config import StreamCharConfig, to_dict
+from streamchar.data.latents import LatentCache, UnitWindowDataset, WindowDataset
+from streamchar.denoiser.build import LatentSpec, acoustic_prior_kwargs, video_prior_kwargs
+from streamchar.denoiser.objective import mouth_weight_map, weighted_video_error
+from streamchar.denoiser.prior import AcousticPrior, VideoPrior
+from streamchar.loaders import load_prior, save_prior
+from streamchar.training.loop import LoopSpec, run_loop
+
+logger = logging.getLogger(__name__)
+KINDS = ("audio", "video")
+
+
+def _collate(items: list[dict]) -> dict:
+    return torch.utils.data.default_collate(items)
+
+
+def _spec(cache: LatentCache) -> LatentSpec:
+    from streamchar.training.teacher import latent_spec_from_cache
+
+    return latent_spec_from_cache(cache)
+
+
+# -- the acoustic prior --------------------------------------------------------------------------------
+def acoustic_loss(prior: AcousticPrior, batch: dict) -> torch.Tensor:
+    """Per-window mean absolute error over the chunk's valid tokens, ``[B]``."""
+    mu = prior.chunk_mean(batch["units"], batch["speaking"], batch["ref_voice"], batch["ref_voice_mask"])
+    mask = batch["audio_mask"].to(mu.dtype)[..., None]
+    err = ((mu.float() - batch["audio"]).abs() * mask).sum((1, 2))
+    return err / (mask.sum((1, 2)) * mu.shape[-1]).clamp_min(1)
+
+
+def train_acoustic_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Path, max_steps: int | None = None,
+                         progress: bool = True) -> dict:  # fmt: skip
+    tcfg, out = cfg.train.prior_audio, Path(out)
+    cache = LatentCache(latents)
+    timeline = cache.window_timeline(cfg.timeline)
+    kwargs = acoustic_prior_kwargs(cfg.prior.audio, timeline, _spec(cache))
+    torch.manual_seed(tcfg.seed)
+    model = AcousticPrior(**kwargs)
+    train_set = UnitWindowDataset(cache, "train", kwargs["context"], 2**31 - 1, tcfg.seed, timeline)
+    split = "test" if cache.entries("test") else "train"
+    heldout = UnitWindowDataset(
+        cache, split, kwargs["context"], tcfg.eval_windows, tcfg.seed + 7919, timeline
+    )
+    heldout_batches = [_collate([heldout[i] for i in range(s, min(s + 64, len(heldout)))])
+                       for s in range(0, len(heldout), 64)]  # fmt: skip
+
+    def batch_at(step: int, rank: int, world: int) -> dict:
+        first = (step * world + rank) * tcfg.batch_size
+        return _collate([train_set[i] for i in range(first, first + tcfg.batch_size)])
+
+    def loss_of(prior, batch, generator):
+        loss = acoustic_loss(prior, batch).mean()
+        return loss, {}
+
+    @torch.no_grad()
+    def evaluate(prior, autocast) -> dict:
+        total, n = 0.0, 0
+        for batch in heldout_batches:
+            with autocast():
+                total += acoustic_loss(prior, batch).sum().item()
+            n += batch["units"].shape[0]
+        return {"l1": total / max(1, n)}
+
+    spec = LoopSpec("prior-audio", "train.prior_audio", tcfg, out, {"kind": "audio", **_jsonable(kwargs)},
+                    record_name="architecture", curve_keys=("l1",), summary={"kind": "audio", "heldout_split": split},
+                    export=lambda ema, folder: save_prior(ema, "audio", kwargs, folder))  # fmt: skip
+    (out / "train_prior.json").parent.mkdir(parents=True, exist_ok=True)
+    _write_settings(out, tcfg)
+    return run_loop(spec, model, batch_at, loss_of, evaluate, max_steps, progress)
+
+
+# -- the video prior ----------------------------------------------------------------------------------
+def video_prior_inputs(batch: dict, mu_audio: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """``(reference [B, C, h, w], last [B, C, h, w], audio [B, M_a + L_a, D_a])`` of a window batch: the last
+    motion latent (the reference where there is no motion) and ``[motion audio | chunk audio]``, the chunk's
+    audio being ``mu_audio`` where given (its rows) and the window's own otherwise."""
+    reference = batch["ref_image"][:, :, 0]
+    has_motion = batch["has_motion"].to(torch.bool)
+    last = torch.where(has_motion.reshape(-1, 1, 1, 1), batch["motion_video"][:, :, -1], reference)
+    motion_audio = batch["motion_audio"] * has_motion.to(batch["motion_audio"].dtype).reshape(-1, 1, 1)
+    chunk_audio = batch["audio"] if mu_audio is None else mu_audio
+    return reference, last, torch.cat([motion_audio, chunk_audio], dim=1)
+
+
+def acoustic_means(prior: AcousticPrior, batch: dict) -> torch.Tensor:
+    """The acoustic prior's chunk means ``[B, L_a, D_a]`` of a window batch (with ``context_units``)."""
+    units = torch.cat([batch["context_units"], batch["units"]], dim=1)
+    speaking = torch.cat([batch["context_speaking"], batch["speaking"]], dim=1)
+    return prior.chunk_mean(units, speaking, batch["ref_voice"], batch["ref_voice_mask"]).float()
+
+
+def video_loss(
+    prior: VideoPrior, batch: dict, audio: torch.Tensor, mouth_weight: float
+) -> dict[str, torch.Tensor]:
+    """Per-window losses ``[B]``: the mouth-weighted MSE, the plain MSE and the MSE inside the mouth box."""
+    reference, last, _ = video_prior_inputs(batch)
+    mu = prior(reference, last, audio).float()
+    err = (mu - batch["video"]).pow(2)  # [B, C, L, h, w]
+    size = tuple(err.shape[-2:])
+    weighted = weighted_video_error(err, mouth_weight_map(batch["mouth_box"], batch["has_mouth_box"], size,
+                                                           mouth_weight))  # fmt: skip
+    inside = mouth_weight_map(batch["mouth_box"], batch["has_mouth_box"], size, 2.0) - 1.0  # the box fraction
+    mouth = (err * inside[:, None]).flatten(1).sum(1) / (inside.flatten(1).sum(1) * err.shape[1]).clamp_min(
+        1e-6
+    )
+    return {"weighted": weighted, "mse": err.flatten(1).mean(1), "mouth": mouth}
+
+
+def train_video_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Path, max_steps: int | None = None,
+                      progress: bool = True) -> dict:  # fmt: skip
+    tcfg, out = cfg.train.prior_video, Path(out)
+    if cfg.prior.audio_path is None:
+        raise ValueError(
+            "The video prior reads the acoustic prior's output; set prior.audio_path to a trained one."
+        )
+    audio_prior = load_prior(cfg.prior.audio_path, "audio")
+    cache = LatentCache(latents)
+    timeline = cache.window_timeline(cfg.timeline)
+    kwargs = video_prior_kwargs(cfg.prior.video, timeline, _spec(cache))
+    torch.manual_seed(tcfg.seed)
+    model = VideoPrior(**kwargs)
+    context = audio_prior.context
+    train_set = WindowDataset(cache, "train", 2**31 - 1, tcfg.seed, tcfg.first_chunk_prob, timeline,
+                              unit_context=context)  # fmt: skip
+    split = "test" if cache.entries("test") else "train"
+    heldout = WindowDataset(cache, split, tcfg.eval_windows, tcfg.seed + 7919, tcfg.first_chunk_prob, timeline,
+                            unit_context=context)  # fmt: skip
+    heldout_batches = []
+    for s in range(0, len(heldout), 16):
+        batch = _collate([heldout[i] for i in range(s, min(s + 16, len(heldout)))])
+        with torch.no_grad():
+            batch["mu_audio"] = acoustic_means(audio_prior, batch)
+        heldout_batches.append(batch)
+
+    def batch_at(step: int, rank: int, world: int) -> dict:
+        first = (step * world + rank) * tcfg.batch_size
+        return _collate([train_set[i] for i in range(first, first + tcfg.batch_size)])
+
+    def loss_of(prior, batch, generator):
+        reference, last, own = video_prior_inputs(batch)
+        with torch.no_grad():
+            mu_audio = acoustic_means(audio_prior.to(batch["units"].device), batch)
+        use_prior = torch.rand(batch["units"].shape[0], generator=generator) < tcfg.prior_audio_fraction
+        chunk = torch.where(use_prior.to(mu_audio.device)[:, None, None], mu_audio, batch["audio"])
+        audio = torch.cat([own[:, : own.shape[1] - chunk.shape[1]], chunk], dim=1)
+        parts = video_loss(prior, batch, audio, tcfg.mouth_weight)
+        return parts["weighted"].mean(), {
+            "mse": parts["mse"].mean().item(),
+            "mouth": parts["mouth"].mean().item(),
+        }
+
+    @torch.no_grad()
+    def evaluate(prior, autocast) -> dict:
+        totals = {
+            "mse": 0.0,
+            "mouth": 0.0,
+            "mse_given_speech": 0.0,
+            "mouth_given_speech": 0.0,
+            "copy_last": 0.0,
+        }
+        n = 0
+        for batch in heldout_batches:
+            reference, last, own = video_prior_inputs(batch)
+            with autocast():
+                from_text = video_loss(prior, batch, torch.cat([own[:, : own.shape[1] - batch["mu_audio"].shape[1]],
+                                                                batch["mu_audio"]], 1), 1.0)  # fmt: skip
+                given = video_loss(prior, batch, own, 1.0)
+            totals["mse"] += from_text["mse"].sum().item()
+            totals["mouth"] += from_text["mouth"].sum().item()
+            totals["mse_given_speech"] += given["mse"].sum().item()
+            totals["mouth_given_speech"] += given["mouth"].sum().item()
+            totals["copy_last"] += (last[:, :, None] - batch["video"]).pow(2).flatten(1).mean(1).sum().item()
+            n += batch["video"].shape[0]
+        return {k: v / max(1, n) for k, v in totals.items()}
+
+    record = {"kind": "video", **_jsonable(kwargs), "mouth_weight": tcfg.mouth_weight,
+              "prior_audio_fraction": tcfg.prior_audio_fraction}  # fmt: skip
+    spec = LoopSpec("prior-video", "train.prior_video", tcfg, out, record, record_name="architecture",
+                    curve_keys=("mse", "mouth", "mse_given_speech", "mouth_given_speech", "copy_last"),
+                    summary={"kind": "video", "heldout_split": split, "mouth_weight": tcfg.mouth_weight},
+                    export=lambda ema, folder: save_prior(ema, "video", kwargs, folder,
+                                                          {"mouth_weight": tcfg.mouth_weight}))  # fmt: skip
+    _write_settings(out, tcfg)
+    return run_loop(spec, model, batch_at, loss_of, evaluate, max_steps, progress)
+
+
+def train_prior(cfg: StreamCharConfig, which: str, latents: str | Path, out: str | Path,
+                max_steps: int | None = None, progress: bool = True) -> dict:  # fmt: skip
+    """Train (or resume) the ``audio`` or ``video`` prior; returns the run's summary."""
+    if which not in KINDS:
+        raise ValueError(f"Unknown prior '{which}'; use audio or video.")
+    trainer = train_acoustic_prior if which == "audio" else train_video_prior
+    return trainer(cfg, latents, out, max_steps, progress)
+
+
+def _jsonable(kwargs: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+
+
+def _write_settings(out: Path, tcfg) -> None:
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_prior.json").write_text(json.dumps(to_dict(tcfg), indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,209 @@
+"""The priors (denoiser/prior.py), their mouth weighting, loading and trainer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from streamchar.denoiser.objective import mouth_weight_map, weighted_video_error
+from streamchar.denoiser.prior import AcousticPrior, VideoPrior
+
+from .conftest import TINY_CORPUS_OVERRIDES
+
+
+def _acoustic(**kw) -> AcousticPrior:
+    torch.manual_seed(0)
+    prior = AcousticPrior(
+        num_units=40, audio_dim=12, context=6, width=32, speaker_dim=8, dilations=(1, 2, 4), **kw
+    )
+    for (
+        block
+    ) in prior.blocks:  # the FiLM starts at zero (unmodulated); give it weights so the speaker matters
+        torch.nn.init.normal_(block.film.weight, std=0.2)
+    return prior.eval()
+
+
+def _voice(seed: int, b: int = 2, r: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, r, 12, generator=g), torch.ones(b, r, dtype=torch.bool)
+
+
+def test_acoustic_prior_shapes_and_chunk_mean():
+    prior = _acoustic()
+    units, speaking = torch.randint(0, 40, (2, 6 + 5)), torch.randint(0, 2, (2, 6 + 5))
+    mu = prior.chunk_mean(units, speaking, *_voice(0))
+    assert mu.shape == (2, 5, 12)
+    assert torch.equal(mu, prior(units, speaking, *_voice(0))[:, 6:])
+    with pytest.raises(ValueError, match="context tokens"):
+        prior.chunk_mean(units[:, :6], speaking[:, :6], *_voice(0))
+
+
+def test_acoustic_prior_streamed_chunks_equal_offline_and_never_look_past_the_chunk():
+    """Chunk by chunk with the last ``context`` units carried over equals the offline pass over the session's
+    windows; a chunk's means ignore every unit after the chunk and before its context."""
+    prior, L, chunks = _acoustic(), 5, 4
+    g = torch.Generator().manual_seed(1)
+    units, speaking = (
+        torch.randint(0, 40, (2, L * chunks), generator=g),
+        torch.randint(0, 2, (2, L * chunks), generator=g),
+    )
+    voice = _voice(2)
+    # offline: every chunk's window cut from the padded session
+    padded_units, padded_speaking = prior.pad_context(units, speaking)
+    offline = torch.cat([prior.chunk_mean(padded_units[:, k * L : k * L + 6 + L],
+                                          padded_speaking[:, k * L : k * L + 6 + L], *voice)
+                         for k in range(chunks)], dim=1)  # fmt: skip
+    # streamed: a context buffer that starts as padding
+    ctx_units, ctx_speaking = prior.pad_context(units[:, :0], speaking[:, :0])
+    streamed = []
+    for k in range(chunks):
+        u, s = units[:, k * L : (k + 1) * L], speaking[:, k * L : (k + 1) * L]
+        streamed.append(
+            prior.chunk_mean(torch.cat([ctx_units, u], 1), torch.cat([ctx_speaking, s], 1), *voice)
+        )
+        ctx_units, ctx_speaking = (
+            torch.cat([ctx_units, u], 1)[:, -6:],
+            torch.cat([ctx_speaking, s], 1)[:, -6:],
+        )
+    assert torch.equal(torch.cat(streamed, 1), offline)
+    # the future and the distant past do not reach a chunk
+    window_units = padded_units[:, 2 * L : 2 * L + 6 + L].clone()
+    changed = padded_units.clone()
+    changed[:, 3 * L + 6 :] = (changed[:, 3 * L + 6 :] + 7) % 40  # everything after chunk 2
+    changed[:, : 2 * L] = (changed[:, : 2 * L] + 3) % 40  # everything before chunk 2's context
+    assert torch.equal(changed[:, 2 * L : 2 * L + 6 + L], window_units)
+
+
+def test_acoustic_prior_uses_the_speaker():
+    prior = _acoustic()
+    units, speaking = torch.randint(0, 40, (2, 11)), torch.ones(2, 11, dtype=torch.long)
+    a = prior.chunk_mean(units, speaking, *_voice(0))
+    b = prior.chunk_mean(units, speaking, *_voice(5))
+    assert (a - b).abs().mean() > 1e-3
+    # no valid reference token: the learned null speaker, whatever the (invalid) latents hold
+    voice, valid = _voice(0)
+    none = prior.chunk_mean(units, speaking, voice, torch.zeros_like(valid))
+    assert torch.equal(none, prior.chunk_mean(units, speaking, voice * 3, torch.zeros_like(valid)))
+
+
+def test_negative_units_are_the_padding_unit():
+    prior = _acoustic()
+    units, speaking = torch.randint(0, 40, (1, 11)), torch.zeros(1, 11, dtype=torch.long)
+    units[:, :3] = -1
+    explicit = units.clone()
+    explicit[:, :3] = 40
+    assert torch.equal(prior(units, speaking, *_voice(0, b=1)), prior(explicit, speaking, *_voice(0, b=1)))
+
+
+def test_video_prior_starts_as_the_last_latent_and_reads_the_audio():
+    torch.manual_seed(0)
+    prior = VideoPrior(latent_channels=4, audio_dim=12, audio_per_frame=1, motion_audio=2, channels=(8, 8, 16),
+                       audio_width=16).eval()  # fmt: skip
+    ref, last = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    audio = torch.randn(2, 2 + 5, 12)
+    mu = prior(ref, last, audio)
+    assert mu.shape == (2, 4, 5, 8, 8)
+    assert torch.equal(
+        mu, last[:, :, None].expand_as(mu)
+    )  # zero-initialised output: "repeat the last latent"
+    torch.nn.init.normal_(prior.out.weight, std=0.1)
+    for block in (prior.dec1, prior.dec2, prior.dec3):
+        torch.nn.init.normal_(block.film.weight, std=0.1)
+    a, b = prior(ref, last, audio), prior(ref, last, audio + 1)
+    assert (a - b).abs().mean() > 1e-4
+    # the audio of the motion frames is context; each frame reads its own token (one per latent frame)
+    c = audio.clone()
+    c[:, 2 + 4] += 5.0  # the last frame's token
+    diff = (prior(ref, last, c) - a).abs().flatten(3).mean((0, 1, 3))
+    assert diff[-1] > diff[0]
+
+
+def test_mouth_weight_map_against_a_naive_reference():
+    g = torch.Generator().manual_seed(0)
+    lo = torch.rand(2, 3, 2, generator=g) * 0.6
+    boxes = torch.cat([lo, lo + 0.05 + torch.rand(2, 3, 2, generator=g) * 0.35], -1)  # x0, y0, x1, y1
+    boxes = boxes[..., [0, 1, 2, 3]]
+    has = torch.tensor([True, False])
+    got = mouth_weight_map(boxes, has, (4, 5), 4.0)
+    expected = torch.ones(2, 3, 4, 5)
+    for b in range(2):
+        for k in range(3):
+            x0, y0, x1, y1 = boxes[b, k].tolist()
+            for i in range(4):
+                for j in range(5):
+                    ox = max(0.0, min(x1, (j + 1) / 5) - max(x0, j / 5)) * 5
+                    oy = max(0.0, min(y1, (i + 1) / 4) - max(y0, i / 4)) * 4
+                    if has[b]:
+                        expected[b, k, i, j] = 1 + 3.0 * ox * oy
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.equal(mouth_weight_map(boxes, has, (4, 5), 1.0), torch.ones(2, 3, 4, 5))
+    # the weighted error keeps its scale: a constant error is itself whatever the weights
+    err = torch.full((2, 6, 3, 4, 5), 0.25)
+    assert torch.allclose(weighted_video_error(err, got), torch.full((2,), 0.25))
+    # and weighs the box: an error only inside the box counts more with a higher weight
+    inside = (mouth_weight_map(boxes, has, (4, 5), 2.0) - 1.0)[:, None].expand(-1, 6, -1, -1, -1)
+    assert weighted_video_error(inside, got)[0] > weighted_video_error(inside, torch.ones_like(got))[0]
+
+
+def test_mouth_box_reaches_the_latent_cache_and_the_windows(cache):
+    from streamchar.data.latents import LatentCache, WindowDataset
+
+    lc = LatentCache(cache)
+    entry = lc.entries()[0]
+    boxes = lc.tensor(entry, "gt/mouth_box")
+    assert boxes.shape == (entry["latent_frames"], 4)
+    assert bool(((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all())
+    window = WindowDataset(lc, "train", 8, unit_context=5)[3]
+    assert window["mouth_box"].shape == (lc.timeline.chunk_latent_frames, 4) and bool(window["has_mouth_box"])
+    assert window["context_units"].shape == (5,) and window["context_speaking"].shape == (5,)
+
+
+def _prior_config(tmp_path, *extra):
+    from streamchar.config import load_config
+
+    return load_config(None, TINY_CORPUS_OVERRIDES + [
+        "prior.audio.width=32", "prior.audio.speaker_dim=8", "prior.audio.dilations=[1,2]",
+        "prior.video.channels=[8,8,16]", "prior.video.audio_width=16",
+        "train.prior_audio.steps=4", "train.prior_audio.batch_size=4", "train.prior_audio.eval_every=2",
+        "train.prior_audio.ckpt_every=2", "train.prior_audio.eval_windows=6", "train.prior_audio.log_every=1",
+        "train.prior_video.steps=2", "train.prior_video.batch_size=2", "train.prior_video.eval_every=2",
+        "train.prior_video.ckpt_every=1", "train.prior_video.eval_windows=4", "train.prior_video.log_every=1",
+        f"prior.audio_path={tmp_path / 'audio'}", *extra])  # fmt: skip
+
+
+def test_prior_trainers_resume_exactly_export_and_load(cache, tmp_path):
+    from safetensors.torch import load_file
+
+    from streamchar.loaders import LoadError, load_prior
+    from streamchar.training import list_checkpoints
+    from streamchar.training.prior import train_prior
+
+    cfg = _prior_config(tmp_path)
+    straight = train_prior(cfg, "audio", cache, tmp_path / "straight", progress=False)
+    first = train_prior(cfg, "audio", cache, tmp_path / "audio", max_steps=2, progress=False)
+    assert first["step"] == 2 and not first["finished"]
+    second = train_prior(cfg, "audio", cache, tmp_path / "audio", progress=False)
+    assert second["finished"] and straight["finished"]
+    a = load_file(str(list_checkpoints(tmp_path / "straight")[-1] / "ema.safetensors"))
+    b = load_file(str(list_checkpoints(tmp_path / "audio")[-1] / "ema.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    curve = json.loads((tmp_path / "audio" / "curve.json").read_text())
+    assert [c["step"] for c in curve] == [2, 4] and all(np.isfinite(c["l1"]) for c in curve)
+    prior = load_prior(tmp_path / "audio", "audio")  # the run folder finds its export
+    assert prior.context == 16 and not prior.training
+    with pytest.raises(LoadError, match="not a video prior"):
+        load_prior(tmp_path / "audio", "video")
+    with pytest.raises(LoadError, match="train one"):
+        load_prior(tmp_path / "nothing", "audio")
+    # the video prior reads the trained acoustic prior
+    video = train_prior(cfg, "video", cache, tmp_path / "video", progress=False)
+    assert video["finished"] and {"mse", "mouth", "mse_given_speech", "copy_last"} <= set(video["heldout"])
+    assert load_prior(tmp_path / "video", "video").latent_channels == 4
+    (tmp_path / "video" / "final" / "model.safetensors").write_bytes(b"broken")
+    with pytest.raises(LoadError, match="damaged"):
+        load_prior(tmp_path / "video", "video")
+    with pytest.raises(ValueError, match="Unknown prior"):
+        train_prior(cfg, "both", cache, tmp_path / "x", progress=False)
