@@ -179,9 +179,11 @@ def cmd_train_vae(args: argparse.Namespace) -> None:
 def _add_protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=["short", "long"], required=True,
                    help="short: one held-out sentence per held-out identity; long: sessions of --minutes each")  # fmt: skip
-    p.add_argument("--ckpt", action="append", default=[], metavar="[NAME=]PATH[@STEPS][:ABLATION]",
+    p.add_argument("--ckpt", action="append", default=[], metavar="[NAME=]PATH[@STEPS][:FLAG]",
                    help="denoiser folder (teacher or distilled student) to evaluate, with ablations :nosink, "
-                   ":nomotion, :norealign; repeat to compare")  # fmt: skip
+                   ":nomotion, :norealign, :prioronly (the priors alone) and, short protocol, audio-driven "
+                   "rows :cascade (espeak-ng speech of the text) or :speech (the clip's own speech); repeat to "
+                   "compare")  # fmt: skip
     p.add_argument(
         "--corpus", default="data/corpus", help="corpus with the held-out identities (default: data/corpus)"
     )
@@ -211,6 +213,14 @@ def _add_protocol_args(p: argparse.ArgumentParser) -> None:
                        ("inception", "FID Inception TorchScript"), ("i3d", "FVD I3D TorchScript")):  # fmt: skip
         published.add_argument(f"--{name}", default=None, metavar="PATH", help=what)
     _add_config_args(p)
+
+
+def cmd_eval_unseen(args: argparse.Namespace) -> None:
+    from streamchar.eval.unseen import unseen_protocol
+
+    result = unseen_protocol(_config(args), args.ckpt, args.character, args.instruments, args.out, args.turns)
+    print((Path(args.out) / "report.md").read_text())
+    _print_json({k: result[k] for k in ("per_gap", "out_of_lexicon", "never_in_corpus")})
 
 
 def cmd_eval_protocol(args: argparse.Namespace) -> None:
@@ -774,6 +784,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-voices", type=int, default=60, help="utterances by voices not in the corpus")
     p.add_argument("--out", default="docs/results/eval_instruments", help="writes OUT.json, OUT.md, OUT.png")
     p.set_defaults(func=cmd_eval_prove)
+    p = eval_sub.add_parser(
+        "unseen",
+        help="public-domain sentences the corpus never saw, spoken by a held-out character, against espeak-ng",
+        description="Speaks a fixed set of public-domain sentences (the Rainbow Passage, Project Gutenberg books) as a "
+        "shipped character through the engine, and has espeak-ng say them in the character's corpus voice; the "
+        "recognizer's PER of both, and the words outside its lexicon and outside the corpus, go to "
+        "OUT/report.json and OUT/report.md.",
+    )
+    p.add_argument("--ckpt", required=True, metavar="[NAME=]PATH[@STEPS][:FLAG]", help="denoiser folder to speak")
+    p.add_argument("--character", default="cleo", help="shipped character (default: cleo, a held-out identity)")
+    p.add_argument("--instruments", default="checkpoints/eval", help="trained instruments (default: checkpoints/eval)")
+    p.add_argument("--turns", default=None, help="orchestrator turn table (RUN/turns.jsonl): counts unseen words")
+    p.add_argument("--out", default="docs/results/unseen", help="output folder (default: docs/results/unseen)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_eval_unseen)
     p = eval_sub.add_parser(
         "orchestrator",
         help="duration and frame accuracy of the orchestrator on held-out turns; time per chunk",

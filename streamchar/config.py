@@ -166,6 +166,7 @@ class TrainTeacherConfig:
     audio_driven_fraction: float = 0.25
     audio_driven_cond_drop: float = 0.5
     audio_loss_weight: float = 1.0
+    mouth_weight: float = 4.0  # video loss weight inside the renderer's mouth box (1 = uniform)
     first_chunk_prob: float = 0.1
     log_every: int = 25
     eval_every: int = 500
@@ -210,6 +211,8 @@ class TrainPriorConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.998
     mixed_precision: str = "auto"
+    # acoustic prior: loss weight of the context tokens of a window (the chunk's tokens weigh 1)
+    context_weight: float = 0.5
     # video prior: loss weight inside the mouth box (1 = uniform); the chunk audio it reads comes from the
     # trained acoustic prior for this fraction of windows (what it gets when speaking from text) and is the
     # clip's own speech otherwise (what it gets when audio-driven)
@@ -356,6 +359,7 @@ class EngineConfig:
     sink: bool = True  # the first chunk stays in the window for the whole session
     motion_frames: bool = True  # each chunk sees the previous chunk's last frames
     realign: bool = True  # move the pointer to where the generated speech got (needs phoneme_reader)
+    refine: bool = True  # the DiT refines the priors' means (off: the priors alone, an ablation)
     phoneme_reader: str = (
         "checkpoints/eval/recognizer"  # a recognizer folder (streamchar eval train recognizer)
     )

@@ -78,3 +78,12 @@ def load_prior(path: str | Path, kind: str, device: torch.device | str = "cpu") 
             f"missing, {len(unexpected)} unexpected tensors); retrain it or restore the folder."
         )
     return model.to(device).eval().requires_grad_(False)
+
+
+def load_priors(cfg, device: torch.device | str = "cpu"):
+    """Both frozen priors (:class:`~streamchar.denoiser.prior.Priors`) at ``prior.audio_path`` / ``prior.video_path``."""
+    from streamchar.denoiser.prior import Priors
+
+    if not cfg.prior.audio_path or not cfg.prior.video_path:
+        raise LoadError("A residual denoiser refines the priors' means; set prior.audio_path and prior.video_path.")
+    return Priors(load_prior(cfg.prior.audio_path, "audio"), load_prior(cfg.prior.video_path, "video")).to(device)

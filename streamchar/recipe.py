@@ -3,12 +3,16 @@
 A recipe file (``configs/recipes/tiny.yaml``) names the folders and each stage's budget; the stages run
 in order::
 
-    corpus -> vae -> latents -> teacher -> orchestrator -> instruments -> stage1-{2,1,4}step
-           -> stage2-2step -> ship (the model folder) -> results (short and long protocols)
+    corpus -> vae -> latents -> prior-audio -> prior-video -> teacher -> orchestrator -> instruments
+           -> stage1-{2,1,4}step -> stage2-2step -> ship (the model folder) -> results (short and long protocols)
 
-Each stage is skipped when its output is present and valid (a finished run, a complete cache; ``ship``
-and ``results`` also when what they were made from is unchanged, by digest), and the
-training stages resume from their own checkpoints, so an interrupted recipe picks up where it stopped.
+Each stage is skipped when its output is present and valid (a finished run, a complete cache) and what it
+was built from is unchanged: when a stage finishes, the recipe records a digest of each stage it read
+(``INPUTS``) and of its own settings, and a stage whose inputs have changed since (a retrained prior, a
+re-encoded cache) is stale: its old output is moved aside (``NAME.stale``) and it runs again, and so does
+everything after it that read it. ``ship`` and ``results`` check the digests of what they were made from the
+same way. The training stages resume from their own checkpoints, so an interrupted recipe picks up where it
+stopped.
 Every stage uses a GPU when there is one and the CPU otherwise. ``RUNS/recipe-NAME.json`` records how
 long each stage took and on what device; the recipe prints the table and the total at the end.
 """
@@ -31,11 +35,19 @@ from omegaconf import OmegaConf
 from streamchar.config import MODEL_FILE, REPO_ROOT, StreamCharConfig, load_config
 
 logger = logging.getLogger(__name__)
-STAGES = ("corpus", "vae", "latents", "teacher", "orchestrator", "instruments", "stage1-2step", "stage1-1step",
-          "stage1-4step", "stage2-2step", "ship", "results")  # fmt: skip
+STAGES = ("corpus", "vae", "latents", "prior-audio", "prior-video", "teacher", "orchestrator", "instruments",
+          "stage1-2step", "stage1-1step", "stage1-4step", "stage2-2step", "ship", "results")  # fmt: skip
+# the stages each stage reads (its inputs); ship and results check theirs by digest themselves
+INPUTS = {"vae": ("corpus",), "latents": ("corpus", "vae"), "prior-audio": ("latents",),
+          "prior-video": ("latents", "prior-audio"), "teacher": ("latents", "prior-audio", "prior-video"),
+          "orchestrator": ("corpus",), "instruments": ("corpus",), "stage1-2step": ("teacher",),
+          "stage1-1step": ("teacher",), "stage1-4step": ("teacher",),
+          "stage2-2step": ("stage1-2step", "teacher", "orchestrator", "instruments")}  # fmt: skip
+PRIOR_STAGES = {"audio": "prior-audio", "video": "prior-video"}
 TURNS = "turns.jsonl"  # the orchestrator run's turn table (voice prompts)
 MODEL_PARTS = {"video_codec.path": "vae", "orchestrator.path": "orchestrator", "engine.characters_dir": "characters",
-               "distill.teacher": "teacher"}  # fmt: skip
+               "distill.teacher": "teacher", "prior.audio_path": "prior-audio",
+               "prior.video_path": "prior-video"}  # fmt: skip
 
 
 class RecipeError(ValueError):
@@ -88,8 +100,13 @@ class Recipe:
         return self.folders["runs"] / self.settings(stage).get("run", f"{self.name}-{stage}")
 
     def config(self, stage: str, *extra: str) -> StreamCharConfig:
-        """The stage's config: preset, the recipe's overrides, the stage's, then ``extra``."""
+        """The stage's config: preset, the recipe's overrides, the priors this recipe trains (for the stages
+        after them), the stage's overrides, then ``extra``."""
         overrides = list(self.overrides)
+        order = list(STAGES)
+        for kind, prior_stage in PRIOR_STAGES.items():
+            if order.index(stage) > order.index(prior_stage):
+                overrides.append(f"prior.{kind}_path={self.run_folder(prior_stage) / 'final'}")
         if stage.startswith("stage1"):
             overrides += self.stage1_overrides + [
                 f"distill.pairs_dir={self.folders['runs'] / 'distill-pairs'}"
@@ -224,6 +241,16 @@ def _run_latents(recipe: Recipe) -> dict:
     return encode_corpus(cfg, recipe.folders["corpus"], recipe.folders["latents"])
 
 
+def _run_prior(kind: str) -> Callable[[Recipe], dict]:
+    def run(recipe: Recipe) -> dict:
+        from streamchar.training.prior import train_prior
+
+        stage = PRIOR_STAGES[kind]
+        return train_prior(recipe.config(stage), kind, recipe.folders["latents"], recipe.run_folder(stage))
+
+    return run
+
+
 def _run_teacher(recipe: Recipe) -> dict:
     from streamchar.training.teacher import train_teacher
 
@@ -317,6 +344,73 @@ def _merge_teacher(folder: Path, teacher: dict) -> None:
     write_report(report, folder)
 
 
+# -- what each stage was built from ------------------------------------------------------------------
+def _digest_files(paths: list[Path]) -> str | None:
+    digest = hashlib.sha256()
+    found = False
+    for path in paths:
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+            found = True
+    return digest.hexdigest()[:16] if found else None
+
+
+def _output_digest(recipe: Recipe, stage: str) -> str | None:
+    """A digest of what a stage made (None while it has made nothing)."""
+    from streamchar.data.latents import MANIFEST as LATENTS_MANIFEST
+    from streamchar.data.shards import MANIFEST as CORPUS_MANIFEST
+
+    if stage == "corpus":
+        return _digest_files([recipe.folders["corpus"] / CORPUS_MANIFEST])
+    if stage == "latents":
+        return _digest_files([recipe.folders["latents"] / LATENTS_MANIFEST])
+    if stage == "instruments":
+        from streamchar.eval.suite import INSTRUMENTS
+
+        return _digest_files([recipe.folders["instruments"] / name / "config.json" for name in INSTRUMENTS])
+    return _fingerprint(recipe.run_folder(stage))
+
+
+def _settings_digest(recipe: Recipe, stage: str) -> str:
+    settings = {"overrides": recipe.overrides + _stage_overrides(recipe, stage),
+                "init": recipe.settings(stage).get("init")}  # fmt: skip
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _built_from(recipe: Recipe, stage: str) -> dict:
+    return {"inputs": {name: _output_digest(recipe, name) for name in INPUTS.get(stage, ())},
+            "settings": _settings_digest(recipe, stage)}  # fmt: skip
+
+
+def _stale(recipe: Recipe, stage: str, record: dict) -> bool:
+    """A finished stage whose recorded inputs or settings differ from the current ones. A stage finished before
+    the recipe recorded them is taken as it is (and recorded now)."""
+    if stage not in INPUTS or "inputs" not in record.get(stage, {}):
+        return False
+    built = _built_from(recipe, stage)
+    return record[stage]["inputs"] != built["inputs"] or record[stage].get("settings") != built["settings"]
+
+
+def _outputs(recipe: Recipe, stage: str) -> list[Path]:
+    """Where a stage writes (moved aside when it is stale)."""
+    if stage in ("corpus", "latents"):
+        return [recipe.folders[stage]]
+    if stage == "instruments":
+        from streamchar.eval.suite import INSTRUMENTS
+
+        return [recipe.folders["instruments"] / name for name in INSTRUMENTS]
+    return [recipe.run_folder(stage)]
+
+
+def _move_aside(paths: list[Path]) -> None:
+    for path in paths:
+        if path.exists():
+            aside = path.with_name(path.name + ".stale")
+            shutil.rmtree(aside, ignore_errors=True)
+            path.rename(aside)
+            logger.warning("moved %s aside to %s: it was built from inputs that have changed", path, aside)
+
+
 # -- ship: the model folder ----------------------------------------------------------------------------
 def _bf16_copy(src: Path, dst: Path) -> None:
     """A safetensors file with its floating tensors in bfloat16 (half the bytes; what the engine runs)."""
@@ -342,6 +436,8 @@ def _run_ship(recipe: Recipe) -> dict:
 
     trained = (
         "vae",
+        "prior-audio",
+        "prior-video",
         "teacher",
         "orchestrator",
         "stage1-1step",
@@ -361,6 +457,10 @@ def _run_ship(recipe: Recipe) -> dict:
         tmp / "orchestrator",
         ["curve.json", "curve.png", "summary.json", "train_orchestrator.json"],
     )
+    for stage in PRIOR_STAGES.values():
+        shutil.copytree(runs[stage] / "final", tmp / stage)
+        _copy_files(runs[stage], tmp / stage, ["curve.json", "curve.png", "summary.json", "train_prior.json"])
+        (tmp / stage / "README.md").write_text(prior_card(recipe, stage, runs[stage]))
     last = list_checkpoints(runs["teacher"])[-1]
     (tmp / "teacher").mkdir()
     _bf16_copy(last / ("ema.safetensors" if (last / "ema.safetensors").is_file() else "model.safetensors"),
@@ -416,13 +516,61 @@ def _carry_docs(model: Path, tmp: Path) -> None:
             shutil.copytree(character, tmp / "characters" / character.name)
 
 
+def _corpus_shards(recipe: Recipe) -> int:
+    from streamchar.data.synth import plan_jobs
+
+    scfg = recipe.config("corpus").data.synth
+    return -(-len(plan_jobs(scfg)) // max(1, scfg.clips_per_shard))
+
+
 def _stage_overrides(recipe: Recipe, stage: str) -> list[str]:
     shared = recipe.stage1_overrides if stage.startswith("stage1") else []
     return shared + list(recipe.settings(stage).get("overrides") or [])
 
 
+PRIOR_WHAT = {
+    "prior-audio": ("the acoustic prior", "the chunk's frame-aligned units (phoneme x F0 bucket) and speaking flag, "
+                    "after the units of the chunk's context, and a 3 s reference voice", "its audio latents (log-mel)",
+                    "L1 on the normalised mel latents"),
+    "prior-video": ("the video prior", "the reference latent, the last motion latent and the chunk's audio "
+                    "latents", "its video latents", "MSE, weighted inside the renderer's mouth box"),
+}  # fmt: skip
+
+
+def prior_card(recipe: Recipe, stage: str, run: Path) -> str:
+    """A prior's model card, from its run's own records."""
+    name, inputs, outputs, loss = PRIOR_WHAT[stage]
+    summary = json.loads((run / "summary.json").read_text())
+    arch = json.loads((run / "final" / "prior.json").read_text())["arch"]
+    heldout = summary.get("heldout") or {}
+    figures = ", ".join(f"{k} {v}" for k, v in heldout.items() if k != "step")
+    minutes = recipe.settings(stage).get("cpu_minutes", "–")
+    return f"""# StreamChar {recipe.name}: {name}
+
+A small deterministic regression network that maps {inputs} to the prior mean of a chunk's {outputs}. The DiT
+denoises around this mean (DESIGN.md section 7, `streamchar/denoiser/prior.py`); with `engine.refine=false`
+the engine plays the priors alone (the "prior alone" row of the results).
+
+- Parameters: {summary["parameters"] / 1e6:.2f}M; constructor arguments: `{json.dumps(arch)}` (`prior.json`).
+- Training: `streamchar train prior --which {stage.split("-")[1]}` ({loss}), {summary["step"]} steps at
+  {summary["precision"]} precision; about {minutes} CPU minutes in `streamchar recipe {recipe.name}`.
+- Held-out ({summary.get("heldout_split", "test")} split) at the last step: {figures}; the curve is `curve.png`.
+- Streaming: chunk-local (a chunk's mean depends on that chunk and what came before it, never on what comes
+  after), so streamed output equals offline output.
+- Limitations: regression over-smooths (the DiT adds the detail back); it knows only the synthetic corpus's
+  espeak voices and drawing styles.
+"""
+
+
 def model_card(recipe: Recipe, record: dict) -> str:
     """The model folder's README: what it holds, the data, the budget, intended use and limitations."""
+    cfg = recipe.config("latents")
+    synth, size = cfg.data.synth, cfg.video_codec.image_size
+    latent, channels = size // 8, cfg.video_codec.latent_channels
+    corpus_shards = _corpus_shards(recipe)
+    limit = cfg.data.encode.max_shards
+    cache_shards = (f"the first {limit} of its {corpus_shards} shards" if limit is not None and limit < corpus_shards
+                    else f"all {corpus_shards} of its shards")  # fmt: skip
     budget = "\n".join(
         f"| {stage} | {' '.join(_stage_overrides(recipe, stage)) or 'defaults'} | "
         f"{recipe.settings(stage).get('cpu_minutes', '–')} |"
@@ -438,16 +586,18 @@ chosen with `engine.denoiser_path=checkpoints/{recipe.name}/NAME`.
 
 | part | what |
 |---|---|
-| `vae/` | video autoencoder (AutoencoderTiny), 128x128 frames to 16x16x8 latents |
+| `vae/` | video autoencoder (AutoencoderTiny), {size}x{size} frames to {latent}x{latent}x{channels} latents |
 | `orchestrator/` | unit language model (transcript -> one phoneme x F0 unit per audio frame), Hugging Face folder |
-| `teacher/` | the joint audio-video DiT (EMA weights, bf16), sampled with guidance |
+| `prior-audio/`, `prior-video/` | the priors: regression networks whose means carry each chunk's content (own cards) |
+| `teacher/` | the joint audio-video DiT (EMA weights, bf16) that denoises around the priors' means, sampled with guidance |
 | `student-s1-*step/` | stage-1 students (ODE-pair regression + DMD, guidance folded in) at 1, 2 and 4 steps |
 | `student-s2-2step/` | the stage-2 student (rollout fine-tuning on its own sink and motion frames) |
 | `characters/` | shipped characters (reference image, 3 s of voice, voice prompt) from training identities |
 
-**Data.** The synthetic talking-character corpus (`streamchar data synth`, seed 0): 240 procedurally drawn
-characters with espeak-ng voices, 10% of identities and sentences held out. The denoisers saw the latent
-cache of the first 20 of its 60 shards.
+**Data.** The synthetic talking-character corpus (`streamchar data synth`, seed {synth.seed}): {synth.num_characters}
+procedurally drawn characters with espeak-ng voices, {synth.heldout_identity_fraction:.0%} of identities and
+{synth.heldout_sentence_fraction:.0%} of sentences held out. The priors and denoisers saw the latent cache of
+{cache_shards}.
 
 **Training budget** (`streamchar recipe {recipe.name}`, configs/recipes/{recipe.name}.yaml; minutes measured on a
 2-core CPU without a GPU):
@@ -475,6 +625,8 @@ def stages() -> list[Stage]:
         Stage("corpus", _corpus_done, _run_corpus),
         Stage("vae", lambda r: _finished(r.run_folder("vae"), "codec"), _run_vae),
         Stage("latents", _latents_done, _run_latents),
+        *[Stage(stage, lambda r, stage=stage: _finished(r.run_folder(stage), "final"), _run_prior(kind))
+          for kind, stage in PRIOR_STAGES.items()],
         Stage("teacher", lambda r: _finished(r.run_folder("teacher")), _run_teacher),
         Stage("orchestrator", lambda r: _finished(r.run_folder("orchestrator"), "final"), _run_orchestrator),
         Stage("instruments", _instruments_done, _run_instruments),  # stage 2 reads speech with the recognizer
@@ -509,7 +661,8 @@ def plan(recipe: Recipe) -> list[dict]:
     rows = []
     for stage in stages():
         settings = recipe.settings(stage.name)
-        rows.append({"stage": stage.name, "done": stage.done(recipe), "seconds": record.get(stage.name, {}).get("seconds"),
+        done = stage.done(recipe) and not _stale(recipe, stage.name, record)
+        rows.append({"stage": stage.name, "done": done, "seconds": record.get(stage.name, {}).get("seconds"),
                      "device": record.get(stage.name, {}).get("device"), "cpu_minutes": settings.get("cpu_minutes"),
                      "note": settings.get("gpu_note")})  # fmt: skip
     return rows
@@ -546,8 +699,14 @@ def run_recipe(
         if stage.name not in chosen:
             continue
         if stage.done(recipe) and not force:
-            logger.info("%s: done, skipped", stage.name)
-            continue
+            if not _stale(recipe, stage.name, record):
+                if stage.name in INPUTS and "inputs" not in record.get(stage.name, {}):
+                    record.setdefault(stage.name, {}).update(_built_from(recipe, stage.name))
+                    _write_record(recipe, record)
+                logger.info("%s: done, skipped", stage.name)
+                continue
+            logger.info("%s: built from inputs that have changed since; running it again", stage.name)
+            _move_aside(_outputs(recipe, stage.name))
         settings = recipe.settings(stage.name)
         if device == "cpu" and settings.get("cpu_minutes"):
             logger.info("%s: about %s min on a 2-core CPU (no GPU found)%s", stage.name, settings["cpu_minutes"],
@@ -571,6 +730,8 @@ def run_recipe(
             )
         record[stage.name] = {"seconds": round(earlier + seconds, 1), "device": device,
                               "finished": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+        if stage.name in INPUTS:
+            record[stage.name].update(_built_from(recipe, stage.name))
         _write_record(recipe, record)
         logger.info(
             "%s: finished in %.1f min (%s)", stage.name, seconds / 60, json.dumps(summary, default=str)[:300]

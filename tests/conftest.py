@@ -20,6 +20,9 @@ TINY_CORPUS_OVERRIDES = [
     "data.synth.max_sentences=1",
     "data.synth.max_words=8",
     "data.synth.workers=1",
+    # trainer tests build denoisers from this config: the plain formulation (no priors to load); the residual
+    # one has its own tests over priors trained on this cache (the trained_priors fixture)
+    "denoiser.formulation=plain",
 ]
 
 
@@ -63,3 +66,25 @@ def cache(tiny_corpus, tmp_path_factory):
     summary = encode_corpus(cfg, tiny_corpus, root / "latents", progress=False)
     assert summary["clips"] == len(Corpus(tiny_corpus).clips)
     return root / "latents"
+
+
+@pytest.fixture(scope="session")
+def trained_priors(cache, tmp_path_factory):
+    """Tiny acoustic and video priors trained a few steps on the cache: ``(overrides, root)``; the overrides
+    select the residual formulation with them."""
+    from streamchar.config import load_config
+    from streamchar.training.prior import train_prior
+
+    root = tmp_path_factory.mktemp("priors")
+    overrides = [
+        "prior.audio.width=32", "prior.audio.speaker_dim=8", "prior.audio.dilations=[1,2]",
+        "prior.video.channels=[8,8,16]", "prior.video.audio_width=16",
+        "train.prior_audio.steps=3", "train.prior_audio.batch_size=4", "train.prior_audio.eval_windows=4",
+        "train.prior_video.steps=3", "train.prior_video.batch_size=2", "train.prior_video.eval_windows=4",
+        f"prior.audio_path={root / 'audio'}", f"prior.video_path={root / 'video'}",
+    ]  # fmt: skip
+    cfg = load_config(None, TINY_CORPUS_OVERRIDES + overrides)
+    train_prior(cfg, "audio", cache, root / "audio", progress=False)
+    train_prior(cfg, "video", cache, root / "video", progress=False)
+    residual = ["denoiser.formulation=residual", "denoiser.residual_scale_video=0.5", "denoiser.residual_scale_audio=0.5"]
+    return overrides + residual, root

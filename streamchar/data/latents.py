@@ -477,11 +477,12 @@ class WindowDataset(torch.utils.data.Dataset):
 
 class UnitWindowDataset(torch.utils.data.Dataset):
     """Windows for the acoustic prior: ``context + chunk_audio_tokens`` tokens of units and speaking flags
-    starting anywhere in a clip, the chunk's audio latents as the target, and a reference voice.
+    whose chunk starts anywhere in a clip, the window's audio latents as the target, and a reference voice.
 
     Item ``i`` (its own random stream ``(seed, i)``): ``units``, ``speaking`` ``[context + L_a]`` (long; ``-1``
-    / 0 before the clip's start), ``audio`` ``[L_a, D_a]`` with ``audio_mask`` ``[L_a]``, ``ref_voice``
-    ``[R, D_a]`` with ``ref_voice_mask`` ``[R]`` (from another clip of the same character when there is one).
+    / 0 before the clip's start), ``audio`` ``[context + L_a, D_a]`` with ``audio_mask`` (False before the
+    clip's start and after its end), ``ref_voice`` ``[R, D_a]`` with ``ref_voice_mask`` ``[R]`` (from another
+    clip of the same character when there is one).
     """
 
     def __init__(self, cache: LatentCache | str | Path, split: str = "train", context: int = 16,
@@ -511,10 +512,12 @@ class UnitWindowDataset(torch.utils.data.Dataset):
             chunk[name] = values
         units = torch.cat([item["context_units"], chunk["units"]])
         speaking = torch.cat([item["context_speaking"], chunk["speaking"]])
-        audio = self.cache.slice(entry, "audio", start, start + L_a).float()
-        target = torch.zeros(L_a, audio.shape[1])
-        mask = torch.zeros(L_a, dtype=torch.bool)
-        target[: len(audio)], mask[: len(audio)] = audio, True
+        first = max(0, start - self.context)  # the window's first token inside the clip
+        audio = self.cache.slice(entry, "audio", first, start + L_a).float()
+        target = torch.zeros(self.context + L_a, audio.shape[1])
+        mask = torch.zeros(self.context + L_a, dtype=torch.bool)
+        offset = first - (start - self.context)
+        target[offset : offset + len(audio)], mask[offset : offset + len(audio)] = audio, True
         peers = [i for i in ds.by_character[str(entry["char_id"])] if i != ci]
         ref_entry = ds.entries[int(rng.choice(peers))] if peers else entry
         R, ra = tl.reference_voice_tokens, ref_entry["audio_tokens"]

@@ -53,7 +53,24 @@ def build_denoiser(section, timeline: Timeline, spec: LatentSpec) -> JointDiT:
         qk_norm=section.qk_norm,
         attention=section.attention,
         gradient_checkpointing=section.gradient_checkpointing,
+        residual_scales=residual_scales(section),
     )
+
+
+FORMULATIONS = ("residual", "plain")
+
+
+def residual_scales(section) -> tuple[float, float] | None:
+    """The residual formulation's noise scales ``(video, audio)`` from the ``denoiser`` section; None for plain."""
+    formulation = getattr(section, "formulation", "plain")
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"denoiser.formulation must be residual or plain, got '{formulation}'.")
+    if formulation == "plain":
+        return None
+    scales = (float(section.residual_scale_video), float(section.residual_scale_audio))
+    if min(scales) <= 0:
+        raise ValueError(f"denoiser.residual_scale_video and _audio must be positive, got {scales}.")
+    return scales
 
 
 def build_sampler(section) -> EulerSampler:

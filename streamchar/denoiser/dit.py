@@ -40,23 +40,55 @@ NULL_SPEAKING = 2  # speaking is 0 / 1; 2 is the dropped condition
 # -- values that travel into the model ------------------------------------------------------------
 @dataclass(frozen=True)
 class Conditions:
-    """Frame-aligned audio conditions of the current chunk.
+    """Frame-aligned conditions of the current chunk.
 
     Attributes:
         units: ``[B, T_a]`` long, one unit (phoneme x F0 bucket) per audio token; ``num_units`` = dropped.
         speaking: ``[B, T_a]`` long, 1 while the character speaks; 2 = dropped.
+        prior_audio: ``[B, T_a, D_a]`` the priors' audio means (residual formulation; None for plain).
+        prior_video: ``[B, C, L, h, w]`` the priors' video means (residual formulation; None for plain).
     """
 
     units: torch.Tensor
     speaking: torch.Tensor
+    prior_audio: torch.Tensor | None = None
+    prior_video: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, batch: dict) -> Conditions:
+        """The conditions of a window batch (``units``, ``speaking``, and ``prior_audio`` / ``prior_video``
+        when it holds them)."""
+        return cls(batch["units"], batch["speaking"], batch.get("prior_audio"), batch.get("prior_video"))
 
     def dropped(self, drop: torch.Tensor, null_unit: int) -> Conditions:
-        """These conditions with the items where ``drop`` ``[B]`` is True replaced by the null condition."""
+        """These conditions with the items where ``drop`` ``[B]`` is True replaced by the null condition. The
+        prior means stay: they are where the residual is measured from; the model stops reading the audio
+        means as a condition where the units are null."""
         d = drop[:, None]
-        return Conditions(
+        return replace(
+            self,
             units=torch.where(d, torch.full_like(self.units, null_unit), self.units),
             speaking=torch.where(d, torch.full_like(self.speaking, NULL_SPEAKING), self.speaking),
         )
+
+    def repeated(self, n: int) -> Conditions:
+        """Every tensor repeated ``n`` times along the batch (one copy per guidance branch, branch-major)."""
+
+        def rep(x):
+            return None if x is None else x.repeat(n, *([1] * (x.dim() - 1)))
+
+        return Conditions(rep(self.units), rep(self.speaking), rep(self.prior_audio), rep(self.prior_video))
+
+    def head(self, n: int) -> Conditions:
+        """The first ``n`` items."""
+        return Conditions(*(None if x is None else x[:n] for x in
+                            (self.units, self.speaking, self.prior_audio, self.prior_video)))  # fmt: skip
+
+    def to(self, device) -> Conditions:
+        def move(x):
+            return None if x is None else x.to(device)
+
+        return Conditions(move(self.units), move(self.speaking), move(self.prior_audio), move(self.prior_video))
 
 
 @dataclass(frozen=True)
@@ -257,6 +289,7 @@ class JointDiT(StreamingModule):
         qk_norm: bool = True,
         attention: str = "sdpa",
         gradient_checkpointing: bool = False,
+        residual_scales: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         if latent_size % patch_size:
@@ -270,6 +303,9 @@ class JointDiT(StreamingModule):
         self.width, self.heads, self.head_dim = width, heads, width // heads
         self.cond_window, self.rope_theta = cond_window, rope_theta
         self.gradient_checkpointing = gradient_checkpointing
+        # the residual formulation's noise scales (video, audio): x0 = mu + scale * z; None: plain (from noise)
+        self.residual_scales = tuple(residual_scales) if residual_scales is not None else None
+        self.residual = residual_scales is not None
         grid = latent_size // patch_size
         self.layout = WindowLayout(timeline, (grid, grid))
         self._geometry: dict[tuple, ChunkGeometry] = {}
@@ -291,6 +327,10 @@ class JointDiT(StreamingModule):
         self.final_modulation = nn.Linear(width, 2 * width)
         self.video_out = nn.Linear(width, latent_channels * patch_size**2)
         self.audio_out = nn.Linear(width, audio_dim)
+        if self.residual:  # the current chunk is a state around the prior means, which are also a condition
+            self.residual_video_in = nn.Linear(latent_channels * patch_size**2, width)
+            self.residual_audio_in = nn.Linear(audio_dim, width)
+            self.prior_condition = nn.Linear(audio_dim, width)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -302,6 +342,8 @@ class JointDiT(StreamingModule):
             nn.init.zeros_(module.weight)  # adaLN-zero: every block starts as the identity
         for block in self.blocks:
             nn.init.zeros_(block.cross_out.weight)
+        if self.residual:
+            nn.init.zeros_(self.prior_condition.weight)  # the units alone at first
         nn.init.normal_(self.segment_embedding.weight, std=0.02)
         nn.init.normal_(self.unit_embedding.weight, std=0.02)
         nn.init.normal_(self.speaking_embedding.weight, std=0.02)
@@ -413,6 +455,9 @@ class JointDiT(StreamingModule):
         """Additive condition embedding ``[B, n_video + n_audio, W]`` for the current chunk's tokens, and
         the inputs of the local cross-attention (``start`` is filled in by the caller)."""
         cond = self.unit_embedding(conditions.units) + self.speaking_embedding(conditions.speaking)
+        if self.residual and conditions.prior_audio is not None:  # the audio means, unless the units are dropped
+            kept = (conditions.units != self.num_units).to(cond.dtype)[..., None]
+            cond = cond + kept * self.prior_condition(conditions.prior_audio.to(cond.dtype))
         cond = self.condition_mlp(cond)  # [B, T_a, W]
         additive = torch.einsum("qa,baw->bqw", geometry.additive.to(cond), cond)
         cross = CrossInputs(tokens=cond, angles=geometry.cross_angles, query_angles=geometry.query_angles,
@@ -511,10 +556,12 @@ class JointDiT(StreamingModule):
             if self._compiled_mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs were consumed
         return step(video, audio, timesteps[0], timesteps[1], conditions.units, conditions.speaking, audio_valid,
-                    keys, values, prefix_valid, prefix_ids, geometry, maskless)  # fmt: skip
+                    keys, values, prefix_valid, prefix_ids, geometry, maskless, conditions.prior_audio,
+                    conditions.prior_video)  # fmt: skip
 
     def cached_step(self, video, audio, t_video, t_audio, units, speaking, audio_valid, keys, values,
-                    prefix_valid, prefix_ids, geometry: tuple, maskless: bool):  # fmt: skip
+                    prefix_valid, prefix_ids, geometry: tuple, maskless: bool, prior_audio=None,
+                    prior_video=None):  # fmt: skip
         """Velocity of the current chunk over given context K/V: tensors in, tensors out, nothing created on
         the host (so ``torch.compile`` and CUDA graphs can take it whole).
 
@@ -526,7 +573,7 @@ class JointDiT(StreamingModule):
         """
         geo = ChunkGeometry(*geometry)
         current, modulation, final_modulation, cross = self._current_tokens(
-            video, audio, (t_video, t_audio), Conditions(units, speaking), audio_valid, geo
+            video, audio, (t_video, t_audio), Conditions(units, speaking, prior_audio, prior_video), audio_valid, geo
         )
         if keys is None:
             mask = WindowMask(current.segments, current.segments, current.valid, current.valid)
@@ -584,9 +631,18 @@ class JointDiT(StreamingModule):
             audio_valid = torch.ones(b, n_audio, dtype=torch.bool, device=video.device)
         # 1. timestep tables: one row per timestep value, gathered per token later
         modulation, final_modulation = self._timestep_tables(*timesteps)
-        # 2. current-chunk tokens with their additive condition embedding
-        xv = self.video_in(self.patchify(video)) + self.segment_embedding.weight[2 * CURRENT + VIDEO]
-        xa = self.audio_in(audio) + self.segment_embedding.weight[2 * CURRENT + AUDIO]
+        # 2. current-chunk tokens with their additive condition embedding; in the residual formulation the
+        # chunk is its prior means (embedded as context latents are) plus the state around them
+        if self.residual:
+            if conditions.prior_video is None or conditions.prior_audio is None:
+                raise ValueError("This denoiser refines prior means: give Conditions with prior_video and prior_audio.")
+            xv = self.video_in(self.patchify(conditions.prior_video.to(video.dtype)))
+            xv = xv + self.residual_video_in(self.patchify(video))
+            xa = self.audio_in(conditions.prior_audio.to(audio.dtype)) + self.residual_audio_in(audio)
+        else:
+            xv, xa = self.video_in(self.patchify(video)), self.audio_in(audio)
+        xv = xv + self.segment_embedding.weight[2 * CURRENT + VIDEO]
+        xa = xa + self.segment_embedding.weight[2 * CURRENT + AUDIO]
         additive, cross = self._conditioning(conditions, geometry)
         n_video = xv.shape[1]
         current = _Tokens(

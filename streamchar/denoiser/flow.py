@@ -148,8 +148,7 @@ def guided_velocity(
     """
     b, n = video.shape[0], guidance.num_branches
     drops = guidance.drops(b, video.device)
-    cond = Conditions(repeat_batch(conditions.units, n), repeat_batch(conditions.speaking, n))
-    cond = cond.dropped(drops["conditions"], model.num_units)
+    cond = conditions.repeated(n).dropped(drops["conditions"], model.num_units)
     ctx = expand_for_guidance(guidance, context) if context is not None else None
     valid = repeat_batch(audio_valid, n) if audio_valid is not None else None
     t = tuple(repeat_batch(x, n) for x in timesteps)

@@ -5,9 +5,14 @@ windows are audio-driven) and the loss is a pure function of the batch and the d
 split across processes and give the same gradient as one process, and a resumed run draws the same
 numbers as an uninterrupted one.
 
-Loss per window: mean squared velocity error over the current chunk's video latents, plus
+Loss per window: mean squared velocity error over the current chunk's video latents (each latent cell
+weighted ``mouth_weight`` times inside the frame's mouth box, normalised, where the window has one), plus
 ``audio_loss_weight`` times the same over its valid audio tokens unless the window is audio-driven
 (its audio is then given clean at t = 0 and carries no loss). The batch loss is the mean over windows.
+
+A residual denoiser (:mod:`streamchar.denoiser.residual`) is trained on the states around the priors'
+means, which the loss computes from the frozen ``priors`` after the draws (an audio-driven window's audio
+mean is its own audio).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 
 from streamchar.denoiser.dit import Conditions, JointDiT, WindowContext
 from streamchar.denoiser.flow import FlowMatching
+from streamchar.denoiser.residual import residual_batch
 
 
 def mouth_weight_map(boxes: torch.Tensor, has_box: torch.Tensor, size: tuple[int, int], weight: float) -> torch.Tensor:
@@ -51,6 +57,7 @@ class TeacherObjective:
     audio_driven_fraction: float = 0.25
     audio_driven_cond_drop: float = 0.5
     audio_loss_weight: float = 1.0
+    mouth_weight: float = 1.0
 
     def draw(
         self, batch: dict, generator: torch.Generator, total: int | None = None, offset: int = 0
@@ -96,24 +103,34 @@ class TeacherObjective:
             has_motion=batch["has_motion"],
         )
 
-    def loss(self, model: JointDiT, batch: dict, draws: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Mean loss over the batch and per-window parts (``video``, ``audio``) for logging."""
+    def loss(
+        self, model: JointDiT, batch: dict, draws: dict, priors=None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean loss over the batch and per-window parts (``video``, ``audio``) for logging. ``priors``
+        (:class:`~streamchar.denoiser.prior.Priors`) are required by a residual denoiser."""
         device = batch["video"].device
         draws = {k: v.to(device) for k, v in draws.items()}
-        x0_video, x0_audio = batch["video"], batch["audio"]
         t, driven = draws["t"], draws["audio_driven"]
+        batch = residual_batch(model, batch, priors, driven)
+        x0_video, x0_audio = batch["video"], batch["audio"]
         t_audio = torch.where(driven, torch.zeros_like(t), t)
         video_t = self.flow.interpolate(x0_video, draws["noise_video"], t)
         audio_t = self.flow.interpolate(x0_audio, draws["noise_audio"], t_audio)
         null_unit = getattr(model, "module", model).num_units  # DDP wraps the model
-        conditions = Conditions(batch["units"], batch["speaking"]).dropped(draws["drop_cond"], null_unit)
+        conditions = Conditions.of(batch).dropped(draws["drop_cond"], null_unit)
         context = self.context(batch).with_dropped_references(
             draws["drop_ref_image"], draws["drop_ref_voice"]
         )
         v_video, v_audio = model(video_t, audio_t, (t, t_audio), conditions, context, batch["audio_mask"])
         target_video = self.flow.velocity_target(x0_video, draws["noise_video"])
         target_audio = self.flow.velocity_target(x0_audio, draws["noise_audio"])
-        video_err = (v_video.float() - target_video).pow(2).flatten(1).mean(1)  # [B]
+        video_err = (v_video.float() - target_video).pow(2)  # [B, C, L, h, w]
+        if self.mouth_weight != 1.0 and "mouth_box" in batch:
+            cells = mouth_weight_map(batch["mouth_box"], batch["has_mouth_box"], tuple(video_err.shape[-2:]),
+                                     self.mouth_weight)  # fmt: skip
+            video_err = weighted_video_error(video_err, cells)  # [B]
+        else:
+            video_err = video_err.flatten(1).mean(1)  # [B]
         mask = batch["audio_mask"].float()[..., None]  # [B, L_a, 1]
         audio_err = ((v_audio.float() - target_audio).pow(2) * mask).sum((1, 2)) / (
             mask.sum((1, 2)) * x0_audio.shape[-1]

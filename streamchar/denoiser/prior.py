@@ -234,3 +234,50 @@ class VideoPrior(nn.Module):
         delta = self.out(F.silu(self.out_norm(d1)))  # [B * L, C, h, w]
         delta = delta.unflatten(0, (b, frames)).transpose(1, 2)  # [B, C, L, h, w]
         return last[:, :, None] + delta
+
+
+class Priors(nn.Module):
+    """Both priors, frozen, and the means of a chunk from what a window (or a session) holds."""
+
+    def __init__(self, audio: AcousticPrior, video: VideoPrior) -> None:
+        super().__init__()
+        self.audio, self.video = audio, video
+        self.requires_grad_(False).eval()
+
+    @property
+    def context(self) -> int:
+        """Tokens of units before the chunk the acoustic prior reads."""
+        return self.audio.context
+
+    def train(self, mode: bool = True) -> Priors:  # frozen: always in eval mode
+        return super().train(False)
+
+    @torch.no_grad()
+    def audio_means(self, units: torch.Tensor, speaking: torch.Tensor, ref_voice: torch.Tensor,
+                    ref_valid: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """``[B, context + L_a]`` units / speaking (the chunk last) -> ``[B, L_a, D_a]``."""
+        return self.audio.chunk_mean(units, speaking, ref_voice, ref_valid).float()
+
+    @torch.no_grad()
+    def video_means(self, reference: torch.Tensor, last: torch.Tensor, motion_audio: torch.Tensor,
+                    chunk_audio: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """``reference`` / ``last`` ``[B, C, h, w]``, ``motion_audio`` ``[B, M_a, D_a]`` (zeros at a session's
+        start), ``chunk_audio`` ``[B, L_a, D_a]`` -> ``[B, C, L, h, w]``."""
+        audio = torch.cat([motion_audio.to(chunk_audio.dtype), chunk_audio], dim=1)
+        return self.video(reference, last, audio).float()
+
+    @torch.no_grad()
+    def window_means(self, batch: dict, audio_driven: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prior means ``(video [B, C, L, h, w], audio [B, L_a, D_a])`` of a window batch
+        (:class:`~streamchar.data.latents.WindowDataset` with ``unit_context = context``). Where
+        ``audio_driven`` ``[B]`` is True the audio is given: its mean is the window's own audio."""
+        units = torch.cat([batch["context_units"], batch["units"]], dim=1)
+        speaking = torch.cat([batch["context_speaking"], batch["speaking"]], dim=1)
+        mu_audio = self.audio_means(units, speaking, batch["ref_voice"], batch["ref_voice_mask"])
+        if audio_driven is not None:
+            mu_audio = torch.where(audio_driven.reshape(-1, 1, 1), batch["audio"].float(), mu_audio)
+        reference = batch["ref_image"][:, :, 0]
+        has_motion = batch["has_motion"].to(torch.bool)
+        last = torch.where(has_motion.reshape(-1, 1, 1, 1), batch["motion_video"][:, :, -1], reference)
+        motion_audio = batch["motion_audio"] * has_motion.to(batch["motion_audio"].dtype).reshape(-1, 1, 1)
+        return self.video_means(reference, last, motion_audio, mu_audio), mu_audio

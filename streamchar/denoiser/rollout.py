@@ -14,6 +14,7 @@ import torch
 
 from streamchar.denoiser.dit import Conditions, JointDiT, WindowContext
 from streamchar.denoiser.flow import EulerSampler, repeat_batch, set_reference_for_guidance
+from streamchar.denoiser.residual import to_latents
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ def generate(
     given_audio: list[torch.Tensor] | None = None,
     use_cache: bool = True,
     use_sink: bool = True,
+    priors=None,
 ) -> Rollout:
     """Generate ``len(conditions)`` chunks.
 
@@ -75,6 +77,8 @@ def generate(
         given_audio: per chunk ``[B, L_a, D_a]`` clean audio (audio-driven mode), or None.
         use_cache: False recomputes the whole window at every step (the reference path; same result).
         use_sink: False never sets the sink chunk (an ablation: the window holds references and motion only).
+        priors: the :class:`~streamchar.denoiser.prior.Priors` a residual ``model`` refines: each chunk's means
+            come from the units so far and the last latent and audio generated, as in the engine.
     """
     tl = model.timeline
     b, c, _, h, w = ref_video.shape
@@ -86,6 +90,11 @@ def generate(
     if ref_voice_valid is None:
         ref_voice_valid = torch.ones(ref_voice.shape[:2], dtype=torch.bool, device=device)
     n = sampler.guidance.num_branches
+    if model.residual and priors is None:
+        raise ValueError("This denoiser refines the priors' means; pass priors= (loaders.load_priors).")
+    if model.residual:
+        unit_context = (torch.full((b, priors.context), -1, dtype=torch.long, device=device),
+                        torch.zeros(b, priors.context, dtype=torch.long, device=device))  # fmt: skip
     videos, audios, seconds = [], [], []
     with model.streaming():
         if use_cache:
@@ -107,9 +116,28 @@ def generate(
             noise_video = torch.randn(b, c, L, h, w, generator=generator).to(device)
             noise_audio = torch.randn(b, L_a, ref_voice.shape[-1], generator=generator).to(device)
             audio_in = given_audio[index].to(device) if given_audio is not None else None
+            mu_video = mu_audio = None
+            if model.residual:
+                if audio_in is None:
+                    units = torch.cat([unit_context[0], cond.units], 1)
+                    speaking = torch.cat([unit_context[1], cond.speaking], 1)
+                    mu_audio = priors.audio_means(units, speaking, ref_voice, ref_voice_valid)
+                    unit_context = (units[:, -priors.context :], speaking[:, -priors.context :])
+                else:
+                    mu_audio = audio_in.float()
+                reference = ref_video[:, :, 0].float()
+                last = videos[-1][:, :, -1] if videos else reference
+                motion_audio = audios[-1][:, -M_a:] if audios else torch.zeros(b, M_a, mu_audio.shape[-1], device=device)
+                mu_video = priors.video_means(reference, last, motion_audio, mu_audio)
+                cond = Conditions(cond.units, cond.speaking, mu_audio, mu_video)
+                if audio_in is not None:
+                    audio_in = torch.zeros_like(audio_in)  # a given chunk is its own mean
             video, audio = sampler.sample(
                 model, noise_video, noise_audio, cond, context, given_audio=audio_in
             )
+            video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio)
+            if given_audio is not None:
+                audio = given_audio[index].to(device).float()
             videos.append(video)
             audios.append(audio)
             seconds.append(time.perf_counter() - start)

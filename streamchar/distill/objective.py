@@ -6,7 +6,9 @@ batch, the models and the draws. So two processes with half the batch each take 
 process with all of it.
 
 The student is an Euler sampler on ``sampling_grid(steps, shift)`` with guidance folded in: one
-model call per step, full conditions, no guidance branches. Its output at step ``k`` is the clean
+model call per step, full conditions, no guidance branches. Everything here runs in the denoiser's state
+space: for a residual denoiser the batches come prepared by :func:`~streamchar.denoiser.residual.residual_batch`
+(states around the priors' means, which ride along in the conditions). Its output at step ``k`` is the clean
 prediction ``x0 = x_{t_k} - t_k v``; the final step's Euler update lands exactly on it.
 """
 
@@ -111,7 +113,7 @@ class DistillObjective:
     ) -> tuple[torch.Tensor, dict]:
         """ODE-pair regression: from the teacher's trajectory state at student time ``t`` [B], the student's
         clean prediction against the teacher's final sample. Returns ``(mean loss, parts)``."""
-        conditions, context = Conditions(batch["units"], batch["speaking"]), TeacherObjective.context(batch)
+        conditions, context = Conditions.of(batch), TeacherObjective.context(batch)
         v_video, v_audio = student(states[0], states[1], (t, t), conditions, context, batch["audio_mask"])
         tv = t.reshape(-1, 1, 1, 1, 1)
         video = ode_regression_loss(states[0] - tv * v_video.float(), targets[0])
@@ -135,7 +137,7 @@ class DistillObjective:
     ) -> tuple[torch.Tensor, dict]:
         """The DMD loss of student samples ``x0`` (with a graph); ``context`` defaults to the batch's.
         Returns ``(mean loss, parts)``."""
-        conditions = Conditions(batch["units"], batch["speaking"])
+        conditions = Conditions.of(batch)
         context = context if context is not None else TeacherObjective.context(batch)
         mask = batch["audio_mask"]
         t = draws["t"]
@@ -162,7 +164,7 @@ class DistillObjective:
         context: WindowContext | None = None,
     ) -> tuple[torch.Tensor, dict]:
         """The fake score's flow-matching loss on the detached student samples ``x0`` (update ``update``)."""
-        conditions = Conditions(batch["units"], batch["speaking"])
+        conditions = Conditions.of(batch)
         context = context if context is not None else TeacherObjective.context(batch)
         t = draws[f"fake_t{update}"]
         noise = draws[f"fake_video{update}"], draws[f"fake_audio{update}"]

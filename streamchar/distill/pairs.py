@@ -27,6 +27,7 @@ from streamchar.data.latents import WindowDataset
 from streamchar.denoiser.dit import Conditions, JointDiT
 from streamchar.denoiser.flow import Guidance, guided_velocity, sampling_grid
 from streamchar.denoiser.objective import TeacherObjective
+from streamchar.denoiser.residual import residual_batch
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,9 @@ class PairSpec:
             )
 
 
-def pair_windows(cache, spec: PairSpec, timeline) -> WindowDataset:
-    return WindowDataset(
-        cache, "train", length=spec.count, seed=spec.seed, first_chunk_prob=0.1, timeline=timeline
-    )
+def pair_windows(cache, spec: PairSpec, timeline, unit_context: int = 0) -> WindowDataset:
+    return WindowDataset(cache, "train", length=spec.count, seed=spec.seed, first_chunk_prob=0.1, timeline=timeline,
+                         unit_context=unit_context)  # fmt: skip
 
 
 @torch.no_grad()
@@ -66,7 +66,7 @@ def teacher_trajectory(
 ) -> dict[str, torch.Tensor]:
     """The teacher's guided Euler solution from ``noise``, with its states on the record grid."""
     guidance = Guidance(*spec.guidance)
-    conditions, context = Conditions(batch["units"], batch["speaking"]), TeacherObjective.context(batch)
+    conditions, context = Conditions.of(batch), TeacherObjective.context(batch)
     grid = sampling_grid(spec.teacher_steps, spec.shift).tolist()
     every = spec.teacher_steps // spec.record_steps
     video, audio = noise
@@ -107,8 +107,10 @@ def generate_pairs(
     rank: int = 0,
     world: int = 1,
     progress: bool = True,
+    priors=None,
 ) -> Path:
-    """Write (or complete) the pair shards in ``folder``; returns it."""
+    """Write (or complete) the pair shards in ``folder``; returns it. A residual teacher's pairs are states
+    around the ``priors``' means."""
     from tqdm.auto import tqdm
 
     from streamchar.training.teacher import _to, collate
@@ -124,14 +126,14 @@ def generate_pairs(
                 f"{folder} holds pairs made with other settings; delete it or point the pairs folder elsewhere."
             )
         record.write_text(json.dumps(wanted, indent=1) + "\n")
-    windows = pair_windows(cache, spec, timeline)
+    windows = pair_windows(cache, spec, timeline, priors.context if priors is not None else 0)
     firsts = list(range(0, spec.count, spec.shard_size))[rank::world]
     todo = [f for f in firsts if not _valid(_shard_path(folder, f))]
     bar = tqdm(total=len(firsts), initial=len(firsts) - len(todo), desc="teacher ODE pairs", unit="shard",
                disable=not (progress and rank == 0))  # fmt: skip
     for first in todo:
         indices = list(range(first, min(first + spec.shard_size, spec.count)))
-        batch = _to(collate([windows[i] for i in indices]), device)
+        batch = residual_batch(teacher, _to(collate([windows[i] for i in indices]), device), priors)
         g = torch.Generator().manual_seed(spec.seed * 1_000_003 + first)
         noise = (torch.randn(batch["video"].shape, generator=g).to(device),
                  torch.randn(batch["audio"].shape, generator=g).to(device))  # fmt: skip
@@ -151,10 +153,10 @@ def generate_pairs(
 class PairSet:
     """The pairs in a folder, with their windows rebuilt from the cache."""
 
-    def __init__(self, folder: str | Path, cache, timeline, spec: PairSpec) -> None:
+    def __init__(self, folder: str | Path, cache, timeline, spec: PairSpec, unit_context: int = 0) -> None:
         self.folder = Path(folder)
         self.spec = spec
-        self.windows = pair_windows(cache, spec, timeline)
+        self.windows = pair_windows(cache, spec, timeline, unit_context)
         self.shards = [load_file(str(p)) for p in sorted(self.folder.glob("pairs-*.safetensors"))]
         if sum(len(s["index"]) for s in self.shards) < spec.count:
             raise ValueError(f"{self.folder} is missing pairs; run the pair generation to completion first.")

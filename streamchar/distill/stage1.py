@@ -25,6 +25,7 @@ from streamchar.config import StreamCharConfig
 from streamchar.data.latents import WindowDataset
 from streamchar.denoiser.dit import Conditions
 from streamchar.denoiser.objective import TeacherObjective
+from streamchar.denoiser.residual import residual_batch
 from streamchar.distill.pairs import PairSet, PairSpec, generate_pairs
 from streamchar.distill.trainer import DistillRun
 from streamchar.training.teacher import _to, collate
@@ -43,10 +44,14 @@ def pair_spec_from_config(dcfg) -> PairSpec:
     )
 
 
-def regression_batch(pairs: PairSet, steps: int, indices: list[int], ks: list[int], device):
-    """Collated windows, states, targets and times of the given pairs at student steps ``ks``."""
+def regression_batch(pairs: PairSet, steps: int, indices: list[int], ks: list[int], device, model=None,
+                     priors=None):  # fmt: skip
+    """Collated windows, states, targets and times of the given pairs at student steps ``ks`` (a residual
+    ``model``'s windows carry the ``priors``' means)."""
     items = [pairs.item(i, steps, k) for i, k in zip(indices, ks, strict=True)]
     batch = _to(collate([w for w, _, _, _ in items]), device)
+    if model is not None:
+        batch = residual_batch(model, batch, priors)
     states = tuple(torch.stack([s[m] for _, s, _, _ in items]).to(device) for m in (0, 1))
     targets = tuple(torch.stack([x[m] for _, _, x, _ in items]).to(device) for m in (0, 1))
     t = torch.tensor([t for _, _, _, t in items], device=device)
@@ -70,11 +75,11 @@ def distill_stage1(
     total = dcfg.regression_steps + dcfg.dmd_steps
     if run.start < dcfg.regression_steps:
         generate_pairs(run.teacher, run.cache, run.timeline, spec, pairs_dir, run.device, acc.autocast,
-                       run.rank, run.world, progress)  # fmt: skip
+                       run.rank, run.world, progress, run.priors)  # fmt: skip
         acc.wait_for_everyone()
-        pairs = PairSet(pairs_dir, run.cache, run.timeline, spec)
+        pairs = PairSet(pairs_dir, run.cache, run.timeline, spec, run.unit_context)
     windows = WindowDataset(run.cache, "train", length=2**31 - 1, seed=dcfg.seed + 3,
-                            first_chunk_prob=0.1, timeline=run.timeline)  # fmt: skip
+                            first_chunk_prob=0.1, timeline=run.timeline, unit_context=run.unit_context)  # fmt: skip
     stop = total if max_steps is None else min(total, run.start + max_steps)
     bar = run.progress_bar(total, f"distill stage 1 ({dcfg.student_steps}-step)", progress)
     last: dict[str, float] = {}
@@ -87,7 +92,7 @@ def distill_stage1(
             ]
             indices = [(first + i) % len(pairs) for i in range(b)]
             batch, states, targets, t = regression_batch(
-                pairs, dcfg.student_steps, indices, ks.tolist(), run.device
+                pairs, dcfg.student_steps, indices, ks.tolist(), run.device, run.teacher, run.priors
             )
             with acc.autocast():
                 loss, parts = obj.regression(run.student, batch, states, t, targets)
@@ -96,12 +101,10 @@ def distill_stage1(
             last = {"regression": loss.item()}
         else:
             batch = _to(collate([windows[first + i] for i in range(b)]), run.device)
+            batch = residual_batch(run.teacher, batch, run.priors)
             draws = {k: v.to(run.device) for k, v in
                      obj.draw(batch, g, total=b * run.world, offset=run.rank * b).items()}  # fmt: skip
-            conditions, context = (
-                Conditions(batch["units"], batch["speaking"]),
-                TeacherObjective.context(batch),
-            )
+            conditions, context = Conditions.of(batch), TeacherObjective.context(batch)
             with acc.autocast():
                 x0 = obj.student_x0(run.student, (draws["noise_video"], draws["noise_audio"]), conditions, context,
                                     batch["audio_mask"], int(draws["exit"]))  # fmt: skip

@@ -8,7 +8,8 @@ without a graph except the last, and each rolled-out chunk is trained with DMD a
 evaluated in the same (student-made) context; the context itself is detached, so gradients flow
 through the last denoising step of each chunk only. The fake score learns the distribution of the
 rolled-out chunks. Each chunk's loss is backpropagated as soon as it is computed, so memory does not
-grow with the rollout length.
+grow with the rollout length. A residual student refines the priors' means, computed for each chunk as the
+engine does: from the units so far and the last latent and audio the rollout itself made.
 
 Each chunk's conditions are the clip's own frame-aligned units and speaking flags
 (``distill.rollout_conditions=corpus``), or, with ``orchestrator``, what the orchestrator plans from the
@@ -27,6 +28,7 @@ import torch
 from streamchar.config import StreamCharConfig, resolve_asset_path
 from streamchar.data.latents import RolloutDataset
 from streamchar.denoiser.dit import Conditions, WindowContext
+from streamchar.denoiser.residual import to_latents
 from streamchar.distill.trainer import DistillRun
 from streamchar.training import CheckpointError
 from streamchar.training.teacher import _to, collate
@@ -65,6 +67,28 @@ def rollout_context(batch: dict, chunks: list[tuple[torch.Tensor, torch.Tensor]]
         sink_video=sink_video.detach(), sink_audio=sink_audio.detach(), has_sink=has & use_sink,
         motion_video=motion_video.detach(), motion_audio=motion_audio.detach(), has_motion=has,
     )  # fmt: skip
+
+
+def rollout_means(priors, cb: dict, chunks: list[tuple[torch.Tensor, torch.Tensor]],
+                  history: list[tuple[torch.Tensor, torch.Tensor]], tl) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The priors' means ``(video, audio)`` of the next rolled-out chunk, as the engine computes them: the
+    acoustic prior over the units of the chunks so far (``history``) and this one, the video prior from the
+    last latent and audio the rollout made (``chunks``, clean latents)."""
+    b, context = cb["units"].shape[0], priors.context
+    units = [torch.full((b, context), -1, dtype=torch.long, device=cb["units"].device)]
+    speaking = [torch.zeros(b, context, dtype=torch.long, device=cb["units"].device)]
+    units += [u for u, _ in history] + [cb["units"]]
+    speaking += [s for _, s in history] + [cb["speaking"]]
+    window = context + cb["units"].shape[1]
+    units, speaking = torch.cat(units, 1)[:, -window:], torch.cat(speaking, 1)[:, -window:]
+    mu_audio = priors.audio_means(units, speaking, cb["ref_voice"], cb["ref_voice_mask"])
+    reference = cb["ref_image"][:, :, 0]
+    if chunks:
+        last, motion_audio = chunks[-1][0][:, :, -1], chunks[-1][1][:, -tl.motion_audio_tokens :]
+    else:
+        last = reference
+        motion_audio = torch.zeros(b, tl.motion_audio_tokens, mu_audio.shape[-1], device=mu_audio.device)
+    return priors.video_means(reference, last, motion_audio, mu_audio), mu_audio
 
 
 class PlannedConditions:
@@ -148,23 +172,29 @@ def distill_stage2(
         g = run.generator(step)
         first = (step * run.world + run.rank) * b
         batch = _to(collate([rollouts[first + i] for i in range(b)]), run.device)
-        chunks, contexts, draws_all, losses, lags = [], [], [], [], []
+        # the student's samples (its state space) and the same chunks as clean latents (the window memory)
+        samples, chunks, history, contexts, draws_all, losses, lags = [], [], [], [], [], [], []
         sessions = planner.start(batch["key"]) if planner else None
         for r in range(R):
             cb = chunk_batch(batch, r)
             if planner:
                 cb["units"], cb["speaking"] = planner.plan(sessions, run.device)
                 cb["audio_mask"] = torch.ones_like(cb["audio_mask"])
+            if run.priors is not None:
+                with acc.autocast():
+                    cb["prior_video"], cb["prior_audio"] = rollout_means(run.priors, cb, chunks, history, tl)
+                history.append((cb["units"], cb["speaking"]))
             draws = {k: v.to(run.device) for k, v in
                      obj.draw(cb, g, total=b * run.world, offset=run.rank * b).items()}  # fmt: skip
             context = rollout_context(cb, chunks, tl)
             with acc.autocast():
                 x0 = obj.student_x0(run.student, (draws["noise_video"], draws["noise_audio"]),
-                                    Conditions(cb["units"], cb["speaking"]), context, cb["audio_mask"])  # fmt: skip
+                                    Conditions.of(cb), context, cb["audio_mask"])  # fmt: skip
                 loss, _ = obj.dmd(x0, run.teacher, run.fake, cb, draws, context)
             run.backward(run.student, loss / R, sync=r == R - 1)
             losses.append(loss.item())
-            chunks.append((x0[0].detach().float(), x0[1].detach().float()))
+            samples.append((x0[0].detach().float(), x0[1].detach().float()))
+            chunks.append(to_latents(run.teacher, *samples[-1], cb.get("prior_video"), cb.get("prior_audio")))
             if planner:
                 lags += planner.realign(sessions, chunks[-1][1].cpu())
             contexts.append(context)
@@ -175,7 +205,7 @@ def distill_stage2(
         for u in range(dcfg.fake_updates):
             for r, ((cb, draws), context) in enumerate(zip(draws_all, contexts, strict=True)):
                 with acc.autocast():
-                    fake_loss, _ = obj.fake_score(run.fake, chunks[r], cb, draws, u, context)
+                    fake_loss, _ = obj.fake_score(run.fake, samples[r], cb, draws, u, context)
                 run.backward(run.fake, fake_loss / R, sync=r == R - 1)
                 fake_losses.append(fake_loss.item())
             run.update(run.fake, run.opt_fake, run.lr(step, total, dcfg.lr_fake))

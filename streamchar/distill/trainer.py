@@ -27,6 +27,7 @@ from streamchar.data.latents import LatentCache
 from streamchar.denoiser.flow import Guidance
 from streamchar.distill import DISTILLED
 from streamchar.distill.objective import DistillObjective
+from streamchar.loaders import load_priors
 from streamchar.training import (
     check_finite_loss,
     cosine_lr,
@@ -92,6 +93,9 @@ class DistillRun:
         self.teacher_path = str(resolve_asset_path(dcfg.teacher))
         teacher = load_teacher(self.teacher_path, cfg, self.spec).requires_grad_(False)
         self.teacher = teacher.to(acc.device)
+        # a residual teacher's students refine the same priors' means
+        self.priors = load_priors(cfg, acc.device) if teacher.residual else None
+        self.unit_context = self.priors.context if self.priors is not None else 0
         student = load_teacher(init, cfg, self.spec) if init else copy.deepcopy(teacher)
         fake = copy.deepcopy(teacher)
         student.requires_grad_(True).train()

@@ -93,7 +93,8 @@ def character_from_corpus(corpus, char_id: int, turn_rows: list[dict] | None = N
     name = name or f"char{char_id}"
     info = {"name": name, "corpus": str(corpus_.folder), "char_id": char_id, "clip": clip.meta["key"],
             "split": entries[0].get("split"), "voice_seconds": round(len(voice) / rate, 3), "sample_rate": rate,
-            "prompt_turns": len(own[:prompt_turns]), "language": language}  # fmt: skip
+            "prompt_turns": len(own[:prompt_turns]), "language": language,
+            "espeak_voice": clip.meta.get("voice")}  # fmt: skip
     return Character(name, clip.frames[0], voice, own[:prompt_turns], name), info
 
 

@@ -36,6 +36,7 @@ from torch.profiler import record_function
 from streamchar.data.phonemes import SILENCE_ID
 from streamchar.denoiser.dit import NULL_SPEAKING, Conditions
 from streamchar.denoiser.flow import EulerSampler, Guidance, repeat_batch, set_reference_for_guidance
+from streamchar.denoiser.residual import to_latents
 from streamchar.denoiser.rollout import window_context
 from streamchar.distill import read_distilled
 from streamchar.engine.characters import Character, load_character
@@ -92,6 +93,7 @@ class Engine:
         self.decoder_factory = None  # (characters, audio_context_tokens) -> ChunkDecoder; None: local
         self.fast_path: dict[str, str | bool] = {}  # what apply_fast_path put into effect
         self.phoneme_reader = None  # reads phonemes from generated audio latents (pointer realignment)
+        self.priors = None  # the priors a residual denoiser refines (or, with engine.refine off, plays alone)
         self.lock = threading.Lock()  # one chunk at a time on the device
         self.sessions = 0  # open sessions
         self._count_lock = threading.Lock()
@@ -124,6 +126,10 @@ class Engine:
         engine = cls(cfg, denoiser, video_codec, audio_codec, unit_lm, vocab, device,
                      resolve_mixed_precision(ecfg.mixed_precision))  # fmt: skip
         engine.distilled = distilled
+        if denoiser.residual or not ecfg.refine:
+            from streamchar.loaders import load_priors
+
+            engine.priors = load_priors(cfg, device)
         engine.apply_fast_path()
         if with_orchestrator and ecfg.realign:
             engine.phoneme_reader = _phoneme_reader(cfg, audio_codec)
@@ -154,6 +160,14 @@ class Engine:
         engine = cls(cfg, denoiser, video_codec, audio_codec, unit_lm, vocab, device,
                      resolve_mixed_precision(ecfg.mixed_precision))  # fmt: skip
         engine.distilled = {"steps": ecfg.steps, "shift": ecfg.shift, "random_init": True}
+        if denoiser.residual:
+            from streamchar.denoiser.build import acoustic_prior_kwargs, video_prior_kwargs
+            from streamchar.denoiser.prior import AcousticPrior, Priors, VideoPrior
+
+            spec = latent_spec_from_config(cfg)
+            with torch.device(device):
+                engine.priors = Priors(AcousticPrior(**acoustic_prior_kwargs(cfg.prior.audio, cfg.timeline, spec)),
+                                       VideoPrior(**video_prior_kwargs(cfg.prior.video, cfg.timeline, spec)))  # fmt: skip
         engine.apply_fast_path()
         return engine
 
@@ -383,6 +397,13 @@ class StreamSession:
         # compiled step and its CUDA graph need); without the context cache the window is recomputed
         self._cache = eng.take_cache()
         self._references = (ref_video.to(device), voices, valid)
+        # the acoustic prior's context: the units and speaking flags before the chunk (padding at the start)
+        self.refine = eng.cfg.engine.refine
+        self._use_priors = eng.priors is not None and (eng.denoiser.residual or not self.refine)
+        if self._use_priors:
+            context = eng.priors.context
+            self._unit_context = (torch.full((len(self.characters), context), -1, dtype=torch.long, device=device),
+                                  torch.zeros(len(self.characters), context, dtype=torch.long, device=device))  # fmt: skip
         if self.context_cache:
             with eng.lock, eng.denoiser.streaming(self._cache), eng.autocast():
                 set_reference_for_guidance(eng.denoiser, self.sampler.guidance, *self._references)
@@ -610,6 +631,12 @@ class StreamSession:
             device
         )
         cond = Conditions(cond.units.to(device), cond.speaking.to(device))
+        given_latents = given.to(device) if given is not None else None
+        mu_video = mu_audio = None
+        if self._use_priors:
+            with record_function("streamchar.priors"), eng.lock, eng.autocast():
+                mu_video, mu_audio = self._prior_means(cond, given_latents)
+            cond = Conditions(cond.units, cond.speaking, mu_audio, mu_video)
         context = None
         with eng.lock, model.streaming(self._cache), eng.autocast():
             with record_function("streamchar.context_update"):
@@ -626,15 +653,21 @@ class StreamSession:
                     motion = (self._previous[0][:, :, -M:], self._previous[1][:, -M_a:]) if (
                         self._previous is not None and self.use_motion) else None  # fmt: skip
                     context = window_context(*self._references, self._sink, motion, tl)
-            given_audio = given.to(device) if given is not None else None
+            given_audio = given_latents
+            if given_audio is not None and model.residual:
+                given_audio = torch.zeros_like(given_audio)  # a given chunk is its own mean: its residual is 0
             timer = _DeviceTimer(device)
             with record_function("streamchar.sample"):
-                video, audio = self.sampler.sample(
-                    model, noise_video, noise_audio, cond, context, given_audio=given_audio
-                )
+                if self._use_priors and not self.refine:  # the ablation: the priors' means alone
+                    video, audio = mu_video, mu_audio
+                else:
+                    video, audio = self.sampler.sample(
+                        model, noise_video, noise_audio, cond, context, given_audio=given_audio
+                    )
+                    video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio)
             timer.stop()
-            if given_audio is not None:
-                audio = given_audio
+            if given_latents is not None:
+                audio = given_latents
             video, audio = video.float(), audio.float()
         self._previous = (video, audio)
         event = None
@@ -647,6 +680,30 @@ class StreamSession:
         duration = tl.video_frames_to_seconds(tl.chunk_video_frames(index))
         self._media += duration
         return index, media, duration, started, denoised, video, audio, plan, given_wave, event, timer
+
+    def _prior_means(self, cond: Conditions, given: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chunk's prior means ``(video [B, C, L, h, w], audio [B, L_a, D_a])``: the acoustic prior over
+        the planned units after the session's unit context (or the given speech itself), then the video prior
+        from the reference, the last motion latent (the reference at the start, or without motion frames)
+        and the motion audio."""
+        priors, tl = self.engine.priors, self.tl
+        ref_video, voices, valid = self._references
+        if given is None:
+            context_units, context_speaking = self._unit_context
+            units = torch.cat([context_units, cond.units], dim=1)
+            speaking = torch.cat([context_speaking, cond.speaking], dim=1)
+            mu_audio = priors.audio_means(units, speaking, voices, valid)
+            self._unit_context = (units[:, -priors.context :], speaking[:, -priors.context :])
+        else:
+            mu_audio = given.float()
+        reference = ref_video[:, :, 0].float()
+        if self._previous is not None and self.use_motion:
+            last, motion_audio = self._previous[0][:, :, -1], self._previous[1][:, -tl.motion_audio_tokens :]
+        else:
+            last = reference
+            motion_audio = torch.zeros(reference.shape[0], tl.motion_audio_tokens, mu_audio.shape[-1],
+                                       device=reference.device)  # fmt: skip
+        return priors.video_means(reference, last, motion_audio, mu_audio), mu_audio
 
     def _read_progress(self, index: int, plan: AudioConditions | None, wave: np.ndarray) -> None:
         """Decode worker: read the phonemes of chunk ``index``'s speech for the next realignment; only the

@@ -34,7 +34,9 @@ from streamchar.data.latents import LatentCache, WindowDataset
 from streamchar.denoiser.dit import Conditions
 from streamchar.denoiser.flow import EulerSampler, Guidance
 from streamchar.denoiser.objective import TeacherObjective
+from streamchar.denoiser.residual import residual_batch, to_latents
 from streamchar.distill import read_distilled
+from streamchar.loaders import load_priors
 from streamchar.training import resolve_mixed_precision
 from streamchar.training.teacher import collate, evaluate, latent_spec_from_cache, load_teacher
 
@@ -108,11 +110,13 @@ def compare_samplers(
     tl = cache.window_timeline(cfg.timeline)
     spec = latent_spec_from_cache(cache)
     split = "test" if cache.entries("test") else "train"
-    data = WindowDataset(cache, split, length=windows, seed=4242, first_chunk_prob=0.25, timeline=tl)
+    priors = load_priors(cfg) if any(load_teacher(c.path, cfg, spec).residual for c in contenders) else None
+    data = WindowDataset(cache, split, length=windows, seed=4242, first_chunk_prob=0.25, timeline=tl,
+                         unit_context=priors.context if priors is not None else 0)  # fmt: skip
     batch = collate([data[i] for i in range(windows)])
     g = torch.Generator().manual_seed(17)
     noise = torch.randn(batch["video"].shape, generator=g), torch.randn(batch["audio"].shape, generator=g)
-    conditions, context = Conditions(batch["units"], batch["speaking"]), TeacherObjective.context(batch)
+    context = TeacherObjective.context(batch)
     precision = resolve_mixed_precision(cfg.sample.mixed_precision)
     autocast = functools.partial(torch.autocast, "cpu", torch.bfloat16, enabled=precision == "bf16")
     reference = (
@@ -121,17 +125,20 @@ def compare_samplers(
     samples, seconds, flow = {}, {}, {}
     for c in contenders:
         model = load_teacher(c.path, cfg, spec)
+        prepared = residual_batch(model, batch, priors)  # a residual model's states around the priors' means
+        conditions = Conditions.of(prepared)
         with autocast():
-            c.sampler.sample(model, noise[0][:1], noise[1][:1], Conditions(conditions.units[:1], conditions.speaking[:1]),
-                             _first(context), audio_valid=batch["audio_mask"][:1])  # warm-up  # fmt: skip
+            c.sampler.sample(model, noise[0][:1], noise[1][:1], conditions.head(1), _first(context),
+                             audio_valid=batch["audio_mask"][:1])  # warm-up  # fmt: skip
             start = time.perf_counter()
             video, audio = c.sampler.sample(
                 model, noise[0], noise[1], conditions, context, audio_valid=batch["audio_mask"]
             )
             seconds[c.name] = (time.perf_counter() - start) / windows
-        samples[c.name] = (video.float(), audio.float())
+        samples[c.name] = to_latents(model, video.float(), audio.float(), prepared.get("prior_video"),
+                                     prepared.get("prior_audio"))  # fmt: skip
         flow[c.name] = evaluate(
-            model, TeacherObjective(), [data[i] for i in range(windows)], 0, "cpu", autocast
+            model, TeacherObjective(), [data[i] for i in range(windows)], 0, "cpu", autocast, priors
         )
         logger.info("%s: %.3f s per window", c.name, seconds[c.name])
     probe = fit_mouth_probe(cache, tl)
@@ -251,10 +258,11 @@ def drift_session(
     curves = {}
     for c in contenders:
         model = load_teacher(c.path, cfg, spec)
+        priors = load_priors(cfg) if model.residual else None
         start = time.perf_counter()
         with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
             rollout = generate(model, c.sampler, image, voice, conds, torch.Generator().manual_seed(cfg.sample.seed),
-                               valid, use_sink=c.use_sink)  # fmt: skip
+                               valid, use_sink=c.use_sink, priors=priors)  # fmt: skip
         wall = time.perf_counter() - start
         L = tl.chunk_latent_frames
         identity, sharp, spread = [], [], []

@@ -129,15 +129,13 @@ def reference_phonemes(text: str, language: str = "en-us") -> list[int]:
     return [i for i in ids if i != SILENCE_ID]
 
 
-def measure(inst: Instruments, frames: np.ndarray, audio: np.ndarray, text: str, reference_image: np.ndarray,
-            reference_voice: np.ndarray | None, true_open: np.ndarray | None,
-            phonemes: list[int] | None = None) -> dict:  # fmt: skip
-    """Every per-clip metric of one stretch of frames (25 fps) and 16 kHz audio that should say ``text``."""
-    from streamchar.eval.mouth_probe import pearson
+def measure_speech(inst: Instruments, audio: np.ndarray, text: str, reference_voice: np.ndarray | None,
+                   phonemes: list[int] | None = None) -> dict:  # fmt: skip
+    """The speech metrics of 16 kHz audio that should say ``text``: phoneme and word edits (against espeak's
+    phonemes of the text, or ``phonemes``), the recognizer's transcript, voice similarity to the reference."""
     from streamchar.eval.recognizer import edit_distance, normalise_words
-    from streamchar.eval.sync_expert import MAX_OFFSET, WINDOW, sync_scores_of
 
-    out: dict = {"seconds": round(len(frames) / 25, 2)}
+    out: dict = {}
     hypothesis = inst.recognizer.phonemes(audio)
     reference = phonemes if phonemes is not None else reference_phonemes(text)
     words = normalise_words(text)
@@ -145,6 +143,19 @@ def measure(inst: Instruments, frames: np.ndarray, audio: np.ndarray, text: str,
     recognized = inst.recognizer.lexicon.decode(hypothesis, inst.recognizer.word_penalty)
     out["word_edits"], out["words"] = edit_distance(words, recognized), len(words)
     out["transcript"] = " ".join(recognized)
+    if reference_voice is not None and len(audio) >= 8000:
+        out["voice_sim"] = float(inst.speaker.embed_audio(audio) @ inst.speaker.embed_audio(reference_voice))
+    return out
+
+
+def measure(inst: Instruments, frames: np.ndarray, audio: np.ndarray, text: str, reference_image: np.ndarray,
+            reference_voice: np.ndarray | None, true_open: np.ndarray | None,
+            phonemes: list[int] | None = None) -> dict:  # fmt: skip
+    """Every per-clip metric of one stretch of frames (25 fps) and 16 kHz audio that should say ``text``."""
+    from streamchar.eval.mouth_probe import pearson
+    from streamchar.eval.sync_expert import MAX_OFFSET, WINDOW, sync_scores_of
+
+    out: dict = {"seconds": round(len(frames) / 25, 2), **measure_speech(inst, audio, text, reference_voice, phonemes)}
     if len(frames) >= WINDOW + 2 * MAX_OFFSET:
         scores = sync_scores_of(inst.sync, frames, audio)  # offset, sync_c, sync_d, sync_c0
         out.update({"sync_offset" if k == "offset" else k: v for k, v in scores.items()})
@@ -156,8 +167,6 @@ def measure(inst: Instruments, frames: np.ndarray, audio: np.ndarray, text: str,
     picks = frames[:: max(1, len(frames) // 32)]
     ref = inst.identity.embed_frames(reference_image[None])
     out["identity_sim"] = float((inst.identity.embed_frames(picks) @ ref.T).mean())
-    if reference_voice is not None and len(audio) >= 8000:
-        out["voice_sim"] = float(inst.speaker.embed_audio(audio) @ inst.speaker.embed_audio(reference_voice))
     if inst.external:
         out.update(measure_external(inst.external, frames, audio, text, reference_image, reference_voice))
     return out
@@ -267,24 +276,78 @@ def speak(engine, character, texts: list[str], steps: int | None, seed: int = 0,
     return out, words
 
 
+def speak_audio(engine, character, wave: np.ndarray, steps: int | None, seed: int = 0) -> Generated:
+    """Drive ``character`` with speech ``wave`` (16 kHz) through an offline audio-driven engine session."""
+    out = Generated()
+    session = engine.session([character], mode="audio", steps=steps, realtime=False, seed=seed)
+    try:
+        session.push_audio(wave, final=True)
+        for chunk in session:
+            out.add(chunk, session)
+        out.stats = session.stats.summary()
+    finally:
+        session.close()
+    return out
+
+
+def driving_speech(driver: str, clip, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """The speech that drives an audio-driven row and the phoneme id of each of its video frames (25 fps):
+    the clip's own speech, or espeak-ng's speech of its transcript in the clip character's corpus voice."""
+    from streamchar.data.espeak import Voice
+    from streamchar.data.phonemes import frame_phoneme_ids
+    from streamchar.data.synth import espeak_speech
+
+    if driver == "speech":
+        wave, phonemes = clip.audio.astype(np.float32), [tuple(p) for p in clip.meta["phonemes"]]
+    else:
+        wave, phonemes = espeak_speech(clip.meta["transcript"], Voice(**clip.meta["voice"]), sample_rate)
+    frames = int(np.ceil(len(wave) / sample_rate * 25))
+    return wave, frame_phoneme_ids(phonemes, frames, 25)
+
+
 # -- the protocols ------------------------------------------------------------------------------------
 ABLATIONS = {
     "nosink": "sink",
     "nomotion": "motion_frames",
     "norealign": "realign",
+    "prioronly": "refine",
 }  # flag -> engine switch off
+# flag -> what drives the character instead of the text (an audio-driven session; short protocol only)
+DRIVERS = {
+    "cascade": "espeak-ng speech of the text in the clip character's corpus voice (a TTS -> animator cascade)",
+    "speech": "the held-out clip's own speech",
+}
 
 
-def parse_ckpt(spec: str) -> tuple[str, str, int | None, dict[str, bool]]:
-    """``[NAME=]PATH[@STEPS][:ABLATION...]`` -> ``(name, path, steps, engine switches)``; ablations are
-    ``:nosink``, ``:nomotion`` and ``:norealign`` (engine.sink, engine.motion_frames, engine.realign off)."""
+@dataclass(frozen=True)
+class CkptSpec:
+    """One ``--ckpt``: its row name, folder, steps (None: its own), engine switches and driver (None: text)."""
+
+    name: str
+    path: str
+    steps: int | None
+    switches: dict[str, bool]
+    driver: str | None = None
+
+    def __iter__(self):  # unpacks as (name, path, steps, switches)
+        return iter((self.name, self.path, self.steps, self.switches))
+
+
+def parse_ckpt(spec: str) -> CkptSpec:
+    """``[NAME=]PATH[@STEPS][:FLAG...]``; ablations switch an engine part off: ``:nosink``, ``:nomotion``,
+    ``:norealign`` (engine.sink, engine.motion_frames, engine.realign) and ``:prioronly`` (engine.refine: the
+    priors alone); drivers replace the text by speech: ``:cascade`` (espeak-ng in the character's voice) and
+    ``:speech`` (the clip's own)."""
     name, rest = "", spec
     if "=" in spec and not Path(spec.partition("@")[0].partition(":")[0]).is_dir():  # a path may hold "="
         name, _, rest = spec.partition("=")
     rest, *flags = rest.split(":")
-    unknown = [f for f in flags if f not in ABLATIONS]
+    unknown = [f for f in flags if f not in ABLATIONS and f not in DRIVERS]
     if unknown:
-        raise ValueError(f"--ckpt {spec}: unknown ablation ':{unknown[0]}'; use :{', :'.join(ABLATIONS)}.")
+        raise ValueError(f"--ckpt {spec}: unknown flag ':{unknown[0]}'; use :{', :'.join([*ABLATIONS, *DRIVERS])}.")
+    drivers = [f for f in flags if f in DRIVERS]
+    if len(drivers) > 1:
+        raise ValueError(f"--ckpt {spec}: give at most one driver (:{', :'.join(DRIVERS)}).")
     path, _, steps = rest.partition("@")
     if not Path(path).is_dir():
         raise FileNotFoundError(f"Checkpoint folder {path} not found; give a teacher or student folder such as "
@@ -292,7 +355,8 @@ def parse_ckpt(spec: str) -> tuple[str, str, int | None, dict[str, bool]]:
     if steps and not steps.isdigit():
         raise ValueError(f"--ckpt {spec}: the step count after @ must be a whole number.")
     name = name or (Path(path).name + (f"@{steps}" if steps else "") + "".join(f":{f}" for f in flags))
-    return name, path, int(steps) if steps else None, {ABLATIONS[f]: False for f in flags}
+    switches = {ABLATIONS[f]: False for f in flags if f in ABLATIONS}
+    return CkptSpec(name, path, int(steps) if steps else None, switches, drivers[0] if drivers else None)
 
 
 def _engine(cfg, path: str, switches: dict[str, bool]):
@@ -390,16 +454,24 @@ def short_protocol(
         "frechet": _fd(inst, np.concatenate([f[::2] for f in truth_frames]), reference)
     }
     for spec in ckpts:
-        name, path, steps, switches = parse_ckpt(spec)
+        ckpt = parse_ckpt(spec)
+        name, path, steps, switches = ckpt
         engine = _engine(cfg, path, switches)
         rows, frames_all, latencies, ttff, rtf, misses = [], [], [], [], [], 0
         for i, entry in enumerate(tqdm(entries, desc=name, unit="clip")):
             text = corpus.reader(entry["shard"]).meta(entry["key"])["transcript"]
             char = _character(corpus, entry["char_id"], turn_rows, characters, cfg.video_codec.image_size)
-            generated, _ = speak(engine, char, [text], steps, seed=i)
-            frames, audio, phonemes, _ = generated.arrays()
+            if ckpt.driver is None:
+                generated, _ = speak(engine, char, [text], steps, seed=i)
+                frames, audio, phonemes, _ = generated.arrays()
+            else:  # audio-driven: the speech is given; its own frame phonemes are the planned mouth
+                wave, phonemes = driving_speech(ckpt.driver, corpus.clip(entry), engine.timeline.sample_rate)
+                generated = speak_audio(engine, char, wave, steps, seed=i)
+                frames, audio, _, _ = generated.arrays()
+                phonemes = np.concatenate([phonemes, np.zeros(max(0, len(frames) - len(phonemes)), np.int64)])
             rows.append(
-                measure(inst, frames, audio, text, char.image, char.voice, planned_mouth_open(phonemes, 25))
+                measure(inst, frames, audio, text, char.image, char.voice,
+                        planned_mouth_open(phonemes[: len(frames)], 25))  # fmt: skip
             )
             frames_all.append(frames)
             latencies += generated.latencies
@@ -415,6 +487,7 @@ def short_protocol(
             "deadline_misses": misses,
             "chunks": len(latencies),
             "steps": steps or (engine.distilled or {}).get("steps") or cfg.engine.steps,
+            "driver": DRIVERS.get(ckpt.driver, "text through the orchestrator"),
             "latencies": [round(x, 4) for x in latencies],
         }
     return result
@@ -440,7 +513,10 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
     }
     per_frame = int(segment_seconds * 25)
     for spec in ckpts:
-        name, path, steps, switches = parse_ckpt(spec)
+        ckpt = parse_ckpt(spec)
+        if ckpt.driver is not None:
+            raise ValueError(f"--ckpt {spec}: the long protocol speaks text; drivers are for the short protocol.")
+        name, path, steps, switches = ckpt
         engine = _engine(cfg, path, switches)
         segments: list[list[dict]] = []
         model: dict = {"sessions": []}

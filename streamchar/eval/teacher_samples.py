@@ -27,6 +27,7 @@ from streamchar.data.shards import CorpusError
 from streamchar.denoiser.build import build_sampler
 from streamchar.denoiser.dit import Conditions
 from streamchar.denoiser.rollout import generate
+from streamchar.loaders import load_priors
 from streamchar.timeline import Timeline
 from streamchar.training import resolve_mixed_precision
 from streamchar.training.teacher import latent_spec_from_cache, load_teacher
@@ -139,6 +140,7 @@ def sample_clip(
     cache = LatentCache(latents)
     tl = cache.window_timeline(cfg.timeline)
     model = load_teacher(teacher, cfg, latent_spec_from_cache(cache))
+    priors = load_priors(cfg) if model.residual else None
     sampler = build_sampler(cfg.sample)
     video_codec = video_codec_from_config(cfg)
     audio_codec = build_audio_codec(cfg, tl)
@@ -158,7 +160,8 @@ def sample_clip(
     conditions = [Conditions(c.units.to(device), c.speaking.to(device)) for c in conditions]
     with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
         rollout = generate(model, sampler, image.to(device), voice.to(device), conditions, generator,
-                           voice_valid.to(device), given_audio=given if mode == "audio" else None)  # fmt: skip
+                           voice_valid.to(device), given_audio=given if mode == "audio" else None,
+                           priors=priors.to(device) if priors is not None else None)  # fmt: skip
     rollout = type(rollout)(rollout.video.float().cpu(), rollout.audio.float().cpu(), rollout.chunk_seconds)
 
     frames = tl.latent_frames_to_video_frames(rollout.video.shape[2])

@@ -43,12 +43,15 @@ def _spec(cache: LatentCache) -> LatentSpec:
 
 
 # -- the acoustic prior --------------------------------------------------------------------------------
-def acoustic_loss(prior: AcousticPrior, batch: dict) -> torch.Tensor:
-    """Per-window mean absolute error over the chunk's valid tokens, ``[B]``."""
-    mu = prior.chunk_mean(batch["units"], batch["speaking"], batch["ref_voice"], batch["ref_voice_mask"])
-    mask = batch["audio_mask"].to(mu.dtype)[..., None]
-    err = ((mu.float() - batch["audio"]).abs() * mask).sum((1, 2))
-    return err / (mask.sum((1, 2)) * mu.shape[-1]).clamp_min(1)
+def acoustic_loss(prior: AcousticPrior, batch: dict, context_weight: float = 0.0) -> torch.Tensor:
+    """Per-window mean absolute error over the valid tokens, ``[B]``: the chunk's, and the context's
+    weighted ``context_weight`` (their predictions are never played, but they teach the same mapping)."""
+    mu = prior(batch["units"], batch["speaking"], batch["ref_voice"], batch["ref_voice_mask"]).float()
+    weights = torch.ones(mu.shape[1], device=mu.device)
+    weights[: prior.context] = context_weight
+    mask = batch["audio_mask"].to(mu.dtype) * weights  # [B, T]
+    err = ((mu - batch["audio"]).abs().mean(-1) * mask).sum(1)
+    return err / mask.sum(1).clamp_min(1e-6)
 
 
 def train_acoustic_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Path, max_steps: int | None = None,
@@ -72,7 +75,7 @@ def train_acoustic_prior(cfg: StreamCharConfig, latents: str | Path, out: str | 
         return _collate([train_set[i] for i in range(first, first + tcfg.batch_size)])
 
     def loss_of(prior, batch, generator):
-        loss = acoustic_loss(prior, batch).mean()
+        loss = acoustic_loss(prior, batch, tcfg.context_weight).mean()
         return loss, {}
 
     @torch.no_grad()

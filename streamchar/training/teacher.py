@@ -29,6 +29,7 @@ from streamchar.denoiser.dit import JointDiT, count_parameters
 from streamchar.denoiser.flow import FlowMatching
 from streamchar.denoiser.objective import TeacherObjective
 from streamchar.eval.plots import plot_curve
+from streamchar.loaders import load_priors
 from streamchar.training import (
     check_finite_loss,
     guard_run_config,
@@ -71,6 +72,7 @@ def objective_from_config(tcfg) -> TeacherObjective:
         audio_driven_fraction=tcfg.audio_driven_fraction,
         audio_driven_cond_drop=tcfg.audio_driven_cond_drop,
         audio_loss_weight=tcfg.audio_loss_weight,
+        mouth_weight=tcfg.mouth_weight,
     )
 
 
@@ -116,7 +118,7 @@ def collate(items: list[dict]) -> dict:
 
 @torch.no_grad()
 def evaluate(
-    model: JointDiT, objective: TeacherObjective, windows: list[dict], seed: int, device, autocast
+    model: JointDiT, objective: TeacherObjective, windows: list[dict], seed: int, device, autocast, priors=None
 ) -> dict[str, float]:
     """Held-out loss with fixed windows and fixed draws, in both modes, without guidance dropout."""
     was_training = model.training
@@ -128,9 +130,9 @@ def evaluate(
         batch = _to(collate(windows[i : i + 8]), device)
         draws = plain.draw(batch, torch.Generator().manual_seed(seed + i))
         with autocast():
-            _, joint = plain.loss(model, batch, draws)
+            _, joint = plain.loss(model, batch, draws, priors)
             driven_draws = dict(draws, audio_driven=torch.ones_like(draws["audio_driven"]))
-            _, driven = plain.loss(model, batch, driven_draws)
+            _, driven = plain.loss(model, batch, driven_draws, priors)
         totals["video"] += joint["video"].sum().item()
         totals["audio"] += joint["audio"].sum().item()
         totals["video_audio_driven"] += driven["video"].sum().item()
@@ -171,6 +173,8 @@ def train_teacher(
 
     torch.manual_seed(tcfg.seed)  # the same initial weights on every process
     model = build_denoiser(cfg.denoiser, timeline, spec)
+    priors = load_priors(cfg, accelerator.device) if model.residual else None
+    unit_context = priors.context if priors is not None else 0
     params = count_parameters(model)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     state = resume_latest(out, model, None, ema)  # whole weights, before any sharding
@@ -200,10 +204,12 @@ def train_teacher(
         seed=tcfg.seed,
         first_chunk_prob=tcfg.first_chunk_prob,
         timeline=timeline,
+        unit_context=unit_context,
     )
     heldout_split = "test" if cache.entries("test") else "train"
     heldout = WindowDataset(cache, heldout_split, length=tcfg.eval_windows, seed=tcfg.seed + 7919,
-                            first_chunk_prob=tcfg.first_chunk_prob, timeline=timeline)  # fmt: skip
+                            first_chunk_prob=tcfg.first_chunk_prob, timeline=timeline,
+                            unit_context=unit_context)  # fmt: skip
     evaluating = accelerator.is_main_process or sharded  # a sharded EMA needs every process to run forward
     heldout_windows = [heldout[i] for i in range(len(heldout))] if evaluating else []
 
@@ -234,7 +240,7 @@ def train_teacher(
 
     def run_eval(step: int) -> dict:
         scores = evaluate(
-            ema, objective, heldout_windows, tcfg.seed, accelerator.device, accelerator.autocast
+            ema, objective, heldout_windows, tcfg.seed, accelerator.device, accelerator.autocast, priors
         )
         curve.append({"step": step, **{k: round(v, 5) for k, v in scores.items()}})
         if not accelerator.is_main_process:
@@ -260,7 +266,7 @@ def train_teacher(
                     batch, generator, total=tcfg.batch_size * world, offset=rank * tcfg.batch_size
                 )
                 with accelerator.autocast():
-                    loss, parts = objective.loss(model, batch, draws)
+                    loss, parts = objective.loss(model, batch, draws, priors)
                 accelerator.backward(loss / len(micro_batches))
             running["video"] += parts["video"].mean().item()
             running["audio"] += parts["audio"][~parts["audio_driven"]].mean().nan_to_num().item()
@@ -326,6 +332,25 @@ def _check_trained_window(checkpoint: Path, cfg: StreamCharConfig) -> None:
             return
 
 
+def trained_denoiser_section(checkpoint: Path, cfg: StreamCharConfig):
+    """The ``denoiser`` section a checkpoint was trained with (its ``denoiser.json``), so a model folder loads
+    whatever the current config says; a record from before the priors is the plain formulation."""
+    from dataclasses import fields
+
+    from streamchar.config import DenoiserConfig
+
+    for record in (checkpoint / "denoiser.json", checkpoint.parent.parent / "denoiser.json"):
+        if record.is_file():
+            trained = json.loads(record.read_text())
+            names = {f.name for f in fields(DenoiserConfig)}
+            values = {k: v for k, v in trained.items() if k in names}
+            values.setdefault("formulation", "plain")
+            values["attention"] = cfg.denoiser.attention  # a runtime choice, not part of the weights
+            values["gradient_checkpointing"] = cfg.denoiser.gradient_checkpointing
+            return DenoiserConfig(**values)
+    return cfg.denoiser
+
+
 def load_teacher(
     run_or_checkpoint: str | Path, cfg: StreamCharConfig, spec: LatentSpec, use_ema: bool = True
 ) -> JointDiT:
@@ -343,7 +368,7 @@ def load_teacher(
             )
         path = found[-1]
     _check_trained_window(path, cfg)
-    model = build_denoiser(cfg.denoiser, cfg.timeline, spec)
+    model = build_denoiser(trained_denoiser_section(path, cfg), cfg.timeline, spec)
     name = "ema.safetensors" if use_ema and (path / "ema.safetensors").is_file() else "model.safetensors"
     try:
         weights = load_file(str(path / name))

@@ -1,0 +1,197 @@
+"""The residual formulation: the DiT denoises around the priors' means (denoiser/residual.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamchar.denoiser.dit import Conditions
+from streamchar.denoiser.flow import EulerSampler, FlowMatching, Guidance, sampling_grid
+from streamchar.denoiser.objective import TeacherObjective
+from streamchar.denoiser.prior import AcousticPrior, Priors, VideoPrior
+from streamchar.denoiser.residual import residual_batch, to_latents, to_state
+from tests.denoiser_helpers import AUDIO_DIM, TL, UNITS, C, random_batch, random_window, tiny_dit
+
+SCALES = (0.5, 0.8)
+
+
+def _with_priors(cond: Conditions, seed: int = 4) -> Conditions:
+    g = torch.Generator().manual_seed(seed)
+    b, L = cond.units.shape
+    return Conditions(cond.units, cond.speaking, torch.randn(b, L, AUDIO_DIM, generator=g),
+                      torch.randn(b, C, L, 8, 8, generator=g))  # fmt: skip
+
+
+def _tiny_priors(context: int = 2) -> Priors:
+    torch.manual_seed(0)
+    audio = AcousticPrior(num_units=UNITS, audio_dim=AUDIO_DIM, context=context, width=16, speaker_dim=4,
+                          dilations=(1, 2))  # fmt: skip
+    video = VideoPrior(latent_channels=C, audio_dim=AUDIO_DIM, audio_per_frame=1,
+                       motion_audio=TL.motion_audio_tokens, channels=(8, 8, 8), audio_width=8)  # fmt: skip
+    with torch.no_grad():
+        for p in list(audio.parameters()) + list(video.parameters()):
+            p.add_(torch.randn_like(p) * 0.1)
+    return Priors(audio, video)
+
+
+def test_state_and_latents_are_inverse_and_plain_is_the_identity():
+    model, plain = tiny_dit(residual_scales=SCALES), tiny_dit()
+    video, audio, _, cond, _ = random_window()
+    cond = _with_priors(cond)
+    z = to_state(model, video, audio, cond.prior_video, cond.prior_audio)
+    assert torch.allclose(z[0], (video - cond.prior_video) / 0.5) and torch.allclose(z[1], (audio - cond.prior_audio) / 0.8)
+    back = to_latents(model, *z, cond.prior_video, cond.prior_audio)
+    assert torch.allclose(back[0], video, atol=1e-6) and torch.allclose(back[1], audio, atol=1e-6)
+    assert to_state(plain, video, audio, None, None) == (video, audio)
+
+
+@pytest.mark.parametrize("guidance", [Guidance(), Guidance(2.0, 1.5, 1.5)])
+def test_residual_sampling_is_the_prior_centred_flow_integrated_naively(guidance):
+    """Euler on the state z, then x0 = mu + s z, equals Euler in latent space from mu + s * noise along the
+    latent-space velocity s * v(z): the flow ``x_t = (1 - t) x0 + t (mu + s noise)``. Guidance combines the
+    full branch with branches whose units are null (the priors stay) and whose references are dropped."""
+    model = tiny_dit(residual_scales=SCALES)
+    video, audio, _, cond, ctx = random_window()
+    cond = _with_priors(cond)
+    steps = 3
+    z = EulerSampler(steps=steps, guidance=guidance).sample(model, video, audio, cond, context=ctx)
+    got = to_latents(model, z[0], z[1], cond.prior_video, cond.prior_audio)
+    # the naive loop: latent space, one model call per branch
+    sv, sa = SCALES
+    xv, xa = cond.prior_video + sv * video, cond.prior_audio + sa * audio
+    grid = sampling_grid(steps).tolist()
+    null = Conditions(torch.full_like(cond.units, UNITS), torch.full_like(cond.speaking, 2), cond.prior_audio,
+                      cond.prior_video)  # fmt: skip
+    with torch.no_grad():
+        for t, t_next in zip(grid[:-1], grid[1:], strict=True):
+            state = ((xv - cond.prior_video) / sv, (xa - cond.prior_audio) / sa)
+            tt = torch.full((video.shape[0],), t)
+            full = model(*state, (tt, tt), cond, ctx)
+            v = list(full)
+            if guidance.conditions != 1.0:
+                other = model(*state, (tt, tt), null, ctx)
+                v = [a + (guidance.conditions - 1) * (a - o) for a, o in zip(v, other, strict=True)]
+            if guidance.ref_image != 1.0:
+                other = model(*state, (tt, tt), cond, ctx.with_dropped_references(torch.ones(2, dtype=torch.bool),
+                                                                                  torch.zeros(2, dtype=torch.bool)))  # fmt: skip
+                v = [a + (guidance.ref_image - 1) * (f - o) for a, f, o in zip(v, full, other, strict=True)]
+            if guidance.ref_voice != 1.0:
+                other = model(*state, (tt, tt), cond, ctx.with_dropped_references(torch.zeros(2, dtype=torch.bool),
+                                                                                  torch.ones(2, dtype=torch.bool)))  # fmt: skip
+                v = [a + (guidance.ref_voice - 1) * (f - o) for a, f, o in zip(v, full, other, strict=True)]
+            xv, xa = xv + (t_next - t) * sv * v[0], xa + (t_next - t) * sa * v[1]
+    assert (got[0] - xv).abs().max() < 1e-4 and (got[1] - xa).abs().max() < 1e-4
+
+
+def test_a_residual_model_reads_its_priors_and_refuses_to_run_without_them():
+    model = tiny_dit(residual_scales=SCALES)
+    video, audio, t, cond, ctx = random_window()
+    with pytest.raises(ValueError, match="prior_video and prior_audio"):
+        model(video, audio, t, cond, ctx)
+    full = _with_priors(cond)
+    with torch.no_grad():
+        a = model(video, audio, t, full, ctx)
+        moved = Conditions(full.units, full.speaking, full.prior_audio, full.prior_video + 1.0)
+        b = model(video, audio, t, moved, ctx)
+    assert (a[0] - b[0]).abs().mean() > 1e-4
+    dropped = full.dropped(torch.tensor([True, False]), UNITS)
+    assert torch.equal(dropped.prior_audio, full.prior_audio) and torch.equal(dropped.prior_video, full.prior_video)
+    assert bool((dropped.units[0] == UNITS).all()) and torch.equal(dropped.units[1], full.units[1])
+
+
+def _prior_batch(b: int = 4) -> dict:
+    batch = random_batch(b)
+    g = torch.Generator().manual_seed(9)
+    batch["context_units"] = torch.randint(-1, UNITS, (b, 2), generator=g)
+    batch["context_speaking"] = torch.randint(0, 2, (b, 2), generator=g)
+    return batch
+
+
+def test_teacher_objective_in_the_residual_formulation_equals_a_manual_computation():
+    model, priors = tiny_dit(residual_scales=SCALES), _tiny_priors()
+    batch = _prior_batch()
+    objective = TeacherObjective(cond_drop=0.0, ref_image_drop=0.0, ref_voice_drop=0.0, audio_driven_fraction=0.5,
+                                 audio_driven_cond_drop=0.0)
+    draws = objective.draw(batch, torch.Generator().manual_seed(0))
+    driven = draws["audio_driven"]
+    assert driven.any() and not driven.all()
+    with torch.no_grad():
+        loss, parts = objective.loss(model, batch, draws, priors)
+        # by hand: the means (an audio-driven window's audio mean is its own audio), the states, the flow
+        mu_video, mu_audio = priors.window_means(batch, driven)
+        assert torch.equal(mu_audio[driven], batch["audio"][driven])
+        zv, za = (batch["video"] - mu_video) / SCALES[0], (batch["audio"] - mu_audio) / SCALES[1]
+        assert za[driven].abs().max() == 0
+        t = draws["t"]
+        t_audio = torch.where(driven, torch.zeros_like(t), t)
+        flow = FlowMatching()
+        video_t = flow.interpolate(zv, draws["noise_video"], t)
+        audio_t = flow.interpolate(za, draws["noise_audio"], t_audio)
+        cond = Conditions(batch["units"], batch["speaking"], mu_audio, mu_video)
+        v_video, v_audio = model(video_t, audio_t, (t, t_audio), cond, TeacherObjective.context(batch), batch["audio_mask"])
+        video_err = (v_video - (draws["noise_video"] - zv)).pow(2).flatten(1).mean(1)
+        audio_err = (v_audio - (draws["noise_audio"] - za)).pow(2).flatten(1).mean(1)
+        audio_err = torch.where(driven, torch.zeros_like(audio_err), audio_err)
+    assert torch.allclose(parts["video"], video_err, atol=1e-5) and torch.allclose(parts["audio"], audio_err, atol=1e-5)
+    assert torch.allclose(loss, (video_err + audio_err).mean(), atol=1e-5)
+    with pytest.raises(ValueError, match="load the priors"):
+        objective.loss(model, batch, draws, None)
+
+
+def test_residual_batch_and_streamed_generation_with_priors():
+    """Chunk after chunk with the cache equals recomputing the window, and the output is the latents
+    (mu + s z), for text and for given audio (whose own latents come back)."""
+    from streamchar.denoiser.rollout import generate
+
+    model, priors = tiny_dit(residual_scales=SCALES), _tiny_priors()
+    video, audio, _, cond, ctx = random_window(b=1)
+    conds = [Conditions(cond.units, cond.speaking), Conditions(cond.units.flip(1), cond.speaking)]
+    sampler = EulerSampler(steps=2)
+    runs = [generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0),
+                     use_cache=cache, priors=priors) for cache in (True, False)]  # fmt: skip
+    assert (runs[0].video - runs[1].video).abs().max() < 1e-4 and (runs[0].audio - runs[1].audio).abs().max() < 1e-4
+    given = [audio, audio * 0.5]
+    driven = generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0),
+                      given_audio=given, priors=priors)  # fmt: skip
+    assert torch.equal(driven.audio, torch.cat(given, dim=1))
+    with pytest.raises(ValueError, match="pass priors"):
+        generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0))
+    plain = tiny_dit()
+    assert residual_batch(plain, _prior_batch(), None)["video"] is not None  # unchanged, no priors needed
+
+
+def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_path):
+    from streamchar.config import load_config
+    from streamchar.data.latents import LatentCache
+    from streamchar.distill.stage1 import distill_stage1
+    from streamchar.distill.stage2 import distill_stage2
+    from streamchar.training.teacher import latent_spec_from_cache, load_teacher, train_teacher
+    from tests.conftest import TINY_CORPUS_OVERRIDES
+    from tests.test_distill import DISTILL_OVERRIDES
+    from tests.test_teacher import TRAIN_OVERRIDES
+
+    overrides, _ = trained_priors
+    cfg = load_config(None, TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + overrides)
+    summary = train_teacher(cfg, cache, tmp_path / "teacher", progress=False)
+    assert summary["finished"] and summary["heldout"]["video"] > 0
+    model = load_teacher(tmp_path / "teacher", cfg, latent_spec_from_cache(LatentCache(cache)))
+    assert model.residual and model.residual_scales == (0.5, 0.5)
+    # a plain config still loads it as it was trained (its denoiser.json says residual)
+    plain_cfg = load_config(None, TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + overrides[:-3])
+    assert load_teacher(tmp_path / "teacher", plain_cfg, latent_spec_from_cache(LatentCache(cache))).residual
+    dcfg = load_config(None, TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + DISTILL_OVERRIDES + overrides
+                       + [f"distill.teacher={tmp_path / 'teacher'}", "distill.student_steps=1"])  # fmt: skip
+    s1 = distill_stage1(dcfg, cache, tmp_path / "s1", progress=False)
+    assert s1["finished"]
+    s2cfg = load_config(None, TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + DISTILL_OVERRIDES + overrides
+                        + [f"distill.teacher={tmp_path / 'teacher'}", "distill.student_steps=1",
+                           f"distill.init={tmp_path / 's1'}"])  # fmt: skip
+    s2 = distill_stage2(s2cfg, cache, tmp_path / "s2", progress=False)
+    assert s2["finished"] and load_teacher(tmp_path / "s2" / "student", cfg, model_spec(cache)).residual
+
+
+def model_spec(cache):
+    from streamchar.data.latents import LatentCache
+    from streamchar.training.teacher import latent_spec_from_cache
+
+    return latent_spec_from_cache(LatentCache(cache))
