@@ -57,7 +57,9 @@ def streamed_means(prior, units, speaking, voice, valid, chunk: int) -> torch.Te
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prior", default="checkpoints/tiny/prior-audio", help="acoustic prior (run or folder)")
+    parser.add_argument(
+        "--prior", default="checkpoints/tiny/prior-audio", help="acoustic prior (run or folder)"
+    )
     parser.add_argument("--latents", default="data/latents", help="latent cache")
     parser.add_argument("--instruments", default="checkpoints/eval", help="evaluation instruments folder")
     parser.add_argument("--split", default="test", choices=["train", "test"])

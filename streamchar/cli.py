@@ -792,11 +792,21 @@ def build_parser() -> argparse.ArgumentParser:
         "recognizer's PER of both, and the words outside its lexicon and outside the corpus, go to "
         "OUT/report.json and OUT/report.md.",
     )
-    p.add_argument("--ckpt", required=True, metavar="[NAME=]PATH[@STEPS][:FLAG]", help="denoiser folder to speak")
-    p.add_argument("--character", default="cleo", help="shipped character (default: cleo, a held-out identity)")
-    p.add_argument("--instruments", default="checkpoints/eval", help="trained instruments (default: checkpoints/eval)")
-    p.add_argument("--turns", default=None, help="orchestrator turn table (RUN/turns.jsonl): counts unseen words")
-    p.add_argument("--out", default="docs/results/unseen", help="output folder (default: docs/results/unseen)")
+    p.add_argument(
+        "--ckpt", required=True, metavar="[NAME=]PATH[@STEPS][:FLAG]", help="denoiser folder to speak"
+    )
+    p.add_argument(
+        "--character", default="cleo", help="shipped character (default: cleo, a held-out identity)"
+    )
+    p.add_argument(
+        "--instruments", default="checkpoints/eval", help="trained instruments (default: checkpoints/eval)"
+    )
+    p.add_argument(
+        "--turns", default=None, help="orchestrator turn table (RUN/turns.jsonl): counts unseen words"
+    )
+    p.add_argument(
+        "--out", default="docs/results/unseen", help="output folder (default: docs/results/unseen)"
+    )
     _add_config_args(p)
     p.set_defaults(func=cmd_eval_unseen)
     p = eval_sub.add_parser(

@@ -85,5 +85,9 @@ def load_priors(cfg, device: torch.device | str = "cpu"):
     from streamchar.denoiser.prior import Priors
 
     if not cfg.prior.audio_path or not cfg.prior.video_path:
-        raise LoadError("A residual denoiser refines the priors' means; set prior.audio_path and prior.video_path.")
-    return Priors(load_prior(cfg.prior.audio_path, "audio"), load_prior(cfg.prior.video_path, "video")).to(device)
+        raise LoadError(
+            "A residual denoiser refines the priors' means; set prior.audio_path and prior.video_path."
+        )
+    return Priors(load_prior(cfg.prior.audio_path, "audio"), load_prior(cfg.prior.video_path, "video")).to(
+        device
+    )

@@ -199,14 +199,22 @@ def _results_specs(recipe: Recipe) -> dict[str, list[str]]:
     """The ``--ckpt`` lists of the short and long protocols over the shipped model."""
     model = recipe.folders["model"]
     s2 = f"{model}/student-s2-2step"
-    short = [f"teacher@32={model}/teacher@32", f"s1_4step={model}/student-s1-4step",
-             f"s1_2step={model}/student-s1-2step", f"s1_1step={model}/student-s1-1step", f"s2_2step={s2}",
-             f"s2_2step_nosink={s2}:nosink", f"s2_2step_nomotion={s2}:nomotion",
-             f"s2_2step_norealign={s2}:norealign"]  # fmt: skip
+    steps = recipe.settings("results").get("teacher_steps", 32)
+    short = [f"teacher@{steps}={model}/teacher@{steps}", f"s2_2step={s2}", f"prior_alone={s2}:prioronly",
+             f"s1_4step={model}/student-s1-4step", f"s1_2step={model}/student-s1-2step",
+             f"s1_1step={model}/student-s1-1step", f"s2_2step_nosink={s2}:nosink",
+             f"s2_2step_nomotion={s2}:nomotion", f"s2_2step_norealign={s2}:norealign",
+             f"cascade_espeak={s2}:cascade", f"audio_driven_gt_speech={s2}:speech",
+             *recipe.settings("results").get("extra_short", [])]  # fmt: skip
     return {"short": short, "long": [f"s2_2step={s2}", f"s2_2step_nosink={s2}:nosink"]}
 
 
 def _results_done(recipe: Recipe) -> bool:
+    unseen = recipe.folders["results"] / "recipe_unseen" / "report.json"
+    if not unseen.is_file() or json.loads(unseen.read_text()).get("model_fingerprint") != _model_fingerprint(
+        recipe.folders["model"]
+    ):
+        return False
     for protocol, specs in _results_specs(recipe).items():
         report = recipe.folders["results"] / f"recipe_{protocol}" / "report.json"
         if not report.is_file():
@@ -321,7 +329,15 @@ def _run_results(recipe: Recipe) -> dict:
     reports["long"] = run_protocol(cfg, "long", specs["long"], out / "recipe_long",
                                    minutes=settings.get("long_minutes", 10.0),
                                    segment_seconds=settings.get("segment_seconds", 60.0), **common)  # fmt: skip
-    for protocol in ("short", "long"):  # which model folder these results judged
+    from streamchar.eval.unseen import UNSEEN_SENTENCES, unseen_protocol
+
+    character = settings.get("unseen_character", "cleo")
+    sentences = UNSEEN_SENTENCES[: settings.get("unseen_sentences", len(UNSEEN_SENTENCES))]
+    reports["unseen"] = unseen_protocol(cfg, f"s2_2step={model}/student-s2-2step", character,
+                                        recipe.folders["instruments"], out / "recipe_unseen", turns,
+                                        sentences)  # fmt: skip
+    reports["unseen"]["models"] = [reports["unseen"]["model"]]
+    for protocol in ("short", "long", "unseen"):  # which model folder these results judged
         _stamp(out / f"recipe_{protocol}" / "report.json", _model_fingerprint(model))
     return {name: sorted(r["models"]) for name, r in reports.items()}
 

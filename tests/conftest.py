@@ -86,5 +86,9 @@ def trained_priors(cache, tmp_path_factory):
     cfg = load_config(None, TINY_CORPUS_OVERRIDES + overrides)
     train_prior(cfg, "audio", cache, root / "audio", progress=False)
     train_prior(cfg, "video", cache, root / "video", progress=False)
-    residual = ["denoiser.formulation=residual", "denoiser.residual_scale_video=0.5", "denoiser.residual_scale_audio=0.5"]
+    residual = [
+        "denoiser.formulation=residual",
+        "denoiser.residual_scale_video=0.5",
+        "denoiser.residual_scale_audio=0.5",
+    ]
     return overrides + residual, root

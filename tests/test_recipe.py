@@ -21,10 +21,18 @@ MICRO = {
         "orchestrator.layers=2", "orchestrator.heads=2", "orchestrator.kv_heads=1", "orchestrator.intermediate_size=64",
         "engine.steps=2", "sample.steps=2", "train.vae.mixed_precision=no", "train.teacher.mixed_precision=no",
         "train.orchestrator.mixed_precision=no", "distill.mixed_precision=no",
+        "denoiser.formulation=residual", "denoiser.residual_scale_video=0.5", "denoiser.residual_scale_audio=0.5",
+        "prior.audio.width=32", "prior.audio.speaker_dim=8", "prior.audio.dilations=[1,2]",
+        "prior.video.channels=[8,8,16]", "prior.video.audio_width=16", "train.prior_audio.mixed_precision=no",
+        "train.prior_video.mixed_precision=no",
     ],
     "stages": {
         "vae": {"overrides": ["train.vae.steps=2", "train.vae.batch_size=2", "train.vae.crop_size=32",
                               "train.vae.eval_frames=4", "train.vae.frames_per_clip=2", "train.vae.warmup_steps=1"]},
+        "prior-audio": {"overrides": ["train.prior_audio.steps=2", "train.prior_audio.batch_size=4",
+                                      "train.prior_audio.eval_windows=4", "train.prior_audio.warmup_steps=1"]},
+        "prior-video": {"overrides": ["train.prior_video.steps=2", "train.prior_video.batch_size=2",
+                                      "train.prior_video.eval_windows=4", "train.prior_video.warmup_steps=1"]},
         "teacher": {"overrides": ["train.teacher.steps=2", "train.teacher.batch_size=2", "train.teacher.eval_every=2",
                                   "train.teacher.eval_windows=2", "train.teacher.warmup_steps=1"]},
         "orchestrator": {"overrides": ["train.orchestrator.steps=2", "train.orchestrator.batch_size=2",
@@ -37,7 +45,8 @@ MICRO = {
                                        "distill.batch_size=1"]},
         "ship": {"characters": {"ada": 0, "ben": 1}},
         "instruments": {"steps": {"recognizer": 2, "sync": 2, "identity": 2, "speaker": 2, "mouth": 2}},
-        "results": {"short_clips": 1, "teacher_clips": 1, "long_minutes": 0.15, "segment_seconds": 4},
+        "results": {"short_clips": 1, "teacher_clips": 1, "long_minutes": 0.15, "segment_seconds": 4,
+                    "teacher_steps": 4, "unseen_character": "ada", "unseen_sentences": 1},
     },
     "stage1_overrides": ["distill.pairs=2", "distill.pair_teacher_steps=4", "distill.regression_steps=1",
                          "distill.dmd_steps=1", "distill.batch_size=2", "distill.warmup_steps=0"],
@@ -72,8 +81,10 @@ def test_recipe_runs_every_stage_then_skips_them_and_ships_a_loadable_model(tmp_
     assert cfg.engine.denoiser_path.endswith("student-s2-2step")
     assert cfg.video_codec.path == str(tmp_path / "model" / "vae")
     names = {p.name for p in (tmp_path / "model").iterdir()}
-    assert {"vae", "orchestrator", "teacher", "student-s1-1step", "student-s1-2step", "student-s1-4step",
-            "student-s2-2step", "characters", "model.json", "README.md"} <= names  # fmt: skip
+    assert {"vae", "orchestrator", "prior-audio", "prior-video", "teacher", "student-s1-1step", "student-s1-2step",
+            "student-s1-4step", "student-s2-2step", "characters", "model.json", "README.md"} <= names  # fmt: skip
+    assert cfg.prior.audio_path == str(tmp_path / "model" / "prior-audio")
+    assert "acoustic prior" in (tmp_path / "model" / "prior-audio" / "README.md").read_text()
     from streamchar.engine.session import Engine
 
     engine = Engine.from_config(cfg)
@@ -84,18 +95,40 @@ def test_recipe_runs_every_stage_then_skips_them_and_ships_a_loadable_model(tmp_
 
     # the results hold the teacher, the students and the three ablations
     short = json.loads((tmp_path / "results" / "recipe_short" / "report.json").read_text())
-    rows = {"teacher@32 (1 clip)", "ground_truth (1 clip)", "s1_4step", "s1_2step", "s1_1step", "s2_2step",
-            "s2_2step_nosink", "s2_2step_nomotion", "s2_2step_norealign", "ground_truth"}  # fmt: skip
+    rows = {"teacher@4 (1 clip)", "ground_truth (1 clip)", "s2_2step", "prior_alone", "s1_4step", "s1_2step",
+            "s1_1step", "s2_2step_nosink", "s2_2step_nomotion", "s2_2step_norealign", "cascade_espeak",
+            "audio_driven_gt_speech", "ground_truth"}  # fmt: skip
     assert rows == set(short["models"])
-    assert "teacher@32 (1 clip)" in (tmp_path / "results" / "recipe_short" / "report.md").read_text()
+    assert "teacher@4 (1 clip)" in (tmp_path / "results" / "recipe_short" / "report.md").read_text()
     long = json.loads((tmp_path / "results" / "recipe_long" / "report.json").read_text())
     assert {"s2_2step", "s2_2step_nosink"} <= set(long["models"])
+    unseen = json.loads((tmp_path / "results" / "recipe_unseen" / "report.json").read_text())
+    assert unseen["character"] == "ada" and "per" in unseen["espeak_speech"]
 
     # a finished run that is deleted is redone, and only that stage and what follows is
     import shutil
 
     shutil.rmtree(tmp_path / "runs" / "micro-stage2-2step")
     assert [r["stage"] for r in plan(recipe) if not r["done"]] == ["stage2-2step", "ship"]
+
+    # new settings for a prior make it stale, and so everything built from it once it is retrained: the old
+    # outputs are moved aside and the stages run again; stages that did not read it stay done
+    changed = json.loads(json.dumps(MICRO))
+    changed["stages"]["prior-video"]["overrides"].append("train.prior_video.seed=1")
+    recipe = Recipe.load(_write(tmp_path, changed), tmp_path)
+    assert [r["stage"] for r in plan(recipe) if not r["done"]][0] == "prior-video"
+    run_recipe(recipe, until="prior-video")
+    stale = [r["stage"] for r in plan(recipe) if not r["done"]]
+    assert (
+        stale[:2] == ["teacher", "stage1-2step"]
+        and "orchestrator" not in stale
+        and "prior-audio" not in stale
+    )
+    run_recipe(recipe, until="teacher")
+    assert (tmp_path / "runs" / "micro-prior-video.stale").is_dir() and (
+        tmp_path / "runs" / "micro-teacher.stale"
+    ).is_dir()
+    assert [r["stage"] for r in plan(recipe) if not r["done"]][0] == "stage1-2step"
 
 
 def test_recipe_errors_are_one_line_and_name_the_fix(tmp_path):

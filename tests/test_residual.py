@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,7 +40,9 @@ def test_state_and_latents_are_inverse_and_plain_is_the_identity():
     video, audio, _, cond, _ = random_window()
     cond = _with_priors(cond)
     z = to_state(model, video, audio, cond.prior_video, cond.prior_audio)
-    assert torch.allclose(z[0], (video - cond.prior_video) / 0.5) and torch.allclose(z[1], (audio - cond.prior_audio) / 0.8)
+    assert torch.allclose(z[0], (video - cond.prior_video) / 0.5) and torch.allclose(
+        z[1], (audio - cond.prior_audio) / 0.8
+    )
     back = to_latents(model, *z, cond.prior_video, cond.prior_audio)
     assert torch.allclose(back[0], video, atol=1e-6) and torch.allclose(back[1], audio, atol=1e-6)
     assert to_state(plain, video, audio, None, None) == (video, audio)
@@ -62,6 +65,7 @@ def test_residual_sampling_is_the_prior_centred_flow_integrated_naively(guidance
     grid = sampling_grid(steps).tolist()
     null = Conditions(torch.full_like(cond.units, UNITS), torch.full_like(cond.speaking, 2), cond.prior_audio,
                       cond.prior_video)  # fmt: skip
+    yes, no = torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
     with torch.no_grad():
         for t, t_next in zip(grid[:-1], grid[1:], strict=True):
             state = ((xv - cond.prior_video) / sv, (xa - cond.prior_audio) / sa)
@@ -72,12 +76,12 @@ def test_residual_sampling_is_the_prior_centred_flow_integrated_naively(guidance
                 other = model(*state, (tt, tt), null, ctx)
                 v = [a + (guidance.conditions - 1) * (a - o) for a, o in zip(v, other, strict=True)]
             if guidance.ref_image != 1.0:
-                other = model(*state, (tt, tt), cond, ctx.with_dropped_references(torch.ones(2, dtype=torch.bool),
-                                                                                  torch.zeros(2, dtype=torch.bool)))  # fmt: skip
+                no_image = ctx.with_dropped_references(yes, no)
+                other = model(*state, (tt, tt), cond, no_image)
                 v = [a + (guidance.ref_image - 1) * (f - o) for a, f, o in zip(v, full, other, strict=True)]
             if guidance.ref_voice != 1.0:
-                other = model(*state, (tt, tt), cond, ctx.with_dropped_references(torch.zeros(2, dtype=torch.bool),
-                                                                                  torch.ones(2, dtype=torch.bool)))  # fmt: skip
+                no_voice = ctx.with_dropped_references(no, yes)
+                other = model(*state, (tt, tt), cond, no_voice)
                 v = [a + (guidance.ref_voice - 1) * (f - o) for a, f, o in zip(v, full, other, strict=True)]
             xv, xa = xv + (t_next - t) * sv * v[0], xa + (t_next - t) * sa * v[1]
     assert (got[0] - xv).abs().max() < 1e-4 and (got[1] - xa).abs().max() < 1e-4
@@ -95,7 +99,9 @@ def test_a_residual_model_reads_its_priors_and_refuses_to_run_without_them():
         b = model(video, audio, t, moved, ctx)
     assert (a[0] - b[0]).abs().mean() > 1e-4
     dropped = full.dropped(torch.tensor([True, False]), UNITS)
-    assert torch.equal(dropped.prior_audio, full.prior_audio) and torch.equal(dropped.prior_video, full.prior_video)
+    assert torch.equal(dropped.prior_audio, full.prior_audio) and torch.equal(
+        dropped.prior_video, full.prior_video
+    )
     assert bool((dropped.units[0] == UNITS).all()) and torch.equal(dropped.units[1], full.units[1])
 
 
@@ -110,8 +116,13 @@ def _prior_batch(b: int = 4) -> dict:
 def test_teacher_objective_in_the_residual_formulation_equals_a_manual_computation():
     model, priors = tiny_dit(residual_scales=SCALES), _tiny_priors()
     batch = _prior_batch()
-    objective = TeacherObjective(cond_drop=0.0, ref_image_drop=0.0, ref_voice_drop=0.0, audio_driven_fraction=0.5,
-                                 audio_driven_cond_drop=0.0)
+    objective = TeacherObjective(
+        cond_drop=0.0,
+        ref_image_drop=0.0,
+        ref_voice_drop=0.0,
+        audio_driven_fraction=0.5,
+        audio_driven_cond_drop=0.0,
+    )
     draws = objective.draw(batch, torch.Generator().manual_seed(0))
     driven = draws["audio_driven"]
     assert driven.any() and not driven.all()
@@ -128,11 +139,15 @@ def test_teacher_objective_in_the_residual_formulation_equals_a_manual_computati
         video_t = flow.interpolate(zv, draws["noise_video"], t)
         audio_t = flow.interpolate(za, draws["noise_audio"], t_audio)
         cond = Conditions(batch["units"], batch["speaking"], mu_audio, mu_video)
-        v_video, v_audio = model(video_t, audio_t, (t, t_audio), cond, TeacherObjective.context(batch), batch["audio_mask"])
+        v_video, v_audio = model(
+            video_t, audio_t, (t, t_audio), cond, TeacherObjective.context(batch), batch["audio_mask"]
+        )
         video_err = (v_video - (draws["noise_video"] - zv)).pow(2).flatten(1).mean(1)
         audio_err = (v_audio - (draws["noise_audio"] - za)).pow(2).flatten(1).mean(1)
         audio_err = torch.where(driven, torch.zeros_like(audio_err), audio_err)
-    assert torch.allclose(parts["video"], video_err, atol=1e-5) and torch.allclose(parts["audio"], audio_err, atol=1e-5)
+    assert torch.allclose(parts["video"], video_err, atol=1e-5) and torch.allclose(
+        parts["audio"], audio_err, atol=1e-5
+    )
     assert torch.allclose(loss, (video_err + audio_err).mean(), atol=1e-5)
     with pytest.raises(ValueError, match="load the priors"):
         objective.loss(model, batch, draws, None)
@@ -149,7 +164,9 @@ def test_residual_batch_and_streamed_generation_with_priors():
     sampler = EulerSampler(steps=2)
     runs = [generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0),
                      use_cache=cache, priors=priors) for cache in (True, False)]  # fmt: skip
-    assert (runs[0].video - runs[1].video).abs().max() < 1e-4 and (runs[0].audio - runs[1].audio).abs().max() < 1e-4
+    assert (runs[0].video - runs[1].video).abs().max() < 1e-4 and (
+        runs[0].audio - runs[1].audio
+    ).abs().max() < 1e-4
     given = [audio, audio * 0.5]
     driven = generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0),
                       given_audio=given, priors=priors)  # fmt: skip
@@ -188,6 +205,25 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
                            f"distill.init={tmp_path / 's1'}"])  # fmt: skip
     s2 = distill_stage2(s2cfg, cache, tmp_path / "s2", progress=False)
     assert s2["finished"] and load_teacher(tmp_path / "s2" / "student", cfg, model_spec(cache)).residual
+
+    # the engine streams the residual student over the priors; with engine.refine off, the priors alone
+    from streamchar.engine.session import Engine
+
+    codec = cache.parent / "codec"
+    outputs = {}
+    for refine in (True, False):
+        ecfg = load_config(None, TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + overrides + [
+            f"video_codec.path={codec}", f"engine.denoiser_path={tmp_path / 's2' / 'student'}",
+            f"engine.refine={str(refine).lower()}", "engine.realign=false", "engine.tail_seconds=0.2"])  # fmt: skip
+        engine = Engine.from_config(ecfg)
+        assert engine.priors is not None
+        with engine.session([engine.character("ada"), engine.character("ben")], seed=0) as session:
+            session.push_text("Hello there.", final=True)
+            session.push_text("Hi.", final=True, speaker=1)
+            chunks = list(session)
+        assert chunks and all(c.frames.shape[1:] == (64, 64, 3) for c in chunks)
+        outputs[refine] = np.concatenate([c.audio for c in chunks])
+    assert outputs[True].shape == outputs[False].shape and not np.allclose(outputs[True], outputs[False])
 
 
 def model_spec(cache):

@@ -396,8 +396,12 @@ class WindowDataset(torch.utils.data.Dataset):
         speaking = torch.zeros(size, dtype=torch.long)
         start = max(0, first_token - size)
         if first_token > start:
-            units[size - (first_token - start) :] = self.cache.slice(entry, "units", start, first_token).long()
-            speaking[size - (first_token - start) :] = self.cache.slice(entry, "speaking", start, first_token).long()
+            units[size - (first_token - start) :] = self.cache.slice(
+                entry, "units", start, first_token
+            ).long()
+            speaking[size - (first_token - start) :] = self.cache.slice(
+                entry, "speaking", start, first_token
+            ).long()
         return {"context_units": units, "context_speaking": speaking}
 
     def mouth_boxes(self, entry: dict, start: int, frames: int) -> tuple[torch.Tensor, bool]:
@@ -471,7 +475,9 @@ class WindowDataset(torch.utils.data.Dataset):
         item["mouth_open"][: len(mouth)] = mouth[: tl.chunk_video_frames(1)]
         item["mouth_box"], item["has_mouth_box"] = self.mouth_boxes(entry, start, L)
         if self.unit_context:
-            item.update(self.context_conditions(entry, tl.latent_frames_to_audio_tokens(start), self.unit_context))
+            item.update(
+                self.context_conditions(entry, tl.latent_frames_to_audio_tokens(start), self.unit_context)
+            )
         return item
 
 

@@ -113,7 +113,9 @@ def _speak(text: str, voice: Voice, sample_rate: int) -> _Speech:
     return _Speech(samples.astype(np.float32), words, phonemes, text)
 
 
-def espeak_speech(text: str, voice: Voice, sample_rate: int) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+def espeak_speech(
+    text: str, voice: Voice, sample_rate: int
+) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
     """``text`` spoken by espeak-ng in ``voice`` as the corpus speaks it (resampled, loudness-normalised):
     ``(samples float32 [N], phonemes (label, start s, end s))``, what a cascade TTS would hand the animator."""
     speech = _speak(text, voice, sample_rate)

@@ -88,7 +88,9 @@ class Conditions:
         def move(x):
             return None if x is None else x.to(device)
 
-        return Conditions(move(self.units), move(self.speaking), move(self.prior_audio), move(self.prior_video))
+        return Conditions(
+            move(self.units), move(self.speaking), move(self.prior_audio), move(self.prior_video)
+        )
 
 
 @dataclass(frozen=True)
@@ -455,7 +457,9 @@ class JointDiT(StreamingModule):
         """Additive condition embedding ``[B, n_video + n_audio, W]`` for the current chunk's tokens, and
         the inputs of the local cross-attention (``start`` is filled in by the caller)."""
         cond = self.unit_embedding(conditions.units) + self.speaking_embedding(conditions.speaking)
-        if self.residual and conditions.prior_audio is not None:  # the audio means, unless the units are dropped
+        if (
+            self.residual and conditions.prior_audio is not None
+        ):  # the audio means, unless the units are dropped
             kept = (conditions.units != self.num_units).to(cond.dtype)[..., None]
             cond = cond + kept * self.prior_condition(conditions.prior_audio.to(cond.dtype))
         cond = self.condition_mlp(cond)  # [B, T_a, W]
@@ -573,7 +577,12 @@ class JointDiT(StreamingModule):
         """
         geo = ChunkGeometry(*geometry)
         current, modulation, final_modulation, cross = self._current_tokens(
-            video, audio, (t_video, t_audio), Conditions(units, speaking, prior_audio, prior_video), audio_valid, geo
+            video,
+            audio,
+            (t_video, t_audio),
+            Conditions(units, speaking, prior_audio, prior_video),
+            audio_valid,
+            geo,
         )
         if keys is None:
             mask = WindowMask(current.segments, current.segments, current.valid, current.valid)
@@ -635,7 +644,9 @@ class JointDiT(StreamingModule):
         # chunk is its prior means (embedded as context latents are) plus the state around them
         if self.residual:
             if conditions.prior_video is None or conditions.prior_audio is None:
-                raise ValueError("This denoiser refines prior means: give Conditions with prior_video and prior_audio.")
+                raise ValueError(
+                    "This denoiser refines prior means: give Conditions with prior_video and prior_audio."
+                )
             xv = self.video_in(self.patchify(conditions.prior_video.to(video.dtype)))
             xv = xv + self.residual_video_in(self.patchify(video))
             xa = self.audio_in(conditions.prior_audio.to(audio.dtype)) + self.residual_audio_in(audio)

@@ -26,7 +26,9 @@ from streamchar.denoiser.flow import FlowMatching
 from streamchar.denoiser.residual import residual_batch
 
 
-def mouth_weight_map(boxes: torch.Tensor, has_box: torch.Tensor, size: tuple[int, int], weight: float) -> torch.Tensor:
+def mouth_weight_map(
+    boxes: torch.Tensor, has_box: torch.Tensor, size: tuple[int, int], weight: float
+) -> torch.Tensor:
     """Per-latent-cell loss weights ``[B, L, h, w]``: ``1 + (weight - 1) * f`` where ``f`` is the fraction of the
     cell inside the frame's mouth box (``boxes`` ``[B, L, 4]``, ``(x0, y0, x1, y1)`` fractions of the frame);
     all ones for items without a box (``has_box`` ``[B]`` False) or with ``weight`` 1."""
@@ -34,8 +36,12 @@ def mouth_weight_map(boxes: torch.Tensor, has_box: torch.Tensor, size: tuple[int
     x0, y0, x1, y1 = (boxes[..., i, None] for i in range(4))  # [B, L, 1]
     edges_x = torch.arange(w + 1, device=boxes.device, dtype=boxes.dtype) / w
     edges_y = torch.arange(h + 1, device=boxes.device, dtype=boxes.dtype) / h
-    inside_x = (torch.minimum(x1, edges_x[1:]) - torch.maximum(x0, edges_x[:-1])).clamp_min(0) * w  # [B, L, w]
-    inside_y = (torch.minimum(y1, edges_y[1:]) - torch.maximum(y0, edges_y[:-1])).clamp_min(0) * h  # [B, L, h]
+    inside_x = (torch.minimum(x1, edges_x[1:]) - torch.maximum(x0, edges_x[:-1])).clamp_min(
+        0
+    ) * w  # [B, L, w]
+    inside_y = (torch.minimum(y1, edges_y[1:]) - torch.maximum(y0, edges_y[:-1])).clamp_min(
+        0
+    ) * h  # [B, L, h]
     fraction = inside_y[..., :, None] * inside_x[..., None, :]  # [B, L, h, w]
     fraction = fraction * has_box.to(fraction.dtype).reshape(-1, 1, 1, 1)
     return 1.0 + (weight - 1.0) * fraction

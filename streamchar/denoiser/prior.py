@@ -267,7 +267,9 @@ class Priors(nn.Module):
         return self.video(reference, last, audio).float()
 
     @torch.no_grad()
-    def window_means(self, batch: dict, audio_driven: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def window_means(
+        self, batch: dict, audio_driven: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The prior means ``(video [B, C, L, h, w], audio [B, L_a, D_a])`` of a window batch
         (:class:`~streamchar.data.latents.WindowDataset` with ``unit_context = context``). Where
         ``audio_driven`` ``[B]`` is True the audio is given: its mean is the window's own audio."""

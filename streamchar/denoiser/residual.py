@@ -50,7 +50,9 @@ def residual_batch(model: JointDiT, batch: dict, priors, audio_driven: torch.Ten
     if scales_of(model) is None:
         return batch
     if priors is None:
-        raise ValueError("This denoiser refines prior means; load the priors (prior.audio_path, prior.video_path).")
+        raise ValueError(
+            "This denoiser refines prior means; load the priors (prior.audio_path, prior.video_path)."
+        )
     mu_video, mu_audio = priors.window_means(batch, audio_driven)
     video, audio = to_state(model, batch["video"], batch["audio"], mu_video, mu_audio)
     return {**batch, "video_latents": batch["video"], "audio_latents": batch["audio"], "video": video,

@@ -68,6 +68,7 @@ def generate(
     use_cache: bool = True,
     use_sink: bool = True,
     priors=None,
+    refine: bool = True,
 ) -> Rollout:
     """Generate ``len(conditions)`` chunks.
 
@@ -79,6 +80,7 @@ def generate(
         use_sink: False never sets the sink chunk (an ablation: the window holds references and motion only).
         priors: the :class:`~streamchar.denoiser.prior.Priors` a residual ``model`` refines: each chunk's means
             come from the units so far and the last latent and audio generated, as in the engine.
+        refine: False plays the priors' means alone (the model is not run; an ablation).
     """
     tl = model.timeline
     b, c, _, h, w = ref_video.shape
@@ -90,9 +92,10 @@ def generate(
     if ref_voice_valid is None:
         ref_voice_valid = torch.ones(ref_voice.shape[:2], dtype=torch.bool, device=device)
     n = sampler.guidance.num_branches
-    if model.residual and priors is None:
+    use_priors = model.residual or not refine
+    if use_priors and priors is None:
         raise ValueError("This denoiser refines the priors' means; pass priors= (loaders.load_priors).")
-    if model.residual:
+    if use_priors:
         unit_context = (torch.full((b, priors.context), -1, dtype=torch.long, device=device),
                         torch.zeros(b, priors.context, dtype=torch.long, device=device))  # fmt: skip
     videos, audios, seconds = [], [], []
@@ -117,7 +120,7 @@ def generate(
             noise_audio = torch.randn(b, L_a, ref_voice.shape[-1], generator=generator).to(device)
             audio_in = given_audio[index].to(device) if given_audio is not None else None
             mu_video = mu_audio = None
-            if model.residual:
+            if use_priors:
                 if audio_in is None:
                     units = torch.cat([unit_context[0], cond.units], 1)
                     speaking = torch.cat([unit_context[1], cond.speaking], 1)
@@ -127,15 +130,21 @@ def generate(
                     mu_audio = audio_in.float()
                 reference = ref_video[:, :, 0].float()
                 last = videos[-1][:, :, -1] if videos else reference
-                motion_audio = audios[-1][:, -M_a:] if audios else torch.zeros(b, M_a, mu_audio.shape[-1], device=device)
-                mu_video = priors.video_means(reference, last, motion_audio, mu_audio)
-                cond = Conditions(cond.units, cond.speaking, mu_audio, mu_video)
-                if audio_in is not None:
+                heard = (
+                    audios[-1][:, -M_a:] if audios else torch.zeros(b, M_a, mu_audio.shape[-1], device=device)
+                )
+                mu_video = priors.video_means(reference, last, heard, mu_audio)
+                if model.residual:
+                    cond = Conditions(cond.units, cond.speaking, mu_audio, mu_video)
+                if audio_in is not None and model.residual:
                     audio_in = torch.zeros_like(audio_in)  # a given chunk is its own mean
-            video, audio = sampler.sample(
-                model, noise_video, noise_audio, cond, context, given_audio=audio_in
-            )
-            video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio)
+            if not refine:
+                video, audio = mu_video, mu_audio
+            else:
+                video, audio = sampler.sample(
+                    model, noise_video, noise_audio, cond, context, given_audio=audio_in
+                )
+                video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio)
             if given_audio is not None:
                 audio = given_audio[index].to(device).float()
             videos.append(video)

@@ -655,7 +655,9 @@ class StreamSession:
                     context = window_context(*self._references, self._sink, motion, tl)
             given_audio = given_latents
             if given_audio is not None and model.residual:
-                given_audio = torch.zeros_like(given_audio)  # a given chunk is its own mean: its residual is 0
+                given_audio = torch.zeros_like(
+                    given_audio
+                )  # a given chunk is its own mean: its residual is 0
             timer = _DeviceTimer(device)
             with record_function("streamchar.sample"):
                 if self._use_priors and not self.refine:  # the ablation: the priors' means alone

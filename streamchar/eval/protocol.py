@@ -155,7 +155,10 @@ def measure(inst: Instruments, frames: np.ndarray, audio: np.ndarray, text: str,
     from streamchar.eval.mouth_probe import pearson
     from streamchar.eval.sync_expert import MAX_OFFSET, WINDOW, sync_scores_of
 
-    out: dict = {"seconds": round(len(frames) / 25, 2), **measure_speech(inst, audio, text, reference_voice, phonemes)}
+    out: dict = {
+        "seconds": round(len(frames) / 25, 2),
+        **measure_speech(inst, audio, text, reference_voice, phonemes),
+    }
     if len(frames) >= WINDOW + 2 * MAX_OFFSET:
         scores = sync_scores_of(inst.sync, frames, audio)  # offset, sync_c, sync_d, sync_c0
         out.update({"sync_offset" if k == "offset" else k: v for k, v in scores.items()})
@@ -344,7 +347,9 @@ def parse_ckpt(spec: str) -> CkptSpec:
     rest, *flags = rest.split(":")
     unknown = [f for f in flags if f not in ABLATIONS and f not in DRIVERS]
     if unknown:
-        raise ValueError(f"--ckpt {spec}: unknown flag ':{unknown[0]}'; use :{', :'.join([*ABLATIONS, *DRIVERS])}.")
+        raise ValueError(
+            f"--ckpt {spec}: unknown flag ':{unknown[0]}'; use :{', :'.join([*ABLATIONS, *DRIVERS])}."
+        )
     drivers = [f for f in flags if f in DRIVERS]
     if len(drivers) > 1:
         raise ValueError(f"--ckpt {spec}: give at most one driver (:{', :'.join(DRIVERS)}).")
@@ -470,8 +475,15 @@ def short_protocol(
                 frames, audio, _, _ = generated.arrays()
                 phonemes = np.concatenate([phonemes, np.zeros(max(0, len(frames) - len(phonemes)), np.int64)])
             rows.append(
-                measure(inst, frames, audio, text, char.image, char.voice,
-                        planned_mouth_open(phonemes[: len(frames)], 25))  # fmt: skip
+                measure(
+                    inst,
+                    frames,
+                    audio,
+                    text,
+                    char.image,
+                    char.voice,
+                    planned_mouth_open(phonemes[: len(frames)], 25),
+                )  # fmt: skip
             )
             frames_all.append(frames)
             latencies += generated.latencies
@@ -515,7 +527,9 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
     for spec in ckpts:
         ckpt = parse_ckpt(spec)
         if ckpt.driver is not None:
-            raise ValueError(f"--ckpt {spec}: the long protocol speaks text; drivers are for the short protocol.")
+            raise ValueError(
+                f"--ckpt {spec}: the long protocol speaks text; drivers are for the short protocol."
+            )
         name, path, steps, switches = ckpt
         engine = _engine(cfg, path, switches)
         segments: list[list[dict]] = []

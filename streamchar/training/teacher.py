@@ -118,7 +118,13 @@ def collate(items: list[dict]) -> dict:
 
 @torch.no_grad()
 def evaluate(
-    model: JointDiT, objective: TeacherObjective, windows: list[dict], seed: int, device, autocast, priors=None
+    model: JointDiT,
+    objective: TeacherObjective,
+    windows: list[dict],
+    seed: int,
+    device,
+    autocast,
+    priors=None,
 ) -> dict[str, float]:
     """Held-out loss with fixed windows and fixed draws, in both modes, without guidance dropout."""
     was_training = model.training
