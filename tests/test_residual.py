@@ -221,7 +221,7 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
             session.push_text("Hello there.", final=True)
             session.push_text("Hi.", final=True, speaker=1)
             chunks = list(session)
-        assert chunks and all(c.frames.shape[1:] == (64, 64, 3) for c in chunks)
+        assert chunks and all(c.frames.shape[1:] == (64, 128, 3) for c in chunks)  # side by side
         outputs[refine] = np.concatenate([c.audio for c in chunks])
     assert outputs[True].shape == outputs[False].shape and not np.allclose(outputs[True], outputs[False])
 
