@@ -71,3 +71,23 @@ def test_motion_tracks_ground_truth():
     assert 0 <= gt["blink"].min() and gt["blink"].max() <= 1
     state = tracks.state(16)
     assert state.open == pytest.approx(gt["mouth_open"][16])
+
+
+def test_mouth_box_holds_every_pixel_the_mouth_changes():
+    """Render the widest open mouth and the closed one at random head poses: the pixels that differ all lie in
+    the renderer's mouth box (what the training loss weights)."""
+    rng = np.random.default_rng(0)
+    for char_id in range(6):
+        renderer = CharacterRenderer(sample_identity(0, char_id), 128)
+        for _ in range(3):
+            pose = dict(yaw=rng.uniform(-20, 20), pitch=rng.uniform(-12, 12), roll=rng.uniform(-8, 8),
+                        shift_x=rng.uniform(-0.04, 0.04), shift_y=rng.uniform(-0.03, 0.03))  # fmt: skip
+            closed = renderer.render(FaceState(open=0.0, width=0.0, smile=-0.3, **pose)).astype(int)
+            wide = renderer.render(
+                FaceState(open=1.2, width=1.0, teeth=1.0, tongue=1.0, smile=1.0, **pose)
+            ).astype(int)
+            ys, xs = np.nonzero(np.abs(closed - wide).sum(-1) > 20)
+            x0, y0, x1, y1 = (v * 128 for v in renderer.mouth_box(FaceState(**pose)))
+            assert len(xs) > 50
+            assert ((xs >= x0 - 1) & (xs <= x1 + 1) & (ys >= y0 - 1) & (ys <= y1 + 1)).all()
+            assert (x1 - x0) * (y1 - y0) < 0.15 * 128 * 128  # a box around the mouth, not the face
