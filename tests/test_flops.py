@@ -16,6 +16,7 @@ from streamchar.engine.flops import (
     format_flops_table,
     mfu,
     orchestrator_token_flops,
+    prior_flops,
     peak_bf16_flops,
     real_fft_flops,
 )
@@ -84,8 +85,11 @@ def test_chunk_totals_add_up_and_the_table_shows_every_component():
     assert d["chunk_seconds"] == pytest.approx(cfg.timeline.chunk_seconds)
     table = format_flops_table(d)
     assert table == format_flops_table(r)
-    for row in ("DiT: 3 denoising steps", "motion update", "Video decoder", "Audio decoder", "Orchestrator",
-                "Chunk total", "reference + sink"):  # fmt: skip
+    assert parts["priors"] == prior_flops(cfg)[0] and r.to_dict()["parameters"]["priors"] > 0
+    plain = chunk_flops(load_config("tiny", ["denoiser.formulation=plain"]), steps=3, guidance_branches=2)
+    assert plain.priors == 0 and plain.dit.step_cached < r.dit.step_cached  # the residual inputs cost a little
+    for row in ("Priors", "DiT: 3 denoising steps", "motion update", "Video decoder", "Audio decoder",
+                "Orchestrator", "Chunk total", "reference + sink"):  # fmt: skip
         assert row in table
     # the real-time column is GFLOPs per chunk over the playback time
     total_row = next(line for line in table.splitlines() if "Chunk total" in line)

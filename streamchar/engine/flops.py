@@ -153,11 +153,12 @@ def _dit_inputs(
         has_motion=ones(batch),
     )  # fmt: skip
     units = zeros(batch, La, dtype=torch.long)
+    priors = (zeros(batch, La, d), zeros(batch, c, L, s, s)) if model.residual else (None, None)
     current = (
         zeros(batch, c, L, s, s),
         zeros(batch, La, d),
         (zeros(batch), zeros(batch)),
-        Conditions(units, units),
+        Conditions(units, units, *priors),
     )
     return context, current
 
@@ -190,6 +191,33 @@ def dit_flops(cfg, batch: int = 1) -> DiTFlops:
     return DiTFlops(parameters=count_parameters(model), batch=batch, tokens_current_chunk=current,
                     tokens_window=window, step_full_window=full, step_cached=cached, motion_update=motion,
                     reference_and_sink=session)  # fmt: skip
+
+
+def prior_flops(cfg, characters: int = 1) -> tuple[int, int]:
+    """``(FLOPs, parameters)`` of both priors' means of one chunk for ``characters`` characters (the acoustic
+    prior over its window, the video prior over the chunk); ``(0, 0)`` for the plain formulation."""
+    from streamchar.denoiser.build import acoustic_prior_kwargs, residual_scales, video_prior_kwargs
+    from streamchar.denoiser.prior import AcousticPrior, VideoPrior
+
+    if residual_scales(cfg.denoiser) is None:
+        return 0, 0
+    tl, spec = cfg.timeline, latent_spec_from_config(cfg)
+    with torch.device("meta"):
+        audio = AcousticPrior(**acoustic_prior_kwargs(cfg.prior.audio, tl, spec)).eval()
+        video = VideoPrior(**video_prior_kwargs(cfg.prior.video, tl, spec)).eval()
+    b, window, size = characters, audio.context + tl.chunk_audio_tokens, spec.latent_size
+
+    def zeros(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.zeros(*shape, dtype=dtype, device="meta")
+
+    with torch.no_grad():
+        flops = count_flops(lambda: audio(zeros(b, window, dtype=torch.long), zeros(b, window, dtype=torch.long),
+                                          zeros(b, tl.reference_voice_tokens, spec.audio_dim),
+                                          torch.ones(b, tl.reference_voice_tokens, dtype=torch.bool, device="meta")))
+        flops += count_flops(lambda: video(zeros(b, spec.latent_channels, size, size),
+                                           zeros(b, spec.latent_channels, size, size),
+                                           zeros(b, tl.motion_audio_tokens + tl.chunk_audio_tokens, spec.audio_dim)))
+    return flops, sum(p.numel() for m in (audio, video) for p in m.parameters())  # fmt: skip
 
 
 # -- decoders and the orchestrator ----------------------------------------------------------------------
@@ -244,6 +272,7 @@ def orchestrator_token_flops(cfg, context: int) -> tuple[int, int]:
     (built on the meta device from ``cfg.orchestrator``; logits included, as the HF backend computes them)."""
     from transformers import DynamicCache
 
+    from streamchar.orchestrator.backends import cache_argument
     from streamchar.orchestrator.model import build_unit_lm
     from streamchar.orchestrator.text import UnitVocabulary
 
@@ -254,10 +283,10 @@ def orchestrator_token_flops(cfg, context: int) -> tuple[int, int]:
     cache = DynamicCache()
     with torch.no_grad():
         if context:
-            lm(input_ids=torch.zeros(1, context, dtype=torch.long, device="meta"), past_key_values=cache,
-               use_cache=True)  # fmt: skip
+            lm(input_ids=torch.zeros(1, context, dtype=torch.long, device="meta"), use_cache=True,
+               **cache_argument(lm, cache))  # fmt: skip
         token = torch.zeros(1, 1, dtype=torch.long, device="meta")
-        flops = count_flops(lambda: lm(input_ids=token, past_key_values=cache, use_cache=True))
+        flops = count_flops(lambda: lm(input_ids=token, use_cache=True, **cache_argument(lm, cache)))
     return flops, sum(p.numel() for p in lm.parameters())
 
 
@@ -297,6 +326,8 @@ class ChunkFlops:
     orchestrator_per_token: int
     video_decoder_parameters: int
     orchestrator_parameters: int
+    priors: int = 0
+    priors_parameters: int = 0
 
     @property
     def dit_chunk(self) -> int:
@@ -316,6 +347,7 @@ class ChunkFlops:
     def components(self) -> dict[str, int]:
         """FLOPs per chunk of each component; they sum to :attr:`total`."""
         return {
+            "priors": self.priors,
             "dit_denoising": self.steps * self.dit.step_cached,
             "dit_motion_update": self.dit.motion_update,
             "video_decoder": self.video_decoder,
@@ -348,7 +380,8 @@ class ChunkFlops:
                 "orchestrator_per_token": self.orchestrator_per_token,
             },
             "parameters": {"denoiser": self.dit.parameters, "video_decoder": self.video_decoder_parameters,
-                           "audio_decoder": 0, "orchestrator": self.orchestrator_parameters},
+                           "audio_decoder": 0, "orchestrator": self.orchestrator_parameters,
+                           "priors": self.priors_parameters},
             "tokens": {"dit_current_chunk": self.dit.tokens_current_chunk, "dit_window": self.dit.tokens_window},
         }  # fmt: skip
 
@@ -385,6 +418,7 @@ def chunk_flops(
     video, video_parameters = video_decoder_flops(cfg)
     audio_matmul, audio_fft = audio_decoder_flops(cfg, audio_context, batch=characters)
     per_token, lm_parameters = orchestrator_token_flops(cfg, orchestrator_context)
+    priors, priors_parameters = prior_flops(cfg, characters)
     return ChunkFlops(
         preset=cfg.preset, steps=steps, guidance_branches=guidance_branches, characters=characters,
         chunk_seconds=tl.chunk_seconds, chunk_video_frames=tl.chunk_video_frames(1),
@@ -392,7 +426,8 @@ def chunk_flops(
         orchestrator_tokens_per_frame=tokens_per_frame, audio_context_tokens=audio_context,
         video_codec=cfg.video_codec.kind, dit=dit, video_decoder=characters * video,
         audio_decoder_matmul=audio_matmul, audio_decoder_fft=audio_fft, orchestrator_per_token=per_token,
-        video_decoder_parameters=video_parameters, orchestrator_parameters=lm_parameters,
+        video_decoder_parameters=video_parameters, orchestrator_parameters=lm_parameters, priors=priors,
+        priors_parameters=priors_parameters,
     )  # fmt: skip
 
 
@@ -436,6 +471,7 @@ def format_flops_table(report: ChunkFlops | Mapping[str, Any], chunk_seconds: fl
         raise ValueError(f"chunk_seconds must be positive, got {seconds}.")
     total = flops["total"]
     rows = [
+        ("Priors (acoustic + video means)", params.get("priors", 0), flops.get("priors", 0)),
         (f"DiT: {r['steps']} denoising steps (batch {r['batch']})", params["denoiser"], flops["dit_denoising"]),
         ("DiT: motion update", 0, flops["dit_motion_update"]),
         (f"Video decoder ({r['video_codec']}, {r['chunk_video_frames']} frames x {r['characters']})",

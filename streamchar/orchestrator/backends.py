@@ -11,6 +11,8 @@ token ids per step, from :class:`~streamchar.orchestrator.pointer.TurnPointer`).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Sequence
 from typing import Protocol
@@ -21,6 +23,23 @@ from streamchar.orchestrator.pointer import choose_move
 
 logger = logging.getLogger(__name__)
 
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def cache_argument(model, cache) -> dict:
+    """The KV cache as the model's forward takes it: ``cache=`` (transformers 5.2x; ``past_key_values`` is
+    deprecated there and warns on every pass) or ``past_key_values=`` (older releases)."""
+    return {_cache_keyword(type(model)): cache}
+
+
+def returned_cache(output):
+    """The KV cache a forward returned, under either name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 class LLMBackend(Protocol):
     """A causal LM that extends one token sequence under a constraint."""
@@ -105,8 +124,8 @@ class HFBackend:
         if self._cache is None or not self.kv_cache:
             self._cache, self._computed = DynamicCache(), 0
         pending = torch.tensor([self._tokens[self._computed :]], device=self.device)
-        out = self.model(input_ids=pending, past_key_values=self._cache, use_cache=True)
-        self._cache = out.past_key_values
+        out = self.model(input_ids=pending, use_cache=True, **cache_argument(self.model, self._cache))
+        self._cache = returned_cache(out)
         self._computed = len(self._tokens)
         return out.logits[0, -1].float().cpu()
 
@@ -129,7 +148,8 @@ class HFBackend:
             ids, step = pending + [pending[-1]] * (bucket - n), self._step
         positions = torch.arange(start, start + len(ids), device=self.device)
         out = step(input_ids=torch.tensor([ids], device=self.device), cache_position=positions,
-                   position_ids=positions[None], past_key_values=self._static_cache, use_cache=True)  # fmt: skip
+                   position_ids=positions[None], use_cache=True,
+                   **cache_argument(self.model, self._static_cache))  # fmt: skip
         self._computed = len(self._tokens)
         if len(ids) > n:  # a cache that counts what it was given counts the padding: rewind it, in place
             for layer in getattr(self._static_cache, "layers", ()):  # (older ones write at cache_position)
