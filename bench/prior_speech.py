@@ -27,20 +27,11 @@ import torch
 from streamchar.codecs.audio import build_audio_codec
 from streamchar.config import load_config
 from streamchar.data.latents import LatentCache
-from streamchar.data.phonemes import SILENCE_ID, F0Buckets
+from streamchar.data.phonemes import SILENCE_ID
 from streamchar.eval.encoders import load_speaker_encoder
+from streamchar.eval.features import clip_phoneme_ids
 from streamchar.eval.recognizer import edit_distance, load_recognizer, normalise_words
-from streamchar.eval.teacher_samples import reference_for
 from streamchar.loaders import load_prior
-
-
-def spoken_phonemes(units: torch.Tensor) -> list[int]:
-    """Frame units -> the phoneme sequence they spell (silence dropped, repeats merged)."""
-    out: list[int] = []
-    for p in (units.long() // F0Buckets().size).tolist():
-        if p != SILENCE_ID and (not out or out[-1] != p):
-            out.append(p)
-    return out
 
 
 @torch.no_grad()
@@ -55,10 +46,33 @@ def streamed_means(prior, units, speaking, voice, valid, chunk: int) -> torch.Te
     return torch.cat(out)
 
 
+def reference_voice(cache: LatentCache, entry: dict, tl) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[1, R, D_a]`` voice latents (and valid mask) from another clip of the same character: its first
+    speaking tokens."""
+    peers = [
+        e
+        for e in cache.entries(audio_only=True)
+        if e["char_id"] == entry["char_id"] and e["key"] != entry["key"]
+    ]
+    ref = peers[0] if peers else entry
+    R = tl.reference_voice_tokens
+    speaking = cache.tensor(ref, "speaking")
+    first = int(speaking.nonzero()[0]) if speaking.any() else 0
+    start = max(0, min(first, ref["audio_tokens"] - R))
+    voice = cache.slice(ref, "audio", start, min(ref["audio_tokens"], start + R)).float()
+    padded, valid = torch.zeros(1, R, voice.shape[-1]), torch.zeros(1, R, dtype=torch.bool)
+    padded[0, : len(voice)], valid[0, : len(voice)] = voice, True
+    return padded, valid
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--prior", default="checkpoints/tiny/prior-audio", help="acoustic prior (run or folder)"
+        "--prior",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="acoustic prior (run or folder); repeat to compare (default: the shipped one)",
     )
     parser.add_argument("--latents", default="data/latents", help="latent cache")
     parser.add_argument("--instruments", default="checkpoints/eval", help="evaluation instruments folder")
@@ -70,30 +84,38 @@ def main() -> None:
     cfg = load_config("tiny")
     cache = LatentCache(args.latents)
     tl = cache.window_timeline(cfg.timeline)
-    prior = load_prior(args.prior, "audio")
+    specs = [
+        tuple(p.split("=", 1)) if "=" in p else ("prior", p)
+        for p in args.prior or ["checkpoints/tiny/prior-audio"]
+    ]
+    priors = {name: load_prior(path, "audio") for name, path in specs}
     codec = build_audio_codec(cfg, tl)
     recognizer = load_recognizer(f"{args.instruments}/recognizer", words=True)
     speaker = load_speaker_encoder(f"{args.instruments}/speaker")
-    entries = [e for e in cache.entries(args.split) if cache.tensor(e, "speaking").sum() > 0][: args.clips]
-    rows = ("ground_truth", "prior", "prior_offline", "prior_other_voice")
+    entries = [e for e in cache.entries(args.split, audio_only=True) if cache.tensor(e, "speaking").sum() > 0]
+    entries = entries[: args.clips]
+    rows = ["ground_truth", *(f"{n}{suffix}" for n in priors for suffix in ("", "_offline", "_other_voice"))]
     counts = {r: {"phoneme_edits": 0, "word_edits": 0, "voice": []} for r in rows}
     phonemes = words = 0
     for i, entry in enumerate(entries):
         units, speaking = cache.tensor(entry, "units").long(), cache.tensor(entry, "speaking").long()
-        _, voice, valid, _ = reference_for(cache, entry, tl)
+        voice, valid = reference_voice(cache, entry, tl)
         other = entries[(i + len(entries) // 2) % len(entries)]
         if other["char_id"] == entry["char_id"]:
             other = next(e for e in entries if e["char_id"] != entry["char_id"])
-        _, other_voice, other_valid, _ = reference_for(cache, other, tl)
+        other_voice, other_valid = reference_voice(cache, other, tl)
         own_voice = codec.decode(voice[0][valid[0]].float()).numpy()
-        reference, text = spoken_phonemes(units), cache.meta(entry)["transcript"]
+        reference, text = clip_phoneme_ids(cache.meta(entry)), cache.meta(entry)["transcript"]
         phonemes, words = phonemes + len(reference), words + len(normalise_words(text))
-        latents = {
-            "ground_truth": cache.tensor(entry, "audio").float(),
-            "prior": streamed_means(prior, units, speaking, voice, valid, tl.chunk_audio_tokens),
-            "prior_offline": prior(*prior.pad_context(units[None], speaking[None]), voice, valid)[0, prior.context :],
-            "prior_other_voice": streamed_means(prior, units, speaking, other_voice, other_valid, tl.chunk_audio_tokens),
-        }  # fmt: skip
+        latents = {"ground_truth": cache.tensor(entry, "audio").float()}
+        for n, prior in priors.items():
+            padded = prior.pad_context(units[None], speaking[None])
+            with torch.no_grad():
+                latents[n] = streamed_means(prior, units, speaking, voice, valid, tl.chunk_audio_tokens)
+                latents[f"{n}_offline"] = prior(*padded, voice, valid)[0, prior.context :]
+                latents[f"{n}_other_voice"] = streamed_means(
+                    prior, units, speaking, other_voice, other_valid, tl.chunk_audio_tokens
+                )
         for row, lat in latents.items():
             wave = codec.decode(lat.detach().float()).numpy()
             said = [p for p in recognizer.phonemes(wave) if p != SILENCE_ID]
@@ -101,7 +123,8 @@ def main() -> None:
             heard = recognizer.lexicon.decode(said, recognizer.word_penalty)
             counts[row]["word_edits"] += edit_distance(normalise_words(text), heard)
             counts[row]["voice"].append(float(speaker.embed_audio(wave) @ speaker.embed_audio(own_voice)))
-    result = {"prior": args.prior, "split": args.split, "clips": len(entries), "phonemes": phonemes, "words": words,
+    result = {"priors": dict(specs), "split": args.split, "clips": len(entries), "phonemes": phonemes,
+              "identities": len({e["char_id"] for e in entries}), "words": words,
               "rows": {r: {"per": round(c["phoneme_edits"] / max(1, phonemes), 4),
                            "wer": round(c["word_edits"] / max(1, words), 4),
                            "voice_sim": round(float(np.mean(c["voice"])), 4)} for r, c in counts.items()}}  # fmt: skip

@@ -3,7 +3,7 @@
 Held-out clips of a latent cache are regenerated chunk after chunk from their own frame-aligned units (no
 orchestrator) with a reference image and voice from another clip of the same character, as the engine
 streams them: by the priors alone (``prior``), and by each ``--model`` refining them (or, for a plain model,
-from noise). The evaluation instruments read every row the same way: PER (against the units' phonemes) and
+from noise). The evaluation instruments read every row the same way: PER (against the clip's phonemes) and
 WER of the speech decoded by the mel codec, voice similarity to the reference voice, Sync-C and its offset,
 mouth r (the mouth reader against the renderer's true opening), identity similarity to the reference image,
 and the Fréchet distance of the frames to the clips' own frames (the ground-truth row: the clips' latents
@@ -26,26 +26,18 @@ from streamchar.codecs.audio import build_audio_codec
 from streamchar.codecs.video import video_codec_from_config
 from streamchar.config import load_config
 from streamchar.data.latents import LatentCache
-from streamchar.data.phonemes import SILENCE_ID, F0Buckets
+from streamchar.data.phonemes import SILENCE_ID
 from streamchar.denoiser.flow import EulerSampler, Guidance
 from streamchar.denoiser.prior import Priors
 from streamchar.denoiser.rollout import generate
 from streamchar.eval.encoders import frechet_distance, load_identity_encoder, load_speaker_encoder
-from streamchar.eval.features import mouth_crops
+from streamchar.eval.features import clip_phoneme_ids, mouth_crops
 from streamchar.eval.mouth_probe import load_mouth_reader, pearson
 from streamchar.eval.recognizer import edit_distance, load_recognizer, normalise_words
 from streamchar.eval.sync_expert import MAX_OFFSET, WINDOW, load_sync_expert, sync_scores_of
 from streamchar.eval.teacher_samples import chunk_conditions, reference_for
 from streamchar.loaders import load_prior
 from streamchar.training.teacher import latent_spec_from_cache, load_teacher
-
-
-def spoken_phonemes(units: torch.Tensor) -> list[int]:
-    out: list[int] = []
-    for p in (units.long() // F0Buckets().size).tolist():
-        if p != SILENCE_ID and (not out or out[-1] != p):
-            out.append(p)
-    return out
 
 
 def parse_model(spec: str) -> tuple[str, str, int]:
@@ -102,13 +94,12 @@ def main() -> None:
     phonemes = words = 0
     truth_frames = []
     for i, entry in enumerate(entries):
-        chunks = entry["latent_frames"] // tl.chunk_latent_frames
+        chunks = -(-entry["latent_frames"] // tl.chunk_latent_frames)  # the last one padded with silence
         conditions, given = chunk_conditions(cache, entry, chunks, tl)
         image, voice, valid, _ = reference_for(cache, entry, tl)
         ref_wave = audio_codec.decode(voice[0][valid[0]]).numpy()
         ref_image = np.asarray(video_codec.decode(image[0]))[0]
-        units = cache.tensor(entry, "units")[: chunks * tl.chunk_audio_tokens]
-        reference, text = spoken_phonemes(units), cache.meta(entry)["transcript"]
+        reference, text = clip_phoneme_ids(cache.meta(entry)), cache.meta(entry)["transcript"]
         phonemes, words = phonemes + len(reference), words + len(normalise_words(text))
         true_open = cache.tensor(entry, "gt/mouth_open").float().numpy()
         latents = {"ground_truth": (cache.slice(entry, "video", 0, chunks * tl.chunk_latent_frames, dim=1).float(),

@@ -147,10 +147,12 @@ def _latents_done(recipe: Recipe) -> bool:
         return False
     if not (recipe.folders["corpus"] / CORPUS_MANIFEST).is_file():
         return False
-    corpus = json.loads((recipe.folders["corpus"] / CORPUS_MANIFEST).read_text())
-    limit = recipe.config("latents").data.encode.max_shards
-    shards = sorted({c["shard"] for c in corpus["clips"]})[: limit if limit is not None else None]
-    expected = sum(1 for c in corpus["clips"] if c["shard"] in set(shards))
+    from streamchar.data.latents import cache_shards
+    from streamchar.data.shards import Corpus
+
+    corpus = Corpus(recipe.folders["corpus"])
+    shards, _ = cache_shards(corpus, recipe.config("latents").data.encode)
+    expected = sum(1 for c in corpus.clips if c["shard"] in set(shards))
     return len(json.loads(manifest.read_text()).get("clips", [])) == expected
 
 

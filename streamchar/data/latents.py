@@ -8,6 +8,9 @@ The cache mirrors the corpus shard by shard: ``latents-NNNNN.safetensors`` holds
 - ``KEY/phoneme_ids``, ``KEY/f0``, ``KEY/units``, ``KEY/speaking``: per audio token ``[T_a]``;
 - ``KEY/gt/NAME``: the corpus's per-video-frame ground truth (synthetic clips), ``[T, ...]``;
 
+(clips of shards past ``data.encode.max_shards`` but within ``audio_max_shards`` have no ``video``: their index
+entry says ``"video": false``, and :meth:`LatentCache.entries` leaves them out unless asked for audio clips)
+
 with the clips' metadata (transcript, words, phonemes, character...) in the file's metadata.
 ``latents.json`` records the timeline, both codecs and the clip index. A shard is written under a
 temporary name and renamed, and its sidecar index comes after, so re-running resumes.
@@ -115,21 +118,25 @@ def encode_clip(
     buckets: F0Buckets,
     dtype: torch.dtype,
     bf16: bool = False,
+    with_video: bool = True,
 ) -> dict:
     """Tensors of one clip for the cache (see the module docstring); ``bf16`` autocasts the video
-    encoder only (the mel transform stays in float32)."""
-    frames = timeline.valid_video_frames(len(clip.frames))
+    encoder only (the mel transform stays in float32). ``with_video=False``: audio, conditions and ground
+    truth only (``clip.frames`` may then be None)."""
+    count = len(clip.frames) if clip.frames is not None else int(clip.meta["num_frames"])
+    frames = timeline.valid_video_frames(count)
     if frames < 1:
         raise CorpusError(f"Clip {clip.key} has no frames.")
-    with torch.autocast(video_codec.device.type, torch.bfloat16, enabled=bf16):
-        video = video_codec.encode(clip.frames[:frames]).float()
-    video = video.to("cpu", dtype)  # [C, T', h, w]
+    tensors = {}
+    if with_video:
+        with torch.autocast(video_codec.device.type, torch.bfloat16, enabled=bf16):
+            video = video_codec.encode(clip.frames[:frames]).float()
+        tensors["video"] = video.to("cpu", dtype)  # [C, T', h, w]
     tokens = timeline.video_frames_to_audio_tokens(frames)
     samples = timeline.audio_tokens_to_samples(tokens)
     audio_wave = np.zeros(samples, np.float32)
     audio_wave[: min(samples, len(clip.audio))] = clip.audio[:samples]
-    audio = audio_codec.encode(audio_wave).to("cpu", dtype)[:tokens]  # [T_a, D_a]
-    tensors = {"video": video, "audio": audio}
+    tensors["audio"] = audio_codec.encode(audio_wave).to("cpu", dtype)[:tokens]  # [T_a, D_a]
     for name, value in token_conditions(clip.meta, audio_wave, timeline, tokens, buckets).items():
         tensors[name] = torch.from_numpy(value)
     for name, value in clip.ground_truth.items():
@@ -188,9 +195,7 @@ def encode_corpus(
         raise CorpusError(f"{out} holds latents made with other codecs or settings; use a new --out folder.")
     write_json_atomic(settings_path, settings)
 
-    shard_names = sorted({c["shard"] for c in corpus.clips})
-    if cfg.data.encode.max_shards is not None:
-        shard_names = shard_names[: max(0, cfg.data.encode.max_shards)]
+    shard_names, video_shards = cache_shards(corpus, cfg.data.encode)
     todo = [s for s in shard_names if not (out / _latent_name(s)).with_suffix(".json").is_file()]
     bar = tqdm(
         total=sum(1 for c in corpus.clips if c["shard"] in todo),
@@ -201,18 +206,20 @@ def encode_corpus(
     for shard in todo:
         tensors: dict[str, torch.Tensor] = {}
         metas = []
+        with_video = shard in video_shards
         for entry in (c for c in corpus.clips if c["shard"] == shard):
-            clip = corpus.clip(entry)
-            encoded = encode_clip(
-                clip, timeline, video_codec, audio_codec, buckets, dtype, bf16=precision == "bf16"
-            )
+            clip = corpus.clip(entry, frames=with_video)
+            encoded = encode_clip(clip, timeline, video_codec, audio_codec, buckets, dtype,
+                                  bf16=precision == "bf16", with_video=with_video)  # fmt: skip
             for name, value in encoded.items():
                 tensors[f"{clip.key}/{name}"] = value.contiguous()
             index_entry = dict(entry)
+            count = len(clip.frames) if clip.frames is not None else int(clip.meta["num_frames"])
             index_entry.update(
-                latent_frames=int(tensors[f"{clip.key}/video"].shape[1]),
+                latent_frames=timeline.video_frames_to_latent_frames(timeline.valid_video_frames(count)),
                 audio_tokens=int(tensors[f"{clip.key}/audio"].shape[0]),
                 latent_shard=_latent_name(shard),
+                video=with_video,
             )
             metas.append({"index": index_entry, "meta": _slim_meta(clip.meta)})
             bar.update(1)
@@ -232,6 +239,15 @@ def encode_corpus(
     write_json_atomic(out / MANIFEST, manifest)
     return {"clips": len(clips), "shards": len(shard_names), "encoded_now": len(todo), "folder": str(out),
             "latent_frames": sum(c["latent_frames"] for c in clips)}  # fmt: skip
+
+
+def cache_shards(corpus: Corpus, encode) -> tuple[list[str], set[str]]:
+    """The corpus shards a cache holds (``data.encode.audio_max_shards``) and those with video latents too
+    (``max_shards``)."""
+    names = sorted({c["shard"] for c in corpus.clips})
+    video = names if encode.max_shards is None else names[: max(0, encode.max_shards)]
+    audio = names if encode.audio_max_shards is None else names[: max(0, encode.audio_max_shards)]
+    return sorted(set(audio) | set(video)), set(video)
 
 
 def _latent_name(corpus_shard: str) -> str:
@@ -277,8 +293,11 @@ class LatentCache:
             )
         return timeline
 
-    def entries(self, split: str | None = None) -> list[dict]:
-        return [c for c in self.clips if split is None or c.get("split") == split]
+    def entries(self, split: str | None = None, audio_only: bool = False) -> list[dict]:
+        """The clips of ``split`` (None: all) that have video latents; with ``audio_only``, also those that
+        hold audio only."""
+        return [c for c in self.clips if (split is None or c.get("split") == split)
+                and (audio_only or c.get("video", True))]  # fmt: skip
 
     def tensor(self, entry: dict, name: str) -> torch.Tensor:
         return self._handle(entry["latent_shard"]).get_tensor(f"{entry['key']}/{name}")
@@ -483,7 +502,8 @@ class WindowDataset(torch.utils.data.Dataset):
 
 class UnitWindowDataset(torch.utils.data.Dataset):
     """Windows for the acoustic prior: ``context + chunk_audio_tokens`` tokens of units and speaking flags
-    whose chunk starts anywhere in a clip, the window's audio latents as the target, and a reference voice.
+    whose chunk starts anywhere in a clip (audio-only clips included), the window's audio latents as the
+    target, and a reference voice.
 
     Item ``i`` (its own random stream ``(seed, i)``): ``units``, ``speaking`` ``[context + L_a]`` (long; ``-1``
     / 0 before the clip's start), ``audio`` ``[context + L_a, D_a]`` with ``audio_mask`` (False before the
@@ -493,39 +513,46 @@ class UnitWindowDataset(torch.utils.data.Dataset):
 
     def __init__(self, cache: LatentCache | str | Path, split: str = "train", context: int = 16,
                  length: int = 10_000, seed: int = 0, timeline: Timeline | None = None) -> None:  # fmt: skip
-        self.windows = WindowDataset(cache, split, length, seed, timeline=timeline, unit_context=context)
-        self.cache, self.timeline, self.context = self.windows.cache, self.windows.timeline, context
-        self.length, self.seed = length, seed
-        weights = np.array([max(1, e["audio_tokens"]) for e in self.windows.entries], float)
+        self.cache = cache if isinstance(cache, LatentCache) else LatentCache(cache)
+        self.timeline = self.cache.window_timeline(timeline)
+        self.context, self.length, self.seed = context, length, seed
+        self.entries = [e for e in self.cache.entries(split, audio_only=True) if e["audio_tokens"] > 0]
+        if not self.entries:
+            raise CorpusError(f"No '{split}' clip in {self.cache.folder} holds audio.")
+        self.by_character: dict[str, list[int]] = {}
+        for i, e in enumerate(self.entries):
+            self.by_character.setdefault(str(e["char_id"]), []).append(i)
+        weights = np.array([e["audio_tokens"] for e in self.entries], float)
         self.weights = weights / weights.sum()
 
     def __len__(self) -> int:
         return self.length
 
+    def _tokens(self, entry: dict, name: str, start: int, stop: int, fill: int) -> torch.Tensor:
+        """``[stop - start]`` of a per-token tensor, ``fill`` outside the clip."""
+        out = torch.full((stop - start,), fill, dtype=torch.long)
+        a, b = max(0, start), min(entry["audio_tokens"], stop)
+        if b > a:
+            out[a - start : b - start] = self.cache.slice(entry, name, a, b).long()
+        return out
+
     def __getitem__(self, index: int) -> dict:
-        ds, tl = self.windows, self.timeline
+        tl = self.timeline
         rng = np.random.default_rng([self.seed, index])
-        ci = int(rng.choice(len(ds.entries), p=self.weights))
-        entry = ds.entries[ci]
+        ci = int(rng.choice(len(self.entries), p=self.weights))
+        entry = self.entries[ci]
         L_a = tl.chunk_audio_tokens
-        start = int(rng.integers(0, max(1, entry["audio_tokens"] - L_a + 1)))
-        item = ds.context_conditions(entry, start, self.context)
-        chunk = {}
-        for name in ("units", "speaking"):
-            values = torch.full((L_a,), -1 if name == "units" else 0, dtype=torch.long)
-            got = self.cache.slice(entry, name, start, start + L_a).long()
-            values[: len(got)] = got
-            chunk[name] = values
-        units = torch.cat([item["context_units"], chunk["units"]])
-        speaking = torch.cat([item["context_speaking"], chunk["speaking"]])
-        first = max(0, start - self.context)  # the window's first token inside the clip
-        audio = self.cache.slice(entry, "audio", first, start + L_a).float()
+        start = int(rng.integers(0, max(1, entry["audio_tokens"] - L_a + 1)))  # the chunk's first token
+        first = start - self.context  # the window's
+        units = self._tokens(entry, "units", first, start + L_a, -1)
+        speaking = self._tokens(entry, "speaking", first, start + L_a, 0)
+        a, b = max(0, first), min(entry["audio_tokens"], start + L_a)
+        audio = self.cache.slice(entry, "audio", a, b).float()
         target = torch.zeros(self.context + L_a, audio.shape[1])
         mask = torch.zeros(self.context + L_a, dtype=torch.bool)
-        offset = first - (start - self.context)
-        target[offset : offset + len(audio)], mask[offset : offset + len(audio)] = audio, True
-        peers = [i for i in ds.by_character[str(entry["char_id"])] if i != ci]
-        ref_entry = ds.entries[int(rng.choice(peers))] if peers else entry
+        target[a - first : b - first], mask[a - first : b - first] = audio, True
+        peers = [i for i in self.by_character[str(entry["char_id"])] if i != ci]
+        ref_entry = self.entries[int(rng.choice(peers))] if peers else entry
         R, ra = tl.reference_voice_tokens, ref_entry["audio_tokens"]
         r0 = int(rng.integers(max(1, ra - R + 1)))
         voice = self.cache.slice(ref_entry, "audio", r0, min(ra, r0 + R)).float()

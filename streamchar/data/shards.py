@@ -170,9 +170,10 @@ class ShardReader:
         name = f"{key}.gt.safetensors"
         return load(self._read(name)) if name in self._offsets else {}
 
-    def clip(self, key: str) -> Clip:
+    def clip(self, key: str, frames: bool = True) -> Clip:
+        """One clip; ``frames=False`` skips decoding the video (``Clip.frames`` is then None)."""
         audio, rate = self.audio(key)
-        return Clip(key, self.meta(key), self.frames(key), audio, rate, self.ground_truth(key))
+        return Clip(key, self.meta(key), self.frames(key) if frames else None, audio, rate, self.ground_truth(key))
 
     def __iter__(self) -> Iterator[Clip]:
         for key in self.keys:
@@ -211,8 +212,8 @@ class Corpus:
     def entries(self, split: str | None = None) -> list[dict]:
         return [c for c in self.clips if split is None or c.get("split") == split]
 
-    def clip(self, entry: dict) -> Clip:
-        return self.reader(entry["shard"]).clip(entry["key"])
+    def clip(self, entry: dict, frames: bool = True) -> Clip:
+        return self.reader(entry["shard"]).clip(entry["key"], frames)
 
     def iter_clips(self, split: str | None = None) -> Iterator[Clip]:
         for entry in self.entries(split):
