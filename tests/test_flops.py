@@ -87,7 +87,9 @@ def test_chunk_totals_add_up_and_the_table_shows_every_component():
     assert table == format_flops_table(r)
     assert parts["priors"] == prior_flops(cfg)[0] and r.to_dict()["parameters"]["priors"] > 0
     plain = chunk_flops(load_config("tiny", ["denoiser.formulation=plain"]), steps=3, guidance_branches=2)
-    assert plain.priors == 0 and plain.dit.step_cached < r.dit.step_cached  # the residual inputs cost a little
+    assert (
+        plain.priors == 0 and plain.dit.step_cached < r.dit.step_cached
+    )  # the residual inputs cost a little
     for row in ("Priors", "DiT: 3 denoising steps", "motion update", "Video decoder", "Audio decoder",
                 "Orchestrator", "Chunk total", "reference + sink"):  # fmt: skip
         assert row in table

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from streamchar.config import load_config
-from streamchar.data.latents import LatentCache, WindowDataset, encode_corpus, estimate_f0
+from streamchar.data.latents import LatentCache, UnitWindowDataset, WindowDataset, encode_corpus, estimate_f0
 from streamchar.data.shards import Corpus, CorpusError
 from streamchar.timeline import Timeline
 from tests.conftest import TINY_CORPUS_OVERRIDES
@@ -89,11 +89,20 @@ def test_a_shard_subset_first_then_the_rest_in_bf16(tiny_corpus, cache, tmp_path
     assert len(shards) > 1
     cfg = load_config(None, TINY_CORPUS_OVERRIDES + [codec_override, "data.encode.max_shards=1"])
     first = encode_corpus(cfg, tiny_corpus, tmp_path, progress=False)
-    assert first["shards"] == 1 and {e["shard"] for e in LatentCache(tmp_path).entries()} == {shards[0]}
+    # video for the first shard; audio (and conditions) for every shard, which the acoustic prior reads
+    subset = LatentCache(tmp_path)
+    assert first["shards"] == len(shards) and {e["shard"] for e in subset.entries()} == {shards[0]}
+    audio_only = [e for e in subset.entries(audio_only=True) if e["shard"] != shards[0]]
+    assert audio_only and all(not e["video"] and not subset.has(e, "video") for e in audio_only)
+    assert all(
+        subset.has(e, "units") and subset.tensor(e, "audio").shape[0] == e["audio_tokens"] for e in audio_only
+    )
+    assert len(UnitWindowDataset(subset, "train", 4).entries) > len(WindowDataset(subset, "train").entries)
     full = encode_corpus(
         load_config(None, TINY_CORPUS_OVERRIDES + [codec_override]), tiny_corpus, tmp_path, progress=False
-    )
+    )  # the audio-only shards are encoded again, with their video
     assert full["encoded_now"] == len(shards) - 1 and full["clips"] == len(LatentCache(cache).entries())
+    assert len(LatentCache(tmp_path).entries()) == full["clips"]
     # bf16 autocast of the video encoder stays close to float32 and leaves the audio untouched
     bf16 = load_config(None, TINY_CORPUS_OVERRIDES + [codec_override, "data.encode.mixed_precision=bf16"])
     encode_corpus(bf16, tiny_corpus, tmp_path / "bf16", progress=False)

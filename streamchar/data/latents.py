@@ -196,7 +196,16 @@ def encode_corpus(
     write_json_atomic(settings_path, settings)
 
     shard_names, video_shards = cache_shards(corpus, cfg.data.encode)
-    todo = [s for s in shard_names if not (out / _latent_name(s)).with_suffix(".json").is_file()]
+
+    def done(shard: str) -> bool:  # written, with video where it should have it now
+        sidecar = (out / _latent_name(shard)).with_suffix(".json")
+        if not sidecar.is_file():
+            return False
+        return shard not in video_shards or all(
+            c.get("video", True) for c in json.loads(sidecar.read_text())["clips"]
+        )
+
+    todo = [s for s in shard_names if not done(s)]
     bar = tqdm(
         total=sum(1 for c in corpus.clips if c["shard"] in todo),
         desc="encode clips",

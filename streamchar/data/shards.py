@@ -173,7 +173,9 @@ class ShardReader:
     def clip(self, key: str, frames: bool = True) -> Clip:
         """One clip; ``frames=False`` skips decoding the video (``Clip.frames`` is then None)."""
         audio, rate = self.audio(key)
-        return Clip(key, self.meta(key), self.frames(key) if frames else None, audio, rate, self.ground_truth(key))
+        return Clip(
+            key, self.meta(key), self.frames(key) if frames else None, audio, rate, self.ground_truth(key)
+        )
 
     def __iter__(self) -> Iterator[Clip]:
         for key in self.keys:

@@ -211,12 +211,21 @@ def prior_flops(cfg, characters: int = 1) -> tuple[int, int]:
         return torch.zeros(*shape, dtype=dtype, device="meta")
 
     with torch.no_grad():
-        flops = count_flops(lambda: audio(zeros(b, window, dtype=torch.long), zeros(b, window, dtype=torch.long),
-                                          zeros(b, tl.reference_voice_tokens, spec.audio_dim),
-                                          torch.ones(b, tl.reference_voice_tokens, dtype=torch.bool, device="meta")))
-        flops += count_flops(lambda: video(zeros(b, spec.latent_channels, size, size),
-                                           zeros(b, spec.latent_channels, size, size),
-                                           zeros(b, tl.motion_audio_tokens + tl.chunk_audio_tokens, spec.audio_dim)))
+        flops = count_flops(
+            lambda: audio(
+                zeros(b, window, dtype=torch.long),
+                zeros(b, window, dtype=torch.long),
+                zeros(b, tl.reference_voice_tokens, spec.audio_dim),
+                torch.ones(b, tl.reference_voice_tokens, dtype=torch.bool, device="meta"),
+            )
+        )
+        flops += count_flops(
+            lambda: video(
+                zeros(b, spec.latent_channels, size, size),
+                zeros(b, spec.latent_channels, size, size),
+                zeros(b, tl.motion_audio_tokens + tl.chunk_audio_tokens, spec.audio_dim),
+            )
+        )
     return flops, sum(p.numel() for m in (audio, video) for p in m.parameters())  # fmt: skip
 
 

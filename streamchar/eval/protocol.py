@@ -462,7 +462,7 @@ def short_protocol(
         ckpt = parse_ckpt(spec)
         name, path, steps, switches = ckpt
         engine = _engine(cfg, path, switches)
-        rows, frames_all, latencies, ttff, rtf, misses = [], [], [], [], [], 0
+        rows, frames_all, latencies, ttff, rtf, misses, lags = [], [], [], [], [], 0, []
         for i, entry in enumerate(tqdm(entries, desc=name, unit="clip")):
             text = corpus.reader(entry["shard"]).meta(entry["key"])["transcript"]
             char = _character(corpus, entry["char_id"], turn_rows, characters, cfg.video_codec.image_size)
@@ -490,6 +490,8 @@ def short_protocol(
             ttff.append(generated.stats["time_to_first_frame_s"])
             rtf.append(generated.stats["real_time_factor"])
             misses += generated.stats["deadline_misses"]
+            if generated.stats.get("realign_lag_mean") is not None:
+                lags.append(generated.stats["realign_lag_mean"])
         result["models"][name] = summarise(rows) | {
             "frechet": _fd(inst, np.concatenate([f[::2] for f in frames_all]), reference),
             **published_frechet(inst.external, frames_all, truth_frames),
@@ -500,6 +502,8 @@ def short_protocol(
             "chunks": len(latencies),
             "steps": steps or (engine.distilled or {}).get("steps") or cfg.engine.steps,
             "driver": DRIVERS.get(ckpt.driver, "text through the orchestrator"),
+            # how far the pointer was ahead of the speech when it was realigned (phonemes; None: no realignment)
+            "realign_lag_mean": round(float(np.mean(lags)), 3) if lags else None,
             "latencies": [round(x, 4) for x in latencies],
         }
     return result
@@ -636,7 +640,8 @@ def write_report(result: dict, out: str | Path) -> None:
     models = result["models"]
     if result["protocol"] == "short":
         columns = ["model", "WER", "PER", "Sync-C", "Sync-D", "Sync-C at 0", "offset within ±1", "mouth r",
-                   "identity sim", "voice sim", "Fréchet", "TTFF s", "latency p50/p95/p99 s", "RTF", "misses"]  # fmt: skip
+                   "identity sim", "voice sim", "Fréchet", "TTFF s", "latency p50/p95/p99 s", "RTF", "misses",
+                   "pointer lag"]  # fmt: skip
         extra = [k for k in ("whisper_wer", "syncnet_c", "syncnet_d", "arcface_sim", "wavlm_sim", "fid", "fvd")
                  if any(k in m for m in models.values())]  # fmt: skip
         lines = [f"# Short protocol: {len(result['clips'])} held-out clips (held-out identities and sentences)", "",
@@ -648,7 +653,8 @@ def write_report(result: dict, out: str | Path) -> None:
                      _cell(m.get("mouth_r")), _cell(m.get("identity_sim")), _cell(m.get("voice_sim")),
                      _cell(m.get("frechet"), "{:.2f}"), _cell(m.get("time_to_first_frame_s")),
                      "/".join(f"{lat[k]:.3f}" for k in ("p50", "p95", "p99")) if lat else "–",
-                     _cell(m.get("real_time_factor"), "{:.2f}"), str(m.get("deadline_misses", "–"))]  # fmt: skip
+                     _cell(m.get("real_time_factor"), "{:.2f}"), str(m.get("deadline_misses", "–")),
+                     _cell(m.get("realign_lag_mean"), "{:.2f}")]  # fmt: skip
             lines.append("| " + " | ".join(cells + [_cell(m.get(k)) for k in extra]) + " |")
         (out / "report.md").write_text("\n".join(lines) + "\n")
     else:

@@ -24,7 +24,6 @@ from streamchar.orchestrator.pointer import choose_move
 logger = logging.getLogger(__name__)
 
 
-
 @functools.cache
 def _cache_keyword(model_class: type) -> str:
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
@@ -40,6 +39,7 @@ def returned_cache(output):
     """The KV cache a forward returned, under either name."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
+
 
 class LLMBackend(Protocol):
     """A causal LM that extends one token sequence under a constraint."""
