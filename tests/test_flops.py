@@ -16,8 +16,8 @@ from streamchar.engine.flops import (
     format_flops_table,
     mfu,
     orchestrator_token_flops,
-    prior_flops,
     peak_bf16_flops,
+    prior_flops,
     real_fft_flops,
 )
 
