@@ -625,9 +625,12 @@ procedurally drawn characters with espeak-ng voices, {synth.heldout_identity_fra
 {budget}
 
 **Intended use.** Tests, demos, the CPU real-time path, and a starting point for longer training (every run
-folder resumes). **Limitations.** A CPU-budget model: faces keep their identity and the mouth moves with the
-planned speech, but the generated speech is not intelligible (see README "Results"); it knows only the
-synthetic corpus's drawing styles and espeak voices, English text, and 128x128 video.
+folder resumes). **How it speaks.** The priors carry each chunk's content (the words, the lip shapes) and the
+denoisers refine their means (DESIGN.md section 7); what the instruments hear and see is measured after
+shipping by the `results` stage (`docs/results/recipe_short`, `recipe_long`, `recipe_unseen`, each stamped
+with this folder's `model.json` digest). **Limitations.** A CPU-budget model: it knows only the synthetic
+corpus's drawing styles and espeak voices, English text, and {size}x{size} video; its speech goes through a
+log-mel codec and Griffin-Lim, which caps how clean it sounds.
 """
 
 
