@@ -679,10 +679,14 @@ def _device() -> str:
 def plan(recipe: Recipe) -> list[dict]:
     """Each stage's status (done or to run), its recorded wall time and its CPU estimate."""
     record = _read_record(recipe)
-    rows = []
+    rows, pending = [], set()
     for stage in stages():
         settings = recipe.settings(stage.name)
-        done = stage.done(recipe) and not _stale(recipe, stage.name, record)
+        # to run: not made yet, made from inputs that changed since, or reading a stage that is to run
+        done = (stage.done(recipe) and not _stale(recipe, stage.name, record)
+                and not pending & set(INPUTS.get(stage.name, ())))  # fmt: skip
+        if not done:
+            pending.add(stage.name)
         rows.append({"stage": stage.name, "done": done, "seconds": record.get(stage.name, {}).get("seconds"),
                      "device": record.get(stage.name, {}).get("device"), "cpu_minutes": settings.get("cpu_minutes"),
                      "note": settings.get("gpu_note")})  # fmt: skip

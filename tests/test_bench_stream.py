@@ -36,9 +36,10 @@ def test_every_switch_is_timed_or_said_to_do_nothing_here(result):
 def test_the_flops_model_and_the_profile_come_with_the_rows(result):
     report, profile = result
     flops = report["flops"]["tiny"][1]["flops"]
-    assert flops["total"] == sum(flops[k] for k in ("dit_denoising", "dit_motion_update", "video_decoder",
+    assert flops["total"] == sum(flops[k] for k in ("priors", "dit_denoising", "dit_motion_update", "video_decoder",
                                                     "audio_decoder", "orchestrator"))  # fmt: skip
+    assert flops["priors"] > 0  # the tiny preset refines the priors' means
     summary = (profile / "profile.md").read_text()
-    for stage in ("plan", "sample", "decode_video", "decode_audio", "to_host"):
+    for stage in ("plan", "priors", "sample", "decode_video", "decode_audio", "to_host"):
         assert f"\n{stage} |" in summary
     assert (profile / "trace.json").stat().st_size > 0

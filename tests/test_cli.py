@@ -12,7 +12,8 @@ COMMANDS = [[], ["config", "show"], ["data", "synth"], ["data", "preview"], ["da
             ["sample"], ["demo"], ["recipe"], ["train", "orchestrator"], ["eval", "orchestrator"], ["plan"], ["generate"],
             ["serve"], ["stream"], ["bench", "stream"], ["data", "export-character"], ["distill", "stage1"],
             ["distill", "stage2"], ["distill", "toy"], ["distill", "compare"], ["distill", "drift"],
-            ["eval", "cache"], ["eval", "train"], ["eval", "prove"], ["eval", "protocol"]]  # fmt: skip
+            ["eval", "cache"], ["eval", "train"], ["eval", "prove"], ["eval", "protocol"], ["train", "prior"],
+            ["eval", "unseen"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)

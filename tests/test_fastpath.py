@@ -54,15 +54,15 @@ def test_mask_free_step_when_everything_is_valid_equals_the_masked_step(monkeypa
     seen = []
     original = model.cached_step
 
-    def spy(*args):
+    def spy(*args, **kwargs):
         seen.append(args[-1])
-        return original(*args)
+        return original(*args, **kwargs)
 
     static = _stream(model, ctx, video, audio, t, cond, model.static_cache())
     monkeypatch.setattr(model, "cached_step", spy)
     maskless = _stream(model, ctx, video, audio, t, cond, model.static_cache())
     assert seen and all(seen)  # the mask was dropped
-    monkeypatch.setattr(model, "cached_step", lambda *a: original(*a[:-1], False))
+    monkeypatch.setattr(model, "cached_step", lambda *a, **k: original(*a[:-1], False, **k))
     masked = _stream(model, ctx, video, audio, t, cond, model.static_cache())
     _close(static, maskless, 1e-6)
     _close(masked, maskless, 1e-5)

@@ -171,6 +171,7 @@ def _prior_config(tmp_path, *extra):
         "train.prior_audio.ckpt_every=2", "train.prior_audio.eval_windows=6", "train.prior_audio.log_every=1",
         "train.prior_video.steps=2", "train.prior_video.batch_size=2", "train.prior_video.eval_every=2",
         "train.prior_video.ckpt_every=1", "train.prior_video.eval_windows=4", "train.prior_video.log_every=1",
+        "train.prior_audio.mixed_precision=no", "train.prior_video.mixed_precision=no",
         f"prior.audio_path={tmp_path / 'audio'}", *extra])  # fmt: skip
 
 

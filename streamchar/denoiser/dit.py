@@ -560,8 +560,8 @@ class JointDiT(StreamingModule):
             if self._compiled_mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs were consumed
         return step(video, audio, timesteps[0], timesteps[1], conditions.units, conditions.speaking, audio_valid,
-                    keys, values, prefix_valid, prefix_ids, geometry, maskless, conditions.prior_audio,
-                    conditions.prior_video)  # fmt: skip
+                    keys, values, prefix_valid, prefix_ids, geometry, maskless,
+                    prior_audio=conditions.prior_audio, prior_video=conditions.prior_video)  # fmt: skip
 
     def cached_step(self, video, audio, t_video, t_audio, units, speaking, audio_valid, keys, values,
                     prefix_valid, prefix_ids, geometry: tuple, maskless: bool, prior_audio=None,

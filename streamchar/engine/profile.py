@@ -1,8 +1,8 @@
 """Where a chunk's time goes: a profiler trace of a few chunks of a live session, summarised per stage.
 
 The engine marks its stages with ``torch.profiler.record_function``: ``streamchar.plan`` (the
-orchestrator), ``streamchar.context_update`` (sink and motion K/V), ``streamchar.sample`` (the denoising
-steps), ``streamchar.decode_video``, ``streamchar.decode_audio`` and ``streamchar.to_host``. The summary
+orchestrator), ``streamchar.priors`` (the priors' means), ``streamchar.context_update`` (sink and motion
+K/V), ``streamchar.sample`` (the denoising steps), ``streamchar.decode_video``, ``streamchar.decode_audio`` and ``streamchar.to_host``. The summary
 gives each stage's host time and device time per chunk and the device's busiest kernels; the Chrome
 trace (``trace.json``, open it in Perfetto or chrome://tracing) shows how the decode stream overlaps the
 next chunk's denoising.
@@ -18,7 +18,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 logger = logging.getLogger(__name__)
-STAGES = ("plan", "context_update", "sample", "decode_video", "decode_audio", "to_host")
+STAGES = ("plan", "priors", "context_update", "sample", "decode_video", "decode_audio", "to_host")
 
 
 def profile_session(engine, steps: int, out: str | Path, chunks: int = 8) -> dict:
