@@ -160,6 +160,9 @@ class TrainTeacherConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     shift: float = 1.0
+    # residual formulation: timesteps in (0, max_t], since a shallow sampler (denoiser.sample_start) needs no
+    # more (the plain formulation always trains the whole flow)
+    max_t: float = 0.5
     # classifier-free guidance dropout, each independent
     cond_drop: float = 0.1
     ref_image_drop: float = 0.1
@@ -260,8 +263,14 @@ class DenoiserConfig:
     # (x0 - mu) / scale around the prior means mu, which it also reads as conditions) or plain (from noise,
     # no prior: the formulation before the priors)
     formulation: str = "residual"
-    residual_scale_audio: float = 1.0  # the noise scale around mu, in normalised latent units
-    residual_scale_video: float = 1.0
+    # the noise scales around mu, in normalised latent units: the RMS of the residuals x0 - mu of the tiny
+    # priors (bench/residual_scales.py), so the state (x0 - mu) / scale is unit-sized
+    residual_scale_audio: float = 0.24
+    residual_scale_video: float = 0.15
+    # residual formulation: where sampling starts. 1 = from noise; < 1 = shallow (DiffSinger), from the priors'
+    # means noised to this time, so a few steps refine the means instead of making the chunk anew (measured:
+    # docs/results/formulations.md); train.teacher.max_t must lie above it
+    sample_start: float = 0.3
 
 
 @dataclass

@@ -54,6 +54,8 @@ def build_denoiser(section, timeline: Timeline, spec: LatentSpec) -> JointDiT:
         attention=section.attention,
         gradient_checkpointing=section.gradient_checkpointing,
         residual_scales=residual_scales(section),
+        # shallow sampling starts from the priors' means: a plain model always starts from noise
+        sample_start=float(getattr(section, "sample_start", 1.0)) if residual_scales(section) else 1.0,
     )
 
 

@@ -292,6 +292,7 @@ class JointDiT(StreamingModule):
         attention: str = "sdpa",
         gradient_checkpointing: bool = False,
         residual_scales: tuple[float, float] | None = None,
+        sample_start: float = 1.0,
     ) -> None:
         super().__init__()
         if latent_size % patch_size:
@@ -308,6 +309,10 @@ class JointDiT(StreamingModule):
         # the residual formulation's noise scales (video, audio): x0 = mu + scale * z; None: plain (from noise)
         self.residual_scales = tuple(residual_scales) if residual_scales is not None else None
         self.residual = residual_scales is not None
+        # where its samplers start (1: noise; < 1: shallow, from noised prior means); not used by forward
+        if not 0.0 < sample_start <= 1.0:
+            raise ValueError(f"denoiser.sample_start must be in (0, 1], got {sample_start}.")
+        self.sample_start = float(sample_start)
         grid = latent_size // patch_size
         self.layout = WindowLayout(timeline, (grid, grid))
         self._geometry: dict[tuple, ChunkGeometry] = {}

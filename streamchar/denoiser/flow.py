@@ -26,14 +26,18 @@ def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class FlowMatching:
+    """``max_t < 1`` trains only the low-noise end of the flow (in ``(0, max_t]``), for a model sampled
+    shallowly from a start below it (see :class:`EulerSampler`)."""
+
     logit_mean: float = 0.0
     logit_std: float = 1.0
     shift: float = 1.0
+    max_t: float = 1.0
 
     def sample_timesteps(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """``[n]`` logit-normal timesteps, shifted."""
+        """``[n]`` logit-normal timesteps, shifted, scaled to ``(0, max_t]``."""
         z = torch.randn(n, generator=generator) * self.logit_std + self.logit_mean
-        return shift_timesteps(torch.sigmoid(z), self.shift).to(device)
+        return (self.max_t * shift_timesteps(torch.sigmoid(z), self.shift)).to(device)
 
     @staticmethod
     def _expand(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -51,11 +55,13 @@ class FlowMatching:
         return x_t - self._expand(t, x_t) * velocity
 
 
-def sampling_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
-    """``[steps + 1]`` timesteps from 1 down to 0."""
+def sampling_grid(steps: int, shift: float = 1.0, start: float = 1.0) -> torch.Tensor:
+    """``[steps + 1]`` timesteps from ``start`` (1: pure noise) down to 0."""
     if steps < 1:
         raise ValueError(f"The sampler needs at least one step, got {steps}.")
-    return shift_timesteps(torch.linspace(1.0, 0.0, steps + 1), shift)
+    if not 0.0 < start <= 1.0:
+        raise ValueError(f"The sampler's start time must be in (0, 1], got {start}.")
+    return start * shift_timesteps(torch.linspace(1.0, 0.0, steps + 1), shift)
 
 
 @dataclass(frozen=True)
@@ -158,9 +164,14 @@ def guided_velocity(
 
 @dataclass(frozen=True)
 class EulerSampler:
+    """Euler steps on ``sampling_grid(steps, shift, start)``. ``start < 1`` is shallow sampling (DiffSinger):
+    the noise is scaled to the state at ``start`` whose clean end is 0, which for a residual denoiser is the
+    priors' means noised to ``start`` (``mu + start * s * noise``)."""
+
     steps: int = 16
     shift: float = 1.0
     guidance: Guidance = Guidance()
+    start: float = 1.0
 
     @torch.no_grad()
     def sample(
@@ -186,9 +197,9 @@ class EulerSampler:
         Returns:
             ``(video [B, C, L, h, w], audio [B, L_a, D_a])``.
         """
-        video = video_noise
-        audio = given_audio if given_audio is not None else audio_noise
-        grid = sampling_grid(self.steps, self.shift).tolist()
+        video = self.start * video_noise
+        audio = given_audio if given_audio is not None else self.start * audio_noise
+        grid = sampling_grid(self.steps, self.shift, self.start).tolist()
         for t, t_next in zip(grid[:-1], grid[1:], strict=True):
             t_video = torch.full((video.shape[0],), t, device=video.device)
             t_audio = torch.zeros_like(t_video) if given_audio is not None else t_video

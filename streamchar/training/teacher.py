@@ -63,9 +63,10 @@ def latent_spec_from_cache(cache: LatentCache) -> LatentSpec:
     )
 
 
-def objective_from_config(tcfg) -> TeacherObjective:
+def objective_from_config(tcfg, residual: bool = True) -> TeacherObjective:
+    """The teacher objective of a ``train.teacher`` section (``max_t`` applies to a residual denoiser only)."""
     return TeacherObjective(
-        flow=FlowMatching(tcfg.logit_mean, tcfg.logit_std, tcfg.shift),
+        flow=FlowMatching(tcfg.logit_mean, tcfg.logit_std, tcfg.shift, tcfg.max_t if residual else 1.0),
         cond_drop=tcfg.cond_drop,
         ref_image_drop=tcfg.ref_image_drop,
         ref_voice_drop=tcfg.ref_voice_drop,
@@ -201,7 +202,7 @@ def train_teacher(
     if not sharded:
         model, optimizer = accelerator.prepare(model, optimizer)  # DDP across processes
         ema.to(accelerator.device)
-    objective = objective_from_config(tcfg)
+    objective = objective_from_config(tcfg, accelerator.unwrap_model(model).residual)
 
     train_set = WindowDataset(
         cache,
