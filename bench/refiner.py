@@ -68,7 +68,12 @@ def main() -> None:
         metavar=("COND", "IMAGE", "VOICE"),
         help="a teacher's guidance scales (default: the sample config's)",
     )
-    parser.add_argument("--start", type=float, default=1.0, help="sampling start time (< 1: shallow, from noised means)")
+    parser.add_argument(
+        "--start",
+        type=float,
+        default=None,
+        help="sampling start time (< 1: shallow, from noised means; default: the model's sample_start)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -111,7 +116,9 @@ def main() -> None:
             from streamchar.distill import read_distilled
 
             distilled = read_distilled(loaded[1]) if loaded is not None else None
-            sampler = EulerSampler(steps=steps, guidance=Guidance() if distilled else guidance, start=args.start)
+            sampler = EulerSampler(
+                steps=steps, guidance=Guidance() if distilled else guidance, start=args.start
+            )
             start = time.perf_counter()
             with torch.autocast("cpu", torch.bfloat16):
                 rollout = generate(model, sampler, image, voice, conditions, torch.Generator().manual_seed(i), valid,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from streamchar.denoiser.dit import Conditions
-from streamchar.denoiser.flow import EulerSampler, FlowMatching, Guidance, sampling_grid
+from streamchar.denoiser.flow import EulerSampler, FlowMatching, Guidance
 from streamchar.denoiser.objective import TeacherObjective
 from streamchar.denoiser.prior import AcousticPrior, Priors, VideoPrior
 from streamchar.denoiser.residual import residual_batch, to_latents, to_state
@@ -48,21 +48,24 @@ def test_state_and_latents_are_inverse_and_plain_is_the_identity():
     assert to_state(plain, video, audio, None, None) == (video, audio)
 
 
+@pytest.mark.parametrize("start", [1.0, 0.3])
 @pytest.mark.parametrize("guidance", [Guidance(), Guidance(2.0, 1.5, 1.5)])
-def test_residual_sampling_is_the_prior_centred_flow_integrated_naively(guidance):
+def test_residual_sampling_is_the_prior_centred_flow_integrated_naively(guidance, start):
     """Euler on the state z, then x0 = mu + s z, equals Euler in latent space from mu + s * noise along the
     latent-space velocity s * v(z): the flow ``x_t = (1 - t) x0 + t (mu + s noise)``. Guidance combines the
-    full branch with branches whose units are null (the priors stay) and whose references are dropped."""
+    full branch with branches whose units are null (the priors stay) and whose references are dropped.
+    Shallow sampling (the model's ``sample_start`` < 1) starts at ``mu + start * s * noise``, at t = start."""
     model = tiny_dit(residual_scales=SCALES)
+    model.sample_start = start  # the sampler reads where to start from the model
     video, audio, _, cond, ctx = random_window()
     cond = _with_priors(cond)
     steps = 3
     z = EulerSampler(steps=steps, guidance=guidance).sample(model, video, audio, cond, context=ctx)
     got = to_latents(model, z[0], z[1], cond.prior_video, cond.prior_audio)
-    # the naive loop: latent space, one model call per branch
+    # the naive loop: latent space, one model call per branch, on the grid start, ..., 0 in equal steps
     sv, sa = SCALES
-    xv, xa = cond.prior_video + sv * video, cond.prior_audio + sa * audio
-    grid = sampling_grid(steps).tolist()
+    xv, xa = cond.prior_video + start * sv * video, cond.prior_audio + start * sa * audio
+    grid = [start * (1 - i / steps) for i in range(steps + 1)]
     null = Conditions(torch.full_like(cond.units, UNITS), torch.full_like(cond.speaking, 2), cond.prior_audio,
                       cond.prior_video)  # fmt: skip
     yes, no = torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
@@ -85,6 +88,33 @@ def test_residual_sampling_is_the_prior_centred_flow_integrated_naively(guidance
                 v = [a + (guidance.ref_voice - 1) * (f - o) for a, f, o in zip(v, full, other, strict=True)]
             xv, xa = xv + (t_next - t) * sv * v[0], xa + (t_next - t) * sa * v[1]
     assert (got[0] - xv).abs().max() < 1e-4 and (got[1] - xa).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_a_shallow_student_and_the_teacher_pairs_follow_the_samplers_grid(steps):
+    """The distilled student (unguided, folded) from the same noise lands where the engine's sampler does,
+    and the teacher pairs start at the shallow grid's first time (noise scaled by start) and end where the
+    sampler ends."""
+    from streamchar.distill.objective import DistillObjective
+    from streamchar.distill.pairs import PairSpec, teacher_trajectory
+
+    model = tiny_dit(residual_scales=SCALES)
+    model.sample_start = 0.3
+    batch = random_batch(2)
+    cond, ctx, mask = _with_priors(Conditions.of(batch)), TeacherObjective.context(batch), batch["audio_mask"]
+    batch["prior_audio"], batch["prior_video"] = cond.prior_audio, cond.prior_video
+    video, audio = torch.randn_like(batch["video"]), torch.randn_like(batch["audio"])
+    objective = DistillObjective(steps=steps, guidance=Guidance(), start=0.3)
+    assert objective.grid == pytest.approx([0.3 * (1 - i / steps) for i in range(steps + 1)])
+    with torch.no_grad():
+        x0 = objective.student_x0(model, (video, audio), cond, ctx, mask)
+    ref = EulerSampler(steps=steps).sample(model, video, audio, cond, context=ctx, audio_valid=mask)
+    assert (x0[0] - ref[0]).abs().max() < 1e-5 and (x0[1] - ref[1]).abs().max() < 1e-5
+    out = teacher_trajectory(model, PairSpec(teacher_steps=4, record_steps=2, guidance=(1.0, 1.0, 1.0), start=0.3),
+                             batch, (video, audio))  # fmt: skip
+    assert torch.allclose(out["video_0"], 0.3 * video) and torch.allclose(out["audio_0"], 0.3 * audio)
+    four = EulerSampler(steps=4).sample(model, video, audio, cond, context=ctx, audio_valid=mask)
+    assert (out["video_x0"] - four[0]).abs().max() < 1e-5 and (out["audio_x0"] - four[1]).abs().max() < 1e-5
 
 
 def test_a_residual_model_reads_its_priors_and_refuses_to_run_without_them():
@@ -205,6 +235,10 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
                            f"distill.init={tmp_path / 's1'}"])  # fmt: skip
     s2 = distill_stage2(s2cfg, cache, tmp_path / "s2", progress=False)
     assert s2["finished"] and load_teacher(tmp_path / "s2" / "student", cfg, model_spec(cache)).residual
+    from streamchar.distill import read_distilled
+
+    # the students start where the teacher does (shallow) and DMD stayed within the teacher's trained times
+    assert read_distilled(tmp_path / "s2" / "student")["start"] == pytest.approx(0.3)
 
     # the engine streams the residual student over the priors; with engine.refine off, the priors alone
     from streamchar.engine.session import Engine

@@ -166,12 +166,13 @@ def guided_velocity(
 class EulerSampler:
     """Euler steps on ``sampling_grid(steps, shift, start)``. ``start < 1`` is shallow sampling (DiffSinger):
     the noise is scaled to the state at ``start`` whose clean end is 0, which for a residual denoiser is the
-    priors' means noised to ``start`` (``mu + start * s * noise``)."""
+    priors' means noised to ``start`` (``mu + start * s * noise``). ``start=None``: the model's own
+    ``sample_start`` (what it was trained for; 1 for a plain denoiser)."""
 
     steps: int = 16
     shift: float = 1.0
     guidance: Guidance = Guidance()
-    start: float = 1.0
+    start: float | None = None
 
     @torch.no_grad()
     def sample(
@@ -197,9 +198,10 @@ class EulerSampler:
         Returns:
             ``(video [B, C, L, h, w], audio [B, L_a, D_a])``.
         """
-        video = self.start * video_noise
-        audio = given_audio if given_audio is not None else self.start * audio_noise
-        grid = sampling_grid(self.steps, self.shift, self.start).tolist()
+        start = self.start if self.start is not None else float(getattr(model, "sample_start", 1.0))
+        video = start * video_noise
+        audio = given_audio if given_audio is not None else start * audio_noise
+        grid = sampling_grid(self.steps, self.shift, start).tolist()
         for t, t_next in zip(grid[:-1], grid[1:], strict=True):
             t_video = torch.full((video.shape[0],), t, device=video.device)
             t_audio = torch.zeros_like(t_video) if given_audio is not None else t_video

@@ -5,11 +5,13 @@ first, for the global batch, and each process takes its slice; the losses are pu
 batch, the models and the draws. So two processes with half the batch each take the same step as one
 process with all of it.
 
-The student is an Euler sampler on ``sampling_grid(steps, shift)`` with guidance folded in: one
+The student is an Euler sampler on ``sampling_grid(steps, shift, start)`` with guidance folded in: one
 model call per step, full conditions, no guidance branches. Everything here runs in the denoiser's state
 space: for a residual denoiser the batches come prepared by :func:`~streamchar.denoiser.residual.residual_batch`
 (states around the priors' means, which ride along in the conditions). Its output at step ``k`` is the clean
-prediction ``x0 = x_{t_k} - t_k v``; the final step's Euler update lands exactly on it.
+prediction ``x0 = x_{t_k} - t_k v``; the final step's Euler update lands exactly on it. A shallow student
+(``start < 1``, the teacher's ``sample_start``) starts from noise scaled by ``start``, as
+:class:`~streamchar.denoiser.flow.EulerSampler` does.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ class DistillObjective:
     t_max: float = 0.98
     fake_updates: int = 1  # fake-score updates per student update
     audio_loss_weight: float = 1.0
+    start: float = 1.0  # where the student's sampling starts (the teacher's sample_start)
 
     @property
     def grid(self) -> list[float]:
-        return sampling_grid(self.steps, self.shift).tolist()
+        return sampling_grid(self.steps, self.shift, self.start).tolist()
 
     # -- randomness ---------------------------------------------------------------------------------
     def draw(
@@ -89,7 +92,7 @@ class DistillObjective:
         predict the clean latents from there with one (the step the gradient flows through)."""
         exit_step = self.steps - 1 if exit_step is None else exit_step
         grid = self.grid
-        video, audio = noise
+        video, audio = self.start * noise[0], self.start * noise[1]
         plain = _unwrap(student)
         with torch.no_grad():
             for k in range(exit_step):

@@ -3,9 +3,10 @@ and where it ends, written to resumable shards.
 
 Pair ``i`` is window ``i`` of a :class:`WindowDataset` with the pairs' own seed, so a shard stores only
 latents and the window index; the window (references, sink, motion, conditions) is rebuilt from the
-cache when the pair is read. States are kept at the times of ``sampling_grid(record_steps, shift)``
-(t = 1, 0.75, 0.5, 0.25 for 4), which holds the grid of every student with a step count dividing
-``record_steps``: one set of pairs serves the 1-, 2- and 4-step students.
+cache when the pair is read. States are kept at the times of ``sampling_grid(record_steps, shift,
+start)`` (t = 1, 0.75, 0.5, 0.25 for 4 from noise; scaled by ``start`` for a shallow teacher), which holds
+the grid of every student with a step count dividing ``record_steps``: one set of pairs serves the 1-,
+2- and 4-step students.
 
 A shard is written under a temporary name and renamed when complete; generation skips shards that
 exist and load, so a killed run continues where it stopped. With several processes each takes every
@@ -41,6 +42,7 @@ class PairSpec:
     guidance: tuple[float, float, float] = (2.0, 1.5, 1.5)
     shard_size: int = 8
     seed: int = 101
+    start: float = 1.0  # the teacher's sample_start: its trajectories start from noise scaled by it
 
     def check(self, student_steps: int) -> None:
         if self.teacher_steps % self.record_steps:
@@ -67,9 +69,9 @@ def teacher_trajectory(
     """The teacher's guided Euler solution from ``noise``, with its states on the record grid."""
     guidance = Guidance(*spec.guidance)
     conditions, context = Conditions.of(batch), TeacherObjective.context(batch)
-    grid = sampling_grid(spec.teacher_steps, spec.shift).tolist()
+    grid = sampling_grid(spec.teacher_steps, spec.shift, spec.start).tolist()
     every = spec.teacher_steps // spec.record_steps
-    video, audio = noise
+    video, audio = spec.start * noise[0], spec.start * noise[1]
     out = {}
     for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
         if i % every == 0:
@@ -171,5 +173,5 @@ class PairSet:
         every = self.spec.record_steps // student_steps
         state = shard[f"video_{k * every}"][j], shard[f"audio_{k * every}"][j]
         target = shard["video_x0"][j], shard["audio_x0"][j]
-        t = sampling_grid(student_steps, self.spec.shift)[k].item()
+        t = sampling_grid(student_steps, self.spec.shift, self.spec.start)[k].item()
         return self.windows[i], state, target, t

@@ -33,7 +33,8 @@ from streamchar.training.teacher import _to, collate
 logger = logging.getLogger(__name__)
 
 
-def pair_spec_from_config(dcfg) -> PairSpec:
+def pair_spec_from_config(dcfg, start: float = 1.0) -> PairSpec:
+    """The pairs of a ``distill`` section, for a teacher sampled from ``start`` (its ``sample_start``)."""
     return PairSpec(
         count=dcfg.pairs,
         teacher_steps=dcfg.pair_teacher_steps,
@@ -41,6 +42,7 @@ def pair_spec_from_config(dcfg) -> PairSpec:
         shift=dcfg.shift,
         guidance=(dcfg.guidance_conditions, dcfg.guidance_ref_image, dcfg.guidance_ref_voice),
         seed=dcfg.seed + 101,
+        start=start,
     )
 
 
@@ -67,9 +69,9 @@ def distill_stage1(
 ) -> dict:
     """Run (or resume) stage 1; returns a summary and leaves the student in ``OUT/student``."""
     dcfg = cfg.distill
-    spec = pair_spec_from_config(dcfg)
-    spec.check(dcfg.student_steps)
+    pair_spec_from_config(dcfg).check(dcfg.student_steps)
     run = DistillRun(cfg, latents, out, "stage1")
+    spec = pair_spec_from_config(dcfg, run.objective.start)
     acc, obj, b = run.accelerator, run.objective, dcfg.batch_size
     pairs_dir = Path(dcfg.pairs_dir) if dcfg.pairs_dir else run.out / "pairs"
     total = dcfg.regression_steps + dcfg.dmd_steps

@@ -17,6 +17,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -43,7 +44,7 @@ from streamchar.training.distributed import (
     load_full_optimizer_state,
     shard_module,
 )
-from streamchar.training.teacher import _gradient_sync, latent_spec_from_cache, load_teacher
+from streamchar.training.teacher import _gradient_sync, latent_spec_from_cache, load_teacher, trained_max_t
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,6 @@ class DistillRun:
         )
         self.rank, self.world = acc.process_index, acc.num_processes
         self.sharded = dcfg.fsdp and self.world > 1
-        self.objective = objective_from_config(dcfg)
         if acc.is_main_process:
             guard_run_config(self.out, "distill", {"stage": stage, **to_dict(dcfg), "init": init})
         acc.wait_for_everyone()
@@ -93,6 +93,13 @@ class DistillRun:
         self.teacher_path = str(resolve_asset_path(dcfg.teacher))
         teacher = load_teacher(self.teacher_path, cfg, self.spec).requires_grad_(False)
         self.teacher = teacher.to(acc.device)
+        # a shallow teacher's students start where it does, and DMD re-noises only within the times it learnt
+        max_t = trained_max_t(self.teacher_path) if teacher.residual else 1.0
+        self.objective = replace(objective_from_config(dcfg), start=teacher.sample_start,
+                                 t_max=min(dcfg.t_max, max_t))  # fmt: skip
+        if self.objective.t_max < dcfg.t_max:
+            logger.info("distill: DMD re-noises t in [%.2f, %.2f], the range the teacher was trained on",
+                        self.objective.t_min, self.objective.t_max)  # fmt: skip
         # a residual teacher's students refine the same priors' means
         self.priors = load_priors(cfg, acc.device) if teacher.residual else None
         self.unit_context = self.priors.context if self.priors is not None else 0
@@ -196,7 +203,8 @@ class DistillRun:
                     break
             o = self.objective
             info = {
-                "steps": o.steps, "shift": o.shift, "folded_guidance": list(o.guidance.__dict__.values()),
+                "steps": o.steps, "shift": o.shift, "start": o.start,
+                "folded_guidance": list(o.guidance.__dict__.values()),
                 "stage": self.stage, "step": step, "teacher": self.teacher_path, **(extra or {}),
             }  # fmt: skip
             (tmp / DISTILLED).write_text(json.dumps(info, indent=1) + "\n")
