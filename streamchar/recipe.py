@@ -194,7 +194,11 @@ def _model_fingerprint(model: Path) -> str | None:
 def _instruments_done(recipe: Recipe) -> bool:
     from streamchar.eval.suite import INSTRUMENTS
 
-    return all((recipe.folders["instruments"] / name / "config.json").is_file() for name in INSTRUMENTS)
+    # the results read the evaluation cache too (the test faces are the Fréchet reference)
+    cache = recipe.folders["eval_cache"]
+    return all((cache / f"{split}.pt").is_file() for split in ("train", "test")) and all(
+        (recipe.folders["instruments"] / name / "config.json").is_file() for name in INSTRUMENTS
+    )
 
 
 def _results_specs(recipe: Recipe) -> dict[str, list[str]]:
@@ -207,8 +211,21 @@ def _results_specs(recipe: Recipe) -> dict[str, list[str]]:
              f"s1_1step={model}/student-s1-1step", f"s2_2step_nosink={s2}:nosink",
              f"s2_2step_nomotion={s2}:nomotion", f"s2_2step_norealign={s2}:norealign",
              f"cascade_espeak={s2}:cascade", f"audio_driven_gt_speech={s2}:speech",
-             *recipe.settings("results").get("extra_short", [])]  # fmt: skip
+             *_present(recipe.settings("results").get("extra_short", []))]  # fmt: skip
     return {"short": short, "long": [f"s2_2step={s2}", f"s2_2step_nosink={s2}:nosink"]}
+
+
+def _present(specs: list[str]) -> list[str]:
+    """The extra ``NAME=PATH[...]`` rows whose model folder exists (e.g. an older model kept in a run folder
+    for comparison); the others are left out with a warning."""
+    kept = []
+    for spec in specs:
+        path = spec.partition("=")[2].partition("@")[0].partition(":")[0]
+        if Path(path).exists():
+            kept.append(spec)
+        else:
+            logger.warning("results: leaving out the row %s: %s does not exist", spec, path)
+    return kept
 
 
 def _results_done(recipe: Recipe) -> bool:

@@ -179,3 +179,11 @@ def test_an_interrupted_stage_keeps_its_time_and_adds_it_when_it_finishes(tmp_pa
     rows = run_recipe(recipe)
     record = json.loads((tmp_path / "runs" / "recipe-micro.json").read_text())
     assert rows[0]["done"] and record["corpus"]["seconds"] >= 0 and "partial" not in record["corpus"]
+
+
+def test_extra_result_rows_of_missing_models_are_left_out(tmp_path):
+    from streamchar.recipe import _present
+
+    (tmp_path / "old").mkdir()
+    kept = f"old={tmp_path / 'old'}:nosink"
+    assert _present([kept, f"gone={tmp_path / 'gone'}@2"]) == [kept]
