@@ -212,7 +212,10 @@ def _results_specs(recipe: Recipe) -> dict[str, list[str]]:
              f"s2_2step_nomotion={s2}:nomotion", f"s2_2step_norealign={s2}:norealign",
              f"cascade_espeak={s2}:cascade", f"audio_driven_gt_speech={s2}:speech",
              *_present(recipe.settings("results").get("extra_short", []))]  # fmt: skip
-    return {"short": short, "long": [f"s2_2step={s2}", f"s2_2step_nosink={s2}:nosink"]}
+    return {
+        "short": short,
+        "long": [f"s2_2step={s2}", f"prior_alone={s2}:prioronly", f"s2_2step_nosink={s2}:nosink"],
+    }
 
 
 def _present(specs: list[str]) -> list[str]:
@@ -624,8 +627,8 @@ chosen with `engine.denoiser_path=checkpoints/{recipe.name}/NAME`.
 | `vae/` | video autoencoder (AutoencoderTiny), {size}x{size} frames to {latent}x{latent}x{channels} latents |
 | `orchestrator/` | unit language model (transcript -> one phoneme x F0 unit per audio frame), Hugging Face folder |
 | `prior-audio/`, `prior-video/` | the priors: regression networks whose means carry each chunk's content (own cards) |
-| `teacher/` | the joint audio-video DiT (EMA weights, bf16) that denoises around the priors' means, sampled with guidance |
-| `student-s1-*step/` | stage-1 students (ODE-pair regression + DMD, guidance folded in) at 1, 2 and 4 steps |
+| `teacher/` | the joint audio-video DiT (EMA weights, bf16) that denoises around the priors' means from a shallow start |
+| `student-s1-*step/` | stage-1 students (ODE-pair regression + DMD; one branch, `distilled.json`) at 1, 2 and 4 steps |
 | `student-s2-2step/` | the stage-2 student (rollout fine-tuning on its own sink and motion frames) |
 | `characters/` | shipped characters (reference image, 3 s of voice, voice prompt) from training identities |
 
