@@ -206,15 +206,15 @@ def _results_specs(recipe: Recipe) -> dict[str, list[str]]:
     model = recipe.folders["model"]
     s2 = f"{model}/student-s2-2step"
     steps = recipe.settings("results").get("teacher_steps", 32)
+    # the stage-1 1- and 4-step students are compared with the others by `distill compare` (README)
     short = [f"teacher@{steps}={model}/teacher@{steps}", f"s2_2step={s2}", f"prior_alone={s2}:prioronly",
-             f"s1_4step={model}/student-s1-4step", f"s1_2step={model}/student-s1-2step",
-             f"s1_1step={model}/student-s1-1step", f"s2_2step_nosink={s2}:nosink",
+             f"s1_2step={model}/student-s1-2step", f"s2_2step_nosink={s2}:nosink",
              f"s2_2step_nomotion={s2}:nomotion", f"s2_2step_norealign={s2}:norealign",
              f"cascade_espeak={s2}:cascade", f"audio_driven_gt_speech={s2}:speech",
              *_present(recipe.settings("results").get("extra_short", []))]  # fmt: skip
     return {
         "short": short,
-        "long": [f"s2_2step={s2}", f"prior_alone={s2}:prioronly", f"s2_2step_nosink={s2}:nosink"],
+        "long": [f"s2_2step={s2}", f"prior_alone={s2}:prioronly"],
     }
 
 

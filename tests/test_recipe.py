@@ -101,7 +101,7 @@ def test_recipe_runs_every_stage_then_skips_them_and_ships_a_loadable_model(tmp_
     assert rows == set(short["models"])
     assert "teacher@4 (1 clip)" in (tmp_path / "results" / "recipe_short" / "report.md").read_text()
     long = json.loads((tmp_path / "results" / "recipe_long" / "report.json").read_text())
-    assert {"s2_2step", "s2_2step_nosink"} <= set(long["models"])
+    assert {"s2_2step", "prior_alone"} <= set(long["models"])
     unseen = json.loads((tmp_path / "results" / "recipe_unseen" / "report.json").read_text())
     assert unseen["character"] == "ada" and "per" in unseen["espeak_speech"]
 
