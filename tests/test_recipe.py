@@ -95,8 +95,8 @@ def test_recipe_runs_every_stage_then_skips_them_and_ships_a_loadable_model(tmp_
 
     # the results hold the teacher, the students and the three ablations
     short = json.loads((tmp_path / "results" / "recipe_short" / "report.json").read_text())
-    rows = {"teacher@4 (1 clip)", "ground_truth (1 clip)", "s2_2step", "prior_alone", "s1_4step", "s1_2step",
-            "s1_1step", "s2_2step_nosink", "s2_2step_nomotion", "s2_2step_norealign", "cascade_espeak",
+    rows = {"teacher@4 (1 clip)", "ground_truth (1 clip)", "s2_2step", "prior_alone", "s1_2step",
+            "s2_2step_nosink", "s2_2step_nomotion", "s2_2step_norealign", "cascade_espeak",
             "audio_driven_gt_speech", "ground_truth"}  # fmt: skip
     assert rows == set(short["models"])
     assert "teacher@4 (1 clip)" in (tmp_path / "results" / "recipe_short" / "report.md").read_text()
