@@ -37,6 +37,7 @@ def latent_spec_from_config(cfg) -> LatentSpec:
 
 def build_denoiser(section, timeline: Timeline, spec: LatentSpec) -> JointDiT:
     """A randomly initialised :class:`JointDiT` from the ``denoiser`` config section."""
+    scales = residual_scales(section)
     return JointDiT(
         timeline=timeline,
         latent_channels=spec.latent_channels,
@@ -53,9 +54,9 @@ def build_denoiser(section, timeline: Timeline, spec: LatentSpec) -> JointDiT:
         qk_norm=section.qk_norm,
         attention=section.attention,
         gradient_checkpointing=section.gradient_checkpointing,
-        residual_scales=residual_scales(section),
+        residual_scales=scales,
         # shallow sampling starts from the priors' means: a plain model always starts from noise
-        sample_start=float(getattr(section, "sample_start", 1.0)) if residual_scales(section) else 1.0,
+        sample_start=float(section.sample_start) if scales else 1.0,
     )
 
 

@@ -1,12 +1,11 @@
 """Where a chunk's time goes: a profiler trace of a few chunks of a live session, summarised per stage.
 
-The engine marks its stages with ``torch.profiler.record_function``: ``streamchar.plan`` (the
-orchestrator), ``streamchar.priors`` (the priors' means), ``streamchar.context_update`` (sink and motion
-K/V), ``streamchar.sample`` (the denoising steps), ``streamchar.decode_video``, ``streamchar.decode_audio``
-and ``streamchar.to_host``. The summary
-gives each stage's host time and device time per chunk and the device's busiest kernels; the Chrome
-trace (``trace.json``, open it in Perfetto or chrome://tracing) shows how the decode stream overlaps the
-next chunk's denoising.
+The engine marks its stages with ``torch.profiler.record_function``: ``streamchar.plan`` (the orchestrator),
+``streamchar.priors`` (the priors' means), ``streamchar.context_update`` (sink and motion K/V),
+``streamchar.sample`` (the denoising steps), ``streamchar.decode_video``, ``streamchar.decode_audio`` and
+``streamchar.to_host``. The summary gives each stage's host time and device time per chunk and the device's
+busiest kernels; the Chrome trace (``trace.json``, open it in Perfetto or chrome://tracing) shows how the
+decode stream overlaps the next chunk's denoising.
 """
 
 from __future__ import annotations
