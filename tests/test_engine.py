@@ -9,6 +9,7 @@ import weakref
 
 import numpy as np
 import pytest
+import torch
 
 from streamchar.config import load_config
 from streamchar.engine.clock import PlaybackClock
@@ -312,9 +313,25 @@ def test_realignment_reads_the_speech_and_keeps_overlap_on_and_off_equal(engine)
 @pytest.mark.parametrize("switch", ["sink", "motion_frames", None])
 def test_context_cache_off_recomputes_the_window_and_gives_the_same_chunks(engine, monkeypatch, switch):
     """The K/V cache ablation: the whole window at every step, with or without the sink / motion frames (in
-    float32, where the two orders of summation agree to rounding)."""
+    float32, where the two orders of summation agree to rounding).
+
+    The denoised latents must agree to rounding. The decoded audio is compared loosely: Griffin-Lim
+    normalises the phase of every STFT bin, and in near-silent bins a latent change of 1e-7 moves the
+    samples by up to 2e-4 (measured on the tiny model's output), so the samples cannot show more."""
+    from streamchar.engine.session import StreamSession
+
     if switch is not None:
         monkeypatch.setattr(engine.cfg.engine, switch, False)
+    denoise = StreamSession._denoise_next
+    latents: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+
+    def recording(session):
+        result = denoise(session)
+        if result is not None:
+            latents[-1].append((result[5].clone(), result[6].clone()))  # (video, audio) latents
+        return result
+
+    monkeypatch.setattr(StreamSession, "_denoise_next", recording)
     precision = engine.precision
     outputs = []
     try:
@@ -322,6 +339,7 @@ def test_context_cache_off_recomputes_the_window_and_gives_the_same_chunks(engin
         engine.apply_fast_path()
         for cached in (True, False):
             monkeypatch.setattr(engine.cfg.engine, "context_cache", cached)
+            latents.append([])
             with engine.session(decode_overlap=False, seed=5) as session:
                 session.push_text("One two three four.", final=True)
                 outputs.append(_run(session))
@@ -331,9 +349,12 @@ def test_context_cache_off_recomputes_the_window_and_gives_the_same_chunks(engin
         engine.precision = precision
         engine.apply_fast_path()
     assert len(outputs[0]) == len(outputs[1]) >= 3
+    for (video_a, audio_a), (video_b, audio_b) in zip(*latents, strict=True):
+        torch.testing.assert_close(video_a, video_b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(audio_a, audio_b, atol=1e-5, rtol=0)
     for a, b in zip(*outputs, strict=True):
         assert np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 1
-        np.testing.assert_allclose(a.audio, b.audio, atol=1e-4)
+        np.testing.assert_allclose(a.audio, b.audio, atol=2e-3)
 
 
 def test_a_closed_sessions_cache_is_reused_by_the_next(engine):
