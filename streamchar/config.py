@@ -224,6 +224,14 @@ class TrainPriorConfig:
     # clip's own speech otherwise (what it gets when audio-driven)
     mouth_weight: float = 4.0
     prior_audio_fraction: float = 0.5
+    # video prior: > 0 trains on sessions of this many chunks rolled out as the engine runs it (each chunk from
+    # the prior's own last latent), so it learns to pull a drifting face back to the reference; 0 trains on
+    # single windows with the ground truth's last latent. rollout_eval_chunks: the held-out rollout's length
+    rollout_chunks: int = 0
+    rollout_eval_chunks: int = 8
+    # start from the weights of a trained prior of the same architecture (a folder; e.g. the rollout
+    # fine-tune of a prior trained on single windows)
+    init: str | None = None
     first_chunk_prob: float = 0.1
     log_every: int = 25
     eval_every: int = 250

@@ -171,6 +171,7 @@ def _prior_config(tmp_path, *extra):
         "train.prior_audio.ckpt_every=2", "train.prior_audio.eval_windows=6", "train.prior_audio.log_every=1",
         "train.prior_video.steps=2", "train.prior_video.batch_size=2", "train.prior_video.eval_every=2",
         "train.prior_video.ckpt_every=1", "train.prior_video.eval_windows=4", "train.prior_video.log_every=1",
+        "train.prior_video.rollout_eval_chunks=2",
         "train.prior_audio.mixed_precision=no", "train.prior_video.mixed_precision=no",
         f"prior.audio_path={tmp_path / 'audio'}", *extra])  # fmt: skip
 
@@ -180,7 +181,7 @@ def test_prior_trainers_resume_exactly_export_and_load(cache, tmp_path):
 
     from streamchar.loaders import LoadError, load_prior
     from streamchar.training import list_checkpoints
-    from streamchar.training.prior import train_prior
+    from streamchar.training.prior import _load_init, train_prior
 
     cfg = _prior_config(tmp_path)
     straight = train_prior(cfg, "audio", cache, tmp_path / "straight", progress=False)
@@ -203,8 +204,74 @@ def test_prior_trainers_resume_exactly_export_and_load(cache, tmp_path):
     video = train_prior(cfg, "video", cache, tmp_path / "video", progress=False)
     assert video["finished"] and {"mse", "mouth", "mse_given_speech", "copy_last"} <= set(video["heldout"])
     assert load_prior(tmp_path / "video", "video").latent_channels == 4
+    assert np.isfinite(video["heldout"]["rollout_last"])  # the held-out sessions' drift is measured
+    # the rollout fine-tune starts from the trained prior and trains on its own sessions
+    tuned_cfg = _prior_config(
+        tmp_path, "train.prior_video.rollout_chunks=2", f"train.prior_video.init={tmp_path / 'video'}"
+    )
+    start = load_prior(tmp_path / "video", "video")
+    for p in start.parameters():
+        p.data.normal_()  # forget the weights, then start from them again
+    _load_init(start, str(tmp_path / "video"))
+    trained = load_prior(tmp_path / "video", "video")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(start.state_dict().values(), trained.state_dict().values(), strict=True)
+    )
+    tuned = train_prior(tuned_cfg, "video", cache, tmp_path / "tuned", progress=False)
+    assert tuned["finished"] and np.isfinite(tuned["heldout"]["rollout_last"])
+    tuned_cfg.prior.video.channels = (8, 16, 16)
+    with pytest.raises(ValueError, match="another architecture"):
+        train_prior(tuned_cfg, "video", cache, tmp_path / "other", progress=False)
     (tmp_path / "video" / "final" / "model.safetensors").write_bytes(b"broken")
     with pytest.raises(LoadError, match="damaged"):
         load_prior(tmp_path / "video", "video")
     with pytest.raises(ValueError, match="Unknown prior"):
         train_prior(cfg, "both", cache, tmp_path / "x", progress=False)
+
+
+def test_video_rollout_losses_follow_the_engines_loop(cache):
+    """The rollout the video prior trains on against a naive loop over ``Priors`` as the engine calls it:
+    chunk 0 from the reference and silence, each later chunk from the last latent and audio made before it."""
+    from streamchar.data.latents import LatentCache, RolloutDataset
+    from streamchar.denoiser.prior import Priors
+    from streamchar.training.prior import video_errors, video_rollout_losses
+
+    lc = LatentCache(cache)
+    tl = lc.timeline
+    batch = torch.utils.data.default_collate([RolloutDataset(lc, "train", 2, 4)[i] for i in range(2)])
+    assert batch["chunk_video"].shape[:3] == (2, 2, 4) and batch["chunk_mouth_box"].shape == (
+        2,
+        2,
+        tl.chunk_latent_frames,
+        4,
+    )
+    torch.manual_seed(1)
+    audio_dim = batch["chunk_audio"].shape[-1]
+    audio = AcousticPrior(num_units=int(batch["chunk_units"].max()) + 1, audio_dim=audio_dim, context=5, width=16,
+                          speaker_dim=8, dilations=(1, 2)).eval()  # fmt: skip
+    per_frame = tl.chunk_audio_tokens // tl.chunk_latent_frames
+    video = VideoPrior(latent_channels=4, audio_dim=audio_dim, audio_per_frame=per_frame,
+                       motion_audio=tl.motion_audio_tokens, channels=(8, 8, 16), audio_width=16)  # fmt: skip
+    torch.nn.init.normal_(video.out.weight, std=0.1)  # not the identity: the fed-back latent matters
+    priors = Priors(audio, video)
+    own = torch.tensor([False, True])
+    losses = video_rollout_losses(video, audio, batch, 3.0, own)
+
+    reference = batch["ref_image"][:, :, 0]
+    context = (torch.full((2, 5), -1), torch.zeros(2, 5, dtype=torch.long))
+    last, motion_audio = reference, torch.zeros(2, tl.motion_audio_tokens, audio_dim)
+    for r in range(2):
+        units = torch.cat([context[0], batch["chunk_units"][:, r]], 1)
+        speaking = torch.cat([context[1], batch["chunk_speaking"][:, r]], 1)
+        mu_audio = priors.audio_means(units, speaking, batch["ref_voice"], batch["ref_voice_mask"])
+        mu_audio[1] = batch["chunk_audio"][1, r]  # the second session is audio-driven
+        mu_video = priors.video_means(reference, last, motion_audio, mu_audio)
+        naive = video_errors(
+            mu_video, batch["chunk_video"][:, r], batch["chunk_mouth_box"][:, r], batch["has_mouth_box"], 3.0
+        )
+        for key in ("weighted", "mse", "mouth"):
+            torch.testing.assert_close(losses[key][:, r], naive[key])
+        context = (units[:, -5:], speaking[:, -5:])
+        last, motion_audio = mu_video[:, :, -1], mu_audio[:, -tl.motion_audio_tokens :]
+    assert not torch.allclose(losses["mse"][:, 0], losses["mse"][:, 1])

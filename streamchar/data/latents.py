@@ -576,7 +576,9 @@ class RolloutDataset(WindowDataset):
 
     Item ``i`` is a first-chunk window (references, chunk 0's conditions; no sink, no motion) plus the
     conditions of every chunk: ``chunk_units``, ``chunk_speaking`` ``[R, L_a]`` (long) and
-    ``chunk_audio_mask`` ``[R, L_a]``. Only clips at least ``chunks`` chunks long are used.
+    ``chunk_audio_mask`` ``[R, L_a]``, and every chunk's ground truth: ``chunk_video`` ``[R, C, L, h, w]``,
+    ``chunk_audio`` ``[R, L_a, D_a]`` and ``chunk_mouth_box`` ``[R, L, 4]``. Only clips at least ``chunks``
+    chunks long are used.
     """
 
     def __init__(self, cache, split: str = "train", chunks: int = 4, length: int = 10_000, seed: int = 0,
@@ -599,12 +601,17 @@ class RolloutDataset(WindowDataset):
         item = super().__getitem__(index)
         entry = next(e for e in self.entries if e["key"] == item["key"])
         L, L_a = self.timeline.chunk_latent_frames, self.timeline.chunk_audio_tokens
-        units, speaking, masks = [], [], []
+        units, speaking, audio, masks, video, boxes = [], [], [], [], [], []
         for r in range(self.chunks):
             cond = self._conditions(entry, r * L, (r + 1) * L, L_a)
             units.append(cond["units"])
             speaking.append(cond["speaking"])
-            masks.append(self._audio(entry, r * L, (r + 1) * L, L_a)[1])
+            chunk_audio, mask = self._audio(entry, r * L, (r + 1) * L, L_a)
+            audio.append(chunk_audio)
+            masks.append(mask)
+            video.append(self.cache.slice(entry, "video", r * L, (r + 1) * L, dim=1).float())
+            boxes.append(self.mouth_boxes(entry, r * L, L)[0])
         item["chunk_units"], item["chunk_speaking"] = torch.stack(units), torch.stack(speaking)
-        item["chunk_audio_mask"] = torch.stack(masks)
+        item["chunk_audio"], item["chunk_audio_mask"] = torch.stack(audio), torch.stack(masks)
+        item["chunk_video"], item["chunk_mouth_box"] = torch.stack(video), torch.stack(boxes)
         return item

@@ -6,7 +6,10 @@
 - **video** (:class:`~streamchar.denoiser.prior.VideoPrior`): MSE between the chunk's prior means and its video
   latents, weighted ``train.prior_video.mouth_weight`` times inside the mouth box; the chunk audio it reads is
   the trained acoustic prior's output for a fraction of windows and the clip's own speech otherwise, so one
-  video prior serves text-driven and audio-driven sessions.
+  video prior serves text-driven and audio-driven sessions. With ``train.prior_video.rollout_chunks`` it trains
+  on sessions rolled out as the engine runs it (each chunk from its own last latent), usually as a fine-tune
+  (``train.prior_video.init``) of a prior trained on single windows: a regression network fed its own output
+  drifts, and the rollouts teach it to pull the face back to the reference.
 
 Both run on :func:`~streamchar.training.loop.run_loop` (accelerate, exact resume, EMA, curves) and export the
 EMA weights to ``RUN/final`` (``model.safetensors`` + ``prior.json``), which ``prior.audio_path`` /
@@ -21,7 +24,7 @@ from pathlib import Path
 import torch
 
 from streamchar.config import StreamCharConfig, to_dict
-from streamchar.data.latents import LatentCache, UnitWindowDataset, WindowDataset
+from streamchar.data.latents import CorpusError, LatentCache, RolloutDataset, UnitWindowDataset, WindowDataset
 from streamchar.denoiser.build import LatentSpec, acoustic_prior_kwargs, video_prior_kwargs
 from streamchar.denoiser.objective import mouth_weight_map, weighted_video_error
 from streamchar.denoiser.prior import AcousticPrior, VideoPrior
@@ -115,21 +118,66 @@ def acoustic_means(prior: AcousticPrior, batch: dict) -> torch.Tensor:
     return prior.chunk_mean(units, speaking, batch["ref_voice"], batch["ref_voice_mask"]).float()
 
 
-def video_loss(
-    prior: VideoPrior, batch: dict, audio: torch.Tensor, mouth_weight: float
-) -> dict[str, torch.Tensor]:
-    """Per-window losses ``[B]``: the mouth-weighted MSE, the plain MSE and the MSE inside the mouth box."""
-    reference, last, _ = video_prior_inputs(batch)
-    mu = prior(reference, last, audio).float()
-    err = (mu - batch["video"]).pow(2)  # [B, C, L, h, w]
+def video_errors(mu: torch.Tensor, target: torch.Tensor, mouth_box: torch.Tensor, has_mouth_box: torch.Tensor,
+                 mouth_weight: float) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Per-window errors ``[B]`` of means ``mu`` against ``target`` (``[B, C, L, h, w]``; ``mouth_box`` ``[B, L,
+    4]``): the mouth-weighted MSE, the plain MSE and the MSE inside the mouth box."""
+    err = (mu.float() - target).pow(2)  # [B, C, L, h, w]
     size = tuple(err.shape[-2:])
-    weighted = weighted_video_error(err, mouth_weight_map(batch["mouth_box"], batch["has_mouth_box"], size,
-                                                           mouth_weight))  # fmt: skip
-    inside = mouth_weight_map(batch["mouth_box"], batch["has_mouth_box"], size, 2.0) - 1.0  # the box fraction
+    weighted = weighted_video_error(err, mouth_weight_map(mouth_box, has_mouth_box, size, mouth_weight))
+    inside = mouth_weight_map(mouth_box, has_mouth_box, size, 2.0) - 1.0  # the box fraction
     mouth = (err * inside[:, None]).flatten(1).sum(1) / (inside.flatten(1).sum(1) * err.shape[1]).clamp_min(
         1e-6
     )
     return {"weighted": weighted, "mse": err.flatten(1).mean(1), "mouth": mouth}
+
+
+def video_loss(
+    prior: VideoPrior, batch: dict, audio: torch.Tensor, mouth_weight: float
+) -> dict[str, torch.Tensor]:
+    """Per-window losses ``[B]`` of a window batch (see :func:`video_errors`)."""
+    reference, last, _ = video_prior_inputs(batch)
+    mu = prior(reference, last, audio)
+    return video_errors(mu, batch["video"], batch["mouth_box"], batch["has_mouth_box"], mouth_weight)
+
+
+def video_rollout_losses(prior: VideoPrior, audio_prior: AcousticPrior, batch: dict, mouth_weight: float,
+                         own_speech: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Per-chunk losses ``[B, R]`` of sessions rolled out as the engine runs the priors alone.
+
+    ``batch`` is a :class:`~streamchar.data.latents.RolloutDataset` batch. Chunk 0 starts from the reference
+    with silent motion audio; every later chunk reads the prior's own last latent (detached: each chunk
+    learns to make its ground truth from wherever the rollout has drifted) and the end of the audio before
+    it. A chunk's audio is the acoustic prior's means over the units so far, or the clip's own speech where
+    ``own_speech`` ``[B]`` is True (audio-driven sessions).
+    """
+    reference, voice, voice_mask = batch["ref_image"][:, :, 0], batch["ref_voice"], batch["ref_voice_mask"]
+    b, chunks, tokens = batch["chunk_units"].shape
+    context = audio_prior.context
+    device = reference.device
+    units = torch.cat([torch.full((b, context), -1, dtype=torch.long, device=device),
+                       batch["chunk_units"].flatten(1)], 1)  # fmt: skip
+    speaking = torch.cat([torch.zeros(b, context, dtype=torch.long, device=device),
+                          batch["chunk_speaking"].flatten(1)], 1)  # fmt: skip
+    own = torch.zeros(b, dtype=torch.bool, device=device) if own_speech is None else own_speech.to(device)
+    last = reference
+    motion_audio = torch.zeros(b, prior.motion_audio, prior.audio_dim, device=device)
+    losses: dict[str, list[torch.Tensor]] = {"weighted": [], "mse": [], "mouth": []}
+    for r in range(chunks):
+        window = slice(r * tokens, context + (r + 1) * tokens)
+        with torch.no_grad():
+            mu_audio = audio_prior.chunk_mean(
+                units[:, window], speaking[:, window], voice, voice_mask
+            ).float()
+        chunk_audio = torch.where(own[:, None, None], batch["chunk_audio"][:, r].float(), mu_audio)
+        mu = prior(reference, last, torch.cat([motion_audio, chunk_audio], dim=1))
+        parts = video_errors(mu, batch["chunk_video"][:, r], batch["chunk_mouth_box"][:, r],
+                             batch["has_mouth_box"], mouth_weight)  # fmt: skip
+        for key, value in parts.items():
+            losses[key].append(value)
+        last = mu[:, :, -1].detach().float()
+        motion_audio = chunk_audio[:, chunk_audio.shape[1] - prior.motion_audio :]
+    return {key: torch.stack(values, dim=1) for key, values in losses.items()}
 
 
 def train_video_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Path, max_steps: int | None = None,
@@ -145,10 +193,17 @@ def train_video_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Pat
     kwargs = video_prior_kwargs(cfg.prior.video, timeline, _spec(cache))
     torch.manual_seed(tcfg.seed)
     model = VideoPrior(**kwargs)
+    if tcfg.init:
+        _load_init(model, tcfg.init)
     context = audio_prior.context
-    train_set = WindowDataset(cache, "train", 2**31 - 1, tcfg.seed, tcfg.first_chunk_prob, timeline,
-                              unit_context=context)  # fmt: skip
+    rollout = tcfg.rollout_chunks
+    if rollout:
+        train_set = RolloutDataset(cache, "train", rollout, 2**31 - 1, tcfg.seed, timeline)
+    else:
+        train_set = WindowDataset(cache, "train", 2**31 - 1, tcfg.seed, tcfg.first_chunk_prob, timeline,
+                                  unit_context=context)  # fmt: skip
     split = "test" if cache.entries("test") else "train"
+    heldout_rollouts = _rollout_batches(cache, split, tcfg, timeline)
     heldout = WindowDataset(cache, split, tcfg.eval_windows, tcfg.seed + 7919, tcfg.first_chunk_prob, timeline,
                             unit_context=context)  # fmt: skip
     heldout_batches = []
@@ -163,10 +218,17 @@ def train_video_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Pat
         return _collate([train_set[i] for i in range(first, first + tcfg.batch_size)])
 
     def loss_of(prior, batch, generator):
+        use_prior = torch.rand(batch["units"].shape[0], generator=generator) < tcfg.prior_audio_fraction
+        if rollout:
+            parts = video_rollout_losses(prior, audio_prior.to(batch["units"].device), batch, tcfg.mouth_weight,
+                                         ~use_prior)  # fmt: skip
+            return parts["weighted"].mean(), {
+                "mse": parts["mse"].mean().item(),
+                "mse_last_chunk": parts["mse"][:, -1].mean().item(),
+            }
         reference, last, own = video_prior_inputs(batch)
         with torch.no_grad():
             mu_audio = acoustic_means(audio_prior.to(batch["units"].device), batch)
-        use_prior = torch.rand(batch["units"].shape[0], generator=generator) < tcfg.prior_audio_fraction
         chunk = torch.where(use_prior.to(mu_audio.device)[:, None, None], mu_audio, batch["audio"])
         audio = torch.cat([own[:, : own.shape[1] - chunk.shape[1]], chunk], dim=1)
         parts = video_loss(prior, batch, audio, tcfg.mouth_weight)
@@ -197,17 +259,53 @@ def train_video_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Pat
             totals["mouth_given_speech"] += given["mouth"].sum().item()
             totals["copy_last"] += (last[:, :, None] - batch["video"]).pow(2).flatten(1).mean(1).sum().item()
             n += batch["video"].shape[0]
-        return {k: v / max(1, n) for k, v in totals.items()}
+        scores = {k: v / max(1, n) for k, v in totals.items()}
+        if heldout_rollouts:  # the session's drift: the first and last chunk of held-out rollouts from text
+            per_chunk = torch.cat([video_rollout_losses(prior, audio_prior, batch, 1.0)["mse"]
+                                   for batch in heldout_rollouts])  # fmt: skip
+            scores["rollout_first"] = per_chunk[:, 0].mean().item()
+            scores["rollout_last"] = per_chunk[:, -1].mean().item()
+        return scores
 
     record = {"kind": "video", **_jsonable(kwargs), "mouth_weight": tcfg.mouth_weight,
-              "prior_audio_fraction": tcfg.prior_audio_fraction}  # fmt: skip
+              "prior_audio_fraction": tcfg.prior_audio_fraction, "rollout_chunks": rollout,
+              "init": tcfg.init}  # fmt: skip
     spec = LoopSpec("prior-video", "train.prior_video", tcfg, out, record, record_name="architecture",
-                    curve_keys=("mse", "mouth", "mse_given_speech", "mouth_given_speech", "copy_last"),
+                    curve_keys=("mse", "mouth", "mse_given_speech", "copy_last", "rollout_first", "rollout_last"),
                     summary={"kind": "video", "heldout_split": split, "mouth_weight": tcfg.mouth_weight},
                     export=lambda ema, folder: save_prior(ema, "video", kwargs, folder,
                                                           {"mouth_weight": tcfg.mouth_weight}))  # fmt: skip
     _write_settings(out, tcfg)
     return run_loop(spec, model, batch_at, loss_of, evaluate, max_steps, progress)
+
+
+def _load_init(model: VideoPrior, init: str) -> None:
+    """Start ``model`` from the weights of the trained video prior in ``init``."""
+    trained = load_prior(init, "video")
+    try:
+        model.load_state_dict(trained.state_dict())
+    except RuntimeError as err:
+        raise ValueError(
+            f"The video prior in {init} has another architecture than prior.video describes ({err}); start from a "
+            f"prior trained with the same settings or unset train.prior_video.init."
+        ) from err
+    logger.info("prior-video: starting from the weights in %s", init)
+
+
+def _rollout_batches(cache: LatentCache, split: str, tcfg, timeline) -> list[dict]:
+    """Held-out sessions of ``rollout_eval_chunks`` chunks (none when no clip of the split is that long)."""
+    if tcfg.rollout_eval_chunks <= 0:
+        return []
+    try:
+        sessions = RolloutDataset(cache, split, tcfg.rollout_eval_chunks, tcfg.eval_windows // 4, tcfg.seed + 7919,
+                                  timeline)  # fmt: skip
+    except CorpusError as err:
+        logger.warning("prior-video: no held-out rollouts (%s)", err)
+        return []
+    return [
+        _collate([sessions[i] for i in range(s, min(s + 8, len(sessions)))])
+        for s in range(0, len(sessions), 8)
+    ]
 
 
 def train_prior(cfg: StreamCharConfig, which: str, latents: str | Path, out: str | Path,
