@@ -978,9 +978,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "recipe",
         help="the reference pipeline from corpus to shipped, evaluated model (resumable)",
-        description="Runs corpus -> vae -> latents -> teacher -> orchestrator -> instruments -> stage 1 (2, 1, 4 steps) "
-        "-> stage 2 -> ship -> results, skipping each stage whose output is present and valid; an interrupted "
-        "recipe resumes. Uses a GPU when there is one. Prints each stage's wall time and the total.",
+        description="Runs corpus -> vae -> latents -> priors (audio, video, video on its own rollouts) -> teacher -> "
+        "orchestrator -> instruments -> stage 1 (2, 1, 4 steps) -> stage 2 -> ship -> results, skipping each stage "
+        "whose output is present, valid and built from unchanged inputs; an interrupted recipe resumes. Uses a GPU "
+        "when there is one. Prints each stage's wall time and the total.",
     )
     p.add_argument(
         "recipe", nargs="?", default="tiny", help="recipe name (configs/recipes/NAME.yaml) or YAML file"

@@ -3,8 +3,9 @@
 A recipe file (``configs/recipes/tiny.yaml``) names the folders and each stage's budget; the stages run
 in order::
 
-    corpus -> vae -> latents -> prior-audio -> prior-video -> teacher -> orchestrator -> instruments
-           -> stage1-{2,1,4}step -> stage2-2step -> ship (the model folder) -> results (short and long protocols)
+    corpus -> vae -> latents -> prior-audio -> prior-video -> prior-video-rollout -> teacher -> orchestrator
+           -> instruments -> stage1-{2,1,4}step -> stage2-2step -> ship (the model folder)
+           -> results (short and long protocols)
 
 Each stage is skipped when its output is present and valid (a finished run, a complete cache) and what it
 was built from is unchanged: when a stage finishes, the recipe records a digest of each stage it read
@@ -35,15 +36,18 @@ from omegaconf import OmegaConf
 from streamchar.config import MODEL_FILE, REPO_ROOT, StreamCharConfig, load_config
 
 logger = logging.getLogger(__name__)
-STAGES = ("corpus", "vae", "latents", "prior-audio", "prior-video", "teacher", "orchestrator", "instruments",
-          "stage1-2step", "stage1-1step", "stage1-4step", "stage2-2step", "ship", "results")  # fmt: skip
+STAGES = ("corpus", "vae", "latents", "prior-audio", "prior-video", "prior-video-rollout", "teacher", "orchestrator",
+          "instruments", "stage1-2step", "stage1-1step", "stage1-4step", "stage2-2step", "ship", "results")  # fmt: skip
 # the stages each stage reads (its inputs); ship and results check theirs by digest themselves
 INPUTS = {"vae": ("corpus",), "latents": ("corpus", "vae"), "prior-audio": ("latents",),
-          "prior-video": ("latents", "prior-audio"), "teacher": ("latents", "prior-audio", "prior-video"),
+          "prior-video": ("latents", "prior-audio"), "prior-video-rollout": ("latents", "prior-audio", "prior-video"),
+          "teacher": ("latents", "prior-audio", "prior-video-rollout"),
           "orchestrator": ("corpus",), "instruments": ("corpus",), "stage1-2step": ("teacher",),
           "stage1-1step": ("teacher",), "stage1-4step": ("teacher",),
           "stage2-2step": ("stage1-2step", "teacher", "orchestrator", "instruments")}  # fmt: skip
-PRIOR_STAGES = {"audio": "prior-audio", "video": "prior-video"}
+# the stage whose prior the later stages and the model folder use: the video prior trained on single windows is
+# fine-tuned on its own rollouts (a regression network fed its own output drifts; the rollouts hold the face)
+PRIOR_STAGES = {"audio": "prior-audio", "video": "prior-video-rollout"}
 TURNS = "turns.jsonl"  # the orchestrator run's turn table (voice prompts)
 MODEL_PARTS = {"video_codec.path": "vae", "orchestrator.path": "orchestrator", "engine.characters_dir": "characters",
                "distill.teacher": "teacher", "prior.audio_path": "prior-audio",
@@ -271,12 +275,16 @@ def _run_latents(recipe: Recipe) -> dict:
     return encode_corpus(cfg, recipe.folders["corpus"], recipe.folders["latents"])
 
 
-def _run_prior(kind: str) -> Callable[[Recipe], dict]:
+def _run_prior(kind: str, stage: str, init: str | None = None) -> Callable[[Recipe], dict]:
+    """Train the ``kind`` prior of ``stage`` (starting from the prior of stage ``init`` when given)."""
+
     def run(recipe: Recipe) -> dict:
         from streamchar.training.prior import train_prior
 
-        stage = PRIOR_STAGES[kind]
-        return train_prior(recipe.config(stage), kind, recipe.folders["latents"], recipe.run_folder(stage))
+        extra = [f"train.prior_{kind}.init={recipe.run_folder(init) / 'final'}"] if init else []
+        return train_prior(
+            recipe.config(stage, *extra), kind, recipe.folders["latents"], recipe.run_folder(stage)
+        )
 
     return run
 
@@ -476,6 +484,7 @@ def _run_ship(recipe: Recipe) -> dict:
         "vae",
         "prior-audio",
         "prior-video",
+        "prior-video-rollout",
         "teacher",
         "orchestrator",
         "stage1-1step",
@@ -495,10 +504,11 @@ def _run_ship(recipe: Recipe) -> dict:
         tmp / "orchestrator",
         ["curve.json", "curve.png", "summary.json", "train_orchestrator.json"],
     )
-    for stage in PRIOR_STAGES.values():
-        shutil.copytree(runs[stage] / "final", tmp / stage)
-        _copy_files(runs[stage], tmp / stage, ["curve.json", "curve.png", "summary.json", "train_prior.json"])
-        (tmp / stage / "README.md").write_text(prior_card(recipe, stage, runs[stage]))
+    for kind, stage in PRIOR_STAGES.items():
+        folder = tmp / f"prior-{kind}"
+        shutil.copytree(runs[stage] / "final", folder)
+        _copy_files(runs[stage], folder, ["curve.json", "curve.png", "summary.json", "train_prior.json"])
+        (folder / "README.md").write_text(prior_card(recipe, stage, runs[stage]))
     last = list_checkpoints(runs["teacher"])[-1]
     (tmp / "teacher").mkdir()
     _bf16_copy(last / ("ema.safetensors" if (last / "ema.safetensors").is_file() else "model.safetensors"),
@@ -572,6 +582,9 @@ PRIOR_WHAT = {
                     "L1 on the normalised mel latents"),
     "prior-video": ("the video prior", "the reference latent, the last motion latent and the chunk's audio "
                     "latents", "its video latents", "MSE, weighted inside the renderer's mouth box"),
+    "prior-video-rollout": ("the video prior", "the reference latent, the last motion latent and the chunk's audio "
+                            "latents", "its video latents", "MSE, weighted inside the renderer's mouth box, first on "
+                            "single windows, then fine-tuned on sessions it rolls out from its own last latent"),
 }  # fmt: skip
 
 
@@ -666,8 +679,9 @@ def stages() -> list[Stage]:
         Stage("corpus", _corpus_done, _run_corpus),
         Stage("vae", lambda r: _finished(r.run_folder("vae"), "codec"), _run_vae),
         Stage("latents", _latents_done, _run_latents),
-        *[Stage(stage, lambda r, stage=stage: _finished(r.run_folder(stage), "final"), _run_prior(kind))
-          for kind, stage in PRIOR_STAGES.items()],
+        *[Stage(stage, lambda r, stage=stage: _finished(r.run_folder(stage), "final"), _run_prior(kind, stage, init))
+          for kind, stage, init in (("audio", "prior-audio", None), ("video", "prior-video", None),
+                                    ("video", "prior-video-rollout", "prior-video"))],
         Stage("teacher", lambda r: _finished(r.run_folder("teacher")), _run_teacher),
         Stage("orchestrator", lambda r: _finished(r.run_folder("orchestrator"), "final"), _run_orchestrator),
         Stage("instruments", _instruments_done, _run_instruments),  # stage 2 reads speech with the recognizer
@@ -786,13 +800,13 @@ def run_recipe(
 
 def describe_plan(rows: list[dict]) -> str:
     """The stage table the command prints, with the total wall time."""
-    lines = [f"{'stage':<14} {'status':<8} {'wall':>9}  {'device':<10} cpu estimate"]
+    lines = [f"{'stage':<20} {'status':<8} {'wall':>9}  {'device':<10} cpu estimate"]
     total = 0.0
     for row in rows:
         wall = f"{row['seconds'] / 60:.1f} min" if row["seconds"] is not None else "–"
         total += row["seconds"] or 0.0
         estimate = f"{row['cpu_minutes']} min" if row["cpu_minutes"] else ""
-        lines.append(f"{row['stage']:<14} {'done' if row['done'] else 'to run':<8} {wall:>9}  "
+        lines.append(f"{row['stage']:<20} {'done' if row['done'] else 'to run':<8} {wall:>9}  "
                      f"{row['device'] or '':<10} {estimate}")  # fmt: skip
     lines.append(f"recorded wall time of the stages run by this recipe: {total / 60:.1f} min")
     estimated = sum(r["cpu_minutes"] or 0 for r in rows)
