@@ -44,7 +44,7 @@ INPUTS = {"vae": ("corpus",), "latents": ("corpus", "vae"), "prior-audio": ("lat
           "teacher": ("latents", "prior-audio", "prior-video-rollout"),
           "orchestrator": ("corpus",), "instruments": ("corpus",), "stage1-2step": ("teacher",),
           "stage1-1step": ("teacher",), "stage1-4step": ("teacher",),
-          "stage2-2step": ("stage1-2step", "teacher", "orchestrator", "instruments")}  # fmt: skip
+          "stage2-2step": ("teacher", "orchestrator", "instruments")}  # fmt: skip
 # the stage whose prior the later stages and the model folder use: the video prior trained on single windows is
 # fine-tuned on its own rollouts (a regression network fed its own output drifts; the rollouts hold the face)
 PRIOR_STAGES = {"audio": "prior-audio", "video": "prior-video-rollout"}
@@ -423,8 +423,14 @@ def _settings_digest(recipe: Recipe, stage: str) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _inputs(recipe: Recipe, stage: str) -> tuple[str, ...]:
+    """The stages ``stage`` reads: ``INPUTS``, and the stage it starts from (``init``; stage 2's student)."""
+    init = recipe.settings(stage).get("init", "stage1-2step" if stage == "stage2-2step" else None)
+    return INPUTS.get(stage, ()) + ((init,) if init and init not in INPUTS.get(stage, ()) else ())
+
+
 def _built_from(recipe: Recipe, stage: str) -> dict:
-    return {"inputs": {name: _output_digest(recipe, name) for name in INPUTS.get(stage, ())},
+    return {"inputs": {name: _output_digest(recipe, name) for name in _inputs(recipe, stage)},
             "settings": _settings_digest(recipe, stage)}  # fmt: skip
 
 
@@ -613,6 +619,15 @@ the engine plays the priors alone (the "prior alone" row of the results).
 """
 
 
+def _stage2_start(recipe: Recipe) -> str:
+    init = recipe.settings("stage2-2step").get("init", "stage1-2step")
+    return (
+        "started from the teacher itself (2 steps)"
+        if init == "teacher"
+        else f"started from the {init} student"
+    )
+
+
 def model_card(recipe: Recipe, record: dict) -> str:
     """The model folder's README: what it holds, the data, the budget, intended use and limitations."""
     cfg = recipe.config("latents")
@@ -642,7 +657,7 @@ chosen with `engine.denoiser_path=checkpoints/{recipe.name}/NAME`.
 | `prior-audio/`, `prior-video/` | the priors: regression networks whose means carry each chunk's content (own cards) |
 | `teacher/` | the joint audio-video DiT (EMA weights, bf16) that denoises around the priors' means from a shallow start |
 | `student-s1-*step/` | stage-1 students (ODE-pair regression + DMD; one branch, `distilled.json`) at 1, 2 and 4 steps |
-| `student-s2-2step/` | the stage-2 student (rollout fine-tuning on its own sink and motion frames) |
+| `student-s2-2step/` | the stage-2 student: {_stage2_start(recipe)}, fine-tuned on its own rollouts |
 | `characters/` | shipped characters (reference image, 3 s of voice, voice prompt) from training identities |
 
 **Data.** The synthetic talking-character corpus (`streamchar data synth`, seed {synth.seed}): {synth.num_characters}
@@ -718,7 +733,7 @@ def plan(recipe: Recipe) -> list[dict]:
         settings = recipe.settings(stage.name)
         # to run: not made yet, made from inputs that changed since, or reading a stage that is to run
         done = (stage.done(recipe) and not _stale(recipe, stage.name, record)
-                and not pending & set(INPUTS.get(stage.name, ())))  # fmt: skip
+                and not pending & set(_inputs(recipe, stage.name)))  # fmt: skip
         if not done:
             pending.add(stage.name)
         rows.append({"stage": stage.name, "done": done, "seconds": record.get(stage.name, {}).get("seconds"),
