@@ -697,8 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = distill_sub.add_parser(
         "stage2",
         help="rollout fine-tuning: DMD on chunks the student generates from its own motion frames and sink",
-        description="Starts from a stage-1 student (distill.init=RUN/student); each step rolls out "
-        "distill.rollout_chunks consecutive chunks per session with the student's own sink and motion frames, "
+        description="Starts from a stage-1 student (distill.init=RUN/student) or the teacher itself "
+        "(distill.init=TEACHER); each step rolls out distill.rollout_chunks consecutive chunks per session with the "
+        "student's own sink and motion frames, "
         "gradients through the last denoising step of each chunk only. Resumable; exports OUT/student.",
     )
     p.add_argument("--latents", required=True, help="latent cache folder")

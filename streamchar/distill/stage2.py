@@ -146,11 +146,13 @@ def distill_stage2(
     max_steps: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run (or resume) stage 2 from ``distill.init`` (a stage-1 student); the student ends in ``OUT/student``."""
+    """Run (or resume) stage 2 from ``distill.init`` (a stage-1 student, or the teacher itself: its samples at the
+    student's steps are the start); the student ends in ``OUT/student``."""
     dcfg = cfg.distill
     if not dcfg.init:
         raise CheckpointError(
-            "Stage 2 starts from a stage-1 student: pass distill.init=RUN/student (from `streamchar distill stage1`)."
+            "Stage 2 starts from a stage-1 student or the teacher: pass distill.init=RUN/student (from `streamchar "
+            "distill stage1`) or distill.init=TEACHER_FOLDER."
         )
     init = resolve_asset_path(dcfg.init)
     if (init / "student").is_dir():
