@@ -979,7 +979,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "recipe",
         help="the reference pipeline from corpus to shipped, evaluated model (resumable)",
-        description="Runs corpus -> vae -> latents -> priors (audio, video, video on its own rollouts) -> teacher -> "
+        description="Runs corpus -> vae -> latents -> priors (audio, video, video tuned on noisy last frames) -> teacher -> "
         "orchestrator -> instruments -> stage 1 (2, 1, 4 steps) -> stage 2 -> ship -> results, skipping each stage "
         "whose output is present, valid and built from unchanged inputs; an interrupted recipe resumes. Uses a GPU "
         "when there is one. Prints each stage's wall time and the total.",

@@ -229,6 +229,10 @@ class TrainPriorConfig:
     # single windows with the ground truth's last latent. rollout_eval_chunks: the held-out rollout's length
     rollout_chunks: int = 0
     rollout_eval_chunks: int = 8
+    # video prior: the last motion latent of a window is perturbed by Gaussian noise whose standard deviation is
+    # drawn uniformly up to this (the target stays clean), so it learns to pull a drifted frame back rather than
+    # carry the drift on; 0 = off
+    last_noise: float = 0.0
     # start from the weights of a trained prior of the same architecture (a folder; e.g. the rollout
     # fine-tune of a prior trained on single windows)
     init: str | None = None

@@ -3,7 +3,7 @@
 A recipe file (``configs/recipes/tiny.yaml``) names the folders and each stage's budget; the stages run
 in order::
 
-    corpus -> vae -> latents -> prior-audio -> prior-video -> prior-video-rollout -> teacher -> orchestrator
+    corpus -> vae -> latents -> prior-audio -> prior-video -> prior-video-tune -> teacher -> orchestrator
            -> instruments -> stage1-{2,1,4}step -> stage2-2step -> ship (the model folder)
            -> results (short and long protocols)
 
@@ -36,18 +36,19 @@ from omegaconf import OmegaConf
 from streamchar.config import MODEL_FILE, REPO_ROOT, StreamCharConfig, load_config
 
 logger = logging.getLogger(__name__)
-STAGES = ("corpus", "vae", "latents", "prior-audio", "prior-video", "prior-video-rollout", "teacher", "orchestrator",
+STAGES = ("corpus", "vae", "latents", "prior-audio", "prior-video", "prior-video-tune", "teacher", "orchestrator",
           "instruments", "stage1-2step", "stage1-1step", "stage1-4step", "stage2-2step", "ship", "results")  # fmt: skip
 # the stages each stage reads (its inputs); ship and results check theirs by digest themselves
 INPUTS = {"vae": ("corpus",), "latents": ("corpus", "vae"), "prior-audio": ("latents",),
-          "prior-video": ("latents", "prior-audio"), "prior-video-rollout": ("latents", "prior-audio", "prior-video"),
-          "teacher": ("latents", "prior-audio", "prior-video-rollout"),
+          "prior-video": ("latents", "prior-audio"), "prior-video-tune": ("latents", "prior-audio", "prior-video"),
+          "teacher": ("latents", "prior-audio", "prior-video-tune"),
           "orchestrator": ("corpus",), "instruments": ("corpus",), "stage1-2step": ("teacher",),
           "stage1-1step": ("teacher",), "stage1-4step": ("teacher",),
           "stage2-2step": ("teacher", "orchestrator", "instruments")}  # fmt: skip
 # the stage whose prior the later stages and the model folder use: the video prior trained on single windows is
-# fine-tuned on its own rollouts (a regression network fed its own output drifts; the rollouts hold the face)
-PRIOR_STAGES = {"audio": "prior-audio", "video": "prior-video-rollout"}
+# fine-tuned reading noisy last latents (fed its own output, the window-trained one drifts off the face within
+# seconds; the tuned one pulls a drifted frame back: docs/results/formulations.md)
+PRIOR_STAGES = {"audio": "prior-audio", "video": "prior-video-tune"}
 TURNS = "turns.jsonl"  # the orchestrator run's turn table (voice prompts)
 MODEL_PARTS = {"video_codec.path": "vae", "orchestrator.path": "orchestrator", "engine.characters_dir": "characters",
                "distill.teacher": "teacher", "prior.audio_path": "prior-audio",
@@ -490,7 +491,7 @@ def _run_ship(recipe: Recipe) -> dict:
         "vae",
         "prior-audio",
         "prior-video",
-        "prior-video-rollout",
+        "prior-video-tune",
         "teacher",
         "orchestrator",
         "stage1-1step",
@@ -588,9 +589,10 @@ PRIOR_WHAT = {
                     "L1 on the normalised mel latents"),
     "prior-video": ("the video prior", "the reference latent, the last motion latent and the chunk's audio "
                     "latents", "its video latents", "MSE, weighted inside the renderer's mouth box"),
-    "prior-video-rollout": ("the video prior", "the reference latent, the last motion latent and the chunk's audio "
-                            "latents", "its video latents", "MSE, weighted inside the renderer's mouth box, first on "
-                            "single windows, then fine-tuned on sessions it rolls out from its own last latent"),
+    "prior-video-tune": ("the video prior", "the reference latent, the last motion latent and the chunk's audio "
+                         "latents", "its video latents", "MSE, weighted inside the renderer's mouth box, then fine-tuned "
+                         "reading last latents perturbed by noise (`train.prior_video.last_noise`), so that fed its own "
+                         "output it pulls a drifted frame back to the reference instead of carrying the drift"),
 }  # fmt: skip
 
 
@@ -696,7 +698,7 @@ def stages() -> list[Stage]:
         Stage("latents", _latents_done, _run_latents),
         *[Stage(stage, lambda r, stage=stage: _finished(r.run_folder(stage), "final"), _run_prior(kind, stage, init))
           for kind, stage, init in (("audio", "prior-audio", None), ("video", "prior-video", None),
-                                    ("video", "prior-video-rollout", "prior-video"))],
+                                    ("video", "prior-video-tune", "prior-video"))],
         Stage("teacher", lambda r: _finished(r.run_folder("teacher")), _run_teacher),
         Stage("orchestrator", lambda r: _finished(r.run_folder("orchestrator"), "final"), _run_orchestrator),
         Stage("instruments", _instruments_done, _run_instruments),  # stage 2 reads speech with the recognizer

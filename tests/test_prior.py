@@ -220,6 +220,11 @@ def test_prior_trainers_resume_exactly_export_and_load(cache, tmp_path):
     )
     tuned = train_prior(tuned_cfg, "video", cache, tmp_path / "tuned", progress=False)
     assert tuned["finished"] and np.isfinite(tuned["heldout"]["rollout_last"])
+    noisy_cfg = _prior_config(
+        tmp_path, "train.prior_video.last_noise=0.5", f"train.prior_video.init={tmp_path / 'video'}"
+    )
+    noisy = train_prior(noisy_cfg, "video", cache, tmp_path / "noisy", progress=False)
+    assert noisy["finished"] and np.isfinite(noisy["heldout"]["mse"])
     tuned_cfg.prior.video.channels = (8, 16, 16)
     with pytest.raises(ValueError, match="another architecture"):
         train_prior(tuned_cfg, "video", cache, tmp_path / "other", progress=False)
@@ -275,3 +280,26 @@ def test_video_rollout_losses_follow_the_engines_loop(cache):
         context = (units[:, -5:], speaking[:, -5:])
         last, motion_audio = mu_video[:, :, -1], mu_audio[:, -tl.motion_audio_tokens :]
     assert not torch.allclose(losses["mse"][:, 0], losses["mse"][:, 1])
+
+
+def test_last_noise_perturbs_only_what_the_video_prior_reads(cache):
+    """With ``last_noise`` the prior reads a perturbed last motion latent and is still scored on the clean chunk."""
+    from streamchar.data.latents import LatentCache, WindowDataset
+    from streamchar.training.prior import video_loss, video_prior_inputs
+
+    lc = LatentCache(cache)
+    batch = torch.utils.data.default_collate(
+        [WindowDataset(lc, "train", 4, first_chunk_prob=0.0)[i] for i in range(2)]
+    )
+    tl = lc.timeline
+    prior = VideoPrior(latent_channels=4, audio_dim=batch["audio"].shape[-1],
+                       audio_per_frame=tl.chunk_audio_tokens // tl.chunk_latent_frames,
+                       motion_audio=tl.motion_audio_tokens, channels=(8, 8, 16), audio_width=16).eval()  # fmt: skip
+    reference, last, audio = video_prior_inputs(batch)
+    noise = 0.3 * torch.randn_like(last)
+    got = video_loss(prior, batch, audio, 1.0, noise)["mse"]
+    # the zero-initialised prior repeats the latent it reads: the perturbed one, against the clean chunk
+    naive = ((last + noise)[:, :, None] - batch["video"]).pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(got, naive)
+    clean = video_loss(prior, batch, audio, 1.0)["mse"]
+    torch.testing.assert_close(clean, (last[:, :, None] - batch["video"]).pow(2).flatten(1).mean(1))

@@ -34,10 +34,10 @@ MICRO = {
         "prior-video": {"overrides": ["train.prior_video.steps=2", "train.prior_video.batch_size=2",
                                       "train.prior_video.eval_windows=4", "train.prior_video.warmup_steps=1",
                                       "train.prior_video.rollout_eval_chunks=2"]},
-        "prior-video-rollout": {"overrides": ["train.prior_video.steps=2", "train.prior_video.batch_size=2",
-                                              "train.prior_video.eval_windows=4", "train.prior_video.warmup_steps=1",
-                                              "train.prior_video.rollout_chunks=2",
-                                              "train.prior_video.rollout_eval_chunks=2"]},
+        "prior-video-tune": {"overrides": ["train.prior_video.steps=2", "train.prior_video.batch_size=2",
+                                           "train.prior_video.eval_windows=4", "train.prior_video.warmup_steps=1",
+                                           "train.prior_video.last_noise=0.5",
+                                           "train.prior_video.rollout_eval_chunks=2"]},
         "teacher": {"overrides": ["train.teacher.steps=2", "train.teacher.batch_size=2", "train.teacher.eval_every=2",
                                   "train.teacher.eval_windows=2", "train.teacher.warmup_steps=1"]},
         "orchestrator": {"overrides": ["train.orchestrator.steps=2", "train.orchestrator.batch_size=2",
@@ -90,10 +90,9 @@ def test_recipe_runs_every_stage_then_skips_them_and_ships_a_loadable_model(tmp_
             "student-s1-4step", "student-s2-2step", "characters", "model.json", "README.md"} <= names  # fmt: skip
     assert cfg.prior.audio_path == str(tmp_path / "model" / "prior-audio")
     assert "acoustic prior" in (tmp_path / "model" / "prior-audio" / "README.md").read_text()
-    assert "rolls out" in (tmp_path / "model" / "prior-video" / "README.md").read_text()
+    assert "last_noise" in (tmp_path / "model" / "prior-video" / "README.md").read_text()
     assert (
-        json.loads((tmp_path / "model" / "prior-video" / "train_prior.json").read_text())["rollout_chunks"]
-        == 2
+        json.loads((tmp_path / "model" / "prior-video" / "train_prior.json").read_text())["last_noise"] == 0.5
     )
     from streamchar.engine.session import Engine
 
@@ -130,7 +129,7 @@ def test_recipe_runs_every_stage_then_skips_them_and_ships_a_loadable_model(tmp_
     run_recipe(recipe, until="prior-video")
     stale = [r["stage"] for r in plan(recipe) if not r["done"]]
     assert (
-        stale[:3] == ["prior-video-rollout", "teacher", "stage1-2step"]
+        stale[:3] == ["prior-video-tune", "teacher", "stage1-2step"]
         and "orchestrator" not in stale
         and "prior-audio" not in stale
     )

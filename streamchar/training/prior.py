@@ -133,10 +133,17 @@ def video_errors(mu: torch.Tensor, target: torch.Tensor, mouth_box: torch.Tensor
 
 
 def video_loss(
-    prior: VideoPrior, batch: dict, audio: torch.Tensor, mouth_weight: float
+    prior: VideoPrior,
+    batch: dict,
+    audio: torch.Tensor,
+    mouth_weight: float,
+    last_noise: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-window losses ``[B]`` of a window batch (see :func:`video_errors`)."""
+    """Per-window losses ``[B]`` of a window batch (see :func:`video_errors`); ``last_noise`` ``[B, C, h, w]`` is
+    added to the last motion latent the prior reads (the target stays the clean chunk)."""
     reference, last, _ = video_prior_inputs(batch)
+    if last_noise is not None:
+        last = last + last_noise.to(last.dtype)
     mu = prior(reference, last, audio)
     return video_errors(mu, batch["video"], batch["mouth_box"], batch["has_mouth_box"], mouth_weight)
 
@@ -231,7 +238,14 @@ def train_video_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Pat
             mu_audio = acoustic_means(audio_prior.to(batch["units"].device), batch)
         chunk = torch.where(use_prior.to(mu_audio.device)[:, None, None], mu_audio, batch["audio"])
         audio = torch.cat([own[:, : own.shape[1] - chunk.shape[1]], chunk], dim=1)
-        parts = video_loss(prior, batch, audio, tcfg.mouth_weight)
+        noise = None
+        if (
+            tcfg.last_noise > 0
+        ):  # perturb the motion latent of windows that have one (the reference stays clean)
+            sigma = tcfg.last_noise * torch.rand(last.shape[0], generator=generator)
+            sigma = sigma * batch["has_motion"].float().cpu()
+            noise = sigma.reshape(-1, 1, 1, 1) * torch.randn(last.shape, generator=generator)
+        parts = video_loss(prior, batch, audio, tcfg.mouth_weight, noise)
         return parts["weighted"].mean(), {
             "mse": parts["mse"].mean().item(),
             "mouth": parts["mouth"].mean().item(),
@@ -269,6 +283,7 @@ def train_video_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Pat
 
     record = {"kind": "video", **_jsonable(kwargs), "mouth_weight": tcfg.mouth_weight,
               "prior_audio_fraction": tcfg.prior_audio_fraction, "rollout_chunks": rollout,
+              "last_noise": tcfg.last_noise,
               "init": tcfg.init}  # fmt: skip
     spec = LoopSpec("prior-video", "train.prior_video", tcfg, out, record, record_name="architecture",
                     curve_keys=("mse", "mouth", "mse_given_speech", "copy_last", "rollout_first", "rollout_last"),
