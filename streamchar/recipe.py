@@ -585,12 +585,12 @@ def _stage_overrides(recipe: Recipe, stage: str) -> list[str]:
 
 PRIOR_WHAT = {
     "prior-audio": ("the acoustic prior", "the chunk's frame-aligned units (phoneme x F0 bucket) and speaking flag, "
-                    "after the units of the chunk's context, and a 3 s reference voice", "its audio latents (log-mel)",
+                    "after the units of the chunk's context, and a 3 s reference voice", "audio latents (log-mel)",
                     "L1 on the normalised mel latents"),
     "prior-video": ("the video prior", "the reference latent, the last motion latent and the chunk's audio "
-                    "latents", "its video latents", "MSE, weighted inside the renderer's mouth box"),
+                    "latents", "video latents", "MSE, weighted inside the renderer's mouth box"),
     "prior-video-tune": ("the video prior", "the reference latent, the last motion latent and the chunk's audio "
-                         "latents", "its video latents", "MSE, weighted inside the renderer's mouth box, then fine-tuned "
+                         "latents", "video latents", "MSE, weighted inside the renderer's mouth box, then fine-tuned "
                          "reading last latents perturbed by noise (`train.prior_video.last_noise`), so that fed its own "
                          "output it pulls a drifted frame back to the reference instead of carrying the drift"),
 }  # fmt: skip
