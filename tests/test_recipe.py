@@ -196,3 +196,18 @@ def test_extra_result_rows_of_missing_models_are_left_out(tmp_path):
     (tmp_path / "old").mkdir()
     kept = f"old={tmp_path / 'old'}:nosink"
     assert _present([kept, f"gone={tmp_path / 'gone'}@2"]) == [kept]
+
+
+def test_stage2_reads_the_stage_it_starts_from(tmp_path):
+    """Stage 2 is rebuilt when what it starts from changes: the stage-1 student by default, the teacher with
+    ``init: teacher`` (the tiny recipe), and then a changed stage-1 student leaves it alone."""
+    from streamchar.recipe import _inputs
+
+    recipe = Recipe.load(_write(tmp_path, MICRO), tmp_path)
+    assert "stage1-2step" in _inputs(recipe, "stage2-2step") and "teacher" in _inputs(recipe, "stage2-2step")
+    from_teacher = json.loads(json.dumps(MICRO))
+    from_teacher["stages"]["stage2-2step"]["init"] = "teacher"
+    recipe = Recipe.load(_write(tmp_path, from_teacher), tmp_path)
+    assert _inputs(recipe, "stage2-2step") == ("teacher", "orchestrator", "instruments")
+    assert _inputs(Recipe.load("tiny"), "stage2-2step") == ("teacher", "orchestrator", "instruments")
+    assert _inputs(recipe, "prior-video-tune") == ("latents", "prior-audio", "prior-video")
