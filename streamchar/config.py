@@ -225,15 +225,15 @@ class TrainPriorConfig:
     mouth_weight: float = 4.0
     prior_audio_fraction: float = 0.5
     # video prior: > 0 trains on sessions of this many chunks rolled out as the engine runs it (each chunk from
-    # the prior's own last latent), so it learns to pull a drifting face back to the reference; 0 trains on
-    # single windows with the ground truth's last latent. rollout_eval_chunks: the held-out rollout's length
+    # the prior's own last latent; measured to hold long sessions worse than last_noise); 0 trains on single
+    # windows. rollout_eval_chunks: the held-out rollout's length (its drift is in the curve either way)
     rollout_chunks: int = 0
     rollout_eval_chunks: int = 8
     # video prior: the last motion latent of a window is perturbed by Gaussian noise whose standard deviation is
     # drawn uniformly up to this (the target stays clean), so it learns to pull a drifted frame back rather than
     # carry the drift on; 0 = off
     last_noise: float = 0.0
-    # start from the weights of a trained prior of the same architecture (a folder; e.g. the rollout
+    # start from the weights of a trained prior of the same architecture (a folder; e.g. the last_noise
     # fine-tune of a prior trained on single windows)
     init: str | None = None
     first_chunk_prob: float = 0.1

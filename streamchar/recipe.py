@@ -49,6 +49,10 @@ INPUTS = {"vae": ("corpus",), "latents": ("corpus", "vae"), "prior-audio": ("lat
 # fine-tuned reading noisy last latents (fed its own output, the window-trained one drifts off the face within
 # seconds; the tuned one pulls a drifted frame back: docs/results/formulations.md)
 PRIOR_STAGES = {"audio": "prior-audio", "video": "prior-video-tune"}
+DEFAULT_INIT = {
+    "prior-video-tune": "prior-video",
+    "stage2-2step": "stage1-2step",
+}  # what a stage starts from when its settings name no init
 TURNS = "turns.jsonl"  # the orchestrator run's turn table (voice prompts)
 MODEL_PARTS = {"video_codec.path": "vae", "orchestrator.path": "orchestrator", "engine.characters_dir": "characters",
                "distill.teacher": "teacher", "prior.audio_path": "prior-audio",
@@ -276,12 +280,13 @@ def _run_latents(recipe: Recipe) -> dict:
     return encode_corpus(cfg, recipe.folders["corpus"], recipe.folders["latents"])
 
 
-def _run_prior(kind: str, stage: str, init: str | None = None) -> Callable[[Recipe], dict]:
-    """Train the ``kind`` prior of ``stage`` (starting from the prior of stage ``init`` when given)."""
+def _run_prior(kind: str, stage: str) -> Callable[[Recipe], dict]:
+    """Train the ``kind`` prior of ``stage`` (starting from the prior of the stage it starts from, if any)."""
 
     def run(recipe: Recipe) -> dict:
         from streamchar.training.prior import train_prior
 
+        init = _init_stage(recipe, stage)
         extra = [f"train.prior_{kind}.init={recipe.run_folder(init) / 'final'}"] if init else []
         return train_prior(
             recipe.config(stage, *extra), kind, recipe.folders["latents"], recipe.run_folder(stage)
@@ -315,7 +320,7 @@ def _stage1(stage: str) -> Callable[[Recipe], dict]:
 def _run_stage2(recipe: Recipe) -> dict:
     from streamchar.distill.stage2 import distill_stage2
 
-    init = recipe.settings("stage2-2step").get("init", "stage1-2step")
+    init = _init_stage(recipe, "stage2-2step")
     cfg = recipe.config("stage2-2step", f"distill.teacher={recipe.run_folder('teacher')}",
                         f"distill.init={recipe.run_folder(init)}",
                         f"orchestrator.path={recipe.run_folder('orchestrator') / 'final'}",
@@ -424,9 +429,15 @@ def _settings_digest(recipe: Recipe, stage: str) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _init_stage(recipe: Recipe, stage: str) -> str | None:
+    """The stage whose output ``stage`` starts from (its ``init`` setting; stage 2: the stage-1 2-step student
+    unless the recipe says otherwise)."""
+    return recipe.settings(stage).get("init", DEFAULT_INIT.get(stage))
+
+
 def _inputs(recipe: Recipe, stage: str) -> tuple[str, ...]:
-    """The stages ``stage`` reads: ``INPUTS``, and the stage it starts from (``init``; stage 2's student)."""
-    init = recipe.settings(stage).get("init", "stage1-2step" if stage == "stage2-2step" else None)
+    """The stages ``stage`` reads: ``INPUTS``, and the stage it starts from (``init``)."""
+    init = _init_stage(recipe, stage)
     return INPUTS.get(stage, ()) + ((init,) if init and init not in INPUTS.get(stage, ()) else ())
 
 
@@ -622,7 +633,7 @@ the engine plays the priors alone (the "prior alone" row of the results).
 
 
 def _stage2_start(recipe: Recipe) -> str:
-    init = recipe.settings("stage2-2step").get("init", "stage1-2step")
+    init = _init_stage(recipe, "stage2-2step")
     return (
         "started from the teacher itself (2 steps)"
         if init == "teacher"
@@ -696,9 +707,8 @@ def stages() -> list[Stage]:
         Stage("corpus", _corpus_done, _run_corpus),
         Stage("vae", lambda r: _finished(r.run_folder("vae"), "codec"), _run_vae),
         Stage("latents", _latents_done, _run_latents),
-        *[Stage(stage, lambda r, stage=stage: _finished(r.run_folder(stage), "final"), _run_prior(kind, stage, init))
-          for kind, stage, init in (("audio", "prior-audio", None), ("video", "prior-video", None),
-                                    ("video", "prior-video-tune", "prior-video"))],
+        *[Stage(stage, lambda r, stage=stage: _finished(r.run_folder(stage), "final"), _run_prior(kind, stage))
+          for kind, stage in (("audio", "prior-audio"), ("video", "prior-video"), ("video", "prior-video-tune"))],
         Stage("teacher", lambda r: _finished(r.run_folder("teacher")), _run_teacher),
         Stage("orchestrator", lambda r: _finished(r.run_folder("orchestrator"), "final"), _run_orchestrator),
         Stage("instruments", _instruments_done, _run_instruments),  # stage 2 reads speech with the recognizer

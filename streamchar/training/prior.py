@@ -6,10 +6,11 @@
 - **video** (:class:`~streamchar.denoiser.prior.VideoPrior`): MSE between the chunk's prior means and its video
   latents, weighted ``train.prior_video.mouth_weight`` times inside the mouth box; the chunk audio it reads is
   the trained acoustic prior's output for a fraction of windows and the clip's own speech otherwise, so one
-  video prior serves text-driven and audio-driven sessions. With ``train.prior_video.rollout_chunks`` it trains
-  on sessions rolled out as the engine runs it (each chunk from its own last latent), usually as a fine-tune
-  (``train.prior_video.init``) of a prior trained on single windows: a regression network fed its own output
-  drifts, and the rollouts teach it to pull the face back to the reference.
+  video prior serves text-driven and audio-driven sessions. A regression network fed its own output drifts;
+  ``train.prior_video.last_noise`` (the last motion latent read with noise, the target clean), usually as a
+  fine-tune (``train.prior_video.init``) of a prior trained on single windows, teaches it to pull a drifted
+  frame back to the reference. ``train.prior_video.rollout_chunks`` trains on sessions rolled out as the engine
+  runs it instead; measured, it held long sessions worse (docs/results/formulations.md, "Long sessions").
 
 Both run on :func:`~streamchar.training.loop.run_loop` (accelerate, exact resume, EMA, curves) and export the
 EMA weights to ``RUN/final`` (``model.safetensors`` + ``prior.json``), which ``prior.audio_path`` /
@@ -143,7 +144,7 @@ def video_loss(
     added to the last motion latent the prior reads (the target stays the clean chunk)."""
     reference, last, _ = video_prior_inputs(batch)
     if last_noise is not None:
-        last = last + last_noise.to(last.dtype)
+        last = last + last_noise.to(last.device, last.dtype)
     mu = prior(reference, last, audio)
     return video_errors(mu, batch["video"], batch["mouth_box"], batch["has_mouth_box"], mouth_weight)
 
