@@ -13,6 +13,7 @@ demo: setup
 	$(VENV)/bin/streamchar demo --out out/demo.mp4
 
 test: setup
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # the reference tiny model from corpus to shipped, evaluated model (resumable; hours on a CPU)
@@ -23,6 +24,7 @@ test-all: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 	$(VENV)/bin/ruff check streamchar tests bench
 	$(VENV)/bin/ruff format --check streamchar tests bench
 
@@ -34,11 +36,12 @@ system-deps:
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "StreamChar needs Python 3.11 or newer; set PYTHON=python3.11 (or newer)")'
+	# -qq: pip's errors only (its notices, e.g. setuptools' note on editable installs, are not ours to fix)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -qq --upgrade pip
 	# the pinned CPU torch first, so that the package's torch range installs nothing more
-	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e ".[dev,serve]"
+	$(PY) -m pip install -qq torch==$(TORCH_VERSION)
+	$(PY) -m pip install -qq -e ".[dev,serve]"
 	touch $@
 
 clean:

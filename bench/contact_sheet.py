@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 SENTENCE = "The small boat drifted slowly along the quiet river while the birds sang in the tall trees."
 
 
@@ -29,7 +27,8 @@ def main() -> None:
     from PIL import Image
 
     from streamchar.config import load_config, model_overrides
-    from streamchar.engine.session import Engine
+    from streamchar.engine.engine import Engine
+    from streamchar.media import contact_sheet
 
     preset, parts = model_overrides(args.model)
     engine = Engine.from_config(load_config(preset, parts + args.overrides))
@@ -41,7 +40,7 @@ def main() -> None:
                 kept.append(chunk.frames[0])
             if len(kept) == args.frames:
                 break
-    Image.fromarray(np.concatenate(kept, axis=1)).save(args.out)
+    Image.fromarray(contact_sheet(kept)).save(args.out)
     print(f"{args.out}: {len(kept)} frames, one every {args.every} chunks")
 
 

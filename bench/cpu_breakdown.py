@@ -42,7 +42,8 @@ def main() -> None:
     from streamchar.config import load_config, model_overrides
     from streamchar.denoiser.flow import EulerSampler
     from streamchar.engine.decode import LocalDecoder
-    from streamchar.engine.session import Engine, StreamSession
+    from streamchar.engine.engine import Engine
+    from streamchar.engine.session import StreamSession
 
     preset, parts = model_overrides(args.model)
     engine = Engine.from_config(load_config(preset, parts))

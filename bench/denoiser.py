@@ -21,10 +21,11 @@ import statistics
 import torch
 
 from streamchar.config import load_config
-from streamchar.denoiser.build import build_denoiser, build_sampler, latent_spec_from_config
+from streamchar.denoiser.build import build_denoiser, build_sampler
 from streamchar.denoiser.dit import Conditions
 from streamchar.denoiser.rollout import generate
 from streamchar.engine.flops import dit_flops
+from streamchar.loaders import meta_latent_spec
 
 
 def size_and_flops(preset: str) -> dict:
@@ -43,10 +44,10 @@ def size_and_flops(preset: str) -> dict:
 
 def sampling_times(chunks: int, steps: int, teacher: str | None) -> dict:
     cfg = load_config("tiny", [f"sample.steps={steps}"])
-    spec = latent_spec_from_config(cfg)
+    spec = meta_latent_spec(cfg)
     torch.manual_seed(0)
     if teacher:
-        from streamchar.training.teacher import load_teacher
+        from streamchar.loaders import load_teacher
 
         model = load_teacher(teacher, cfg, spec)
     else:

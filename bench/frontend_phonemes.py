@@ -12,8 +12,8 @@ import argparse
 
 import numpy as np
 
-from streamchar.data.espeak import get_phonemizer
 from streamchar.data.phonemes import SILENCE_ID, phoneme_id
+from streamchar.data.phonemizer import get_phonemizer
 from streamchar.data.shards import Corpus
 from streamchar.orchestrator.text import Frontend, WordStream
 

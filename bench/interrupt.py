@@ -61,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from streamchar.config import load_config
-    from streamchar.engine.session import Engine
+    from streamchar.engine.engine import Engine
 
     cfg = load_config(args.config)
     engine = Engine.from_config(cfg)

@@ -12,7 +12,7 @@ import time
 import torch
 
 from streamchar.config import load_config, model_overrides
-from streamchar.engine.session import Engine
+from streamchar.engine.engine import Engine
 
 TEXT = " ".join(["Tell me what you would like to talk about today."] * 6)
 VARIANTS = (("growing cache", "off", "off"), ("static, eager", "on", "off"), ("static, compiled", "on", "on"))

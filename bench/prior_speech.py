@@ -28,9 +28,10 @@ from streamchar.codecs.audio import build_audio_codec
 from streamchar.config import load_config
 from streamchar.data.latents import LatentCache
 from streamchar.data.phonemes import SILENCE_ID
-from streamchar.eval.encoders import load_speaker_encoder
-from streamchar.eval.features import clip_phoneme_ids
-from streamchar.eval.recognizer import edit_distance, load_recognizer, normalise_words
+from streamchar.eval.instruments.encoders import load_speaker_encoder
+from streamchar.eval.instruments.recognizer import load_recognizer
+from streamchar.eval.metrics.error_rates import edit_distance, normalise_words
+from streamchar.eval.metrics.features import clip_phoneme_ids
 from streamchar.loaders import load_prior
 
 

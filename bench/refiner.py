@@ -30,14 +30,16 @@ from streamchar.data.phonemes import SILENCE_ID
 from streamchar.denoiser.flow import EulerSampler, Guidance
 from streamchar.denoiser.prior import Priors
 from streamchar.denoiser.rollout import generate
-from streamchar.eval.encoders import frechet_distance, load_identity_encoder, load_speaker_encoder
-from streamchar.eval.features import clip_phoneme_ids, mouth_crops
-from streamchar.eval.mouth_probe import load_mouth_reader, pearson
-from streamchar.eval.recognizer import edit_distance, load_recognizer, normalise_words
-from streamchar.eval.sync_expert import MAX_OFFSET, WINDOW, load_sync_expert, sync_scores_of
-from streamchar.eval.teacher_samples import chunk_conditions, reference_for
-from streamchar.loaders import load_prior
-from streamchar.training.teacher import latent_spec_from_cache, load_teacher
+from streamchar.eval.instruments.encoders import load_identity_encoder, load_speaker_encoder
+from streamchar.eval.instruments.mouth_probe import load_mouth_reader
+from streamchar.eval.instruments.recognizer import load_recognizer
+from streamchar.eval.instruments.sync_expert import MAX_OFFSET, WINDOW, load_sync_expert, sync_scores_of
+from streamchar.eval.metrics.error_rates import edit_distance, normalise_words
+from streamchar.eval.metrics.features import clip_phoneme_ids, mouth_crops
+from streamchar.eval.metrics.statistics import frechet_distance, pearson
+from streamchar.eval.protocols.teacher_samples import chunk_conditions, reference_for
+from streamchar.loaders import load_prior, load_teacher
+from streamchar.training.teacher import latent_spec_from_cache
 
 
 def parse_model(spec: str) -> tuple[str, str, int]:
@@ -113,7 +115,7 @@ def main() -> None:
         for name, loaded in models.items():
             model, steps = (next(m for m in models.values() if m is not None)[0], 1) if loaded is None else (
                 loaded[0], loaded[2])  # fmt: skip
-            from streamchar.distill import read_distilled
+            from streamchar.loaders import read_distilled
 
             distilled = read_distilled(loaded[1]) if loaded is not None else None
             sampler = EulerSampler(

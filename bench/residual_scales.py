@@ -14,11 +14,12 @@ import json
 
 import torch
 
-from streamchar.data.latents import LatentCache, WindowDataset
+from streamchar.data.latents import LatentCache
+from streamchar.data.windows import WindowDataset
 from streamchar.denoiser.objective import mouth_weight_map
 from streamchar.denoiser.prior import Priors
 from streamchar.loaders import load_prior
-from streamchar.training.teacher import collate
+from streamchar.training.loop import collate
 
 
 def main() -> None:

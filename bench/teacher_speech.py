@@ -22,9 +22,11 @@ from streamchar.data.latents import LatentCache
 from streamchar.data.phonemes import SILENCE_ID, F0Buckets
 from streamchar.denoiser.build import build_sampler
 from streamchar.denoiser.rollout import generate
-from streamchar.eval.recognizer import edit_distance, load_recognizer
-from streamchar.eval.teacher_samples import chunk_conditions, reference_for
-from streamchar.training.teacher import latent_spec_from_cache, load_teacher
+from streamchar.eval.instruments.recognizer import load_recognizer
+from streamchar.eval.metrics.error_rates import edit_distance
+from streamchar.eval.protocols.teacher_samples import chunk_conditions, reference_for
+from streamchar.loaders import load_teacher
+from streamchar.training.teacher import latent_spec_from_cache
 
 
 def spoken_phonemes(units: torch.Tensor) -> list[int]:

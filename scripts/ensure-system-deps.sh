@@ -15,5 +15,9 @@ if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; the
   echo "error: ${missing[*]} missing and not root; install them with your package manager, then rerun" >&2; exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# apt and debconf talk on stderr even when all goes well: what they say is printed only on failure
+log=$(mktemp)
+if ! { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+  cat "$log" >&2; rm -f "$log"; echo "error: installing ${missing[*]} failed (apt output above)" >&2; exit 1
+fi
+rm -f "$log"

@@ -3,7 +3,8 @@
 Loads the shipped model (``--model tiny``: video codec, orchestrator, the stage-2 2-step student and the
 characters of ``checkpoints/tiny``), streams the text through a :class:`~streamchar.engine.session.StreamSession`
 as ``streamchar generate`` does, writes ``OUT.mp4`` and a two-character dialogue beside it, and reports
-how fast each streamed (real-time factor, time to first frame) and what the files hold, read back.
+how fast each streamed (real-time factor, time to first frame) and what the files hold, read back; a contact
+sheet of both, ``OUT.png``, is the picture the README shows.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import logging
 import time
 from pathlib import Path
+
+import numpy as np
 
 from streamchar.config import StreamCharConfig
 
@@ -24,10 +27,10 @@ DIALOGUE = (
 
 
 def run_demo(cfg: StreamCharConfig, out: str | Path = "out/demo.mp4") -> dict:
-    """Write ``out`` (the monologue), ``OUT-dialogue.mp4`` and ``OUT.json``; returns the summary."""
+    """Write ``out`` (the monologue), ``OUT-dialogue.mp4``, ``OUT.png`` and ``OUT.json``; returns the summary."""
     from streamchar.data.preview import probe_streams
+    from streamchar.engine.engine import Engine
     from streamchar.engine.render import parse_dialogue, render_dialogue, render_text
-    from streamchar.engine.session import Engine
 
     out = Path(out)
     if out.suffix != ".mp4":
@@ -49,9 +52,29 @@ def run_demo(cfg: StreamCharConfig, out: str | Path = "out/demo.mp4") -> dict:
         result["streams"] = streams
         result["audio_video_duration_difference_s"] = round(max(durations) - min(durations), 4)
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    results["contact_sheet"] = str(write_sheet(results, out.with_suffix(".png")))
     results["judged"] = judge(cfg, results["monologue"]["video"], ada, TEXT)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     return results
+
+
+def write_sheet(results: dict, path: Path, monologue_frames: int = 8, dialogue_frames: int = 4) -> Path:
+    """The demo's contact sheet, read back from its mp4s: frames evenly spaced through the monologue (four
+    to a row), then through the dialogue (two to a row), each captioned with its time in the clip."""
+    from PIL import Image
+
+    from streamchar.media import contact_sheet, read_video
+
+    parts = []
+    for name, count, columns in (("monologue", monologue_frames, 4), ("dialogue", dialogue_frames, 2)):
+        frames, fps, _, _ = read_video(results[name]["video"])  # [T, H, W, 3]
+        picked = np.linspace(0, len(frames) - 1, count).round().astype(int)
+        captions = [f"{name} {index / fps:.1f} s" for index in picked]
+        parts.append(contact_sheet(list(frames[picked]), columns, captions))
+    width = max(part.shape[1] for part in parts)
+    parts = [np.pad(part, ((0, 0), (0, width - part.shape[1]), (0, 0)), constant_values=20) for part in parts]
+    Image.fromarray(np.concatenate(parts)).save(path, optimize=True)
+    return path
 
 
 def judge(cfg: StreamCharConfig, video: str | Path, character, text: str,
@@ -62,8 +85,8 @@ def judge(cfg: StreamCharConfig, video: str | Path, character, text: str,
     from streamchar.config import resolve_asset_path
     from streamchar.data.characters import sample_identity
     from streamchar.data.espeak import get_espeak
-    from streamchar.eval.protocol import Instruments, measure
-    from streamchar.eval.recognizer import edit_distance, normalise_words
+    from streamchar.eval.metrics.error_rates import edit_distance, normalise_words
+    from streamchar.eval.protocols.measure import Instruments, measure
     from streamchar.media import read_video, resample
 
     root = resolve_asset_path(instruments)
@@ -107,5 +130,7 @@ def describe(results: dict) -> str:
         )
         lines.append(f"the evaluation recognizer hears \"{judged['heard']}\": WER {judged['wer']:.0%}{espeak}; "
                      f"the sync expert finds audio and video {judged['sync_offset_frames']} frames apart")  # fmt: skip
+    if "contact_sheet" in results:
+        lines.append(f"contact sheet: {results['contact_sheet']}")
     lines.append(f"details: {Path(results['monologue']['video']).with_suffix('.json')}")
     return "\n".join(lines)

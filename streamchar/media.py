@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streamchar.timeline import Timeline
+
 logger = logging.getLogger(__name__)
 
 AAC_FRAME_SAMPLES = 1024
@@ -143,7 +145,7 @@ class Mp4Writer:
         self,
         path: str | Path,
         fps: int,
-        sample_rate: int | None = 16000,
+        sample_rate: int | None = Timeline.sample_rate,
         mux_sample_rate: int = 48000,
         crf: int = 18,
         preset: str = "medium",
@@ -314,7 +316,7 @@ def write_mp4(
     frames: np.ndarray,
     fps: int,
     audio: np.ndarray | None = None,
-    sample_rate: int = 16000,
+    sample_rate: int = Timeline.sample_rate,
     **kwargs,
 ) -> Path:
     """Write ``frames`` uint8 ``[T, H, W, 3]`` and optional mono ``audio`` ``[N]`` to an mp4."""
@@ -463,3 +465,26 @@ def decode_video_bytes(data: bytes) -> np.ndarray:
     if not frames:
         raise MediaError("The stored video has no frames; the shard is damaged, so regenerate it.")
     return np.stack(frames)
+
+
+# -- contact sheets ---------------------------------------------------------------------------------
+def contact_sheet(frames: list[np.ndarray], columns: int | None = None, captions: list[str] | None = None,
+                  background: tuple[int, int, int] = (20, 20, 24)) -> np.ndarray:  # fmt: skip
+    """Frames uint8 ``[H, W, 3]`` of one size in a grid of ``columns`` (default: one row), each under its
+    caption when ``captions`` are given; returns the sheet uint8 ``[rows * (H + caption), columns * W, 3]``."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    columns = columns or len(frames)
+    height, width = frames[0].shape[:2]
+    strip = 14 if captions else 0  # caption strip above each frame, pixels
+    rows = -(-len(frames) // columns)
+    sheet = Image.new("RGB", (columns * width, rows * (height + strip)), background)
+    font = ImageFont.load_default(size=11) if captions else None
+    for index, frame in enumerate(frames):
+        x, y = (index % columns) * width, (index // columns) * (height + strip)
+        sheet.paste(Image.fromarray(np.asarray(frame, dtype=np.uint8)), (x, y + strip))
+        if captions:  # drawn on the frame's own strip, so a long caption is cut at the frame's edge
+            label = Image.new("RGB", (width, strip), background)
+            ImageDraw.Draw(label).text((3, 1), captions[index], fill=(230, 230, 230), font=font)
+            sheet.paste(label, (x, y))
+    return np.asarray(sheet)

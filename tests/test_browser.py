@@ -31,7 +31,7 @@ def server():
     import uvicorn
 
     from streamchar.config import load_config
-    from streamchar.engine.session import Engine
+    from streamchar.engine.engine import Engine
     from streamchar.serve.app import create_app
 
     cfg = load_config("tiny", ["engine.steps=1", "engine.guidance_conditions=1.0", "engine.guidance_ref_image=1.0",

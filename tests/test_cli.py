@@ -100,3 +100,20 @@ def test_generate_refuses_bad_input_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert expected in err and err.count("\n") == 1, err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_flags_are_overrides_that_win(tmp_path):
+    """A command's flags reach the config as overrides after the trailing ones, never written into it."""
+    from streamchar.cli import _parse
+    from streamchar.cli.common import load, video_codec
+    from streamchar.cli.engine import engine_settings, serve_settings
+
+    argv = ["generate", "--text", "hi", "--out", str(tmp_path / "x.mp4"), "--steps", "3", "--no-overlap"]
+    args = _parse([*argv, "engine.steps=5"])
+    cfg = load(args, *engine_settings(args))
+    assert cfg.engine.steps == 3 and cfg.engine.decode_overlap is False
+    args = _parse(["serve", "--port", "8123", "--token", "true", "--host", "0.0.0.0"])
+    cfg = load(args, *serve_settings(args))
+    assert (cfg.serve.port, cfg.serve.token, cfg.serve.host) == (8123, "true", "0.0.0.0")
+    args = _parse(["data", "encode", "corpus", "--out", "x", "--video-codec", str(tmp_path / "my codec")])
+    assert load(args, *video_codec(args)).video_codec.path == str(tmp_path / "my codec")

@@ -126,10 +126,10 @@ def test_plain_diffusers_wan_checkpoint_loads_with_its_own_normalisation(tmp_pat
 
 def test_shipped_tiny_codec_reconstructs_unseen_characters(tmp_path, monkeypatch):
     """The trained codec in checkpoints/tiny/vae is the tiny preset's default, found from any directory."""
-    from streamchar.codecs.train_vae import evaluate_psnr
     from streamchar.codecs.video import video_codec_from_config
     from streamchar.config import load_config
     from streamchar.data.characters import STYLES, CharacterRenderer, FaceState, sample_identity
+    from streamchar.training.vae import evaluate_psnr
 
     monkeypatch.chdir(tmp_path)  # the relative default path resolves against the repository
     codec = video_codec_from_config(load_config("tiny"))

@@ -125,7 +125,7 @@ def _config(teacher, extra=()):
 def _weights(run):
     from safetensors.torch import load_file
 
-    from streamchar.training import list_checkpoints
+    from streamchar.checkpoints import list_checkpoints
 
     last = list_checkpoints(run)[-1]
     return {n: load_file(str(last / f"{n}.safetensors")) for n in ("model", "optimizer", "optimizer-fake")}
@@ -133,9 +133,9 @@ def _weights(run):
 
 def test_stage1_exports_a_student_that_loads_and_differs_from_the_teacher(cache, teacher, tmp_path):
     from streamchar.data.latents import LatentCache
-    from streamchar.distill import read_distilled
     from streamchar.distill.stage1 import distill_stage1
-    from streamchar.training.teacher import latent_spec_from_cache, load_teacher
+    from streamchar.loaders import load_teacher, read_distilled
+    from streamchar.training.teacher import latent_spec_from_cache
 
     cfg = _config(teacher, ["distill.student_steps=1"])
     summary = distill_stage1(cfg, cache, tmp_path / "s1", progress=False)
@@ -170,10 +170,10 @@ def test_stage1_killed_and_resumed_equals_an_uninterrupted_run(cache, teacher, t
 
 
 def test_stage2_needs_a_stage1_student_then_rolls_out_and_exports(cache, teacher, tmp_path):
-    from streamchar.distill import read_distilled
+    from streamchar.checkpoints import CheckpointError
     from streamchar.distill.stage1 import distill_stage1
     from streamchar.distill.stage2 import distill_stage2
-    from streamchar.training import CheckpointError
+    from streamchar.loaders import read_distilled
 
     with pytest.raises(CheckpointError, match="distill.init"):
         distill_stage2(_config(teacher), cache, tmp_path / "s2", progress=False)
@@ -232,9 +232,9 @@ def test_two_processes_take_the_step_of_one_process_with_the_combined_batch(
 def test_engine_runs_a_student_with_its_own_steps_and_no_guidance_branches(cache, teacher, tmp_path):
     from types import SimpleNamespace
 
-    from streamchar.distill import read_distilled
     from streamchar.distill.stage1 import distill_stage1
-    from streamchar.engine.session import Engine
+    from streamchar.engine.engine import Engine
+    from streamchar.loaders import read_distilled
 
     cfg = _config(teacher, ["distill.student_steps=2"])
     distill_stage1(cfg, cache, tmp_path / "s1", progress=False)
@@ -248,7 +248,7 @@ def test_engine_runs_a_student_with_its_own_steps_and_no_guidance_branches(cache
 
 def test_compare_and_drift_reports(cache, teacher, tmp_path):
     from streamchar.distill.stage1 import distill_stage1
-    from streamchar.eval.distill_eval import compare_samplers, drift_session, parse_contenders
+    from streamchar.eval.protocols.distill import compare_samplers, drift_session, parse_contenders
 
     cfg = _config(teacher, [f"video_codec.path={cache.parent / 'codec'}", "sample.mixed_precision=no"])
     distill_stage1(cfg, cache, tmp_path / "s1", progress=False)

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from streamchar.config import load_config
+from streamchar.engine.chunk import SessionClosed
 from streamchar.engine.clock import PlaybackClock
+from streamchar.engine.engine import Engine
 from streamchar.engine.render import Mp4Sink, parse_dialogue, render_text
-from streamchar.engine.session import Engine, SessionClosed
 from streamchar.orchestrator.text import TextError
 
 

@@ -44,7 +44,8 @@ def test_errors_are_clear():
 
 def test_recorded_phonemes_replay_what_espeak_answered_and_refuse_the_rest(tmp_path):
     """A machine without espeak-ng (the GPU machines) speaks texts recorded where espeak runs."""
-    from streamchar.data.espeak import EspeakError, RecordedPhonemizer
+    from streamchar.data.espeak import EspeakError
+    from streamchar.data.phonemizer import RecordedPhonemizer
 
     class Espeak:  # stands in for espeak-ng: the recorder only stores and replays its answers
         calls = 0

@@ -12,18 +12,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from streamchar.eval.external import (
-    ExternalWeightsError,
-    SyncNetModel,
-    load_arcface,
-    load_i3d,
-    load_inception,
-    load_syncnet,
-    load_wavlm_sv,
-    load_whisper,
-    score_sync,
-    syncnet_mfcc,
-)
+from streamchar.eval.published.files import ExternalWeightsError
+from streamchar.eval.published.speech import load_wavlm_sv, load_whisper
+from streamchar.eval.published.syncnet import SyncNetModel, load_syncnet, score_sync, syncnet_mfcc
+from streamchar.eval.published.vision import load_arcface, load_i3d, load_inception
 
 rng = np.random.default_rng(0)
 

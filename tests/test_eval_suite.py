@@ -9,23 +9,26 @@ import numpy as np
 import pytest
 import torch
 
-from streamchar.eval import features as F
-from streamchar.eval.recognizer import Lexicon, edit_distance, error_rate, greedy_phonemes, normalise_words
+from streamchar.eval.instruments.recognizer import Lexicon
+from streamchar.eval.metrics import features as F
+from streamchar.eval.metrics.error_rates import edit_distance, error_rate, normalise_words
+from streamchar.orchestrator import reader
+from streamchar.orchestrator.reader import greedy_phonemes
 
 
 # -- front-ends -----------------------------------------------------------------------------------
 def test_front_ends_have_the_documented_shapes_and_reject_bad_input():
     audio = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
-    mel = F.log_mel(audio)
-    assert mel.shape == (100, F.MEL_BANDS)
-    assert torch.allclose(mel.mean(0), torch.zeros(F.MEL_BANDS), atol=1e-4)  # per-utterance normalised
+    mel = reader.log_mel(audio)
+    assert mel.shape == (100, reader.MEL_BANDS)
+    assert torch.allclose(mel.mean(0), torch.zeros(reader.MEL_BANDS), atol=1e-4)  # per-utterance normalised
     frames = np.random.default_rng(0).integers(0, 255, (3, 128, 128, 3), dtype=np.uint8)
     assert F.mouth_crops(frames).shape == (3, *F.MOUTH_SHAPE)
     assert F.face_views(frames).shape == (3, 64, 64, 3)
     with pytest.raises(ValueError, match="RGB frames"):
         F.mouth_crops(frames[..., 0])
     with pytest.raises(ValueError, match="resample"):
-        F.log_mel(audio, sample_rate=22050)
+        reader.log_mel(audio, sample_rate=22050)
 
 
 # -- error rates and decoding ---------------------------------------------------------------------
@@ -126,11 +129,11 @@ class _CodeExpert:
 
 
 def test_sync_measure_finds_the_applied_shift_with_the_documented_sign():
-    from streamchar.eval.sync_expert import shift_audio, sync_scores
+    from streamchar.eval.instruments.sync_expert import shift_audio, sync_scores
 
     code = torch.from_numpy(np.random.default_rng(3).integers(0, 200, 80)).float()  # [T]
     mouth = code[:, None, None].expand(80, 24, 32).to(torch.uint8)
-    mel = code.repeat_interleave(4)[:, None].expand(320, F.MEL_BANDS).clone()
+    mel = code.repeat_interleave(4)[:, None].expand(320, reader.MEL_BANDS).clone()
     aligned = sync_scores(_CodeExpert(), mouth, mel)
     assert aligned["offset"] == 0 and aligned["sync_c0"] == pytest.approx(aligned["sync_c"])
     for k in (-7, -2, 3, 10):
@@ -144,7 +147,7 @@ def test_sync_measure_finds_the_applied_shift_with_the_documented_sign():
 
 # -- encoders' measures ------------------------------------------------------------------------------
 def test_frechet_distance_matches_the_closed_form():
-    from streamchar.eval.encoders import frechet_distance
+    from streamchar.eval.metrics.statistics import frechet_distance
 
     rng = np.random.default_rng(4)
     a = rng.normal(0, 1, (4000, 3))
@@ -155,7 +158,7 @@ def test_frechet_distance_matches_the_closed_form():
 
 
 def test_pair_auc_is_one_for_separated_clusters_and_a_half_for_noise():
-    from streamchar.eval.encoders import pair_auc
+    from streamchar.eval.metrics.statistics import pair_auc
 
     labels = [0] * 10 + [1] * 10
     clustered = torch.nn.functional.normalize(torch.eye(2)[labels] + 0.05 * torch.randn(20, 2), dim=-1)
@@ -168,8 +171,12 @@ def test_pair_auc_is_one_for_separated_clusters_and_a_half_for_noise():
 
 def test_mouth_reader_learns_opening_and_planned_opening_follows_phonemes():
     from streamchar.data.phonemes import PHONEME_TO_ID
-    from streamchar.eval.instrument import InstrumentError
-    from streamchar.eval.mouth_probe import load_mouth_reader, planned_mouth_open, train_mouth_reader
+    from streamchar.eval.instruments.mouth_probe import (
+        load_mouth_reader,
+        planned_mouth_open,
+        train_mouth_reader,
+    )
+    from streamchar.loaders import InstrumentError
 
     rng = np.random.default_rng(5)
     opening = rng.uniform(0, 1, 1200)
@@ -190,7 +197,7 @@ def test_mouth_reader_learns_opening_and_planned_opening_follows_phonemes():
 
 # -- training loop and instrument folders ------------------------------------------------------------------
 def test_fit_resumes_to_the_same_weights(tmp_path):
-    from streamchar.eval.instrument import fit
+    from streamchar.eval.instruments.base import fit
 
     def run(steps, run_dir):
         torch.manual_seed(0)
@@ -210,8 +217,8 @@ def test_fit_resumes_to_the_same_weights(tmp_path):
 
 
 def test_instrument_folders_round_trip_and_name_what_is_missing(tmp_path):
-    from streamchar.eval.encoders import IdentityEncoder, load_identity_encoder, save_encoder
-    from streamchar.eval.instrument import InstrumentError
+    from streamchar.eval.instruments.encoders import IdentityEncoder, load_identity_encoder, save_encoder
+    from streamchar.loaders import InstrumentError
 
     model = IdentityEncoder().eval()
     save_encoder(model, tmp_path / "identity", {"roc_auc": 0.5}, "card")
@@ -229,7 +236,7 @@ def test_instrument_folders_round_trip_and_name_what_is_missing(tmp_path):
 @pytest.fixture(scope="module")
 def instruments(tiny_corpus, tmp_path_factory):
     """Every instrument trained for a few steps on the tiny corpus (too short to be good; enough to run)."""
-    from streamchar.eval.suite import train_instrument
+    from streamchar.eval.instruments.train import train_instrument
 
     root = tmp_path_factory.mktemp("eval")
     F.build_eval_cache(tiny_corpus, root / "cache")
@@ -239,7 +246,7 @@ def instruments(tiny_corpus, tmp_path_factory):
 
 
 def test_instruments_train_prove_and_report(instruments, tmp_path):
-    from streamchar.eval.suite import prove_instruments
+    from streamchar.eval.protocols.proofs import prove_instruments
 
     result = prove_instruments(
         instruments / "cache", instruments / "instruments", tmp_path / "proof", heldout_voices=2
@@ -256,7 +263,7 @@ def test_short_protocol_runs_a_student_through_the_engine(instruments, tiny_corp
     import json
 
     from streamchar.config import load_config
-    from streamchar.eval.protocol import run_protocol
+    from streamchar.eval.protocols.heldout import run_protocol
 
     result = run_protocol(load_config(None, []), "short", ["s2=checkpoints/tiny/student-s2-2step"], tmp_path,
                           corpus=tiny_corpus, eval_cache=instruments / "cache",
@@ -285,7 +292,7 @@ def test_long_protocol_reports_every_segment(instruments, tiny_corpus, tmp_path)
     import json
 
     from streamchar.config import load_config
-    from streamchar.eval.protocol import run_protocol
+    from streamchar.eval.protocols.heldout import run_protocol
 
     result = run_protocol(load_config(None, []), "long", ["checkpoints/tiny/student-s2-2step"], tmp_path,
                           corpus=tiny_corpus, eval_cache=instruments / "cache", instruments=instruments / "instruments",

@@ -8,18 +8,16 @@ import pytest
 
 from streamchar.config import load_config
 from streamchar.engine.flops import (
-    PEAK_BF16_TFLOPS,
     ChunkFlops,
     audio_decoder_flops,
     chunk_flops,
     dit_flops,
-    format_flops_table,
-    mfu,
     orchestrator_token_flops,
-    peak_bf16_flops,
     prior_flops,
     real_fft_flops,
 )
+from streamchar.engine.flops_report import format_flops_table
+from streamchar.engine.mfu import PEAK_BF16_TFLOPS, mfu, peak_bf16_flops
 
 
 def _dit_pass(cfg, n_q: int, n_k: int, n_cross_q: int = 0, n_cond: int = 0) -> int:

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from streamchar.config import load_config
-from streamchar.data.latents import LatentCache, UnitWindowDataset, WindowDataset, encode_corpus, estimate_f0
+from streamchar.data.latents import LatentCache, encode_corpus, estimate_f0
 from streamchar.data.shards import Corpus, CorpusError
+from streamchar.data.windows import UnitWindowDataset, WindowDataset
 from streamchar.timeline import Timeline
 from tests.conftest import TINY_CORPUS_OVERRIDES
 

@@ -85,3 +85,13 @@ def test_resample_preserves_a_tone():
     assert len(out) == 16000
     ref = np.sin(2 * np.pi * 300 * np.arange(16000) / 16000)
     assert np.abs(out[200:-200] - ref[200:-200]).max() < 1e-2
+
+
+def test_contact_sheet_lays_frames_out_in_a_grid():
+    from streamchar.media import contact_sheet
+
+    frames = [np.full((8, 6, 3), 40 * i, np.uint8) for i in range(5)]
+    assert np.array_equal(contact_sheet(frames), np.concatenate(frames, axis=1))  # one row, no captions
+    sheet = contact_sheet(frames, columns=2, captions=[f"{i}" for i in range(5)])
+    assert sheet.shape == (3 * (8 + 14), 2 * 6, 3)
+    assert np.array_equal(sheet[2 * 22 + 14 :, :6], frames[4]) and (sheet[2 * 22 :, 6:] == (20, 20, 24)).all()

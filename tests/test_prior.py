@@ -149,7 +149,8 @@ def test_mouth_weight_map_against_a_naive_reference():
 
 
 def test_mouth_box_reaches_the_latent_cache_and_the_windows(cache):
-    from streamchar.data.latents import LatentCache, WindowDataset
+    from streamchar.data.latents import LatentCache
+    from streamchar.data.windows import WindowDataset
 
     lc = LatentCache(cache)
     entry = lc.entries()[0]
@@ -179,8 +180,8 @@ def _prior_config(tmp_path, *extra):
 def test_prior_trainers_resume_exactly_export_and_load(cache, tmp_path):
     from safetensors.torch import load_file
 
+    from streamchar.checkpoints import list_checkpoints
     from streamchar.loaders import LoadError, load_prior
-    from streamchar.training import list_checkpoints
     from streamchar.training.prior import _load_init, train_prior
 
     cfg = _prior_config(tmp_path)
@@ -238,7 +239,8 @@ def test_prior_trainers_resume_exactly_export_and_load(cache, tmp_path):
 def test_video_rollout_losses_follow_the_engines_loop(cache):
     """The rollout the video prior trains on against a naive loop over ``Priors`` as the engine calls it:
     chunk 0 from the reference and silence, each later chunk from the last latent and audio made before it."""
-    from streamchar.data.latents import LatentCache, RolloutDataset
+    from streamchar.data.latents import LatentCache
+    from streamchar.data.windows import RolloutDataset
     from streamchar.denoiser.prior import Priors
     from streamchar.training.prior import video_errors, video_rollout_losses
 
@@ -284,7 +286,8 @@ def test_video_rollout_losses_follow_the_engines_loop(cache):
 
 def test_last_noise_perturbs_only_what_the_video_prior_reads(cache):
     """With ``last_noise`` the prior reads a perturbed last motion latent and is still scored on the clean chunk."""
-    from streamchar.data.latents import LatentCache, WindowDataset
+    from streamchar.data.latents import LatentCache
+    from streamchar.data.windows import WindowDataset
     from streamchar.training.prior import video_loss, video_prior_inputs
 
     lc = LatentCache(cache)

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from streamchar.config import ConfigError, load_config, model_overrides
-from streamchar.recipe import STAGES, Recipe, RecipeError, describe_plan, plan, run_recipe
+from streamchar.recipe.run import describe_plan, plan, run_recipe
+from streamchar.recipe.spec import STAGES, Recipe, RecipeError
 from tests.conftest import TINY_CORPUS_OVERRIDES
 
 MICRO = {
@@ -89,12 +90,15 @@ def test_recipe_runs_every_stage_then_skips_them_and_ships_a_loadable_model(tmp_
     assert {"vae", "orchestrator", "prior-audio", "prior-video", "teacher", "student-s1-1step", "student-s1-2step",
             "student-s1-4step", "student-s2-2step", "characters", "model.json", "README.md"} <= names  # fmt: skip
     assert cfg.prior.audio_path == str(tmp_path / "model" / "prior-audio")
+    card = (tmp_path / "model" / "README.md").read_text()  # its figures come from the run's own records
+    assert "64x64 frames to 8x8x4 latents" in card and "): 4\nprocedurally drawn characters" in card
+    assert "at 1, 2 and 4 steps" in card and "shards." in card
     assert "acoustic prior" in (tmp_path / "model" / "prior-audio" / "README.md").read_text()
     assert "last_noise" in (tmp_path / "model" / "prior-video" / "README.md").read_text()
     assert (
         json.loads((tmp_path / "model" / "prior-video" / "train_prior.json").read_text())["last_noise"] == 0.5
     )
-    from streamchar.engine.session import Engine
+    from streamchar.engine.engine import Engine
 
     engine = Engine.from_config(cfg)
     assert engine.distilled["steps"] == 2
@@ -167,7 +171,7 @@ def test_shipped_tiny_model_loads_by_name():
 
 
 def test_an_interrupted_stage_keeps_its_time_and_adds_it_when_it_finishes(tmp_path, monkeypatch):
-    import streamchar.recipe as recipe_module
+    import streamchar.recipe.run as recipe_module
 
     state = {"calls": 0, "done": False}
 
@@ -191,17 +195,17 @@ def test_an_interrupted_stage_keeps_its_time_and_adds_it_when_it_finishes(tmp_pa
 
 
 def test_extra_result_rows_of_missing_models_are_left_out(tmp_path):
-    from streamchar.recipe import _present
+    from streamchar.recipe.results import present
 
     (tmp_path / "old").mkdir()
     kept = f"old={tmp_path / 'old'}:nosink"
-    assert _present([kept, f"gone={tmp_path / 'gone'}@2"]) == [kept]
+    assert present([kept, f"gone={tmp_path / 'gone'}@2"]) == [kept]
 
 
 def test_stage2_reads_the_stage_it_starts_from(tmp_path):
     """Stage 2 is rebuilt when what it starts from changes: the stage-1 student by default, the teacher with
     ``init: teacher`` (the tiny recipe), and then a changed stage-1 student leaves it alone."""
-    from streamchar.recipe import _inputs
+    from streamchar.recipe.run import _inputs
 
     recipe = Recipe.load(_write(tmp_path, MICRO), tmp_path)
     assert "stage1-2step" in _inputs(recipe, "stage2-2step") and "teacher" in _inputs(recipe, "stage2-2step")

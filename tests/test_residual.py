@@ -212,7 +212,8 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
     from streamchar.data.latents import LatentCache
     from streamchar.distill.stage1 import distill_stage1
     from streamchar.distill.stage2 import distill_stage2
-    from streamchar.training.teacher import latent_spec_from_cache, load_teacher, train_teacher
+    from streamchar.loaders import load_teacher
+    from streamchar.training.teacher import latent_spec_from_cache, train_teacher
     from tests.conftest import TINY_CORPUS_OVERRIDES
     from tests.test_distill import DISTILL_OVERRIDES
     from tests.test_teacher import TRAIN_OVERRIDES
@@ -235,13 +236,13 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
                            f"distill.init={tmp_path / 's1'}"])  # fmt: skip
     s2 = distill_stage2(s2cfg, cache, tmp_path / "s2", progress=False)
     assert s2["finished"] and load_teacher(tmp_path / "s2" / "student", cfg, model_spec(cache)).residual
-    from streamchar.distill import read_distilled
+    from streamchar.loaders import read_distilled
 
     # the students start where the teacher does (shallow) and DMD stayed within the teacher's trained times
     assert read_distilled(tmp_path / "s2" / "student")["start"] == pytest.approx(0.3)
 
     # the engine streams the residual student over the priors; with engine.refine off, the priors alone
-    from streamchar.engine.session import Engine
+    from streamchar.engine.engine import Engine
 
     codec = cache.parent / "codec"
     outputs = {}

@@ -16,7 +16,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from streamchar.config import load_config  # noqa: E402
-from streamchar.engine.session import Engine  # noqa: E402
+from streamchar.engine.engine import Engine  # noqa: E402
 from streamchar.serve.app import create_app  # noqa: E402
 from streamchar.serve.protocol import decode_chunk  # noqa: E402
 

@@ -131,7 +131,7 @@ def _teacher_config(extra=()):
 def _weights(run):
     from safetensors.torch import load_file
 
-    from streamchar.training import list_checkpoints
+    from streamchar.checkpoints import list_checkpoints
 
     last = list_checkpoints(run)[-1]
     return {name: load_file(str(last / f"{name}.safetensors")) for name in ("model", "ema", "optimizer")}
@@ -156,7 +156,7 @@ def test_killed_and_resumed_training_equals_an_uninterrupted_run(cache, tmp_path
 
 
 def test_resuming_with_another_architecture_is_refused(cache, tmp_path):
-    from streamchar.training import CheckpointError
+    from streamchar.checkpoints import CheckpointError
     from streamchar.training.teacher import train_teacher
 
     train_teacher(_teacher_config(), cache, tmp_path / "run", max_steps=1, progress=False)
@@ -167,7 +167,7 @@ def test_resuming_with_another_architecture_is_refused(cache, tmp_path):
 @pytest.mark.parametrize("mode", ["joint", "audio"])
 def test_sample_writes_video_with_sound_and_contact_sheet(cache, tmp_path, mode):
     from streamchar.data.preview import probe_streams
-    from streamchar.eval.teacher_samples import sample_clip
+    from streamchar.eval.protocols.teacher_samples import sample_clip
     from streamchar.training.teacher import train_teacher
 
     codec = f"video_codec.path={cache.parent / 'codec'}"
@@ -187,7 +187,7 @@ def test_sample_rejects_bad_reference_images(cache, tmp_path):
     from PIL import Image
 
     from streamchar.codecs.video import load_video_codec
-    from streamchar.eval.teacher_samples import encode_reference_image
+    from streamchar.eval.protocols.teacher_samples import encode_reference_image
 
     codec = load_video_codec(cache.parent / "codec")
     Image.new("RGB", (80, 60)).save(tmp_path / "wide.png")
@@ -204,7 +204,8 @@ def test_mouth_probe_reads_mouth_opening_from_latents(cache):
     import numpy as np
 
     from streamchar.data.latents import LatentCache
-    from streamchar.eval.mouth_probe import fit_mouth_probe, latent_mouth_open, pearson
+    from streamchar.eval.instruments.mouth_probe import fit_mouth_probe, latent_mouth_open
+    from streamchar.eval.metrics.statistics import pearson
 
     lc = LatentCache(cache)
     probe = fit_mouth_probe(lc, lc.timeline, split="train", ridge=1e-3)
@@ -294,9 +295,10 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(cache, tmp_path
 
 
 def test_loading_a_teacher_with_another_window_is_refused(cache, tmp_path):
+    from streamchar.checkpoints import CheckpointError
     from streamchar.data.latents import LatentCache
-    from streamchar.training import CheckpointError
-    from streamchar.training.teacher import latent_spec_from_cache, load_teacher, train_teacher
+    from streamchar.loaders import load_teacher
+    from streamchar.training.teacher import latent_spec_from_cache, train_teacher
 
     train_teacher(_teacher_config(), cache, tmp_path / "run", max_steps=1, progress=False)
     spec = latent_spec_from_cache(LatentCache(cache))

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from streamchar.codecs.train_vae import train_vae
+from streamchar.checkpoints import CheckpointError
 from streamchar.codecs.video import load_video_codec
 from streamchar.config import load_config
-from streamchar.training import CheckpointError
+from streamchar.training.vae import train_vae
 from tests.conftest import TINY_CORPUS_OVERRIDES
 
 OVERRIDES = TINY_CORPUS_OVERRIDES + [

@@ -5,15 +5,15 @@ import json
 import pytest
 import torch
 
-from streamchar.training import (
+from streamchar.checkpoints import (
     CheckpointError,
-    cosine_lr,
     guard_run_config,
     list_checkpoints,
     load_checkpoint,
     resume_latest,
     save_checkpoint,
 )
+from streamchar.training import cosine_lr
 
 
 def _model_and_opt(seed=0):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from streamchar.codecs.base import CodecError, as_wave_tensor
+from streamchar.timeline import Timeline
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> torch.Tensor:
@@ -34,7 +35,7 @@ class MelCodec(nn.Module):
 
     def __init__(
         self,
-        sample_rate: int = 16000,
+        sample_rate: int = Timeline.sample_rate,
         samples_per_token: int = 640,
         n_mels: int = 80,
         n_fft: int = 1024,

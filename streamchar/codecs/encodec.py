@@ -29,6 +29,7 @@ from torch import nn
 
 from streamchar.codecs.base import CodecError, as_wave_tensor
 from streamchar.media import resample
+from streamchar.timeline import Timeline
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class EncodecCodec(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        sample_rate: int = 16000,
+        sample_rate: int = Timeline.sample_rate,
         samples_per_token: int = 640,
         latent_mean: float = 0.0,
         latent_std: float = 1.0,

@@ -9,7 +9,8 @@ samples shorter or longer depending on what was spoken before, even with another
 ``espeak_Terminate`` followed by ``espeak_Initialize`` hangs). So that the same text and voice
 always give the same samples, :func:`get_espeak` returns a :class:`IsolatedEspeak` on POSIX: a
 zygote process holds a freshly initialised library and never speaks; each request forks it, the
-fork speaks once from that pristine state and exits.
+fork speaks once from that pristine state and exits. Text to phonemes without audio is
+:mod:`streamchar.data.phonemizer`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import os
 import pickle
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +36,7 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_PHONEME_EVENTS = 0x0001
 _INITIALIZE_DONT_EXIT = 0x8000
 _POS_CHARACTER = 1
-_CHARS_UTF8 = 1
+CHARS_UTF8 = 1
 _EVENT_LIST_TERMINATED = 0
 _EVENT_WORD = 1
 _EVENT_END = 5
@@ -144,9 +147,9 @@ class Espeak:
     """The process's libespeak-ng. Use :func:`get_espeak` rather than constructing it."""
 
     def __init__(self) -> None:
-        self._lib = ctypes.CDLL(_find_library())
-        self._lib.espeak_Initialize.restype = ctypes.c_int
-        self._lib.espeak_Synth.argtypes = [
+        self.lib = ctypes.CDLL(_find_library())
+        self.lib.espeak_Initialize.restype = ctypes.c_int
+        self.lib.espeak_Synth.argtypes = [
             ctypes.c_void_p,
             ctypes.c_size_t,
             ctypes.c_uint,
@@ -156,8 +159,8 @@ class Espeak:
             ctypes.c_void_p,
             ctypes.c_void_p,
         ]
-        self._lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        self.native_rate = self._lib.espeak_Initialize(
+        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self.native_rate = self.lib.espeak_Initialize(
             _AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_DONT_EXIT
         )
         if self.native_rate <= 0:
@@ -168,7 +171,7 @@ class Espeak:
         self._blocks: list[np.ndarray] = []
         self._events: list[tuple[int, int, int, int, str]] = []
         self._callback = _Callback(self._on_synth)  # keep a reference: C holds only the pointer
-        self._lib.espeak_SetSynthCallback(self._callback)
+        self.lib.espeak_SetSynthCallback(self._callback)
 
     def _on_synth(self, wav, num_samples, events) -> int:
         if num_samples > 0:
@@ -190,23 +193,23 @@ class Espeak:
         if not text:
             raise ValueError("Cannot synthesise empty text; pass at least one word.")
         with self._lock:
-            if self._lib.espeak_SetVoiceByName(voice.espeak_name.encode()) != 0:
+            if self.lib.espeak_SetVoiceByName(voice.espeak_name.encode()) != 0:
                 raise EspeakError(
                     f"espeak-ng has no voice '{voice.espeak_name}'; list voices with `espeak-ng --voices`."
                 )
-            self._lib.espeak_SetParameter(_PARAM_RATE, int(voice.rate), 0)
-            self._lib.espeak_SetParameter(_PARAM_PITCH, int(voice.pitch), 0)
-            self._lib.espeak_SetParameter(_PARAM_RANGE, int(voice.pitch_range), 0)
-            self._lib.espeak_SetParameter(_PARAM_VOLUME, 100, 0)
-            self._lib.espeak_SetParameter(_PARAM_WORDGAP, 0, 0)
+            self.lib.espeak_SetParameter(_PARAM_RATE, int(voice.rate), 0)
+            self.lib.espeak_SetParameter(_PARAM_PITCH, int(voice.pitch), 0)
+            self.lib.espeak_SetParameter(_PARAM_RANGE, int(voice.pitch_range), 0)
+            self.lib.espeak_SetParameter(_PARAM_VOLUME, 100, 0)
+            self.lib.espeak_SetParameter(_PARAM_WORDGAP, 0, 0)
             self._blocks, self._events = [], []
             encoded = text.encode("utf-8")
-            err = self._lib.espeak_Synth(
-                encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
+            err = self.lib.espeak_Synth(
+                encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, CHARS_UTF8, None, None
             )
             if err != 0:
                 raise EspeakError(f"espeak_Synth failed with code {err}.")
-            self._lib.espeak_Synchronize()
+            self.lib.espeak_Synchronize()
             blocks, events = self._blocks, self._events
             self._blocks, self._events = [], []
         pcm = np.concatenate(blocks) if blocks else np.zeros(0, np.int16)
@@ -257,7 +260,8 @@ def _spans_from_events(
     return tuple(words), tuple(phonemes)
 
 
-def _send(fd: int, obj) -> None:
+def send_message(fd: int, obj) -> None:
+    """Write ``obj`` pickled, after its length, to the pipe ``fd``."""
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     os.write(fd, struct.pack("<Q", len(data)))
     view = memoryview(data)
@@ -266,7 +270,8 @@ def _send(fd: int, obj) -> None:
         view = view[written:]
 
 
-def _recv(fd: int):
+def receive_message(fd: int):
+    """The next object :func:`send_message` wrote to the pipe ``fd`` (EOFError once it is closed)."""
     header = _read_exact(fd, 8)
     if header is None:
         raise EOFError
@@ -288,46 +293,42 @@ def _read_exact(fd: int, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _zygote_main(requests: int, responses: int) -> None:
-    """Serve synthesis requests, each from a fresh fork of this never-speaking process."""
+def reply(work: Callable, *args) -> tuple[str, object]:
+    """A helper's reply: ``("ok", work(*args))``, or ``("error", "Kind: message")`` when it raises."""
     try:
-        engine = Espeak()
-        _send(responses, ("ready", engine.native_rate))
+        return "ok", work(*args)
+    except Exception as err:
+        return "error", f"{type(err).__name__}: {err}"
+
+
+def _serve(requests: int, responses: int, start: Callable, answer: Callable) -> None:
+    """The child's side of :class:`HelperProcess`: ``("ready", value)`` (or ``("error", message)``, and
+    stop) once, then one reply per request until the request pipe closes."""
+    try:
+        state, ready = start()
+        send_message(responses, ("ready", ready))
     except Exception as err:  # report and stop: the parent raises it
-        _send(responses, ("error", f"{type(err).__name__}: {err}"))
+        send_message(responses, ("error", f"{type(err).__name__}: {err}"))
         return
     while True:
         try:
-            text, voice = _recv(requests)
+            request = receive_message(requests)
         except EOFError:
             return
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the fork: speak once from the pristine state, then leave
-            os.close(read_end)
-            try:
-                _send(write_end, ("ok", engine.synthesize(text, voice)))
-            except Exception as err:
-                _send(write_end, ("error", f"{type(err).__name__}: {err}"))
-            os._exit(0)
-        os.close(write_end)
-        try:
-            result = _recv(read_end)
-        except EOFError:
-            result = ("error", "EspeakError: the synthesis process died")
-        os.close(read_end)
-        os.waitpid(pid, 0)
-        _send(responses, result)
+        send_message(responses, answer(state, request))
 
 
-class _HelperProcess:
+class HelperProcess:
     """A forked process that owns its own libespeak-ng and answers pickled requests over two pipes.
 
-    ``main(requests, responses)`` runs in the child: it sends ``("ready", value)`` (or ``("error",
-    message)``) once, then one reply per request until the request pipe closes.
+    In the child, ``start()`` returns the helper's state and the value it reports ready with; then
+    ``answer(state, request)`` returns the reply (see :func:`reply`) to each request until the request
+    pipe closes.
     """
 
-    def __init__(self, main) -> None:
+    def __init__(
+        self, start: Callable[[], tuple[Any, object]], answer: Callable[[Any, Any], tuple[str, object]]
+    ) -> None:
         _find_library()  # fail here, with the install hint, if the library is missing
         req_read, req_write = os.pipe()
         resp_read, resp_write = os.pipe()
@@ -336,14 +337,14 @@ class _HelperProcess:
             os.close(req_write)
             os.close(resp_read)
             try:
-                main(req_read, resp_write)
+                _serve(req_read, resp_write, start, answer)
             finally:
                 os._exit(0)
         os.close(req_read)
         os.close(resp_write)
         self._pid, self._requests, self._responses = pid, req_write, resp_read
         self._lock = threading.Lock()
-        status, value = _recv(self._responses)
+        status, value = receive_message(self._responses)
         if status != "ready":
             self.close()
             raise EspeakError(f"libespeak-ng failed to start ({value}); check the espeak-ng installation.")
@@ -352,8 +353,8 @@ class _HelperProcess:
 
     def _request(self, payload) -> tuple[str, object]:
         with self._lock:
-            _send(self._requests, payload)
-            return _recv(self._responses)
+            send_message(self._requests, payload)
+            return receive_message(self._responses)
 
     def close(self) -> None:
         if self._pid is None:
@@ -367,11 +368,36 @@ class _HelperProcess:
         self._pid = None
 
 
-class IsolatedEspeak(_HelperProcess):
+def _start_zygote() -> tuple[Espeak, int]:
+    """The zygote's library, which never speaks itself; it reports ready with the native rate."""
+    engine = Espeak()
+    return engine, engine.native_rate
+
+
+def _speak_in_fork(engine: Espeak, request: tuple[str, Voice]) -> tuple[str, object]:
+    """Speak ``request`` (text, voice) in a fresh fork of this never-speaking process; returns its reply."""
+    text, voice = request
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the fork: speak once from the pristine state, then leave
+        os.close(read_end)
+        send_message(write_end, reply(engine.synthesize, text, voice))
+        os._exit(0)
+    os.close(write_end)
+    try:
+        result = receive_message(read_end)
+    except EOFError:
+        result = ("error", "EspeakError: the synthesis process died")
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    return result
+
+
+class IsolatedEspeak(HelperProcess):
     """libespeak-ng behind a zygote process, so every synthesis starts from the same state."""
 
     def __init__(self) -> None:
-        super().__init__(_zygote_main)
+        super().__init__(_start_zygote, _speak_in_fork)
         self.native_rate = int(self.ready_value)
 
     def synthesize(self, text: str, voice: Voice) -> Utterance:
@@ -387,14 +413,14 @@ class IsolatedEspeak(_HelperProcess):
 
 _INSTANCE: Espeak | IsolatedEspeak | None = None
 _INSTANCE_PID: int | None = None
-_INSTANCE_LOCK = threading.Lock()
+START_LOCK = threading.Lock()  # one helper process starts at a time: a fork must not inherit its pipes
 
 
 def get_espeak() -> Espeak | IsolatedEspeak:
     """The process's speech engine (created on first use): isolated per synthesis where the OS can
     fork, else the library in this process (then output may depend on what was spoken before)."""
     global _INSTANCE, _INSTANCE_PID
-    with _INSTANCE_LOCK:
+    with START_LOCK:
         if _INSTANCE is None or _INSTANCE_PID != os.getpid():
             if hasattr(os, "fork"):
                 _INSTANCE = IsolatedEspeak()
@@ -403,115 +429,3 @@ def get_espeak() -> Espeak | IsolatedEspeak:
                 _INSTANCE = Espeak()
             _INSTANCE_PID = os.getpid()
         return _INSTANCE
-
-
-# -- text to phonemes (no audio) ------------------------------------------------------------------
-_PHONEME_SEPARATOR = ord("_") << 8  # espeak_TextToPhonemes: bits 8-23 hold the separator character
-
-
-def _text_to_phonemes(lib, text: str, language: str) -> list[list[str]]:
-    """Word groups of phoneme mnemonics (stress marks removed) for ``text`` in ``language``."""
-    if lib.espeak_SetVoiceByName(language.encode()) != 0:
-        raise EspeakError(f"espeak-ng has no voice '{language}'; list voices with `espeak-ng --voices`.")
-    buffer = ctypes.create_string_buffer(text.encode("utf-8"))
-    cursor = ctypes.c_void_p(ctypes.addressof(buffer))
-    groups: list[list[str]] = []
-    while cursor.value:
-        clause = lib.espeak_TextToPhonemes(ctypes.byref(cursor), _CHARS_UTF8, _PHONEME_SEPARATOR)
-        for word in (clause or b"").decode("ascii", "replace").split():
-            groups.append([p for p in (x.strip("',") for x in word.split("_")) if p])
-    return groups
-
-
-def _phonemizer_main(requests: int, responses: int) -> None:
-    """Serve text-to-phoneme requests from this process's own library (it never synthesises)."""
-    try:
-        lib = Espeak()._lib
-        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
-        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
-        _send(responses, ("ready", None))
-    except Exception as err:
-        _send(responses, ("error", f"{type(err).__name__}: {err}"))
-        return
-    while True:
-        try:
-            text, language = _recv(requests)
-        except EOFError:
-            return
-        try:
-            _send(responses, ("ok", _text_to_phonemes(lib, text, language)))
-        except Exception as err:
-            _send(responses, ("error", f"{type(err).__name__}: {err}"))
-
-
-class EspeakPhonemizer(_HelperProcess):
-    """espeak-ng's text-to-phoneme translation (``espeak_TextToPhonemes``) in a helper process.
-
-    The helper keeps its own library, so this process's synthesis zygote stays pristine; a request
-    costs a pipe round trip (tens of microseconds), not a fork.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(_phonemizer_main)
-
-    def words(self, text: str, language: str = "en-us") -> list[list[str]]:
-        """espeak's phoneme mnemonics of ``text``, one list per word it spoke."""
-        status, value = self._request((text, language))
-        if status != "ok":
-            raise EspeakError(value.partition(": ")[2] or value)
-        return value
-
-
-class RecordedPhonemizer:
-    """espeak's answers read from a file instead of espeak, for a machine without libespeak-ng (the GPU
-    machines, whose image lacks it) that speaks only texts recorded beforehand where espeak runs.
-
-    ``STREAMCHAR_PHONEMES=FILE`` makes :func:`get_phonemizer` return one; ``STREAMCHAR_RECORD_PHONEMES=FILE``
-    makes it record every answer of the real espeak into ``FILE`` (JSON ``{language: {text: words}}``).
-    """
-
-    def __init__(self, path: str | os.PathLike, inner: EspeakPhonemizer | None = None) -> None:
-        import json
-
-        self.path, self.inner = str(path), inner
-        self.table: dict[str, dict[str, list[list[str]]]] = {}
-        if os.path.isfile(self.path):
-            self.table = json.loads(open(self.path, encoding="utf-8").read())
-        elif inner is None:
-            raise EspeakError(f"No recorded phonemes at {self.path}; record them where espeak-ng is installed "
-                              "with STREAMCHAR_RECORD_PHONEMES set, or unset STREAMCHAR_PHONEMES.")  # fmt: skip
-
-    def words(self, text: str, language: str = "en-us") -> list[list[str]]:
-        known = self.table.get(language, {})
-        if text in known:
-            return known[text]
-        if self.inner is None:
-            raise EspeakError(f"'{text[:40]}' ({language}) is not among the phonemes recorded in {self.path}; "
-                              "record it where espeak-ng is installed (STREAMCHAR_RECORD_PHONEMES).")  # fmt: skip
-        import json
-
-        value = known[text] = self.inner.words(text, language)
-        self.table[language] = known
-        with open(self.path, "w", encoding="utf-8") as f:
-            f.write(json.dumps(self.table, ensure_ascii=False, indent=0, sort_keys=True) + "\n")
-        return value
-
-
-_PHONEMIZER: EspeakPhonemizer | RecordedPhonemizer | None = None
-_PHONEMIZER_PID: int | None = None
-
-
-def get_phonemizer() -> EspeakPhonemizer | RecordedPhonemizer:
-    """The process's text-to-phoneme helper (started on first use): espeak-ng, or its recorded answers
-    (see :class:`RecordedPhonemizer`)."""
-    global _PHONEMIZER, _PHONEMIZER_PID
-    with _INSTANCE_LOCK:
-        if _PHONEMIZER is None or _PHONEMIZER_PID != os.getpid():
-            if os.environ.get("STREAMCHAR_PHONEMES"):
-                _PHONEMIZER = RecordedPhonemizer(os.environ["STREAMCHAR_PHONEMES"])
-            elif os.environ.get("STREAMCHAR_RECORD_PHONEMES"):
-                _PHONEMIZER = RecordedPhonemizer(os.environ["STREAMCHAR_RECORD_PHONEMES"], EspeakPhonemizer())
-            else:
-                _PHONEMIZER = EspeakPhonemizer()
-            _PHONEMIZER_PID = os.getpid()
-        return _PHONEMIZER

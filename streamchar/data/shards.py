@@ -121,6 +121,14 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def read_manifest(folder: Path, name: str, how: str) -> dict:
+    """The JSON manifest ``folder/name``, or a :class:`CorpusError` that says ``how`` to make it."""
+    path = folder / name
+    if not path.is_file():
+        raise CorpusError(f"{folder} has no {name}; {how}")
+    return json.loads(path.read_text())
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -187,17 +195,12 @@ class Corpus:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        path = self.folder / MANIFEST
-        if not path.is_file():
-            raise CorpusError(
-                f"{self.folder} has no {MANIFEST}; create a corpus with `streamchar data synth` or "
-                "`streamchar data prepare` first."
-            )
-        self.manifest = json.loads(path.read_text())
+        how = "create a corpus with `streamchar data synth` or `streamchar data prepare` first."
+        self.manifest = read_manifest(self.folder, MANIFEST, how)
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise CorpusError(
-                f"{path} has format version {self.manifest.get('format_version')}, this StreamChar reads "
-                f"{FORMAT_VERSION}; regenerate the corpus."
+                f"{self.folder / MANIFEST} has format version {self.manifest.get('format_version')}, this "
+                f"StreamChar reads {FORMAT_VERSION}; regenerate the corpus."
             )
         self.clips: list[dict] = self.manifest["clips"]
         self._readers: dict[str, ShardReader] = {}

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streamchar.config import StreamCharConfig, SynthConfig, to_dict
+from streamchar.config import StreamCharConfig, to_dict
+from streamchar.config_sections import SynthConfig
 from streamchar.data.characters import CharacterRenderer, Identity, sample_identity
 from streamchar.data.espeak import PAUSE_PHONEMES, Voice, get_espeak
 from streamchar.data.motion import articulation_emphasis, motion_tracks

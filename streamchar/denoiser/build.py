@@ -8,8 +8,6 @@ from streamchar.denoiser.dit import JointDiT
 from streamchar.denoiser.flow import EulerSampler, Guidance
 from streamchar.timeline import Timeline
 
-SPATIAL_FACTOR = 8  # every video codec StreamChar builds or loads downsamples by 8
-
 
 @dataclass(frozen=True)
 class LatentSpec:
@@ -21,16 +19,15 @@ class LatentSpec:
     num_units: int
 
 
-def latent_spec_from_config(cfg) -> LatentSpec:
-    """Latent sizes implied by a config (video codec sizes, the audio codec's token width, the unit set)."""
-    from streamchar.codecs.audio import build_audio_codec
+def latent_spec(video_codec, audio_codec) -> LatentSpec:
+    """Latent sizes of codecs already built (the video codec's channels and latent grid, the audio codec's
+    token width) and of the unit set."""
     from streamchar.data.phonemes import F0Buckets, num_units
 
-    audio = build_audio_codec(cfg, cfg.timeline)
     return LatentSpec(
-        latent_channels=cfg.video_codec.latent_channels,
-        latent_size=cfg.video_codec.image_size // SPATIAL_FACTOR,
-        audio_dim=audio.latent_dim,
+        latent_channels=video_codec.latent_channels,
+        latent_size=video_codec.latent_size,
+        audio_dim=audio_codec.latent_dim,
         num_units=num_units(F0Buckets()),
     )
 

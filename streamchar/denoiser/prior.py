@@ -271,7 +271,7 @@ class Priors(nn.Module):
         self, batch: dict, audio_driven: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The prior means ``(video [B, C, L, h, w], audio [B, L_a, D_a])`` of a window batch
-        (:class:`~streamchar.data.latents.WindowDataset` with ``unit_context = context``). Where
+        (:class:`~streamchar.data.windows.WindowDataset` with ``unit_context = context``). Where
         ``audio_driven`` ``[B]`` is True the audio is given: its mean is the window's own audio."""
         units = torch.cat([batch["context_units"], batch["units"]], dim=1)
         speaking = torch.cat([batch["context_speaking"], batch["speaking"]], dim=1)

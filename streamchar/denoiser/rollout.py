@@ -2,7 +2,8 @@
 
 The reference K/V are computed once; after the first chunk its first ``S`` latent frames become the
 sink (once per session); before every later chunk the previous chunk's last ``M`` latent frames become
-the motion frames (once per chunk). Every denoising step reuses these cached K/V.
+the motion frames (once per chunk): the :class:`~streamchar.memory.window.WindowMemory` bookkeeping,
+shared with the engine. Every denoising step reuses these cached K/V.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from streamchar.denoiser.dit import Conditions, JointDiT, WindowContext
 from streamchar.denoiser.flow import EulerSampler, repeat_batch, set_reference_for_guidance
 from streamchar.denoiser.residual import to_latents
+from streamchar.memory.window import WindowMemory
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,57 @@ def window_context(
     )  # fmt: skip
 
 
+def enter_window(
+    model: JointDiT,
+    memory: WindowMemory,
+    branches: int,
+    cached: bool,
+    references: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> WindowContext | None:
+    """Before a chunk: move what enters the window (:meth:`WindowMemory.advance`) into the model's context
+    cache, repeated for the ``branches`` guidance branches (``cached``); or, without the cache, return the
+    whole window's clean context to recompute (``references``: reference video, voice and voice validity)."""
+    sink, motion = memory.advance()
+    if not cached:
+        return window_context(*references, memory.sink, motion, model.timeline)
+    if sink is not None:
+        model.set_sink(repeat_batch(sink[0], branches), repeat_batch(sink[1], branches))
+    if motion is not None:
+        model.set_motion(repeat_batch(motion[0], branches), repeat_batch(motion[1], branches))
+    return None
+
+
+def start_unit_context(priors, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The acoustic prior's context before the first chunk: ``(units, speaking)`` ``[B, context]`` of padding."""
+    return (torch.full((batch, priors.context), -1, dtype=torch.long, device=device),
+            torch.zeros(batch, priors.context, dtype=torch.long, device=device))  # fmt: skip
+
+
+def prior_means(
+    priors,
+    cond: Conditions,
+    given: torch.Tensor | None,
+    unit_context: tuple[torch.Tensor, torch.Tensor],
+    references: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    memory: WindowMemory,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The chunk's prior means ``(video [B, C, L, h, w], audio [B, L_a, D_a])`` and the next unit context: the
+    acoustic prior over the planned units after ``unit_context`` (or the ``given`` speech itself), then the
+    video prior from the reference, the last motion latent (the reference at the start, or without motion
+    frames) and the motion audio."""
+    ref_video, ref_voice, ref_voice_valid = references
+    if given is None:
+        units = torch.cat([unit_context[0], cond.units], 1)
+        speaking = torch.cat([unit_context[1], cond.speaking], 1)
+        mu_audio = priors.audio_means(units, speaking, ref_voice, ref_voice_valid)
+        unit_context = (units[:, -priors.context :], speaking[:, -priors.context :])
+    else:
+        mu_audio = given.float()
+    reference = ref_video[:, :, 0].float()
+    last, heard = memory.prior_context(reference, mu_audio.shape[-1])
+    return priors.video_means(reference, last, heard, mu_audio), mu_audio, unit_context
+
+
 @torch.no_grad()
 def generate(
     model: JointDiT,
@@ -85,8 +138,7 @@ def generate(
     tl = model.timeline
     b, c, _, h, w = ref_video.shape
     device = ref_video.device
-    L, S, M = tl.chunk_latent_frames, tl.sink_latent_frames, tl.motion_latent_frames
-    M_a, S_a, L_a = tl.motion_audio_tokens, tl.sink_audio_tokens, tl.chunk_audio_tokens
+    L, S, L_a = tl.chunk_latent_frames, tl.sink_latent_frames, tl.chunk_audio_tokens
     if S > L:
         raise ValueError(f"timeline.sink_latent_frames ({S}) must not exceed chunk_latent_frames ({L}).")
     if ref_voice_valid is None:
@@ -96,44 +148,24 @@ def generate(
     if use_priors and priors is None:
         raise ValueError("This denoiser refines the priors' means; pass priors= (loaders.load_priors).")
     if use_priors:
-        unit_context = (torch.full((b, priors.context), -1, dtype=torch.long, device=device),
-                        torch.zeros(b, priors.context, dtype=torch.long, device=device))  # fmt: skip
+        unit_context = start_unit_context(priors, b, device)
     videos, audios, seconds = [], [], []
+    memory = WindowMemory(tl, use_sink=use_sink)
     with model.streaming():
         if use_cache:
             set_reference_for_guidance(model, sampler.guidance, ref_video, ref_voice, ref_voice_valid)
         for index, cond in enumerate(conditions):
             start = time.perf_counter()
-            context = None
-            if index > 0:
-                sink_video, sink_audio = videos[0][:, :, :S], audios[0][:, :S_a]
-                motion_video, motion_audio = videos[-1][:, :, -M:], audios[-1][:, -M_a:]
-                if use_cache:
-                    if index == 1 and use_sink:
-                        model.set_sink(repeat_batch(sink_video, n), repeat_batch(sink_audio, n))
-                    model.set_motion(repeat_batch(motion_video, n), repeat_batch(motion_audio, n))
-            if not use_cache:
-                context = window_context(ref_video, ref_voice, ref_voice_valid,
-                                         (sink_video, sink_audio) if index > 0 and use_sink else None,
-                                         (motion_video, motion_audio) if index > 0 else None, tl)  # fmt: skip
+            context = enter_window(model, memory, n, use_cache, (ref_video, ref_voice, ref_voice_valid))
             noise_video = torch.randn(b, c, L, h, w, generator=generator).to(device)
             noise_audio = torch.randn(b, L_a, ref_voice.shape[-1], generator=generator).to(device)
             audio_in = given_audio[index].to(device) if given_audio is not None else None
             mu_video = mu_audio = None
             if use_priors:
-                if audio_in is None:
-                    units = torch.cat([unit_context[0], cond.units], 1)
-                    speaking = torch.cat([unit_context[1], cond.speaking], 1)
-                    mu_audio = priors.audio_means(units, speaking, ref_voice, ref_voice_valid)
-                    unit_context = (units[:, -priors.context :], speaking[:, -priors.context :])
-                else:
-                    mu_audio = audio_in.float()
-                reference = ref_video[:, :, 0].float()
-                last = videos[-1][:, :, -1] if videos else reference
-                heard = (
-                    audios[-1][:, -M_a:] if audios else torch.zeros(b, M_a, mu_audio.shape[-1], device=device)
+                references = (ref_video, ref_voice, ref_voice_valid)
+                mu_video, mu_audio, unit_context = prior_means(
+                    priors, cond, audio_in, unit_context, references, memory
                 )
-                mu_video = priors.video_means(reference, last, heard, mu_audio)
                 if model.residual:
                     cond = Conditions(cond.units, cond.speaking, mu_audio, mu_video)
                 if audio_in is not None and model.residual:
@@ -149,5 +181,6 @@ def generate(
                 audio = given_audio[index].to(device).float()
             videos.append(video)
             audios.append(audio)
+            memory.push(video, audio)
             seconds.append(time.perf_counter() - start)
     return Rollout(torch.cat(videos, dim=2), torch.cat(audios, dim=1), seconds)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from streamchar.data.latents import WindowDataset
+from streamchar.data.windows import WindowDataset
 from streamchar.denoiser.dit import Conditions, JointDiT
 from streamchar.denoiser.flow import Guidance, guided_velocity, sampling_grid
 from streamchar.denoiser.objective import TeacherObjective
@@ -115,7 +115,7 @@ def generate_pairs(
     around the ``priors``' means."""
     from tqdm.auto import tqdm
 
-    from streamchar.training.teacher import _to, collate
+    from streamchar.training.loop import collate, to_device
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,7 @@ def generate_pairs(
                disable=not (progress and rank == 0))  # fmt: skip
     for first in todo:
         indices = list(range(first, min(first + spec.shard_size, spec.count)))
-        batch = residual_batch(teacher, _to(collate([windows[i] for i in indices]), device), priors)
+        batch = residual_batch(teacher, to_device(collate([windows[i] for i in indices]), device), priors)
         g = torch.Generator().manual_seed(spec.seed * 1_000_003 + first)
         noise = (torch.randn(batch["video"].shape, generator=g).to(device),
                  torch.randn(batch["audio"].shape, generator=g).to(device))  # fmt: skip

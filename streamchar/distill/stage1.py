@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 
 from streamchar.config import StreamCharConfig
-from streamchar.data.latents import WindowDataset
+from streamchar.data.windows import WindowDataset
 from streamchar.denoiser.dit import Conditions
 from streamchar.denoiser.objective import TeacherObjective
 from streamchar.denoiser.residual import residual_batch
 from streamchar.distill.pairs import PairSet, PairSpec, generate_pairs
 from streamchar.distill.trainer import DistillRun
-from streamchar.training.teacher import _to, collate
+from streamchar.training.loop import collate, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def regression_batch(pairs: PairSet, steps: int, indices: list[int], ks: list[in
     """Collated windows, states, targets and times of the given pairs at student steps ``ks`` (a residual
     ``model``'s windows carry the ``priors``' means)."""
     items = [pairs.item(i, steps, k) for i, k in zip(indices, ks, strict=True)]
-    batch = _to(collate([w for w, _, _, _ in items]), device)
+    batch = to_device(collate([w for w, _, _, _ in items]), device)
     if model is not None:
         batch = residual_batch(model, batch, priors)
     states = tuple(torch.stack([s[m] for _, s, _, _ in items]).to(device) for m in (0, 1))
@@ -70,11 +70,12 @@ def distill_stage1(
     """Run (or resume) stage 1; returns a summary and leaves the student in ``OUT/student``."""
     dcfg = cfg.distill
     pair_spec_from_config(dcfg).check(dcfg.student_steps)
-    run = DistillRun(cfg, latents, out, "stage1")
+    total = dcfg.regression_steps + dcfg.dmd_steps
+    run = DistillRun(cfg, latents, out, "stage1", total, f"distill stage 1 ({dcfg.student_steps}-step)",
+                     progress=progress)  # fmt: skip
     spec = pair_spec_from_config(dcfg, run.objective.start)
     acc, obj, b = run.accelerator, run.objective, dcfg.batch_size
     pairs_dir = Path(dcfg.pairs_dir) if dcfg.pairs_dir else run.out / "pairs"
-    total = dcfg.regression_steps + dcfg.dmd_steps
     if run.start < dcfg.regression_steps:
         generate_pairs(run.teacher, run.cache, run.timeline, spec, pairs_dir, run.device, acc.autocast,
                        run.rank, run.world, progress, run.priors)  # fmt: skip
@@ -82,11 +83,8 @@ def distill_stage1(
         pairs = PairSet(pairs_dir, run.cache, run.timeline, spec, run.unit_context)
     windows = WindowDataset(run.cache, "train", length=2**31 - 1, seed=dcfg.seed + 3,
                             first_chunk_prob=0.1, timeline=run.timeline, unit_context=run.unit_context)  # fmt: skip
-    stop = total if max_steps is None else min(total, run.start + max_steps)
-    bar = run.progress_bar(total, f"distill stage 1 ({dcfg.student_steps}-step)", progress)
-    last: dict[str, float] = {}
-    for step in range(run.start, stop):
-        g = run.generator(step)
+
+    def train_step(step: int, g: torch.Generator):
         first = (step * run.world + run.rank) * b
         if step < dcfg.regression_steps:
             ks = torch.randint(0, dcfg.student_steps, (b * run.world,), generator=g)[
@@ -98,31 +96,26 @@ def distill_stage1(
             )
             with acc.autocast():
                 loss, parts = obj.regression(run.student, batch, states, t, targets)
-            run.backward(run.student, loss)
-            run.update(run.student, run.opt_student, run.lr(step, dcfg.regression_steps, dcfg.lr_regression))
-            last = {"regression": loss.item()}
-        else:
-            batch = _to(collate([windows[first + i] for i in range(b)]), run.device)
-            batch = residual_batch(run.teacher, batch, run.priors)
-            draws = {k: v.to(run.device) for k, v in
-                     obj.draw(batch, g, total=b * run.world, offset=run.rank * b).items()}  # fmt: skip
-            conditions, context = Conditions.of(batch), TeacherObjective.context(batch)
+            run.backward(loss, "student")
+            run.update("student", run.lr_at(step, dcfg.regression_steps, dcfg.lr_regression))
+            return loss, {"regression": loss.item()}
+        batch = to_device(collate([windows[first + i] for i in range(b)]), run.device)
+        batch = residual_batch(run.teacher, batch, run.priors)
+        draws = {k: v.to(run.device) for k, v in
+                 obj.draw(batch, g, total=b * run.world, offset=run.rank * b).items()}  # fmt: skip
+        conditions, context = Conditions.of(batch), TeacherObjective.context(batch)
+        with acc.autocast():
+            x0 = obj.student_x0(run.student, (draws["noise_video"], draws["noise_audio"]), conditions, context,
+                                batch["audio_mask"], int(draws["exit"]))  # fmt: skip
+            loss, parts = obj.dmd(x0, run.teacher, run.fake, batch, draws)
+        run.backward(loss, "student")
+        run.update("student", run.lr_at(step - dcfg.regression_steps, dcfg.dmd_steps, dcfg.lr_student))
+        samples = (x0[0].detach(), x0[1].detach())
+        for u in range(dcfg.fake_updates):
             with acc.autocast():
-                x0 = obj.student_x0(run.student, (draws["noise_video"], draws["noise_audio"]), conditions, context,
-                                    batch["audio_mask"], int(draws["exit"]))  # fmt: skip
-                loss, parts = obj.dmd(x0, run.teacher, run.fake, batch, draws)
-            run.backward(run.student, loss)
-            lr = run.lr(step - dcfg.regression_steps, dcfg.dmd_steps, dcfg.lr_student)
-            run.update(run.student, run.opt_student, lr)
-            samples = (x0[0].detach(), x0[1].detach())
-            for u in range(dcfg.fake_updates):
-                with acc.autocast():
-                    fake_loss, _ = obj.fake_score(run.fake, samples, batch, draws, u)
-                run.backward(run.fake, fake_loss)
-                run.update(
-                    run.fake, run.opt_fake, run.lr(step - dcfg.regression_steps, dcfg.dmd_steps, dcfg.lr_fake)
-                )
-            last = {"dmd": loss.item(), "fake_flow": fake_loss.item()}
-        run.check(loss, step)
-        run.step_done(step + 1, last, bar)
-    return run.close(bar, stop, total, last, {})
+                fake_loss, _ = obj.fake_score(run.fake, samples, batch, draws, u)
+            run.backward(fake_loss, "fake")
+            run.update("fake", run.lr_at(step - dcfg.regression_steps, dcfg.dmd_steps, dcfg.lr_fake))
+        return loss, {"dmd": loss.item(), "fake_flow": fake_loss.item()}
+
+    return run.train(train_step, max_steps)

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
+from streamchar.checkpoints import CheckpointError
 from streamchar.config import StreamCharConfig, resolve_asset_path
-from streamchar.data.latents import RolloutDataset
+from streamchar.data.windows import RolloutDataset
 from streamchar.denoiser.dit import Conditions, WindowContext
 from streamchar.denoiser.residual import to_latents
 from streamchar.distill.trainer import DistillRun
-from streamchar.training import CheckpointError
-from streamchar.training.teacher import _to, collate
+from streamchar.training.loop import collate, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -95,17 +95,18 @@ class PlannedConditions:
     """Per rollout, an orchestrator speaking the clip's transcript, re-aligned to the generated audio."""
 
     def __init__(self, cfg: StreamCharConfig, cache) -> None:
-        from streamchar.eval.phoneme_probe import fit_phoneme_probe
         from streamchar.orchestrator.model import load_unit_lm
+        from streamchar.orchestrator.phoneme_probe import fit_phoneme_probe
 
         self.cfg, self.cache = cfg, cache
         self.lm, self.vocab, _ = load_unit_lm(resolve_asset_path(cfg.orchestrator.path), device="cpu")
         reader = resolve_asset_path(cfg.distill.phoneme_reader) if cfg.distill.phoneme_reader else None
         if reader is not None and (reader / "model.safetensors").is_file():
             from streamchar.codecs.audio import build_audio_codec
-            from streamchar.eval.recognizer import LatentPhonemeReader, load_recognizer
+            from streamchar.loaders import load_phoneme_recognizer
+            from streamchar.orchestrator.reader import LatentPhonemeReader
 
-            recognizer = load_recognizer(reader)
+            recognizer = load_phoneme_recognizer(reader)
             self.probe = LatentPhonemeReader(recognizer, build_audio_codec(cfg, cfg.timeline))
             self.probe_scores = {"recognizer": str(reader), **recognizer.scores}
         else:
@@ -157,8 +158,10 @@ def distill_stage2(
     init = resolve_asset_path(dcfg.init)
     if (init / "student").is_dir():
         init = init / "student"
-    run = DistillRun(cfg, latents, out, "stage2", init=str(init))
-    acc, obj, b, R = run.accelerator, run.objective, dcfg.batch_size, dcfg.rollout_chunks
+    R, total = dcfg.rollout_chunks, dcfg.rollout_steps
+    desc = f"distill stage 2 ({dcfg.student_steps}-step, {R} chunks)"
+    run = DistillRun(cfg, latents, out, "stage2", total, desc, init=str(init), progress=progress)
+    acc, obj, b = run.accelerator, run.objective, dcfg.batch_size
     tl = run.timeline
     rollouts = RolloutDataset(run.cache, "train", chunks=R, length=2**31 - 1, seed=dcfg.seed + 5, timeline=tl)
     if dcfg.rollout_conditions not in ("corpus", "orchestrator"):
@@ -166,14 +169,10 @@ def distill_stage2(
             f"distill.rollout_conditions must be corpus or orchestrator, got '{dcfg.rollout_conditions}'."
         )
     planner = PlannedConditions(cfg, run.cache) if dcfg.rollout_conditions == "orchestrator" else None
-    total = dcfg.rollout_steps
-    stop = total if max_steps is None else min(total, run.start + max_steps)
-    bar = run.progress_bar(total, f"distill stage 2 ({dcfg.student_steps}-step, {R} chunks)", progress)
-    last: dict[str, float] = {}
-    for step in range(run.start, stop):
-        g = run.generator(step)
+
+    def train_step(step: int, g: torch.Generator):
         first = (step * run.world + run.rank) * b
-        batch = _to(collate([rollouts[first + i] for i in range(b)]), run.device)
+        batch = to_device(collate([rollouts[first + i] for i in range(b)]), run.device)
         # the student's samples (its state space) and the same chunks as clean latents (the window memory)
         samples, chunks, history, contexts, draws_all, losses, lags = [], [], [], [], [], [], []
         sessions = planner.start(batch["key"]) if planner else None
@@ -193,7 +192,7 @@ def distill_stage2(
                 x0 = obj.student_x0(run.student, (draws["noise_video"], draws["noise_audio"]),
                                     Conditions.of(cb), context, cb["audio_mask"])  # fmt: skip
                 loss, _ = obj.dmd(x0, run.teacher, run.fake, cb, draws, context)
-            run.backward(run.student, loss / R, sync=r == R - 1)
+            run.backward(loss / R, "student", sync=r == R - 1)
             losses.append(loss.item())
             samples.append((x0[0].detach().float(), x0[1].detach().float()))
             chunks.append(to_latents(run.teacher, *samples[-1], cb.get("prior_video"), cb.get("prior_audio")))
@@ -201,21 +200,22 @@ def distill_stage2(
                 lags += planner.realign(sessions, chunks[-1][1].cpu())
             contexts.append(context)
             draws_all.append((cb, draws))
-        run.check(torch.tensor(sum(losses)), step)
-        run.update(run.student, run.opt_student, run.lr(step, total, dcfg.lr_student))
+        run.update("student", run.lr_at(step, total, dcfg.lr_student))
         fake_losses = []
         for u in range(dcfg.fake_updates):
             for r, ((cb, draws), context) in enumerate(zip(draws_all, contexts, strict=True)):
                 with acc.autocast():
                     fake_loss, _ = obj.fake_score(run.fake, samples[r], cb, draws, u, context)
-                run.backward(run.fake, fake_loss / R, sync=r == R - 1)
+                run.backward(fake_loss / R, "fake", sync=r == R - 1)
                 fake_losses.append(fake_loss.item())
-            run.update(run.fake, run.opt_fake, run.lr(step, total, dcfg.lr_fake))
+            run.update("fake", run.lr_at(step, total, dcfg.lr_fake))
         last = {"dmd": sum(losses) / R, "dmd_last_chunk": losses[-1],
                 "fake_flow": sum(fake_losses) / max(1, len(fake_losses))}  # fmt: skip
         if planner:
             last["pointer_lag"] = sum(lags) / max(1, len(lags))  # phonemes the audio is behind the plan
-        run.step_done(step + 1, last, bar)
+        # the loop checks the chunks' summed loss once the step is done (the check is all it is used for)
+        return torch.tensor(sum(losses)), last
+
     summary = {"rollout_chunks": R, "rollout_conditions": dcfg.rollout_conditions,
                "phoneme_probe": planner.probe_scores if planner else None}  # fmt: skip
-    return run.close(bar, stop, total, last, summary, export={"init": str(init), "rollout_chunks": R})
+    return run.train(train_step, max_steps, summary, export={"init": str(init), "rollout_chunks": R})

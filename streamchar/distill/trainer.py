@@ -1,6 +1,6 @@
 """What both distillation stages share: the frozen teacher, the student and the fake score, their
-optimisers, data-parallel setup under accelerate (DDP, or FSDP2 with ``distill.fsdp``), resumable
-checkpoints, tensorboard and the exported student.
+optimisers and the exported student, on the training loop (:mod:`streamchar.training.loop`: accelerate
+with DDP, or FSDP2 with ``distill.fsdp``, resumable checkpoints, tensorboard).
 
 A run folder holds ``checkpoints/step-N`` (the student and the fake score as one state dict with
 ``student.`` / ``fake.`` prefixes, both optimisers, the step and RNG), ``logs/`` (tensorboard),
@@ -16,7 +16,6 @@ import copy
 import json
 import logging
 import shutil
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,25 +25,12 @@ from safetensors.torch import save_file
 from streamchar.config import StreamCharConfig, resolve_asset_path, to_dict
 from streamchar.data.latents import LatentCache
 from streamchar.denoiser.flow import Guidance
-from streamchar.distill import DISTILLED
 from streamchar.distill.objective import DistillObjective
-from streamchar.loaders import load_priors
-from streamchar.training import (
-    check_finite_loss,
-    cosine_lr,
-    guard_run_config,
-    read_optimizer_state,
-    resolve_mixed_precision,
-    resume_latest,
-    save_checkpoint,
-)
-from streamchar.training.distributed import (
-    full_optimizer_state,
-    full_state_dict,
-    load_full_optimizer_state,
-    shard_module,
-)
-from streamchar.training.teacher import _gradient_sync, latent_spec_from_cache, load_teacher, trained_max_t
+from streamchar.loaders import DISTILLED, load_priors, load_teacher, trained_max_t
+from streamchar.training import cosine_lr
+from streamchar.training.distributed import full_state_dict
+from streamchar.training.loop import LoopSpec, TrainingRun, TrainStep, run_loop
+from streamchar.training.teacher import latent_spec_from_cache
 
 logger = logging.getLogger(__name__)
 
@@ -61,38 +47,27 @@ def objective_from_config(dcfg) -> DistillObjective:
     )
 
 
-class DistillRun:
-    """The models, optimisers, process group, logging and checkpoints of one distillation run."""
+class DistillRun(TrainingRun):
+    """One distillation stage on the training loop: the student (``models["student"]``, its optimiser saved
+    as ``optimizer``) and the fake score (``models["fake"]``, ``optimizer-fake``) beside the frozen teacher."""
 
-    def __init__(
-        self, cfg: StreamCharConfig, latents: str | Path, out: str | Path, stage: str, init: str | None = None
-    ) -> None:
-        from accelerate import Accelerator
-        from torch.utils.tensorboard import SummaryWriter
-
+    def __init__(self, cfg: StreamCharConfig, latents: str | Path, out: str | Path, stage: str, total: int,
+                 desc: str, init: str | None = None, progress: bool = True) -> None:  # fmt: skip
         self.cfg, self.dcfg, self.stage = cfg, cfg.distill, stage
         dcfg = self.dcfg
         if dcfg.student_steps < 1:
             raise ValueError(f"distill.student_steps must be at least 1, got {dcfg.student_steps}.")
-        if dcfg.num_threads:
-            torch.set_num_threads(dcfg.num_threads)
-        self.out = Path(out)
         self.cache = LatentCache(latents)
         self.timeline = self.cache.window_timeline(cfg.timeline)
-        self.spec = latent_spec_from_cache(self.cache)
-        self.precision = resolve_mixed_precision(dcfg.mixed_precision)
-        self.accelerator = acc = Accelerator(
-            mixed_precision=self.precision, cpu=not torch.cuda.is_available()
-        )
-        self.rank, self.world = acc.process_index, acc.num_processes
-        self.sharded = dcfg.fsdp and self.world > 1
-        if acc.is_main_process:
-            guard_run_config(self.out, "distill", {"stage": stage, **to_dict(dcfg), "init": init})
-        acc.wait_for_everyone()
+        self.latent_spec = latent_spec_from_cache(self.cache)
+        record = {"stage": stage, **to_dict(dcfg), "init": init}
+        super().__init__(LoopSpec(stage, "distill.lr_student", dcfg, Path(out), record, record_name="distill",
+                                  steps=total, desc=desc, shared_draws=True, sharded=dcfg.fsdp, log_prefix=stage),
+                         progress)  # fmt: skip
 
         self.teacher_path = str(resolve_asset_path(dcfg.teacher))
-        teacher = load_teacher(self.teacher_path, cfg, self.spec).requires_grad_(False)
-        self.teacher = teacher.to(acc.device)
+        teacher = load_teacher(self.teacher_path, cfg, self.latent_spec).requires_grad_(False)
+        self.teacher = teacher.to(self.device)
         # a shallow teacher's students start where it does, and DMD re-noises only within the times it learnt
         max_t = trained_max_t(self.teacher_path) if teacher.residual else 1.0
         self.objective = replace(objective_from_config(dcfg), start=teacher.sample_start,
@@ -101,90 +76,45 @@ class DistillRun:
             logger.info("distill: DMD re-noises t in [%.2f, %.2f], the range the teacher was trained on",
                         self.objective.t_min, self.objective.t_max)  # fmt: skip
         # a residual teacher's students refine the same priors' means
-        self.priors = load_priors(cfg, acc.device) if teacher.residual else None
+        self.priors = load_priors(cfg, self.device) if teacher.residual else None
         self.unit_context = self.priors.context if self.priors is not None else 0
-        student = load_teacher(init, cfg, self.spec) if init else copy.deepcopy(teacher)
+        student = load_teacher(init, cfg, self.latent_spec) if init else copy.deepcopy(teacher)
         fake = copy.deepcopy(teacher)
-        student.requires_grad_(True).train()
-        fake.requires_grad_(True).train()
-        state = resume_latest(self.out, torch.nn.ModuleDict({"student": student, "fake": fake}))
-        self.start = state["step"] if state else 0
-        if self.sharded:
-            for m in (student, fake):
-                m.to(acc.device)
-                shard_module(m, m.blocks)
-        self.opt_student = torch.optim.AdamW(student.parameters(), lr=dcfg.lr_student,
-                                             weight_decay=dcfg.weight_decay, betas=(0.0, 0.99))  # fmt: skip
-        self.opt_fake = torch.optim.AdamW(fake.parameters(), lr=dcfg.lr_fake,
-                                          weight_decay=dcfg.weight_decay, betas=(0.0, 0.99))  # fmt: skip
-        if state is not None:
-            for name, opt in (("optimizer", self.opt_student), ("optimizer-fake", self.opt_fake)):
-                if (saved := read_optimizer_state(state["checkpoint"], name)) is not None:
-                    load_full_optimizer_state(opt, saved)
-        if not self.sharded:
-            student, self.opt_student = acc.prepare(student, self.opt_student)
-            fake, self.opt_fake = acc.prepare(fake, self.opt_fake)
-        self.student, self.fake = student, fake
-        self.writer = SummaryWriter(str(self.out / "logs")) if acc.is_main_process else None
-        self._t = time.perf_counter()
+        student.requires_grad_(True)
+        fake.requires_grad_(True)
+        adamw = {"weight_decay": dcfg.weight_decay, "betas": (0.0, 0.99)}
+        self.setup({"student": student, "fake": fake},
+                   {"student": {"lr": dcfg.lr_student, **adamw}, "fake": {"lr": dcfg.lr_fake, **adamw}})  # fmt: skip
 
-    # -- helpers ------------------------------------------------------------------------------------
     @property
-    def device(self):
-        return self.accelerator.device
+    def student(self) -> torch.nn.Module:
+        return self.models["student"]
 
-    def generator(self, step: int) -> torch.Generator:
-        """The step's random stream: the same on every process (each takes its slice of the draws)."""
-        return torch.Generator().manual_seed(self.dcfg.seed * 1_000_003 + step)
+    @property
+    def fake(self) -> torch.nn.Module:
+        return self.models["fake"]
 
-    def lr(self, step: int, total: int, base: float) -> float:
+    def lr_at(self, step: int, total: int, base: float) -> float:
+        """A phase's learning rate: warm-up (at most a quarter of the phase), then cosine decay to
+        ``base * lr_min_fraction`` at ``total``."""
         d = self.dcfg
         return cosine_lr(step, total, base, base * d.lr_min_fraction, min(d.warmup_steps, total // 4))
 
-    def backward(self, model, loss: torch.Tensor, sync: bool = True) -> None:
-        with _gradient_sync(model, sync):
-            self.accelerator.backward(loss)
+    def train(self, train_step: TrainStep, max_steps: int | None, summary: dict | None = None,
+              export: dict | None = None) -> dict:  # fmt: skip
+        """Run the stage's steps (or ``max_steps`` more), export the student (``export``: more for its
+        ``distilled.json``) and write ``summary.json`` (``summary``: more for it); returns the summary."""
 
-    def update(self, model, optimizer: torch.optim.Optimizer, lr: float) -> None:
-        """Clip, step and clear one model's optimiser at learning rate ``lr``."""
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if self.dcfg.grad_clip > 0:
-            clip = torch.nn.utils.clip_grad_norm_ if self.sharded else self.accelerator.clip_grad_norm_
-            clip(model.parameters(), self.dcfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        def finish(run: TrainingRun, loop_summary: dict) -> dict:
+            final = loop_summary["step"]
+            self.export_student(final, export)
+            return {"stage": self.stage, "step": final, "total_steps": self.total, "finished": final >= self.total,
+                    "student_steps": self.dcfg.student_steps, "last": self.last,
+                    "student": str(self.out / "student"), **(summary or {}), "run": str(self.out),
+                    "precision": self.precision, "processes": self.world, "strategy": self.strategy}  # fmt: skip
 
-    def check(self, loss: torch.Tensor, step: int) -> None:
-        check_finite_loss(loss, step, "distill.lr_student")
-
-    def log(self, step: int, values: dict[str, float], bar=None) -> None:
-        if self.writer is None:
-            return
-        for name, value in values.items():
-            self.writer.add_scalar(f"{self.stage}/{name}", value, step)
-        rate = 1.0 / max(1e-9, time.perf_counter() - self._t)
-        self._t = time.perf_counter()
-        self.writer.add_scalar(f"{self.stage}/steps_per_second", rate, step)
-        if bar is not None:
-            bar.set_postfix({k: f"{v:.4f}" for k, v in values.items() if k != "lr"})
-
-    # -- checkpoints --------------------------------------------------------------------------------
-    def _weights(self) -> dict[str, torch.Tensor]:
-        acc = self.accelerator
-        student = full_state_dict(acc.unwrap_model(self.student))
-        fake = full_state_dict(acc.unwrap_model(self.fake))
-        return {
-            **{f"student.{k}": v for k, v in student.items()},
-            **{f"fake.{k}": v for k, v in fake.items()},
-        }
-
-    def checkpoint(self, step: int, state: dict | None = None) -> None:
-        weights = self._weights()  # collectives: every process gathers, the main one writes
-        opt_s, opt_f = full_optimizer_state(self.opt_student), full_optimizer_state(self.opt_fake)
-        if self.accelerator.is_main_process:
-            save_checkpoint(self.out, step, weights, opt_s, state=state, extra_optimizers={"fake": opt_f})
-        self.accelerator.wait_for_everyone()
+        self.spec.finish = finish
+        return run_loop(self, train_step, None, max_steps)
 
     def export_student(self, step: int, extra: dict | None = None) -> Path | None:
         """Write ``RUN/student/``: the student's weights, the teacher's architecture record, and
@@ -212,40 +142,3 @@ class DistillRun:
             tmp.rename(folder)
         self.accelerator.wait_for_everyone()
         return folder
-
-    def finish(self, summary: dict) -> dict:
-        summary = {**summary, "run": str(self.out), "precision": self.precision, "processes": self.world,
-                   "strategy": "fsdp" if self.sharded else ("ddp" if self.world > 1 else "single")}  # fmt: skip
-        if self.accelerator.is_main_process:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-            self.writer.close()
-        self.accelerator.wait_for_everyone()
-        return summary
-
-    # -- the loop's bookkeeping, shared by both stages -----------------------------------------------
-    def progress_bar(self, total: int, desc: str, progress: bool):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=self.start, desc=desc, unit="step",
-                    disable=not (progress and self.accelerator.is_main_process))  # fmt: skip
-
-    def step_done(self, done: int, last: dict[str, float], bar) -> None:
-        """After optimiser step ``done``: progress, logs every ``log_every``, a checkpoint every ``ckpt_every``."""
-        bar.update(1)
-        if done % self.dcfg.log_every == 0:
-            self.log(done, last, bar)
-        if done % self.dcfg.ckpt_every == 0:
-            self.checkpoint(done)
-
-    def close(
-        self, bar, stop: int, total: int, last: dict, summary: dict, export: dict | None = None
-    ) -> dict:
-        """Checkpoint where the loop stopped, export the student, write ``summary.json``; returns the summary."""
-        bar.close()
-        final = max(self.start, stop)
-        if final > self.start and final % self.dcfg.ckpt_every:
-            self.checkpoint(final)
-        self.export_student(final, export)
-        return self.finish({"stage": self.stage, "step": final, "total_steps": total, "finished": final >= total,
-                            "student_steps": self.dcfg.student_steps, "last": last,
-                            "student": str(self.out / "student"), **summary})  # fmt: skip

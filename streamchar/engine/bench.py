@@ -29,7 +29,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from streamchar.engine.session import Engine
+from streamchar.engine.engine import Engine
 
 logger = logging.getLogger(__name__)
 FIRST = "Hello there, it is good to see you again."
@@ -109,7 +109,7 @@ def _current(engine: Engine, overrides: dict) -> dict:
 
 def _configure(engine: Engine, overrides: dict) -> None:
     """Set ``overrides`` (``section.key`` -> value) on the engine's config and re-apply the fast path."""
-    from streamchar.training import resolve_mixed_precision
+    from streamchar.precision import resolve_mixed_precision
 
     for dotted, value in overrides.items():
         section, key = dotted.split(".")
@@ -130,7 +130,7 @@ def _warm(engine: Engine, steps: int) -> None:
 def _utilisation(row: dict, flops, peak: float | None, full_window: bool = False) -> None:
     """The DiT's achieved TFLOP/s over the sampler's median time per chunk, and its share of ``peak``
     (``full_window``: each step recomputed the whole window, the context-cache ablation)."""
-    from streamchar.engine.flops import mfu
+    from streamchar.engine.mfu import mfu
 
     seconds = (row.get("sample_s") or {}).get("p50")
     if flops is None or not seconds:
@@ -145,7 +145,7 @@ def bench_stream(cfg, steps=(1, 2, 4, 32), chunks: int = 16, overlap: str = "bot
                  engine: Engine | None = None) -> dict:  # fmt: skip
     """Rows of :func:`run_once`; see the module docstring. ``engine`` reuses a built engine (one preset)."""
     from streamchar.config import load_config
-    from streamchar.engine.flops import peak_bf16_flops
+    from streamchar.engine.mfu import peak_bf16_flops
 
     if engine is not None and presets:
         raise ValueError("Give bench_stream an engine or presets, not both (the engine runs its own preset).")

@@ -1,4 +1,5 @@
-"""FLOPs of one streaming chunk, per component, and model-FLOPs utilisation (MFU).
+"""FLOPs of one streaming chunk, per component (the table: :mod:`~streamchar.engine.flops_report`; model-FLOPs
+utilisation: :mod:`~streamchar.engine.mfu`).
 
 A steady-state chunk (any chunk after the causal first one) costs:
 
@@ -43,47 +44,24 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from streamchar.denoiser.build import LatentSpec, build_denoiser, latent_spec_from_config
+from streamchar.denoiser.build import LatentSpec, build_denoiser
 from streamchar.denoiser.dit import Conditions, JointDiT, WindowContext, count_parameters
+from streamchar.loaders import meta_latent_spec
 from streamchar.memory.cache import ContextCache
 
 logger = logging.getLogger(__name__)
 
 # Unit-LM tokens read per audio frame while speaking (measured with checkpoints/tiny/orchestrator: 2.55).
 DEFAULT_TOKENS_PER_FRAME = 2.5
-
-# Dense (no 2:4 sparsity) BF16 tensor-core peaks in TFLOP/s, keyed by a name as it appears in
-# ``torch.cuda.get_device_name()``. NVIDIA's datasheets print the sparse figure (marked "*With sparsity");
-# the dense peak is half of it:
-#   H100 SXM 1,979* -> 989, H100 PCIe 1,513* -> 756, H100 NVL 1,671* -> 835 (H100 datasheet, BF16 Tensor Core);
-#   H200 and GH200 1,979* -> 989, H200 NVL 1,671* -> 835 (H200 / GH200 datasheets);
-#   A100 624* -> 312 (A100 datasheet, BFLOAT16 Tensor Core, SXM and PCIe alike);
-#   L40S 733* -> 362 (L40S datasheet, 362.05 dense);
-#   RTX 4090: 165.2 dense BF16 with FP32 accumulate (Ada Lovelace architecture whitepaper, appendix table),
-#   the accumulation PyTorch's BF16 matmuls use.
-PEAK_BF16_TFLOPS: dict[str, float] = {
-    "H100": 989.0,  # SXM5: 'NVIDIA H100 80GB HBM3'
-    "H100 PCIe": 756.0,
-    "H100 NVL": 835.0,
-    "H200": 989.0,
-    "H200 NVL": 835.0,
-    "GH200": 989.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "RTX 4090": 165.0,
-}
 
 
 # -- counting -------------------------------------------------------------------------------------------
@@ -172,7 +150,7 @@ def dit_flops(cfg, batch: int = 1) -> DiTFlops:
     """
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}.")
-    spec = latent_spec_from_config(cfg)
+    spec = meta_latent_spec(cfg)
     with torch.device("meta"):
         model = build_denoiser(cfg.denoiser, cfg.timeline, spec).eval()
     model.set_attention_backend("sdpa")  # the one backend that runs on meta; FLOPs are counted dense anyway
@@ -201,7 +179,7 @@ def prior_flops(cfg, characters: int = 1) -> tuple[int, int]:
 
     if residual_scales(cfg.denoiser) is None:
         return 0, 0
-    tl, spec = cfg.timeline, latent_spec_from_config(cfg)
+    tl, spec = cfg.timeline, meta_latent_spec(cfg)
     with torch.device("meta"):
         audio = AcousticPrior(**acoustic_prior_kwargs(cfg.prior.audio, tl, spec)).eval()
         video = VideoPrior(**video_prior_kwargs(cfg.prior.video, tl, spec)).eval()
@@ -440,114 +418,7 @@ def chunk_flops(
     )  # fmt: skip
 
 
-# -- utilisation ----------------------------------------------------------------------------------------
-def peak_bf16_flops(device_name: str) -> float | None:
-    """Dense BF16 peak in FLOP/s of the GPU called ``device_name`` (as ``torch.cuda.get_device_name()``
-    gives it), or None for a device :data:`PEAK_BF16_TFLOPS` does not list. The longest listed name found
-    in ``device_name`` as whole words wins ('H100 PCIe' over 'H100'; 'RTX A1000' is not an 'A100')."""
-    best: str | None = None
-    for key in PEAK_BF16_TFLOPS:
-        if re.search(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", device_name, re.IGNORECASE):
-            if best is None or len(key) > len(best):
-                best = key
-    return PEAK_BF16_TFLOPS[best] * 1e12 if best is not None else None
-
-
-def mfu(flops: float, seconds: float, peak: float) -> float:
-    """Model-FLOPs utilisation: ``flops`` done in ``seconds``, as a fraction of ``peak`` FLOP/s."""
-    if seconds <= 0:
-        raise ValueError(f"seconds must be positive, got {seconds}.")
-    if peak <= 0:
-        raise ValueError(f"peak must be positive FLOP/s, got {peak}.")
-    return flops / seconds / peak
-
-
-# -- reporting ------------------------------------------------------------------------------------------
-def _parameters(n: int) -> str:
-    if n <= 0:
-        return "-"
-    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
-
-
-def format_flops_table(report: ChunkFlops | Mapping[str, Any], chunk_seconds: float | None = None) -> str:
-    """A Markdown table of ``report`` (:class:`ChunkFlops` or its :meth:`~ChunkFlops.to_dict`): per component
-    its parameters, GFLOPs per chunk, share of the chunk, and the TFLOP/s that keep up in real time when a
-    chunk plays ``chunk_seconds`` (default: the report's own playback time)."""
-    r = report.to_dict() if isinstance(report, ChunkFlops) else report
-    flops, params = r["flops"], r["parameters"]
-    seconds = r["chunk_seconds"] if chunk_seconds is None else chunk_seconds
-    if seconds <= 0:
-        raise ValueError(f"chunk_seconds must be positive, got {seconds}.")
-    total = flops["total"]
-    rows = [
-        ("Priors (acoustic + video means)", params.get("priors", 0), flops.get("priors", 0)),
-        (f"DiT: {r['steps']} denoising steps (batch {r['batch']})", params["denoiser"], flops["dit_denoising"]),
-        ("DiT: motion update", 0, flops["dit_motion_update"]),
-        (f"Video decoder ({r['video_codec']}, {r['chunk_video_frames']} frames x {r['characters']})",
-         params["video_decoder"], flops["video_decoder"]),
-        (f"Audio decoder (mel + Griffin-Lim, {r['chunk_audio_tokens']} + {r['audio_context_tokens']} tokens)",
-         params["audio_decoder"], flops["audio_decoder"]),
-        (f"Orchestrator ({r['chunk_audio_tokens']} frames x {r['orchestrator_tokens_per_frame']:g} tokens, "
-         f"context {r['orchestrator_context']})", params["orchestrator"], flops["orchestrator"]),
-    ]  # fmt: skip
-    lines = [
-        f"{r['preset']}: one steady-state chunk ({seconds:g} s of playback), {r['steps']} steps, "
-        f"{r['guidance_branches']} guidance branch(es), {r['characters']} character(s)",
-        "",
-        "| Component | Parameters | GFLOPs / chunk | Share | TFLOP/s for real time |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, n_params, value in rows:
-        share = value / total if total else 0.0
-        lines.append(f"| {name} | {_parameters(n_params)} | {value / 1e9:,.2f} | {share:.1%} | "
-                     f"{value / seconds / 1e12:,.3f} |")  # fmt: skip
-    lines.append(
-        f"| **Chunk total** | | **{total / 1e9:,.2f}** | 100.0% | **{total / seconds / 1e12:,.3f}** |"
-    )
-    session = flops["dit_reference_and_sink_per_session"]
-    lines.append(
-        f"| DiT: reference + sink (once per session, not in the total) | | {session / 1e9:,.2f} | | |"
-    )
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="FLOPs of one steady-state streaming chunk, per component (counted on the meta device)."
-    )
-    parser.add_argument("--config", default="tiny", help="a preset name or YAML file (default: tiny)")
-    parser.add_argument(
-        "--steps", type=int, default=None, help="denoising steps per chunk (default: engine.steps)"
-    )
-    parser.add_argument(
-        "--guidance-branches", type=int, default=1, help="batch items per character (default 1)"
-    )
-    parser.add_argument("--characters", type=int, default=1)
-    parser.add_argument("--orchestrator-context", type=int, default=1024, help="unit-LM KV-cache tokens")
-    parser.add_argument("--tokens-per-frame", type=float, default=DEFAULT_TOKENS_PER_FRAME,
-                        help="unit-LM tokens read per audio frame while speaking")  # fmt: skip
-    parser.add_argument("--device", default=None, help="a GPU name, to print the time per chunk at 100%% MFU")
-    parser.add_argument("--json", default=None, help="also write the report as JSON to this file")
-    parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
-    args = parser.parse_args(argv)
-    from streamchar.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
-    steps = cfg.engine.steps if args.steps is None else args.steps
-    report = chunk_flops(cfg, steps, args.guidance_branches, args.characters, args.orchestrator_context,
-                         args.tokens_per_frame)  # fmt: skip
-    print(format_flops_table(report))
-    if args.device:
-        peak = peak_bf16_flops(args.device)
-        if peak is None:
-            print(f"\nNo BF16 peak is listed for '{args.device}'; known: {', '.join(PEAK_BF16_TFLOPS)}.")
-        else:
-            print(f"\nAt 100% MFU on {args.device} ({peak / 1e12:g} TFLOP/s dense BF16) a chunk takes "
-                  f"{report.total / peak * 1e3:.2f} ms of its {report.chunk_seconds * 1e3:.0f} ms.")  # fmt: skip
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**report.to_dict(), "dit": asdict(report.dit)}, f, indent=1)
-
-
 if __name__ == "__main__":
+    from streamchar.engine.flops_report import main
+
     main()

@@ -17,7 +17,9 @@ import numpy as np
 from tqdm import tqdm
 
 from streamchar.engine.characters import Character
-from streamchar.engine.session import Chunk, Engine, StreamSession
+from streamchar.engine.chunk import Chunk
+from streamchar.engine.engine import Engine
+from streamchar.engine.session import StreamSession
 from streamchar.media import Mp4Writer
 
 logger = logging.getLogger(__name__)

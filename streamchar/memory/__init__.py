@@ -1,1 +1,2 @@
-"""Window memory: the window layout, the per-layer context K/V cache and streaming state."""
+"""Window memory: the window layout, what a session remembers (sink chunk, motion frames), the per-layer
+context K/V cache and streaming state."""

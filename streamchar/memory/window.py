@@ -58,3 +58,63 @@ class WindowLayout:
         t = torch.arange(tokens, dtype=torch.float32) * self.audio_step + self.segment_start(segment)
         centre = torch.tensor([(rows - 1) / 2, (cols - 1) / 2]).expand(tokens, 2)
         return torch.cat([t[:, None], centre], dim=1)
+
+
+class WindowMemory:
+    """What a session's window remembers of the chunks generated so far (DESIGN.md §8): the sink chunk (the
+    first chunk's first ``S`` latent frames, taken once) and the motion frames (the last chunk's last ``M``
+    latent frames), each with its audio. Latents: video ``[B, C, T, h, w]``, audio ``[B, T_a, D_a]``.
+
+    One per session (the engine) or rollout: :meth:`push` each finished chunk, :meth:`advance` before the
+    next one to learn what enters the window.
+    """
+
+    def __init__(self, timeline: Timeline, use_sink: bool = True, use_motion: bool = True) -> None:
+        self.timeline = timeline
+        self.use_sink, self.use_motion = use_sink, use_motion
+        self.sink: tuple[torch.Tensor, torch.Tensor] | None = None  # the sink chunk's latents
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # the last chunk's latents
+        self._sink_taken = False
+
+    def push(self, video: torch.Tensor, audio: torch.Tensor) -> None:
+        """Remember a finished chunk's latents: its frames enter the window before the next chunk."""
+        self.last = (video, audio)
+
+    def advance(
+        self,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Before a chunk: ``(sink, motion)`` entering the window now, each ``(video, audio)`` or None. The
+        sink enters once, after the first chunk; the motion frames after every chunk."""
+        if self.last is None:
+            return None, None
+        new_sink = None
+        if not self._sink_taken and self.use_sink:
+            video, audio = self.last
+            self.sink = new_sink = (video[:, :, : self.timeline.sink_latent_frames],
+                                    audio[:, : self.timeline.sink_audio_tokens])  # fmt: skip
+        self._sink_taken = True
+        return new_sink, self.motion
+
+    @property
+    def motion(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The motion frames ``(video [B, C, M, h, w], audio [B, M_a, D_a])``; None before the first chunk or
+        without motion frames."""
+        if self.last is None or not self.use_motion:
+            return None
+        video, audio = self.last
+        return video[:, :, -self.timeline.motion_latent_frames :], audio[
+            :, -self.timeline.motion_audio_tokens :
+        ]
+
+    def prior_context(self, reference: torch.Tensor, audio_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the video prior continues from: ``(last latent frame [B, C, h, w], motion audio [B, M_a,
+        D_a])``; the ``reference`` frame and silence before the first chunk or without motion frames."""
+        motion = self.motion
+        if motion is None:
+            tokens = self.timeline.motion_audio_tokens
+            return reference, torch.zeros(reference.shape[0], tokens, audio_dim, device=reference.device)
+        return self.last[0][:, :, -1], motion[1]
+
+    def nbytes(self) -> int:
+        """Bytes of the last chunk's latents (the sink is a view of the first chunk's)."""
+        return sum(t.numel() * t.element_size() for t in self.last) if self.last else 0

@@ -336,7 +336,7 @@ class Frontend:
     """Words to inventory phoneme ids with espeak-ng, each word read with the word after it."""
 
     def __init__(self, language: str = "en-us", cache_size: int = 4096) -> None:
-        from streamchar.data.espeak import get_phonemizer
+        from streamchar.data.phonemizer import get_phonemizer
 
         self.language = language
         self._espeak = get_phonemizer()

@@ -1,7 +1,7 @@
 """``streamchar serve``: a FastAPI app with one WebSocket per live session and a page that plays it.
 
 Routes: ``/`` (the page), ``/characters`` (shipped characters), ``/characters/{name}/image.png``,
-``/health``, and the WebSocket ``/ws`` (protocol in :mod:`streamchar.serve.protocol` and the README).
+``/health``, and the WebSocket ``/ws`` (protocol in :mod:`streamchar.serve.protocol` and docs/architecture.md).
 The app holds no model math: it turns messages into :class:`~streamchar.engine.session.StreamSession`
 calls and chunks into media messages. Every refusal is a one-sentence ``error`` message.
 """
@@ -21,7 +21,9 @@ from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconn
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from streamchar.engine.characters import list_characters
-from streamchar.engine.session import Engine, SessionClosed, StreamSession
+from streamchar.engine.chunk import SessionClosed
+from streamchar.engine.engine import Engine
+from streamchar.engine.session import StreamSession
 from streamchar.media import MediaError, read_image, read_wav_bytes, resample
 from streamchar.serve.protocol import Limits, ProtocolError, encode_chunk, parse_control, parse_pcm
 

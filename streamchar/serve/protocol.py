@@ -1,4 +1,4 @@
-"""The WebSocket protocol between ``streamchar serve`` and its clients (documented in the README).
+"""The WebSocket protocol between ``streamchar serve`` and its clients (documented in docs/architecture.md).
 
 Control messages are JSON text; media travels as binary messages.
 

@@ -8,27 +8,16 @@ processes, a held-out curve (loss, and teacher-forced frame accuracy of units an
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from pathlib import Path
 
 import torch
 
 from streamchar.config import StreamCharConfig, to_dict
-from streamchar.eval.plots import plot_curve
 from streamchar.orchestrator.dataset import UnitLMDataset, build_turn_table, collate_lm, read_turn_table
 from streamchar.orchestrator.model import build_unit_lm, save_unit_lm
 from streamchar.orchestrator.text import UnitVocabulary
-from streamchar.training import (
-    check_finite_loss,
-    guard_run_config,
-    read_optimizer_state,
-    resolve_mixed_precision,
-    resume_latest,
-    save_checkpoint,
-    schedule_lr,
-)
+from streamchar.training.loop import LoopSpec, TrainingRun, objective_step, run_loop
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +63,8 @@ def train_orchestrator(
     progress: bool = True,
 ) -> dict:
     """Train (or resume) the unit LM; returns a summary. ``max_steps`` stops early (for sessions)."""
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-
     tcfg, ocfg = cfg.train.orchestrator, cfg.orchestrator
-    if tcfg.num_threads:
-        torch.set_num_threads(tcfg.num_threads)
     out = Path(out)
-    precision = resolve_mixed_precision(tcfg.mixed_precision)
-    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
-    rank, world = accelerator.process_index, accelerator.num_processes
     model_keys = (
         "architecture",
         "hidden_size",
@@ -94,34 +75,26 @@ def train_orchestrator(
         "max_positions",
     )
     model_section = {k: v for k, v in to_dict(ocfg).items() if k in model_keys}
-    if accelerator.is_main_process:
-        guard_run_config(out, "orchestrator", model_section)
-        (out / "train_orchestrator.json").write_text(
-            json.dumps(to_dict(tcfg), indent=1, sort_keys=True) + "\n"
-        )
-        build_turn_table(corpus, out, progress=progress)
-    accelerator.wait_for_everyone()
-    rows = read_turn_table(out / "turns.jsonl")
     vocab = UnitVocabulary()
+    spec = LoopSpec("orchestrator", "train.orchestrator", tcfg, out, model_section, record_name="orchestrator",
+                    settings_name="train_orchestrator", curve_keys=("loss", "unit_accuracy", "phoneme_accuracy"),
+                    curve_ylabel="loss / accuracy", finish=_exporter(vocab))  # fmt: skip
+    run = TrainingRun(spec, progress)
+    if run.is_main:
+        build_turn_table(corpus, out, progress=progress)
+    run.accelerator.wait_for_everyone()
+    rows = read_turn_table(out / "turns.jsonl")
+    heldout_split = "test" if any(r["split"] == "test" for r in rows) else "train"
+    spec.curve_title = f"orchestrator held-out ({heldout_split} split)"
+    spec.summary["heldout_split"] = heldout_split
 
     torch.manual_seed(tcfg.seed)
     model = build_unit_lm(ocfg, vocab)
-    params = sum(p.numel() for p in model.parameters())
-    state = resume_latest(out, model)
-    start = state["step"] if state else 0
-    if state is None:
-        logger.info(
-            "orchestrator: %.2fM parameters, %s precision, %d process(es)", params / 1e6, precision, world
-        )
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.98)
+    run.setup(
+        {"model": model}, {"model": {"lr": tcfg.lr, "weight_decay": tcfg.weight_decay, "betas": (0.9, 0.98)}}
     )
-    if state is not None and (optimizer_state := read_optimizer_state(state["checkpoint"])) is not None:
-        optimizer.load_state_dict(optimizer_state)
-    model, optimizer = accelerator.prepare(model, optimizer)
 
     train_set = UnitLMDataset(rows, "train", vocab, tcfg.max_tokens, seed=tcfg.seed, length=2**31 - 1)
-    heldout_split = "test" if any(r["split"] == "test" for r in rows) else "train"
     heldout = UnitLMDataset(rows, heldout_split, vocab, tcfg.max_tokens, seed=tcfg.seed + 7919)
     n_eval = min(tcfg.eval_sequences, len(heldout))
     eval_batches = [
@@ -129,66 +102,24 @@ def train_orchestrator(
         for j in range(0, n_eval, tcfg.batch_size)
     ]
 
-    curve_path = out / "curve.json"
-    curve = [
-        c for c in (json.loads(curve_path.read_text()) if curve_path.is_file() else []) if c["step"] <= start
-    ]
-    stop = tcfg.steps if max_steps is None else min(tcfg.steps, start + max_steps)
-    bar = tqdm(total=tcfg.steps, initial=start, desc="train orchestrator", unit="step",
-               disable=not (progress and accelerator.is_main_process))  # fmt: skip
-    running, seen, t_log = 0.0, 0, time.perf_counter()
+    def batch_at(step: int, rank: int, world: int) -> dict:
+        first = (step * world + rank) * tcfg.batch_size
+        return collate_lm([train_set[i] for i in range(first, first + tcfg.batch_size)], vocab.pad)
 
-    def run_eval(step: int) -> dict:
-        scores = evaluate_lm(accelerator.unwrap_model(model), eval_batches, vocab, accelerator.device,
-                             accelerator.autocast)  # fmt: skip
-        curve.append({"step": step, **{k: round(v, 5) for k, v in scores.items()}})
-        curve_path.write_text(json.dumps(curve, indent=1) + "\n")
-        plot_curve(curve, out / "curve.png", f"orchestrator held-out ({heldout_split} split)",
-                   keys=("loss", "unit_accuracy", "phoneme_accuracy"), ylabel="loss / accuracy")  # fmt: skip
-        logger.info("step %d: held-out loss %.4f, unit accuracy %.3f, phoneme accuracy %.3f", step,
-                    scores["loss"], scores["unit_accuracy"], scores["phoneme_accuracy"])  # fmt: skip
-        return scores
+    def held_out(model, autocast) -> dict:
+        return evaluate_lm(model, eval_batches, vocab, run.device, autocast)
 
-    model.train()
-    for step in range(start, stop):
-        lr = schedule_lr(optimizer, step, tcfg)
-        first = step * world * tcfg.batch_size + rank * tcfg.batch_size
-        batch = collate_lm([train_set[i] for i in range(first, first + tcfg.batch_size)], vocab.pad)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        with accelerator.autocast():
-            loss = model(**batch).loss
-        accelerator.backward(loss)
-        if tcfg.grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        check_finite_loss(loss, step, "train.orchestrator")
-        running += loss.item()
-        seen += 1
-        done = step + 1
-        bar.update(1)
-        if done % tcfg.log_every == 0:
-            rate = seen / (time.perf_counter() - t_log)
-            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.1e}", steps_s=f"{rate:.2f}")
-            logger.info("step %d: train loss %.4f, %.2f steps/s", done, running / seen, rate)
-            running, seen, t_log = 0.0, 0, time.perf_counter()
-        if done % tcfg.ckpt_every == 0 and accelerator.is_main_process:
-            save_checkpoint(out, done, accelerator.unwrap_model(model), optimizer)
-        if done % tcfg.eval_every == 0 and accelerator.is_main_process:
-            run_eval(done)
-    bar.close()
-    final_step = max(start, stop)
-    summary: dict = {"step": final_step, "total_steps": tcfg.steps, "parameters": params, "run": str(out),
-                     "precision": precision, "processes": world}  # fmt: skip
-    if accelerator.is_main_process:
-        if final_step > start and final_step % tcfg.ckpt_every:
-            save_checkpoint(out, final_step, accelerator.unwrap_model(model), optimizer)
-        if not curve or curve[-1]["step"] != final_step:
-            run_eval(final_step)
-        summary["heldout"], summary["heldout_split"] = curve[-1], heldout_split
-        summary["finished"] = final_step >= tcfg.steps
-        save_unit_lm(accelerator.unwrap_model(model), vocab, out / "final",
-                     extra={"trained_steps": final_step, "heldout": curve[-1]})  # fmt: skip
-        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    accelerator.wait_for_everyone()
-    return summary
+    train_step = objective_step(run, batch_at, lambda model, batch, generator: (model(**batch).loss, {}))
+    return run_loop(run, train_step, held_out, max_steps)
+
+
+def _exporter(vocab: UnitVocabulary):
+    """The loop's ``finish``: the weights go to ``RUN/final`` as a plain HF folder, finished or not."""
+
+    def finish(run: TrainingRun, summary: dict) -> dict:
+        if run.is_main:
+            save_unit_lm(run.final_model, vocab, run.out / "final",
+                         extra={"trained_steps": summary["step"], "heldout": summary["heldout"]})  # fmt: skip
+        return summary
+
+    return finish

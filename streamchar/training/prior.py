@@ -24,20 +24,18 @@ from pathlib import Path
 
 import torch
 
-from streamchar.config import StreamCharConfig, to_dict
-from streamchar.data.latents import CorpusError, LatentCache, RolloutDataset, UnitWindowDataset, WindowDataset
+from streamchar.config import StreamCharConfig
+from streamchar.data.latents import LatentCache
+from streamchar.data.shards import CorpusError
+from streamchar.data.windows import RolloutDataset, UnitWindowDataset, WindowDataset
 from streamchar.denoiser.build import LatentSpec, acoustic_prior_kwargs, video_prior_kwargs
 from streamchar.denoiser.objective import mouth_weight_map, weighted_video_error
 from streamchar.denoiser.prior import AcousticPrior, VideoPrior
 from streamchar.loaders import load_prior, save_prior
-from streamchar.training.loop import LoopSpec, run_loop
+from streamchar.training.loop import LoopSpec, TrainingRun, collate, objective_step, run_loop
 
 logger = logging.getLogger(__name__)
 KINDS = ("audio", "video")
-
-
-def _collate(items: list[dict]) -> dict:
-    return torch.utils.data.default_collate(items)
 
 
 def _spec(cache: LatentCache) -> LatentSpec:
@@ -71,12 +69,12 @@ def train_acoustic_prior(cfg: StreamCharConfig, latents: str | Path, out: str | 
     heldout = UnitWindowDataset(
         cache, split, kwargs["context"], tcfg.eval_windows, tcfg.seed + 7919, timeline
     )
-    heldout_batches = [_collate([heldout[i] for i in range(s, min(s + 64, len(heldout)))])
+    heldout_batches = [collate([heldout[i] for i in range(s, min(s + 64, len(heldout)))])
                        for s in range(0, len(heldout), 64)]  # fmt: skip
 
     def batch_at(step: int, rank: int, world: int) -> dict:
         first = (step * world + rank) * tcfg.batch_size
-        return _collate([train_set[i] for i in range(first, first + tcfg.batch_size)])
+        return collate([train_set[i] for i in range(first, first + tcfg.batch_size)])
 
     def loss_of(prior, batch, generator):
         loss = acoustic_loss(prior, batch, tcfg.context_weight).mean()
@@ -92,11 +90,10 @@ def train_acoustic_prior(cfg: StreamCharConfig, latents: str | Path, out: str | 
         return {"l1": total / max(1, n)}
 
     spec = LoopSpec("prior-audio", "train.prior_audio", tcfg, out, {"kind": "audio", **_jsonable(kwargs)},
-                    record_name="architecture", curve_keys=("l1",), summary={"kind": "audio", "heldout_split": split},
-                    export=lambda ema, folder: save_prior(ema, "audio", kwargs, folder))  # fmt: skip
-    (out / "train_prior.json").parent.mkdir(parents=True, exist_ok=True)
-    _write_settings(out, tcfg)
-    return run_loop(spec, model, batch_at, loss_of, evaluate, max_steps, progress)
+                    record_name="architecture", settings_name="train_prior", curve_keys=("l1",),
+                    summary={"kind": "audio", "heldout_split": split},
+                    finish=_exporter("audio", kwargs))  # fmt: skip
+    return _train(spec, model, batch_at, loss_of, evaluate, max_steps, progress)
 
 
 # -- the video prior ----------------------------------------------------------------------------------
@@ -153,7 +150,7 @@ def video_rollout_losses(prior: VideoPrior, audio_prior: AcousticPrior, batch: d
                          own_speech: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Per-chunk losses ``[B, R]`` of sessions rolled out as the engine runs the priors alone.
 
-    ``batch`` is a :class:`~streamchar.data.latents.RolloutDataset` batch. Chunk 0 starts from the reference
+    ``batch`` is a :class:`~streamchar.data.windows.RolloutDataset` batch. Chunk 0 starts from the reference
     with silent motion audio; every later chunk reads the prior's own last latent (detached: each chunk
     learns to make its ground truth from wherever the rollout has drifted) and the end of the audio before
     it. A chunk's audio is the acoustic prior's means over the units so far, or the clip's own speech where
@@ -216,14 +213,14 @@ def train_video_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Pat
                             unit_context=context)  # fmt: skip
     heldout_batches = []
     for s in range(0, len(heldout), 16):
-        batch = _collate([heldout[i] for i in range(s, min(s + 16, len(heldout)))])
+        batch = collate([heldout[i] for i in range(s, min(s + 16, len(heldout)))])
         with torch.no_grad():
             batch["mu_audio"] = acoustic_means(audio_prior, batch)
         heldout_batches.append(batch)
 
     def batch_at(step: int, rank: int, world: int) -> dict:
         first = (step * world + rank) * tcfg.batch_size
-        return _collate([train_set[i] for i in range(first, first + tcfg.batch_size)])
+        return collate([train_set[i] for i in range(first, first + tcfg.batch_size)])
 
     def loss_of(prior, batch, generator):
         use_prior = torch.rand(batch["units"].shape[0], generator=generator) < tcfg.prior_audio_fraction
@@ -287,12 +284,11 @@ def train_video_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Pat
               "last_noise": tcfg.last_noise,
               "init": tcfg.init}  # fmt: skip
     spec = LoopSpec("prior-video", "train.prior_video", tcfg, out, record, record_name="architecture",
+                    settings_name="train_prior",
                     curve_keys=("mse", "mouth", "mse_given_speech", "copy_last", "rollout_first", "rollout_last"),
                     summary={"kind": "video", "heldout_split": split, "mouth_weight": tcfg.mouth_weight},
-                    export=lambda ema, folder: save_prior(ema, "video", kwargs, folder,
-                                                          {"mouth_weight": tcfg.mouth_weight}))  # fmt: skip
-    _write_settings(out, tcfg)
-    return run_loop(spec, model, batch_at, loss_of, evaluate, max_steps, progress)
+                    finish=_exporter("video", kwargs, {"mouth_weight": tcfg.mouth_weight}))  # fmt: skip
+    return _train(spec, model, batch_at, loss_of, evaluate, max_steps, progress)
 
 
 def _load_init(model: VideoPrior, init: str) -> None:
@@ -319,7 +315,7 @@ def _rollout_batches(cache: LatentCache, split: str, tcfg, timeline) -> list[dic
         logger.warning("prior-video: no held-out rollouts (%s)", err)
         return []
     return [
-        _collate([sessions[i] for i in range(s, min(s + 8, len(sessions)))])
+        collate([sessions[i] for i in range(s, min(s + 8, len(sessions)))])
         for s in range(0, len(sessions), 8)
     ]
 
@@ -333,12 +329,25 @@ def train_prior(cfg: StreamCharConfig, which: str, latents: str | Path, out: str
     return trainer(cfg, latents, out, max_steps, progress)
 
 
+def _train(spec: LoopSpec, model, batch_at, loss_of, evaluate, max_steps: int | None, progress: bool) -> dict:
+    """Run the loop on one prior with its EMA (AdamW as every StreamChar trainer sets it)."""
+    run = TrainingRun(spec, progress)
+    tcfg = spec.settings
+    run.setup({"model": model}, {"model": {"lr": tcfg.lr, "weight_decay": tcfg.weight_decay, "betas": (0.9, 0.99)}},
+              ema=True)  # fmt: skip
+    return run_loop(run, objective_step(run, batch_at, loss_of), evaluate, max_steps)
+
+
+def _exporter(kind: str, kwargs: dict, extra: dict | None = None):
+    """The loop's ``finish``: a finished run's EMA weights go to ``RUN/final``."""
+
+    def finish(run: TrainingRun, summary: dict) -> dict:
+        if run.is_main and summary["finished"]:
+            save_prior(run.final_model, kind, kwargs, run.out / "final", extra)
+        return summary
+
+    return finish
+
+
 def _jsonable(kwargs: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
-
-
-def _write_settings(out: Path, tcfg) -> None:
-    import json
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_prior.json").write_text(json.dumps(to_dict(tcfg), indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,1 @@
+"""The HTTP/WebSocket app (``streamchar serve``), its wire format and the browser page."""
