@@ -22,10 +22,15 @@ import torch
 
 from streamchar.checkpoints import CheckpointError, list_checkpoints
 from streamchar.config import StreamCharConfig, resolve_asset_path, to_dict
+from streamchar.data.phonemes import F0Buckets
 from streamchar.denoiser.build import LatentSpec, build_denoiser, latent_spec
 from streamchar.denoiser.dit import JointDiT
 from streamchar.denoiser.prior import AcousticPrior, VideoPrior
+from streamchar.orchestrator.backends import make_backend
+from streamchar.orchestrator.model import SIDECAR, OrchestratorCheckpointError
 from streamchar.orchestrator.reader import CTCRecognizer, LatentPhonemeReader, Recognizer
+from streamchar.orchestrator.session import Orchestrator
+from streamchar.orchestrator.text import UnitVocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +152,80 @@ def load_teacher(
             "pass the config it was trained with."
         )
     return model.eval()
+
+
+# -- the orchestrator's unit LM -------------------------------------------------------------------------------
+def load_vocab(folder: str | Path) -> UnitVocabulary:
+    """The unit vocabulary of a saved orchestrator, checked against its tokenizer."""
+    return _load_vocab(Path(folder))[0]
+
+
+def _load_vocab(folder: Path) -> tuple[UnitVocabulary, dict]:
+    from transformers import AutoTokenizer
+
+    if not (folder / "config.json").is_file():
+        raise OrchestratorCheckpointError(
+            f"{folder} holds no orchestrator (no config.json); train one with `streamchar train orchestrator` "
+            "or set orchestrator.path to the folder it wrote."
+        )
+    sidecar = json.loads((folder / SIDECAR).read_text()) if (folder / SIDECAR).is_file() else {}
+    vocab = UnitVocabulary(F0Buckets(**sidecar["f0_buckets"]) if "f0_buckets" in sidecar else None)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as err:
+        raise OrchestratorCheckpointError(
+            f"Could not load the tokenizer in {folder} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            "the folder is damaged or incomplete, so copy it again or retrain."
+        ) from err
+    vocab.check_tokenizer(tokenizer, folder)
+    return vocab, sidecar
+
+
+def load_unit_lm(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """(model, vocab, sidecar) from a folder written by :func:`save_unit_lm`."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    folder = Path(folder)
+    vocab, sidecar = _load_vocab(folder)
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a 13 MB model needs no progress bar in every command's output
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    except Exception as err:
+        raise OrchestratorCheckpointError(
+            f"Could not load the orchestrator in {folder} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            "the folder is damaged or incomplete, so copy it again or retrain."
+        ) from err
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    if model.config.vocab_size != len(vocab):
+        raise OrchestratorCheckpointError(
+            f"The orchestrator in {folder} has {model.config.vocab_size} tokens but the unit vocabulary has "
+            f"{len(vocab)}; it was made by another StreamChar version, so retrain it."
+        )
+    return model.to(device).eval(), vocab, sidecar
+
+
+def load_orchestrator(cfg, path: str | Path | None = None, voice_prompts: dict | None = None,
+                      device: str | None = None) -> Orchestrator:  # fmt: skip
+    """The orchestrator of ``cfg.orchestrator`` with its unit LM from ``path`` (default ``orchestrator.path``):
+    loaded here on ``device`` (default ``orchestrator.device``), or served by vLLM (``orchestrator.backend``)."""
+    ocfg = cfg.orchestrator
+    folder = path or ocfg.path
+    if folder is None:
+        raise OrchestratorCheckpointError("No orchestrator checkpoint configured; set orchestrator.path.")
+    folder = resolve_asset_path(folder)
+    device = device or ocfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if ocfg.backend == "vllm":
+        vocab = load_vocab(folder)
+        backend = make_backend("vllm", path=str(folder), temperature=ocfg.temperature, seed=ocfg.seed)
+        return Orchestrator.over_backend(cfg, backend, vocab, voice_prompts)
+    model, vocab, _ = load_unit_lm(folder, device=device)
+    return Orchestrator.from_config(cfg, (model, vocab), voice_prompts)
 
 
 # -- priors -------------------------------------------------------------------------------------------------

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from streamchar.config import load_config
+from streamchar.loaders import load_orchestrator, load_unit_lm
 from streamchar.orchestrator.backends import HFBackend
 from streamchar.orchestrator.model import (
     VLLM_NATIVE,
     OrchestratorCheckpointError,
     build_unit_lm,
-    load_unit_lm,
     save_unit_lm,
 )
 from streamchar.orchestrator.session import Orchestrator
@@ -209,9 +209,9 @@ SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny" / "orches
 def test_shipped_orchestrator_plans_speech_and_streams_like_whole():
     cfg = load_config()
     text = "Good morning! The strange bracelet is on the table, near 3 yellow cups."
-    whole = Orchestrator.from_config(cfg)
+    whole = load_orchestrator(cfg)
     units = _run(whole, [text])
-    split = _run(Orchestrator.from_config(cfg), [w + " " for w in text.split()])
+    split = _run(load_orchestrator(cfg), [w + " " for w in text.split()])
     assert torch.equal(units, split)
     speech = units[units != 0]
     # about 2 frames per phoneme at the default tempo: a sane length, every phoneme spoken

@@ -114,9 +114,12 @@ def cmd_eval_orchestrator(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
+    from streamchar.loaders import load_orchestrator
     from streamchar.orchestrator.plan import plan_text
 
-    for chunk in plan_text(load(args), args.text, args.checkpoint, args.word_by_word, args.max_chunks):
+    for chunk in plan_text(
+        load_orchestrator(load(args), args.checkpoint), args.text, args.word_by_word, args.max_chunks
+    ):
         print(json.dumps(chunk))
 
 

@@ -95,7 +95,7 @@ class PlannedConditions:
     """Per rollout, an orchestrator speaking the clip's transcript, re-aligned to the generated audio."""
 
     def __init__(self, cfg: StreamCharConfig, cache) -> None:
-        from streamchar.orchestrator.model import load_unit_lm
+        from streamchar.loaders import load_unit_lm
         from streamchar.orchestrator.phoneme_probe import fit_phoneme_probe
 
         self.cfg, self.cache = cfg, cache
@@ -123,7 +123,7 @@ class PlannedConditions:
 
         sessions = []
         for key in keys:
-            orch = Orchestrator.from_config(self.cfg, loaded=(self.lm, self.vocab))
+            orch = Orchestrator.from_config(self.cfg, (self.lm, self.vocab))
             orch.push_text(self.cache.meta(self.by_key[key])["transcript"], final=True)
             sessions.append(orch)
         return sessions

@@ -23,6 +23,7 @@ from streamchar.loaders import (
     load_phoneme_reader,
     load_priors,
     load_teacher,
+    load_unit_lm,
     meta_latent_spec,
     read_distilled,
 )
@@ -62,7 +63,6 @@ class Engine:
         or a student with its distilled record) sized by them, the orchestrator's LM, the priors a residual
         denoiser refines and the phoneme reader that realigns the pointer."""
         from streamchar.config import resolve_asset_path
-        from streamchar.orchestrator.model import load_unit_lm
 
         ecfg = cfg.engine
         device = _engine_device(ecfg.device)
@@ -200,9 +200,7 @@ class Engine:
                 if c.prompt_turns[:keep]
             }
             try:
-                return Orchestrator.from_config(
-                    self.cfg, voice_prompts=prompts, loaded=(self.unit_lm, self.vocab)
-                )
+                return Orchestrator.from_config(self.cfg, (self.unit_lm, self.vocab), prompts)
             except ValueError:
                 if keep <= 1:
                     raise

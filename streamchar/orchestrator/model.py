@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from streamchar.data.phonemes import F0Buckets
 from streamchar.orchestrator.text import UnitVocabulary
 
 logger = logging.getLogger(__name__)
@@ -68,56 +67,3 @@ def save_unit_lm(model: torch.nn.Module, vocab: UnitVocabulary, folder: str | Pa
     sidecar = {"f0_buckets": asdict(vocab.buckets), "vocab_size": len(vocab), **(extra or {})}
     (folder / SIDECAR).write_text(json.dumps(sidecar, indent=1) + "\n")
     return folder
-
-
-def load_vocab(folder: str | Path) -> UnitVocabulary:
-    """The unit vocabulary of a saved orchestrator, checked against its tokenizer."""
-    return _load_vocab(Path(folder))[0]
-
-
-def _load_vocab(folder: Path) -> tuple[UnitVocabulary, dict]:
-    from transformers import AutoTokenizer
-
-    if not (folder / "config.json").is_file():
-        raise OrchestratorCheckpointError(
-            f"{folder} holds no orchestrator (no config.json); train one with `streamchar train orchestrator` "
-            "or set orchestrator.path to the folder it wrote."
-        )
-    sidecar = json.loads((folder / SIDECAR).read_text()) if (folder / SIDECAR).is_file() else {}
-    vocab = UnitVocabulary(F0Buckets(**sidecar["f0_buckets"]) if "f0_buckets" in sidecar else None)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except Exception as err:
-        raise OrchestratorCheckpointError(
-            f"Could not load the tokenizer in {folder} ({type(err).__name__}: {str(err).splitlines()[0]}); "
-            "the folder is damaged or incomplete, so copy it again or retrain."
-        ) from err
-    vocab.check_tokenizer(tokenizer, folder)
-    return vocab, sidecar
-
-
-def load_unit_lm(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """(model, vocab, sidecar) from a folder written by :func:`save_unit_lm`."""
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    folder = Path(folder)
-    vocab, sidecar = _load_vocab(folder)
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a 13 MB model needs no progress bar in every command's output
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-    except Exception as err:
-        raise OrchestratorCheckpointError(
-            f"Could not load the orchestrator in {folder} ({type(err).__name__}: {str(err).splitlines()[0]}); "
-            "the folder is damaged or incomplete, so copy it again or retrain."
-        ) from err
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
-    if model.config.vocab_size != len(vocab):
-        raise OrchestratorCheckpointError(
-            f"The orchestrator in {folder} has {model.config.vocab_size} tokens but the unit vocabulary has "
-            f"{len(vocab)}; it was made by another StreamChar version, so retrain it."
-        )
-    return model.to(device).eval(), vocab, sidecar

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from streamchar.config import StreamCharConfig
+from streamchar.orchestrator.session import Orchestrator
 
 
-def plan_text(cfg: StreamCharConfig, text: str, checkpoint: str | None = None, word_by_word: bool = False,
-              max_chunks: int = 200) -> Iterator[dict]:  # fmt: skip
+def plan_text(
+    orch: Orchestrator, text: str, word_by_word: bool = False, max_chunks: int = 200
+) -> Iterator[dict]:
     """Push ``text`` (whole, or one word at a time) and yield each planned chunk until the orchestrator is done
     or ``max_chunks``: its frames (``PHONEME`` + F0 bucket when not 0, ``.`` = listening), the pointer after
     it, the frames held and whether it was the last."""
     from streamchar.data.phonemes import PHONEMES
-    from streamchar.orchestrator.session import Orchestrator
 
-    orch = Orchestrator.from_config(cfg, path=checkpoint)
     pieces = text.split(" ") if word_by_word else [text]
     for i, piece in enumerate(pieces):
         orch.push_text(piece + (" " if word_by_word else ""), final=i == len(pieces) - 1)

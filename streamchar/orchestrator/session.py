@@ -1,6 +1,6 @@
 """The streaming orchestrator: text in, one chunk of frame-aligned audio conditions out.
 
-    orch = Orchestrator.from_config(cfg)
+    orch = load_orchestrator(cfg)                 # streamchar.loaders: the LM of orchestrator.path
     orch.push_text("Hello the", final=False)      # text as a chat model streams it
     orch.push_text("re, how are you?", final=True)
     while True:
@@ -142,39 +142,25 @@ class Orchestrator:
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg, path: str | None = None, voice_prompts: dict[int, VoicePrompt] | None = None,
-                    device: str | None = None, loaded: tuple | None = None) -> Orchestrator:  # fmt: skip
-        """The orchestrator of ``cfg.orchestrator`` (checkpoint at ``path`` or ``orchestrator.path``).
+    def from_config(
+        cls, cfg, loaded: tuple, voice_prompts: dict[int, VoicePrompt] | None = None
+    ) -> Orchestrator:
+        """The orchestrator of ``cfg.orchestrator`` over a unit LM already in memory: ``loaded`` is ``(model,
+        vocab)`` (:func:`streamchar.loaders.load_orchestrator` loads one from a folder; the engine loads the LM
+        once and gives every session its own backend and KV cache over it)."""
+        ocfg = cfg.orchestrator
+        model, vocab = loaded
+        backend = make_backend("hf", model=model, temperature=ocfg.temperature, seed=ocfg.seed,
+                               **hf_backend_options(cfg, next(model.parameters()).device))  # fmt: skip
+        return cls.over_backend(cfg, backend, vocab, voice_prompts)
 
-        ``loaded``: ``(model, vocab)`` already in memory (the engine loads the LM once and gives every
-        session its own backend and KV cache over it).
-        """
-        from streamchar.config import resolve_asset_path
-        from streamchar.orchestrator.model import OrchestratorCheckpointError, load_unit_lm
-
+    @classmethod
+    def over_backend(
+        cls, cfg, backend, vocab, voice_prompts: dict[int, VoicePrompt] | None = None
+    ) -> Orchestrator:
+        """The orchestrator of ``cfg.orchestrator`` planning through ``backend`` (in process, or vLLM)."""
         ocfg = cfg.orchestrator
         limits = PointerLimits(ocfg.max_phoneme_frames, ocfg.max_silence_frames)
-        if loaded is not None:
-            model, vocab = loaded
-            backend = make_backend("hf", model=model, temperature=ocfg.temperature, seed=ocfg.seed,
-                                   **hf_backend_options(cfg, next(model.parameters()).device))  # fmt: skip
-            return cls(backend, vocab, cfg.timeline.chunk_audio_tokens, Frontend(ocfg.language), voice_prompts,
-                       ocfg.max_context_tokens, ocfg.max_history_tokens, limits, ocfg.max_push_chars)  # fmt: skip
-        folder = path or ocfg.path
-        if folder is None:
-            raise OrchestratorCheckpointError("No orchestrator checkpoint configured; set orchestrator.path.")
-        folder = resolve_asset_path(folder)
-        device = device or ocfg.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if ocfg.backend == "vllm":
-            from streamchar.orchestrator.model import load_vocab
-
-            vocab = load_vocab(folder)
-            backend = make_backend("vllm", path=str(folder), temperature=ocfg.temperature, seed=ocfg.seed)
-        else:
-            model, vocab, _ = load_unit_lm(folder, device=device)
-            return cls.from_config(cfg, voice_prompts=voice_prompts, loaded=(model, vocab))
         return cls(backend, vocab, cfg.timeline.chunk_audio_tokens, Frontend(ocfg.language), voice_prompts,
                    ocfg.max_context_tokens, ocfg.max_history_tokens, limits, ocfg.max_push_chars)  # fmt: skip
 

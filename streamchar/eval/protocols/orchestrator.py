@@ -60,6 +60,7 @@ def transcript_of(turn: dict) -> str:
 
 def evaluate_orchestrator(cfg, checkpoint: str | Path, table: str | Path, split: str = "test",
                           max_turns: int = 0, prompt_turns: int = 2, progress: bool = True) -> dict:  # fmt: skip
+    from streamchar.loaders import load_orchestrator
     from streamchar.orchestrator.session import Orchestrator, VoicePrompt
     from streamchar.orchestrator.text import Frontend
 
@@ -70,7 +71,7 @@ def evaluate_orchestrator(cfg, checkpoint: str | Path, table: str | Path, split:
     if not pairs:
         raise ValueError(f"{table} has no '{split}' turns to evaluate.")
     frontend = Frontend(cfg.orchestrator.language)
-    base = Orchestrator.from_config(cfg, path=str(checkpoint))
+    base = load_orchestrator(cfg, path=str(checkpoint))
     chunk_seconds = cfg.timeline.chunk_audio_tokens / cfg.timeline.audio_latent_rate
     per_turn, chunk_times = [], []
     for turn, prompt in tqdm(pairs, desc="eval orchestrator", unit="turn", disable=not progress):
@@ -136,8 +137,8 @@ def judge_orchestrator(cfg, checkpoint: str | Path | None, table: str | Path, sp
     of a turn table; writes ``OUT.json`` and ``OUT.md`` when ``out`` is given."""
     from streamchar.config import resolve_asset_path
     from streamchar.eval.reports.orchestrator import write_report
+    from streamchar.loaders import load_unit_lm
     from streamchar.orchestrator.dataset import UnitLMDataset, collate_lm, read_turn_table
-    from streamchar.orchestrator.model import load_unit_lm
     from streamchar.training.orchestrator import evaluate_lm
 
     checkpoint = resolve_asset_path(checkpoint or cfg.orchestrator.path)
