@@ -34,12 +34,12 @@ setup: system-deps $(STAMP)
 system-deps:
 	@./scripts/ensure-system-deps.sh
 
+# The pinned CPU torch first, so that the package's torch range installs nothing more. pip -qq prints errors
+# only: its notices (setuptools' note on editable installs, a machine's unused index locations) are not ours.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "StreamChar needs Python 3.11 or newer; set PYTHON=python3.11 (or newer)")'
-	# -qq: pip's errors only (its notices, e.g. setuptools' note on editable installs, are not ours to fix)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip
-	# the pinned CPU torch first, so that the package's torch range installs nothing more
 	$(PY) -m pip install -qq torch==$(TORCH_VERSION)
 	$(PY) -m pip install -qq -e ".[dev,serve]"
 	touch $@
