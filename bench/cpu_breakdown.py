@@ -17,7 +17,7 @@ from collections.abc import Callable
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the green hills beyond the river."
 
 
-def timed(owner: type, name: str, label: str, totals: dict[str, float]) -> None:
+def timed(owner, name: str, label: str, totals: dict[str, float]) -> None:
     """Replace ``owner.name`` by a wrapper that adds its wall time to ``totals[label]``."""
     inner: Callable = getattr(owner, name)
     totals.setdefault(label, 0.0)  # printed in the order registered
@@ -41,8 +41,10 @@ def main() -> None:
     from streamchar.codecs.audio import MelDecoderStream
     from streamchar.config import load_config, model_overrides
     from streamchar.denoiser.flow import EulerSampler
+    from streamchar.engine import session as session_module
     from streamchar.engine.decode import LocalDecoder
     from streamchar.engine.engine import Engine
+    from streamchar.engine.realign import Realigner
     from streamchar.engine.session import StreamSession
 
     preset, parts = model_overrides(args.model)
@@ -53,11 +55,11 @@ def main() -> None:
     totals: dict[str, float] = {}
     timed(StreamSession, "_denoise_next", "denoising, all of it", totals)
     timed(StreamSession, "_plan", "  orchestrator plan + pointer realignment", totals)
-    timed(StreamSession, "_prior_means", "  priors", totals)
+    timed(session_module, "prior_means", "  priors", totals)  # the module-level function the session calls
     timed(EulerSampler, "sample", "  DiT sampling", totals)
     timed(LocalDecoder, "decode_on_device", "decoding, video and audio", totals)
     timed(MelDecoderStream, "decode", "  audio (Griffin-Lim)", totals)
-    timed(StreamSession, "_read_progress", "phoneme reader", totals)
+    timed(Realigner, "read", "phoneme reader", totals)
     start = time.perf_counter()
     with engine.session(decode_overlap=False, seed=1) as session:
         session.push_text(args.text, final=True)

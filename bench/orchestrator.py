@@ -17,8 +17,8 @@ import time
 import torch
 
 from streamchar.config import load_config, resolve_asset_path
+from streamchar.loaders import load_unit_lm
 from streamchar.orchestrator.backends import HFBackend
-from streamchar.orchestrator.model import load_unit_lm
 from streamchar.orchestrator.pointer import choose_move
 from streamchar.orchestrator.session import Orchestrator
 

@@ -56,3 +56,39 @@ def test_a_wrong_import_breaks_the_contracts_that_forbid_it(tmp_path, where, wro
     for contract in broken:
         assert f"{CONTRACTS[contract]} BROKEN" in result.stdout, result.stdout
     assert f"streamchar.{where}.wrong_way -> {wrong_import} (l.1)" in result.stdout, result.stdout
+
+
+def _streamchar_imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    """Every ``from streamchar... import names`` and ``import streamchar...`` in a file, at any depth (handlers
+    and benchmarks import inside functions): ``(line, module, names)``."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "streamchar":
+            found.append((node.lineno, node.module, [alias.name for alias in node.names]))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name, []) for a in node.names if a.name.split(".")[0] == "streamchar"]
+    return found
+
+
+def test_every_import_of_the_package_resolves():
+    """A moved module or function leaves no stale import behind in the package, the tests, the benchmarks or
+    the scripts, not even one inside a function that only runs on a GPU or with a corpus."""
+    import importlib
+
+    files = [
+        p for folder in ("streamchar", "tests", "bench", "scripts") for p in (REPO / folder).rglob("*.py")
+    ]
+    stale = []
+    for path in files:
+        for line, module, names in _streamchar_imports(path):
+            try:
+                owner = importlib.import_module(module)
+            except ImportError as err:
+                stale.append(f"{path.relative_to(REPO)}:{line}: {module} ({err})")
+                continue
+            for name in names:
+                if not hasattr(owner, name) and importlib.util.find_spec(f"{module}.{name}") is None:
+                    stale.append(f"{path.relative_to(REPO)}:{line}: {module}.{name}")
+    assert not stale, "stale imports:\n" + "\n".join(stale)
