@@ -1,7 +1,7 @@
 """Where a chunk's time goes on this machine: one text session of the shipped model, run with decode overlap
 off (every part in turn, on the same thread), each part timed by wrapping the method that does it.
 
-    .venv/bin/python bench/cpu_breakdown.py [--model tiny] [--text "..."]
+    .venv/bin/python bench/cpu_breakdown.py [--model tiny] [--text "..."] [key=value ...]
 
 Prints each part's seconds and its share of the media it made (a real-time-factor contribution). With decode
 overlap on, the engine runs denoising and decoding on two threads, so the session's real-time factor is below
@@ -36,6 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="shipped model name or model folder")
     parser.add_argument("--text", default=TEXT)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides to try")
     args = parser.parse_args()
 
     from streamchar.codecs.audio import MelDecoderStream
@@ -48,7 +49,7 @@ def main() -> None:
     from streamchar.engine.session import StreamSession
 
     preset, parts = model_overrides(args.model)
-    engine = Engine.from_config(load_config(preset, parts))
+    engine = Engine.from_config(load_config(preset, parts + args.overrides))
     with engine.session(decode_overlap=False, seed=1) as session:  # warm-up
         session.push_text("Hello there.", final=True)
         list(session)
