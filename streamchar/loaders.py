@@ -9,6 +9,11 @@ holds ``distilled.json`` (its steps, shift and folded guidance; :func:`read_dist
 A prior folder (``streamchar train prior`` exports ``RUN/final``; the model folder ships it as ``prior-audio/``
 and ``prior-video/``) holds ``model.safetensors`` and ``prior.json``: its kind (``audio`` | ``video``) and the
 constructor arguments it was built with, so it loads whatever the current config says.
+
+The orchestrator's unit LM (:func:`load_unit_lm`, :func:`load_orchestrator`) is an HF folder written by
+:func:`~streamchar.orchestrator.model.save_unit_lm`. A trained instrument folder (:func:`load_instrument`; the
+phoneme reader that realigns the pointer, :func:`load_phoneme_reader`) holds ``model.safetensors`` and
+``config.json``.
 """
 
 from __future__ import annotations
@@ -182,7 +187,7 @@ def _load_vocab(folder: Path) -> tuple[UnitVocabulary, dict]:
 
 
 def load_unit_lm(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """(model, vocab, sidecar) from a folder written by :func:`save_unit_lm`."""
+    """(model, vocab, sidecar) from a folder written by :func:`~streamchar.orchestrator.model.save_unit_lm`."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 

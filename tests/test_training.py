@@ -79,3 +79,36 @@ def test_cosine_schedule():
     assert cosine_lr(0, 100, 1.0, 0.0, 10) == pytest.approx(0.1)
     assert cosine_lr(10, 100, 1.0, 0.0, 10) == pytest.approx(1.0)
     assert cosine_lr(100, 100, 1.0, 0.1, 10) == pytest.approx(0.1)
+
+
+def test_instrument_fit_runs_on_the_loop_and_resumes_exactly(tmp_path):
+    """An evaluation instrument trains on the one loop: stopped after a checkpoint and run again, it ends with
+    the weights of an uninterrupted run (and of one without a run folder)."""
+    import shutil
+
+    from torch import nn
+
+    from streamchar.checkpoints import list_checkpoints
+    from streamchar.eval.instruments.base import fit
+
+    def make():
+        torch.manual_seed(0)
+        model, w = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1)), torch.randn(8, 1)
+
+        def loss_fn(generator):
+            x = torch.randn(32, 8, generator=generator)
+            return ((model(x) - x @ w) ** 2).mean(), {}
+
+        return model, loss_fn
+
+    whole = fit(*make(), 60, tmp_path / "whole", lr=1e-2, warmup=10, checkpoint_every=25, seed=3, desc="toy")
+    first = list_checkpoints(tmp_path / "whole")[0]
+    assert first.name.endswith("25")
+    (tmp_path / "cut" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(first, tmp_path / "cut" / "checkpoints" / first.name)  # as if stopped after step 25
+    shutil.copy(tmp_path / "whole" / "instrument.json", tmp_path / "cut")
+    resumed = fit(*make(), 60, tmp_path / "cut", lr=1e-2, warmup=10, checkpoint_every=25, seed=3, desc="toy")
+    bare = fit(*make(), 60, None, lr=1e-2, warmup=10, checkpoint_every=25, seed=3, desc="toy")
+    for name, value in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value) and torch.equal(bare.state_dict()[name], value)
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["finished"]

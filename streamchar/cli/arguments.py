@@ -39,7 +39,8 @@ def out(help: str, default: str | None = None, optional: bool = False) -> Adder:
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="preset name (tiny, base) or YAML file (default: tiny)")
-    if "--model" not in p._option_string_actions:  # distill compare|drift use --model for their contenders
+    # distill compare|drift use --model for their contenders (added before CONFIG, so it is seen here)
+    if "--model" not in p._option_string_actions:
         what = "a shipped model by name (tiny) or a model folder: sets the codec, orchestrator, denoiser, characters"
         p.add_argument("--model", dest="model_name", default=None, metavar="NAME|DIR", help=what)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. timeline.fps=25")

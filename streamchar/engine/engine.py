@@ -55,7 +55,7 @@ class Engine:
         self.priors = None  # the priors a residual denoiser refines (or, with engine.refine off, plays alone)
         self.lock = threading.Lock()  # one chunk at a time on the device
         self.sessions = 0  # open sessions
-        self._count_lock = threading.Lock()
+        self.count_lock = threading.Lock()  # guards ``sessions`` and the free caches
 
     @classmethod
     def from_config(cls, cfg, denoiser_path: str | None = None, with_orchestrator: bool = True) -> Engine:
@@ -128,7 +128,7 @@ class Engine:
         them, as the benchmark does between rows); returns what is in effect. Weights are cast in place:
         back to fp32 after bf16 they keep the bf16-rounded values."""
         from streamchar.config import resolve_switch
-        from streamchar.denoiser.attention import flash_available
+        from streamchar.denoiser.attention import BACKENDS, flash_available
         from streamchar.orchestrator.session import hf_backend_options
 
         ecfg, cuda = self.cfg.engine, self.device.type == "cuda"
@@ -143,8 +143,6 @@ class Engine:
         lm_dtype = dtype if cuda else torch.float32  # see engine.weights
         if self.unit_lm is not None:
             self.unit_lm.to(lm_dtype)
-        from streamchar.denoiser.attention import BACKENDS
-
         attention = ecfg.attention
         if attention == "auto":
             attention = "flash" if flash_available() else self.cfg.denoiser.attention
@@ -220,7 +218,7 @@ class Engine:
     def take_cache(self):
         """A context cache for a new session: a closed session's, reset, when one is free (the same buffers
         at the same addresses, so a CUDA graph of the step recorded for it replays without recording)."""
-        with self._count_lock:
+        with self.count_lock:
             if self._free_caches:
                 return self._free_caches.pop()
         return self.denoiser.static_cache()
@@ -230,7 +228,7 @@ class Engine:
         if cache is None:
             return
         cache.reset()
-        with self._count_lock:
+        with self.count_lock:
             if len(self._free_caches) < 4:
                 self._free_caches.append(cache)
 

@@ -14,8 +14,9 @@ beside the next chunk's denoising (a thread on CPU; on CUDA the worker also runs
 Finished chunks wait in a small queue, so memory stays bounded; a live session (``realtime=True``)
 runs at most ``lookahead_chunks`` ahead of playback and never ends on its own.
 
-Sessions share one :class:`Engine`; a lock gives the device to one chunk at a time, and each session
-keeps its own K/V cache, decoder state and orchestrator, so any number of sessions can take turns.
+Sessions share one :class:`~streamchar.engine.engine.Engine`; a lock gives the device to one chunk at a time,
+and each session keeps its own K/V cache, decoder state and orchestrator, so any number of sessions can take
+turns.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class StreamSession:
         self._media = 0.0  # media time of the next chunk
         self._state_bytes = 0
         self._setup_state()
-        with engine._count_lock:
+        with engine.count_lock:
             engine.sessions += 1
         self._counted = True
 
@@ -157,7 +158,7 @@ class StreamSession:
     # -- input ---------------------------------------------------------------------------------------
     def push_text(self, text: str, final: bool = False, speaker: int = 0) -> None:
         """Transcript for ``speaker`` (0, or 1 in a dialogue); ``final`` closes the turn. Errors (see
-        :meth:`Orchestrator.push_text`) leave the session as it was."""
+        :meth:`~streamchar.orchestrator.session.Orchestrator.push_text`) leave the session as it was."""
         self._check_open()
         if self.orchestrator is None:
             raise ValueError("This session is driven by audio; use push_audio, or open a text session.")
@@ -368,7 +369,8 @@ class StreamSession:
                 )
             cond = Conditions(cond.units, cond.speaking, mu_audio, mu_video)
         with eng.lock, model.streaming(self._cache), eng.autocast():
-            with record_function("streamchar.context_update"):  # without the cache (an ablation): the window
+            # without the context cache (an ablation), the whole window is recomputed at every step
+            with record_function("streamchar.context_update"):
                 context = enter_window(model, self._memory, n, self.context_cache, self._references)
             given_audio = given_latents
             if given_audio is not None and model.residual:
@@ -470,7 +472,7 @@ class StreamSession:
         self.orchestrator = None
         self._audio_in = self._audio_context = np.zeros(0, np.float32)
         self._out = queue.Queue(maxsize=1)
-        with self.engine._count_lock:
+        with self.engine.count_lock:
             self.engine.sessions -= 1
 
     @property

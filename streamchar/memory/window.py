@@ -1,4 +1,5 @@
-"""Where every token of a window sits: its segment and its rotary position.
+"""The window: where every token sits (:class:`WindowLayout`: its segment and its rotary position), and what a
+session or rollout remembers to fill it (:class:`WindowMemory`: the sink chunk and the motion frames).
 
 A window is ``[reference | sink | motion | current]`` for video and
 ``[reference voice | sink audio | motion audio | current audio]`` for audio (DESIGN.md §8). Positions
@@ -24,6 +25,8 @@ GAP = 2.0  # latent frames between reference and sink, and between sink and moti
 
 @dataclass(frozen=True)
 class WindowLayout:
+    """Segment start times and window-relative positions of video and audio tokens (see the module docstring)."""
+
     timeline: Timeline
     grid: tuple[int, int]  # video tokens per latent frame: (rows, columns) after patching
 
@@ -116,5 +119,6 @@ class WindowMemory:
         return self.last[0][:, :, -1], motion[1]
 
     def nbytes(self) -> int:
-        """Bytes of the last chunk's latents (the sink is a view of the first chunk's)."""
+        """Bytes of the last chunk's latents. Not counted: the sink, a view that keeps the first chunk's latents
+        alive (a constant once taken)."""
         return sum(t.numel() * t.element_size() for t in self.last) if self.last else 0

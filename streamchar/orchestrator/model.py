@@ -4,7 +4,8 @@ Built from ``cfg.orchestrator`` by :func:`build_unit_lm` (Llama or Qwen2 configs
 supported by transformers and vLLM). Saved with :func:`save_unit_lm` as an ordinary HF folder
 (``config.json``, ``model.safetensors``, ``tokenizer.json``, ``generation_config.json``) plus
 ``streamchar.json`` (the F0 buckets and the training summary), so ``AutoModelForCausalLM`` and
-``AutoTokenizer.from_pretrained`` load it without custom code.
+``AutoTokenizer.from_pretrained`` load it without custom code; :func:`streamchar.loaders.load_unit_lm` reads it
+back.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ A small MLP sees each audio token with ``context`` neighbours either side and pr
 silence, doubles as the CTC blank of :func:`streamchar.orchestrator.pointer.ctc_align`). It is trained on
 the latent cache's ground-truth speech only (per-token ``phoneme_ids``), never on generated audio. Stage 2
 uses it only when no evaluation recognizer is found (``distill.phoneme_reader``); the recognizer serves the
-same :class:`PhonemeProbe` protocol through :class:`streamchar.orchestrator.reader.LatentPhonemeReader`.
+same :class:`~streamchar.orchestrator.pointer.PhonemeProbe` protocol through
+:class:`streamchar.orchestrator.reader.LatentPhonemeReader`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ rate schedule and the finite-loss check. Checkpoints and the run folder's guard 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
@@ -18,15 +17,6 @@ def cosine_lr(step: int, total: int, base: float, minimum: float, warmup: int) -
         return base * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return minimum + 0.5 * (base - minimum) * (1 + math.cos(math.pi * progress))
-
-
-def schedule_lr(optimizer: torch.optim.Optimizer, step: int, tcfg: Any) -> float:
-    """Set every parameter group's learning rate for ``step`` from a trainer config section
-    (``steps``, ``lr``, ``lr_min``, ``warmup_steps``); returns it."""
-    lr = cosine_lr(step, tcfg.steps, tcfg.lr, tcfg.lr_min, tcfg.warmup_steps)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
 
 
 def check_finite_loss(loss: torch.Tensor, step: int, section: str) -> None:

@@ -13,9 +13,10 @@ one from a batch function and a loss for the common case. ``evaluate(model, auto
 held-out figures of the EMA model (the live one without EMA) that go into ``curve.json`` / ``curve.png``.
 
 The run folder holds ``checkpoints/`` (models, EMA, optimisers, step, RNG; atomic safetensors, see
-:mod:`streamchar.checkpoints`), ``logs/`` (tensorboard), the architecture record (``RECORD.json``: resuming
-with another is refused), the settings it was started with, ``curve.json``, ``curve.png`` and
-``summary.json`` (``finished`` when the last step is done).
+:mod:`streamchar.checkpoints`), ``logs/`` (tensorboard), the architecture record (``<record_name>.json``, e.g.
+``denoiser.json``: resuming with another is refused), the settings it was started with
+(``<settings_name>.json``, when the trainer names one), ``curve.json``, ``curve.png`` and ``summary.json``
+(``finished`` when the last step is done).
 """
 
 from __future__ import annotations
@@ -183,9 +184,9 @@ class TrainingRun:
 
     def setup(self, models: dict[str, nn.Module], optimizers: dict[str, dict], ema: bool = False) -> None:
         """Put ``models`` in training mode, resume the newest checkpoint into them (one state dict; with
-        several models, keys prefixed by their names) and their EMA, shard them on a sharded run, make each
-        one's AdamW (``optimizers[name]``: its arguments; saved as ``optimizer`` for the first model,
-        ``optimizer-NAME`` for the others) with its saved state, and prepare them."""
+        several models, keys prefixed by their names) and the first model's EMA (``ema``), shard them on a
+        sharded run, make each one's AdamW (``optimizers[name]``: its arguments; saved as ``optimizer`` for the
+        first model, ``optimizer-NAME`` for the others) with its saved state, and prepare them."""
         acc, first = self.accelerator, next(iter(models.values()))
         for model in models.values():
             model.train()
@@ -228,7 +229,7 @@ class TrainingRun:
     def generator(self, step: int) -> torch.Generator:
         """The step's random stream: shared by all processes (``shared_draws``) or this process's own."""
         seed = self.settings.seed * 1_000_003 + step
-        if not self.spec.shared_draws:
+        if not self.spec.shared_draws:  # seed * 1_000_003 + step * world + rank: one per (step, process)
             seed += step * (self.world - 1) + self.rank
         return torch.Generator().manual_seed(seed)
 
@@ -244,7 +245,8 @@ class TrainingRun:
             self.accelerator.backward(loss)
 
     def update(self, name: str = "model", lr: float | None = None) -> None:
-        """Clip, step and clear model ``name``'s optimiser at learning rate ``lr`` (the schedule's by default)."""
+        """Clip, step and clear model ``name``'s optimiser at learning rate ``lr`` (None: the rate its
+        parameter groups already have; trainers pass :meth:`lr` or their own schedule)."""
         model, optimizer = self.models[name], self.optimizers[name]
         if lr is not None:
             for group in optimizer.param_groups:

@@ -1,4 +1,4 @@
-"""What every trained evaluation instrument shares: a resumable training loop, and a folder format.
+"""What every trained evaluation instrument shares: its training (on the one resumable loop), and a folder format.
 
 An instrument folder (``checkpoints/eval/NAME/``) holds ``model.safetensors``, ``config.json`` (the class,
 its constructor arguments and the scores it earned on ground truth) and a ``README.md`` model card; it is
@@ -7,18 +7,19 @@ read back by :func:`streamchar.loaders.load_instrument`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from tqdm import tqdm
 
-from streamchar.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from streamchar.precision import instrument_autocast
 
 logger = logging.getLogger(__name__)
@@ -36,40 +37,45 @@ def fit(
     seed: int = 0,
     desc: str = "train",
 ) -> nn.Module:
-    """AdamW with warm-up and cosine decay for ``steps`` steps of ``loss_fn(generator)``.
+    """AdamW with warm-up and cosine decay for ``steps`` steps of ``loss_fn(generator)``, on the one training
+    loop (:mod:`streamchar.training.loop`).
 
     With a ``run_dir``, a checkpoint is written every ``checkpoint_every`` steps and training resumes from
-    the newest one (same batches, same result as an uninterrupted run).
+    the newest one (same batches, same result as an uninterrupted run); without one the run folder is temporary.
     """
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    from streamchar.training.loop import LoopSpec, TrainingRun, run_loop
 
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
-    start = 0
-    if run_dir is not None and list_checkpoints(run_dir):
-        last = list_checkpoints(run_dir)[-1]
-        start = load_checkpoint(last, model, opt)["step"]
-        logger.info("resuming %s from step %d (%s)", desc, start, last)
-    model.train()
-    generator = torch.Generator()
-    bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, unit="step")
-    for step in bar:
-        generator.manual_seed(seed * 1_000_003 + step)  # batches depend on the step only: exact resume
-        for group in opt.param_groups:
-            group["lr"] = lr * schedule(step)
-        with instrument_autocast():
-            loss, logs = loss_fn(generator)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        bar.set_postfix({"loss": f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in logs.items()}})
-        done = step + 1
-        if run_dir is not None and (done % checkpoint_every == 0 or done == steps):
-            save_checkpoint(run_dir, done, model, opt, keep=1)
+    settings = SimpleNamespace(steps=steps, lr=lr, lr_min=0.0, warmup_steps=warmup, grad_clip=5.0, ema_decay=0.0,
+                               mixed_precision="no", log_every=checkpoint_every, eval_every=checkpoint_every,
+                               ckpt_every=checkpoint_every, seed=seed, num_threads=0)  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        out = (
+            Path(run_dir) if run_dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"instrument": desc, "class": type(model).__name__}
+        run = TrainingRun(
+            LoopSpec(desc, None, settings, out, record, record_name="instrument", desc=desc, curve=False)
+        )
+        run.setup({"model": model}, {"model": {"lr": lr, "weight_decay": weight_decay}})
+        if run.start:
+            logger.info("resuming %s from step %d (%s)", desc, run.start, out)
+
+        def train_step(step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+            with (
+                instrument_autocast()
+            ):  # batches depend on the step only (the loop's generator): exact resume
+                loss, logs = loss_fn(generator)
+            run.backward(loss)
+            run.update("model", lr * schedule(step))
+            return loss, logs
+
+        run_loop(run, train_step)
     model.eval()
     return model.requires_grad_(False)
 

@@ -1,7 +1,8 @@
 """Identity, voice and visual-quality instruments: encoders trained on the corpus's training identities.
 
-- :class:`IdentityEncoder` maps a 64 x 64 frame (:func:`features.face_views`) to a unit vector; the
-  identity similarity of a generated frame is its cosine similarity to the reference image's vector.
+- :class:`IdentityEncoder` maps a 64 x 64 frame (:func:`~streamchar.eval.metrics.features.face_views`) to a
+  unit vector; the identity similarity of a generated frame is its cosine similarity to the reference
+  image's vector.
   Its pooled convolutional features (before the projection) are the fixed features of the Fréchet
   distance (:func:`streamchar.eval.metrics.statistics.frechet_distance`), in the role Inception plays for FID.
 - :class:`SpeakerEncoder` maps log-mel speech (any length over ~0.5 s) to a unit vector; voice similarity

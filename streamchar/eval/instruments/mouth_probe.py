@@ -77,10 +77,10 @@ def fit_mouth_probe(
 
 # -- the mouth reader: mouth opening read from decoded frames ------------------------------------------
 class MouthReader(torch.nn.Module):
-    """A small CNN from the grey mouth window (:func:`features.mouth_crops`) to mouth opening, trained on the
-    training identities' ground truth; it reads generated video the way the latent probe reads latents,
-    without trusting the video codec. Each window is normalised to zero mean and unit variance first, so a
-    character's skin and lip brightness do not read as opening."""
+    """A small CNN from the grey mouth window (:func:`~streamchar.eval.metrics.features.mouth_crops`) to mouth
+    opening, trained on the training identities' ground truth; it reads generated video the way the latent
+    probe reads latents, without trusting the video codec. Each window is normalised to zero mean and unit
+    variance first, so a character's skin and lip brightness do not read as opening."""
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()

@@ -1,9 +1,10 @@
 """Lip sync: a SyncNet-style audio-visual expert trained on the corpus, and the Sync-C / Sync-D measure.
 
-Two small encoders map 5 video frames of the mouth window (0.2 s at 25 fps, :func:`features.mouth_crops`)
-and the 20 log-mel frames of the same 0.2 s to unit-length embeddings. Training is contrastive over
-time shifts: for a window of video, the audio at the same time must be closer than the audio of the
-same clip shifted by any of -15..+15 frames, and than audio from other clips in the batch.
+Two small encoders map 5 video frames of the mouth window (0.2 s at 25 fps,
+:func:`~streamchar.eval.metrics.features.mouth_crops`) and the 20 log-mel frames of the same 0.2 s to
+unit-length embeddings. Training is contrastive over time shifts: for a window of video, the audio at the
+same time must be closer than the audio of the same clip shifted by any of -15..+15 frames, and than audio
+from other clips in the batch.
 
 The measure follows the standard SyncNet evaluation: for every video window and every audio offset d in
 -15..+15 frames, the Euclidean distance between the video embedding at frame t and the audio embedding

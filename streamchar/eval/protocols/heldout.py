@@ -42,8 +42,9 @@ logger = logging.getLogger(__name__)
 
 def _heldout_clips(corpus, count: int) -> list[dict]:
     """Held-out monologues, one per held-out identity in turn (first clips, then second ones, ...), ``count``
-    in all. A character's reference clip (its first monologue by key, :func:`character_from_corpus`) is left
-    out when the character has another, so a clip is never judged against its own first frame."""
+    in all. A character's reference clip (its first monologue by key,
+    :func:`~streamchar.engine.characters.character_from_corpus`) is left out when the character has another,
+    so a clip is never judged against its own first frame."""
     by_char: dict[int, list[dict]] = {}
     for e in sorted(corpus.entries("test"), key=lambda e: e["key"]):
         if e.get("kind") == "monologue":
