@@ -213,15 +213,20 @@ def load_unit_lm(folder: str | Path, device: str | torch.device = "cpu", dtype: 
     return model.to(device).eval(), vocab, sidecar
 
 
+def orchestrator_folder(cfg, path: str | Path | None = None) -> Path:
+    """The unit LM's folder: ``path``, else ``orchestrator.path``; a clear error when neither is set."""
+    folder = path or cfg.orchestrator.path
+    if folder is None:
+        raise OrchestratorCheckpointError("No orchestrator checkpoint configured; set orchestrator.path.")
+    return resolve_asset_path(folder)
+
+
 def load_orchestrator(cfg, path: str | Path | None = None, voice_prompts: dict | None = None,
                       device: str | None = None) -> Orchestrator:  # fmt: skip
     """The orchestrator of ``cfg.orchestrator`` with its unit LM from ``path`` (default ``orchestrator.path``):
     loaded here on ``device`` (default ``orchestrator.device``), or served by vLLM (``orchestrator.backend``)."""
     ocfg = cfg.orchestrator
-    folder = path or ocfg.path
-    if folder is None:
-        raise OrchestratorCheckpointError("No orchestrator checkpoint configured; set orchestrator.path.")
-    folder = resolve_asset_path(folder)
+    folder = orchestrator_folder(cfg, path)
     device = device or ocfg.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -95,11 +95,11 @@ class PlannedConditions:
     """Per rollout, an orchestrator speaking the clip's transcript, re-aligned to the generated audio."""
 
     def __init__(self, cfg: StreamCharConfig, cache) -> None:
-        from streamchar.loaders import load_unit_lm
+        from streamchar.loaders import load_unit_lm, orchestrator_folder
         from streamchar.orchestrator.phoneme_probe import fit_phoneme_probe
 
         self.cfg, self.cache = cfg, cache
-        self.lm, self.vocab, _ = load_unit_lm(resolve_asset_path(cfg.orchestrator.path), device="cpu")
+        self.lm, self.vocab, _ = load_unit_lm(orchestrator_folder(cfg), device="cpu")
         reader = resolve_asset_path(cfg.distill.phoneme_reader) if cfg.distill.phoneme_reader else None
         if reader is not None and (reader / "model.safetensors").is_file():
             from streamchar.codecs.audio import build_audio_codec

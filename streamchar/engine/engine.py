@@ -25,6 +25,7 @@ from streamchar.loaders import (
     load_teacher,
     load_unit_lm,
     meta_latent_spec,
+    orchestrator_folder,
     read_distilled,
 )
 from streamchar.orchestrator.session import Orchestrator, VoicePrompt
@@ -62,7 +63,6 @@ class Engine:
         """Every part loaded once through :mod:`streamchar.loaders`: the codecs, then the denoiser (a teacher,
         or a student with its distilled record) sized by them, the orchestrator's LM, the priors a residual
         denoiser refines and the phoneme reader that realigns the pointer."""
-        from streamchar.config import resolve_asset_path
 
         ecfg = cfg.engine
         device = _engine_device(ecfg.device)
@@ -76,7 +76,7 @@ class Engine:
         if with_orchestrator:
             if cfg.orchestrator.backend != "hf":
                 raise ValueError("The engine runs the orchestrator in process; set orchestrator.backend=hf.")
-            unit_lm, vocab, _ = load_unit_lm(resolve_asset_path(cfg.orchestrator.path), device=device)
+            unit_lm, vocab, _ = load_unit_lm(orchestrator_folder(cfg), device=device)
         engine = cls(cfg, denoiser, video_codec, audio_codec, unit_lm, vocab, device,
                      resolve_mixed_precision(ecfg.mixed_precision))  # fmt: skip
         engine.distilled = distilled

@@ -239,8 +239,10 @@ class TrainingRun:
         return cosine_lr(step, self.total, s.lr, s.lr_min, s.warmup_steps)
 
     def backward(self, loss: torch.Tensor, name: str = "model", sync: bool = True) -> None:
-        """Backpropagate ``loss`` through model ``name``; ``sync=False`` keeps the gradients local (a
-        micro-batch before the step's last)."""
+        """Backpropagate ``loss`` through model ``name``; ``sync=False`` (a micro-batch before the step's last)
+        keeps the gradients local under FSDP2. Under DDP the skip is decided in the forward pass, so only a
+        forward run inside :func:`gradient_sync` too (as the teacher does) skips the all-reduce; otherwise
+        each micro-batch is reduced (the same gradients, more communication)."""
         with gradient_sync(self.models[name], sync):
             self.accelerator.backward(loss)
 
