@@ -72,7 +72,8 @@ class AudioCodec(Protocol):
 def frames_to_tensor(frames: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> float ``[T, 3, H, W]`` in [-1, 1]."""
     if isinstance(frames, np.ndarray):
-        frames = torch.from_numpy(np.ascontiguousarray(frames))
+        # a read-only array (a decoded image's buffer) is copied: torch warns on tensors it cannot write
+        frames = torch.from_numpy(np.ascontiguousarray(frames) if frames.flags.writeable else frames.copy())
     if frames.dim() != 4 or frames.shape[-1] != 3:
         raise CodecError(f"Frames must be [T, H, W, 3], got {list(frames.shape)}.")
     if frames.dtype != torch.uint8:
