@@ -370,7 +370,6 @@ def load_phoneme_reader(cfg, audio_codec) -> LatentPhonemeReader | None:
         return None
     reader = LatentPhonemeReader(load_phoneme_recognizer(folder), audio_codec)
     tokens = cfg.timeline.chunk_audio_tokens
-    reader.wave_log_probs(
-        np.zeros(cfg.timeline.audio_tokens_to_samples(tokens), np.float32), tokens
-    )  # warm-up
+    silence = np.zeros(cfg.timeline.audio_tokens_to_samples(tokens), np.float32)
+    reader.wave_log_probs(silence, tokens)  # warm-up
     return reader

@@ -89,9 +89,8 @@ class SessionStats:
         self.chunk_latency: deque[float] = deque(maxlen=keep)
         # planning -> the step's work queued (on CUDA the device may still be busy: see sample_seconds)
         self.denoise_latency: deque[float] = deque(maxlen=keep)
-        self.sample_seconds: deque[float] = deque(
-            maxlen=keep
-        )  # the sampler's steps alone, per chunk (device time)
+        # the sampler's steps alone, per chunk (device time)
+        self.sample_seconds: deque[float] = deque(maxlen=keep)
         self.tts_latency: deque[float] = deque(maxlen=keep)
         self.interrupts = 0
         self.realign_lag: deque[int] = deque(maxlen=keep)  # pointer ahead of the speech (tokens), per chunk

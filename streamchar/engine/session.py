@@ -373,10 +373,8 @@ class StreamSession:
             with record_function("streamchar.context_update"):
                 context = enter_window(model, self._memory, n, self.context_cache, self._references)
             given_audio = given_latents
-            if given_audio is not None and model.residual:
-                given_audio = torch.zeros_like(
-                    given_audio
-                )  # a given chunk is its own mean: its residual is 0
+            if given_audio is not None and model.residual:  # a given chunk is its own mean: its residual is 0
+                given_audio = torch.zeros_like(given_audio)
             timer = DeviceTimer(device)
             with record_function("streamchar.sample"):
                 if self._use_priors and not self.refine:  # the ablation: the priors' means alone
