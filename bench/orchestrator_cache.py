@@ -1,5 +1,6 @@
-"""The orchestrator's planning time per chunk with its growing KV cache, the static cache eager, and the
-static cache compiled (graph-captured on CUDA), side by side in one run, with the units each plans.
+"""The orchestrator's planning time per chunk with its growing KV cache (through transformers' modules and
+through the lean decode step), the static cache eager, and the static cache compiled (graph-captured on
+CUDA), side by side in one run, with the units each plans.
 
     .venv/bin/python bench/orchestrator_cache.py [--model tiny] [--chunks 20] [--frames 12]
 """
@@ -15,7 +16,13 @@ from streamchar.config import load_config, model_overrides
 from streamchar.engine.engine import Engine
 
 TEXT = " ".join(["Tell me what you would like to talk about today."] * 6)
-VARIANTS = (("growing cache", "off", "off"), ("static, eager", "on", "off"), ("static, compiled", "on", "on"))
+# (name, orchestrator.static_cache, engine.compile, orchestrator.lean_decode)
+VARIANTS = (
+    ("growing cache", "off", "off", "off"),
+    ("lean step", "off", "off", "on"),
+    ("static, eager", "on", "off", "off"),
+    ("static, compiled", "on", "on", "off"),
+)
 
 
 def main() -> None:
@@ -25,10 +32,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=12, help="audio frames per chunk")
     args = parser.parse_args()
     rows, reference = [], None
-    for name, static, compiled in VARIANTS + VARIANTS[:1]:  # the first again: drift of the machine
+    for name, static, compiled, lean in VARIANTS + VARIANTS[:2]:  # the first two again: drift of the machine
         preset, overrides = model_overrides(args.model)
         cfg = load_config(preset, overrides + ["engine.realign=false", f"orchestrator.static_cache={static}",
-                                               f"engine.compile={compiled}"])  # fmt: skip
+                                               f"engine.compile={compiled}", f"orchestrator.lean_decode={lean}"])  # fmt: skip
         engine = Engine.from_config(cfg)
         orchestrator = engine.orchestrator([engine.character()])
         orchestrator.push_text(TEXT, final=True)

@@ -317,6 +317,9 @@ class OrchestratorConfig:
     # hf: auto (on CUDA) | on | off: a preallocated KV cache and bucketed appends, so the per-frame pass has
     # a few fixed shapes (compiled, and captured as CUDA graphs, when engine.compile is on)
     static_cache: str = "auto"
+    # hf: auto | on | off: the per-frame pass through a lean decode step over the LM's weights instead of
+    # transformers' modules (same logits to float rounding; auto: on where the cache is not static)
+    lean_decode: str = "auto"
     device: str = "auto"
     language: str = "en-us"  # espeak-ng voice used for phonemes
     temperature: float = 0.0  # 0 = greedy

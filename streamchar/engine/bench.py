@@ -95,6 +95,11 @@ ABLATIONS: tuple[tuple[str, str, dict], ...] = (
         "the LM's growing cache, each frame's pass launched op by op",
         {"orchestrator.static_cache": "off"},
     ),
+    (
+        "orchestrator_lean_decode",
+        "the LM's per-frame pass through transformers' module layers",
+        {"orchestrator.lean_decode": "off"},
+    ),
     ("pinned_memory", "pageable host copies", {"engine.pinned_memory": False}),
 )
 

@@ -155,9 +155,11 @@ class Engine:
         mode = ("reduce-overhead" if cuda and ecfg.cuda_graphs else "default") if compile_on else None
         if mode != self.denoiser._compiled_mode:
             self.denoiser.compile_step(mode)
+        lm = hf_backend_options(self.cfg, self.unit_lm) if self.unit_lm is not None else {}
         orchestrator = {"orchestrator_weights": "bf16" if lm_dtype == torch.bfloat16 else "fp32",
                         "orchestrator_kv_cache": self.cfg.orchestrator.kv_cache,
-                        "orchestrator_static_cache": hf_backend_options(self.cfg, self.device)["static"]}  # fmt: skip
+                        "orchestrator_static_cache": lm.get("static", False),
+                        "orchestrator_lean_decode": lm.get("lean", False)}  # fmt: skip
         self.fast_path = {"precision": self.precision, "weights": weights, "attention": attention,
                           "compile": mode or "off", "context_cache": ecfg.context_cache,
                           "pinned_memory": ecfg.pinned_memory and cuda} | orchestrator  # fmt: skip

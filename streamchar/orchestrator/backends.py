@@ -71,14 +71,17 @@ class HFBackend:
     fixed cache positions, so the pass has a handful of shapes that ``torch.compile`` (``compile=True``;
     with CUDA graphs on a GPU) captures once. Padding is exact: the padded tokens sit after the real ones,
     which never attend to them, and the next append overwrites them before any query can reach them.
-    Longer appends (a prompt, a new turn) run eagerly into the same cache. ``kv_cache=False`` recomputes
-    the whole context for every token (the ablation the benchmark measures).
+    Longer appends (a prompt, a new turn) run eagerly into the same cache. ``lean=True`` runs the same
+    arithmetic through :class:`~streamchar.orchestrator.lean.LeanDecoder` instead of transformers' module
+    layers (the per-frame pass on a CPU is mostly their overhead). ``kv_cache=False`` recomputes the whole
+    context for every token (the ablation the benchmark measures).
     """
 
     BUCKETS = (1, 2, 4, 8, 16)
 
     def __init__(self, model, temperature: float = 0.0, seed: int = 0, kv_cache: bool = True,
-                 static: bool = False, compile: bool = False, max_tokens: int = 4096) -> None:  # fmt: skip
+                 static: bool = False, compile: bool = False, max_tokens: int = 4096,
+                 lean: bool = False) -> None:  # fmt: skip
         self.model = model
         self.kv_cache = kv_cache
         self.device = next(model.parameters()).device
@@ -87,6 +90,11 @@ class HFBackend:
         self.static = static and kv_cache
         self.max_tokens = max_tokens
         self._static_cache = None
+        self._lean = None
+        if lean and not self.static:
+            from streamchar.orchestrator.lean import LeanDecoder
+
+            self._lean = LeanDecoder(model, max_tokens)
         self._step = model.forward
         if self.static and compile:
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
@@ -115,8 +123,17 @@ class HFBackend:
     def logits(self) -> torch.Tensor:
         """Next-token logits ``[V]`` for the current context (computed once per context)."""
         if self._logits is None:
-            self._logits = self._static_logits() if self.static else self._dynamic_logits()
+            if self._lean is not None:
+                self._logits = self._lean_logits()
+            else:
+                self._logits = self._static_logits() if self.static else self._dynamic_logits()
         return self._logits
+
+    def _lean_logits(self) -> torch.Tensor:
+        start = self._computed if self.kv_cache else 0
+        logits = self._lean.forward(self._tokens[start:], start)
+        self._computed = len(self._tokens)
+        return logits.float().cpu()
 
     def _dynamic_logits(self) -> torch.Tensor:
         from transformers import DynamicCache

@@ -33,14 +33,19 @@ from streamchar.orchestrator.text import Frontend, TextError, UnitVocabulary, Wo
 logger = logging.getLogger(__name__)
 
 
-def hf_backend_options(cfg, device: torch.device) -> dict:
-    """The in-process backend's cache settings: ``orchestrator.kv_cache`` and ``orchestrator.static_cache``
-    (auto: on CUDA), its decode step compiled when ``engine.compile`` is on (auto: on CUDA)."""
+def hf_backend_options(cfg, model) -> dict:
+    """The in-process backend's settings for ``model``: ``orchestrator.kv_cache``, ``orchestrator.static_cache``
+    (auto: on CUDA), its decode step compiled when ``engine.compile`` is on (auto: on CUDA), and
+    ``orchestrator.lean_decode`` (auto: where the cache is not static and the model is one the lean step
+    covers)."""
     from streamchar.config import resolve_switch
+    from streamchar.orchestrator.lean import lean_supported
 
-    ocfg, cuda = cfg.orchestrator, torch.device(device).type == "cuda"
+    ocfg = cfg.orchestrator
+    cuda = next(model.parameters()).device.type == "cuda"
     static = resolve_switch(ocfg.static_cache, "orchestrator.static_cache", cuda)
-    return {"kv_cache": ocfg.kv_cache, "static": static, "max_tokens": ocfg.max_positions,
+    lean = resolve_switch(ocfg.lean_decode, "orchestrator.lean_decode", not static and lean_supported(model))
+    return {"kv_cache": ocfg.kv_cache, "static": static, "max_tokens": ocfg.max_positions, "lean": lean,
             "compile": static and resolve_switch(cfg.engine.compile, "engine.compile", cuda)}  # fmt: skip
 
 
@@ -151,7 +156,7 @@ class Orchestrator:
         ocfg = cfg.orchestrator
         model, vocab = loaded
         backend = make_backend("hf", model=model, temperature=ocfg.temperature, seed=ocfg.seed,
-                               **hf_backend_options(cfg, next(model.parameters()).device))  # fmt: skip
+                               **hf_backend_options(cfg, model))  # fmt: skip
         return cls.over_backend(cfg, backend, vocab, voice_prompts)
 
     @classmethod
