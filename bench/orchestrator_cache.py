@@ -34,8 +34,9 @@ def main() -> None:
     rows, reference = [], None
     for name, static, compiled, lean in VARIANTS + VARIANTS[:2]:  # the first two again: drift of the machine
         preset, overrides = model_overrides(args.model)
-        cfg = load_config(preset, overrides + ["engine.realign=false", f"orchestrator.static_cache={static}",
-                                               f"engine.compile={compiled}", f"orchestrator.lean_decode={lean}"])  # fmt: skip
+        switches = [f"orchestrator.static_cache={static}", f"engine.compile={compiled}",
+                    f"orchestrator.lean_decode={lean}"]  # fmt: skip
+        cfg = load_config(preset, overrides + ["engine.realign=false", *switches])
         engine = Engine.from_config(cfg)
         orchestrator = engine.orchestrator([engine.character()])
         orchestrator.push_text(TEXT, final=True)

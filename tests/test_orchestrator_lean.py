@@ -94,5 +94,5 @@ def test_shipped_orchestrator_plans_the_same_units_with_the_lean_step():
     for lean in (False, True):
         orch = Orchestrator(HFBackend(model, lean=lean), vocab, 12)
         plans[lean] = [_run(orch, [w + " " for w in text.split()]) for text in texts]
-    for plain, lean in zip(plans[False], plans[True]):
+    for plain, lean in zip(plans[False], plans[True], strict=True):
         assert len(plain) > 50 and torch.equal(plain, lean)

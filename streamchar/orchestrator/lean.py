@@ -153,7 +153,9 @@ class LeanDecoder:
             q = q.reshape(kv, group * n, d)
             scores = torch.bmm(q, self.keys[i, :, :end].transpose(1, 2)).mul_(w.scale)  # [kv, g*n, end]
             if mask is not None:
-                scores = scores.view(kv, group, n, end).masked_fill_(~mask, float("-inf")).view(kv, group * n, end)
+                scores = (
+                    scores.view(kv, group, n, end).masked_fill_(~mask, float("-inf")).view(kv, group * n, end)
+                )
             attended = torch.bmm(scores.softmax(-1), self.values[i, :, :end]).view(h, n, d)
             x = x + F.linear(attended.transpose(0, 1).reshape(n, h * d), layer.out, layer.out_bias)
             y = _rms_norm(x, layer.norm_mlp, w.eps)
