@@ -417,6 +417,9 @@ class DistillConfig:
     # orchestrator (planned from the clip's transcript by the orchestrator, whose pointer is re-aligned
     # after every chunk to the audio generated so far, read by a phoneme probe)
     rollout_conditions: str = "corpus"
+    # weight of a frame-phoneme cross-entropy on each rolled-out chunk's speech, read by a small probe fitted on
+    # the latent cache's ground truth (not the evaluation recognizer); 0 = DMD alone
+    phoneme_weight: float = 0.0
     # the phoneme reader of the orchestrator mode: the evaluation suite's CTC recognizer when this folder
     # holds one (`streamchar eval train recognizer`), else a frame probe fitted on the latent cache
     phoneme_reader: str | None = "checkpoints/eval/recognizer"

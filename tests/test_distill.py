@@ -302,3 +302,39 @@ def test_stage2_rollouts_planned_by_the_orchestrator_with_pointer_realignment(ca
     planned = _config(teacher, [f"distill.init={tmp_path / 's1'}", "distill.rollout_conditions=orchestrator"])
     summary = distill_stage2(planned, cache, tmp_path / "s2", progress=False)
     assert summary["rollout_conditions"] == "orchestrator" and math.isfinite(summary["last"]["pointer_lag"])
+
+
+def test_frame_phoneme_loss_is_the_masked_mean_cross_entropy():
+    from streamchar.distill.losses import frame_phoneme_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, phonemes = torch.randn(2, 5, 7, generator=g), torch.randint(0, 7, (2, 5), generator=g)
+    mask = torch.tensor([[1, 1, 0, 1, 0], [0, 0, 0, 0, 1]])
+    naive = []
+    for b in range(2):
+        terms = [-torch.log_softmax(logits[b, t], -1)[phonemes[b, t]] for t in range(5) if mask[b, t]]
+        naive.append(sum(terms) / len(terms))
+    torch.testing.assert_close(frame_phoneme_loss(logits, phonemes, mask), torch.stack(naive))
+
+
+def test_stage2_phoneme_loss_reads_the_chunks_phonemes_and_trains_the_student(cache, teacher, tmp_path):
+    from streamchar.data.latents import LatentCache
+    from streamchar.distill.stage1 import distill_stage1
+    from streamchar.distill.stage2 import PhonemeTarget, distill_stage2
+
+    lc = LatentCache(cache)
+    target = PhonemeTarget(lc, "cpu")
+    for entry in lc.entries()[:4]:  # units -> phonemes is the cache's own per-token phoneme ids
+        units, ids = lc.tensor(entry, "units").long(), lc.tensor(entry, "phoneme_ids").long()
+        n = min(len(units), len(ids))
+        assert torch.equal(units[:n] // target.unit_size, ids[:n])
+    distill_stage1(_config(teacher), cache, tmp_path / "s1", progress=False)
+    runs = {}
+    for weight in (0.0, 1.0):
+        cfg = _config(teacher, [f"distill.init={tmp_path / 's1'}", f"distill.phoneme_weight={weight}"])
+        runs[weight] = distill_stage2(cfg, cache, tmp_path / f"s2-{weight}", progress=False)
+    assert runs[0.0]["phoneme_loss"] is None and "phoneme_ce" not in runs[0.0]["last"]
+    assert runs[1.0]["phoneme_loss"]["weight"] == 1.0 and math.isfinite(runs[1.0]["last"]["phoneme_ce"])
+    a, b = _weights(tmp_path / "s2-0.0")["model"], _weights(tmp_path / "s2-1.0")["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the loss reaches the student
+    assert runs[0.0]["last"]["dmd"] == pytest.approx(runs[1.0]["last"]["dmd"], rel=0.5)  # dmd logged alone

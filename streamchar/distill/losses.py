@@ -19,6 +19,8 @@ Flow convention (``streamchar.denoiser.flow``): ``x_t = (1 - t) x_0 + t noise``,
   mean absolute distance between ``x`` and the real prediction, which makes its size independent of
   the timestep and of the latent's scale.
 - :func:`flow_matching_loss`: the fake score's own objective on the (detached) student samples.
+- :func:`frame_phoneme_loss`: cross-entropy of each audio token's phoneme under a frozen frame classifier's
+  logits of the student's speech (stage 2's ``distill.phoneme_weight``: what DMD alone does not ask for).
 """
 
 from __future__ import annotations
@@ -80,3 +82,14 @@ def flow_matching_loss(
 ) -> torch.Tensor:
     """Velocity regression ``|v - (noise - x0)|^2`` per item: ``[B]`` (``x0`` is a detached sample)."""
     return masked_mean((velocity.float() - (noise.float() - x0.detach().float())).pow(2), mask)
+
+
+def frame_phoneme_loss(
+    logits: torch.Tensor, phonemes: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per item ``[B]``: the mean cross-entropy of ``phonemes`` ``[B, T]`` (long) under ``logits`` ``[B, T, C]``
+    over the tokens where ``mask`` ``[B, T]`` is 1 (all when None)."""
+    ce = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), phonemes.clamp_min(0), reduction="none"
+    )
+    return masked_mean(ce, mask)

@@ -16,6 +16,11 @@ Each chunk's conditions are the clip's own frame-aligned units and speaking flag
 clip's transcript chunk by chunk, as in a live session; after every chunk its progress-aware pointer is
 re-aligned to the audio the student generated so far (a frame phoneme probe trained on the corpus's
 ground-truth speech reads it), so the partial transcript stays aligned with the speech actually made.
+
+DMD matches the teacher's distribution, and the teacher is no more intelligible than the acoustic prior it
+refines. ``distill.phoneme_weight`` adds what the distribution match does not ask for: each chunk's speech
+(the clean latents the student's sample stands for) should read as the chunk's phonemes to a frame probe
+fitted on the cache's ground-truth speech (:func:`~streamchar.distill.losses.frame_phoneme_loss`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from streamchar.checkpoints import CheckpointError
 from streamchar.config import StreamCharConfig, resolve_asset_path
 from streamchar.data.windows import RolloutDataset
 from streamchar.denoiser.dit import Conditions, WindowContext
-from streamchar.denoiser.residual import to_latents
+from streamchar.denoiser.residual import scales_of, to_latents
+from streamchar.distill.losses import frame_phoneme_loss
 from streamchar.distill.trainer import DistillRun
 from streamchar.training.loop import collate, to_device
 
@@ -67,6 +73,27 @@ def rollout_context(batch: dict, chunks: list[tuple[torch.Tensor, torch.Tensor]]
         sink_video=sink_video.detach(), sink_audio=sink_audio.detach(), has_sink=has & use_sink,
         motion_video=motion_video.detach(), motion_audio=motion_audio.detach(), has_motion=has,
     )  # fmt: skip
+
+
+class PhonemeTarget:
+    """The frame phoneme loss of stage 2: a probe fitted on the cache's ground-truth speech, and each chunk's
+    phonemes from its units (``unit = phoneme x buckets + bucket``)."""
+
+    def __init__(self, cache, device) -> None:
+        from streamchar.orchestrator.phoneme_probe import fit_phoneme_probe
+
+        self.probe, self.scores = fit_phoneme_probe(cache)
+        self.probe.to(device)
+        self.unit_size = int(cache.manifest.get("f0_buckets", {}).get("num_buckets", 8)) + 1
+        logger.info("phoneme loss probe: %s", self.scores)
+
+    def loss(self, model, x0_audio: torch.Tensor, cb: dict) -> torch.Tensor:
+        """Per item ``[B]``: the chunk's phonemes under the probe's reading of the student's clean latents."""
+        scales = scales_of(model)
+        audio = x0_audio if scales is None else cb["prior_audio"] + scales[1] * x0_audio
+        units = cb["units"]
+        mask = cb["audio_mask"].bool() & (units >= 0)
+        return frame_phoneme_loss(self.probe(audio), units.clamp_min(0) // self.unit_size, mask)
 
 
 def rollout_means(priors, cb: dict, chunks: list[tuple[torch.Tensor, torch.Tensor]],
@@ -169,12 +196,13 @@ def distill_stage2(
             f"distill.rollout_conditions must be corpus or orchestrator, got '{dcfg.rollout_conditions}'."
         )
     planner = PlannedConditions(cfg, run.cache) if dcfg.rollout_conditions == "orchestrator" else None
+    phonemes = PhonemeTarget(run.cache, run.device) if dcfg.phoneme_weight > 0 else None
 
     def train_step(step: int, g: torch.Generator):
         first = (step * run.world + run.rank) * b
         batch = to_device(collate([rollouts[first + i] for i in range(b)]), run.device)
         # the student's samples (its state space) and the same chunks as clean latents (the window memory)
-        samples, chunks, history, contexts, draws_all, losses, lags = [], [], [], [], [], [], []
+        samples, chunks, history, contexts, draws_all, losses, lags, ces = [], [], [], [], [], [], [], []
         sessions = planner.start(batch["key"]) if planner else None
         for r in range(R):
             cb = chunk_batch(batch, r)
@@ -192,8 +220,12 @@ def distill_stage2(
                 x0 = obj.student_x0(run.student, (draws["noise_video"], draws["noise_audio"]),
                                     Conditions.of(cb), context, cb["audio_mask"])  # fmt: skip
                 loss, _ = obj.dmd(x0, run.teacher, run.fake, cb, draws, context)
+                losses.append(loss.item())
+                if phonemes is not None:
+                    ce = phonemes.loss(run.teacher, x0[1], cb).mean()
+                    ces.append(ce.item())
+                    loss = loss + dcfg.phoneme_weight * ce
             run.backward(loss / R, "student", sync=r == R - 1)
-            losses.append(loss.item())
             samples.append((x0[0].detach().float(), x0[1].detach().float()))
             chunks.append(to_latents(run.teacher, *samples[-1], cb.get("prior_video"), cb.get("prior_audio")))
             if planner:
@@ -213,9 +245,12 @@ def distill_stage2(
                 "fake_flow": sum(fake_losses) / max(1, len(fake_losses))}  # fmt: skip
         if planner:
             last["pointer_lag"] = sum(lags) / max(1, len(lags))  # phonemes the audio is behind the plan
+        if phonemes is not None:
+            last["phoneme_ce"] = sum(ces) / R
         # the loop checks the chunks' summed loss once the step is done (the check is all it is used for)
         return torch.tensor(sum(losses)), last
 
     summary = {"rollout_chunks": R, "rollout_conditions": dcfg.rollout_conditions,
-               "phoneme_probe": planner.probe_scores if planner else None}  # fmt: skip
+               "phoneme_probe": planner.probe_scores if planner else None,
+               "phoneme_loss": {"weight": dcfg.phoneme_weight, **phonemes.scores} if phonemes else None}  # fmt: skip
     return run.train(train_step, max_steps, summary, export={"init": str(init), "rollout_chunks": R})

@@ -38,6 +38,9 @@ class FramePhonemeProbe(nn.Module):
         return padded.unfold(0, 2 * c + 1, 1).transpose(1, 2).flatten(1)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        """Logits ``[T, C]`` of ``[T, D]`` latents, or ``[B, T, C]`` of ``[B, T, D]`` (each item on its own)."""
+        if audio.dim() == 3:
+            return torch.stack([self(item) for item in audio])
         return self.net(self._windows(audio.float()))
 
     @torch.no_grad()
