@@ -91,19 +91,21 @@ class LeanWeights:
         self.cos, self.sin = cos[0], sin[0]  # [max_tokens, head_dim]
 
     @staticmethod
-    def version(model) -> tuple:
-        """Changes whenever a parameter is replaced or updated in place (an optimiser step, a load)."""
-        return tuple((p.data_ptr(), p._version) for p in model.parameters())
+    def version(parameters: list[torch.Tensor]) -> tuple:
+        """Changes whenever a parameter is updated in place (an optimiser step, ``load_state_dict``) or its data is
+        moved or cast (``.to``); a Parameter object swapped for a new one is not seen: rebuild the backend then."""
+        return tuple((p.data_ptr(), p._version) for p in parameters)
 
     @classmethod
     def of(cls, model) -> LeanWeights:
         """The model's lean weights, rebuilt only when its parameters changed since the last call."""
-        version = cls.version(model)
         cached = getattr(model, "_streamchar_lean", None)
-        if cached is None or cached[0] != version:
-            cached = (version, cls(model))
-            model._streamchar_lean = cached
-        return cached[1]
+        if cached is not None and cls.version(cached[0]) == cached[1]:
+            return cached[2]
+        parameters = list(model.parameters())  # walking the module tree costs more than the check itself
+        weights = cls(model)
+        model._streamchar_lean = (parameters, cls.version(parameters), weights)
+        return weights
 
 
 class LeanDecoder:
