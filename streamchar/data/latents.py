@@ -283,6 +283,11 @@ class LatentCache:
                 self._metas[item["index"]["key"]] = item["meta"]
         return self._handles[shard]
 
+    def f0_buckets(self) -> F0Buckets:
+        """The F0 buckets the cache's frame units were made with (``unit = phoneme x buckets.size + bucket``)."""
+        buckets = self.manifest.get("f0_buckets", {})
+        return F0Buckets(**buckets) if buckets else F0Buckets()
+
     def window_timeline(self, timeline: Timeline | None) -> Timeline:
         """``timeline`` (its window sizes may differ from the cache's) after checking that its rates match."""
         if timeline is None:

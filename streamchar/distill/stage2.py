@@ -84,7 +84,7 @@ class PhonemeTarget:
 
         self.probe, self.scores = fit_phoneme_probe(cache)
         self.probe.to(device)
-        self.unit_size = int(cache.manifest.get("f0_buckets", {}).get("num_buckets", 8)) + 1
+        self.unit_size = cache.f0_buckets().size
         logger.info("phoneme loss probe: %s", self.scores)
 
     def loss(self, model, x0_audio: torch.Tensor, cb: dict) -> torch.Tensor:
@@ -248,7 +248,7 @@ def distill_stage2(
         if phonemes is not None:
             last["phoneme_ce"] = sum(ces) / R
         # the loop checks the chunks' summed loss once the step is done (the check is all it is used for)
-        return torch.tensor(sum(losses)), last
+        return torch.tensor(sum(losses) + dcfg.phoneme_weight * sum(ces)), last
 
     summary = {"rollout_chunks": R, "rollout_conditions": dcfg.rollout_conditions,
                "phoneme_probe": planner.probe_scores if planner else None,

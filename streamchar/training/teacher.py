@@ -32,15 +32,14 @@ from streamchar.training.loop import LoopSpec, TrainingRun, collate, gradient_sy
 
 def latent_spec_from_cache(cache: LatentCache) -> LatentSpec:
     """Latent sizes as the cache's codecs made them."""
-    from streamchar.data.phonemes import F0Buckets, num_units
+    from streamchar.data.phonemes import num_units
 
     video = cache.manifest["codecs"]["video"]
-    buckets = cache.manifest.get("f0_buckets", {})
     return LatentSpec(
         latent_channels=int(video["latent_channels"]),
         latent_size=int(video["image_size"]) // int(video["spatial_factor"]),
         audio_dim=int(cache.manifest["codecs"]["audio"]["latent_dim"]),
-        num_units=num_units(F0Buckets(**buckets) if buckets else F0Buckets()),
+        num_units=num_units(cache.f0_buckets()),
     )
 
 
