@@ -71,6 +71,9 @@ def test_lean_step_sees_weight_updates_and_refuses_what_it_does_not_cover():
     torch.testing.assert_close(after, reference, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="over the lean decoder's 64"):
         decoder.forward([1] * 10, 60)
+    with_mlp_bias = _model("llama")
+    with_mlp_bias.config.mlp_bias = True
+    assert not lean_supported(with_mlp_bias)
     half = _model("llama").to(torch.bfloat16)
     assert not lean_supported(half)
     with pytest.raises(ValueError, match="orchestrator.lean_decode=off"):

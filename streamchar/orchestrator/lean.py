@@ -23,8 +23,8 @@ LEAN_MODEL_TYPES = frozenset({"llama", "qwen2"})
 
 
 def lean_supported(model) -> bool:
-    """Whether :class:`LeanDecoder` reproduces ``model`` (a Llama or Qwen2 causal LM with default rope, no
-    sliding window, in float32)."""
+    """Whether :class:`LeanDecoder` reproduces ``model`` (a Llama or Qwen2 causal LM with default rope, SiLU,
+    no sliding window, no MLP biases, in float32)."""
     config = getattr(model, "config", None)
     if config is None or getattr(config, "model_type", None) not in LEAN_MODEL_TYPES:
         return False
@@ -32,6 +32,8 @@ def lean_supported(model) -> bool:
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         return False
     if getattr(config, "use_sliding_window", False) or getattr(config, "hidden_act", "silu") != "silu":
+        return False
+    if getattr(config, "mlp_bias", False):  # the lean MLP has no biases
         return False
     return next(model.parameters()).dtype == torch.float32
 
