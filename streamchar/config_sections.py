@@ -273,6 +273,9 @@ class AcousticPriorConfig:
     speaker_dim: int = 128
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 1, 2, 4, 8])
     context_seconds: float = 0.64  # units before the chunk it reads (its only context; no look-ahead)
+    # phoneme and F0-bucket embeddings added to each unit's own (what a phoneme sounds like is shared by its
+    # pitches); off keeps the architecture of priors trained before it
+    factorised_units: bool = False
 
 
 @dataclass

@@ -98,6 +98,31 @@ def test_negative_units_are_the_padding_unit():
     assert torch.equal(prior(units, speaking, *_voice(0, b=1)), prior(explicit, speaking, *_voice(0, b=1)))
 
 
+def test_factorised_units_add_phoneme_and_bucket_embeddings():
+    """With ``unit_buckets`` the first layer's input is unit + phoneme + bucket embedding (naive loop below),
+    padding reads the extra phoneme row with bucket 0, and a bucket count that does not divide is refused."""
+    prior = _acoustic(unit_buckets=4)  # 40 units = 10 phonemes x 4 buckets
+    units = torch.tensor([[0, 5, 7, 39, -1]])
+    got = prior.unit_embedding(torch.where(units < 0, 40, units))
+    got = got + prior.phoneme_embedding(torch.where(units < 0, 40, units) // 4)
+    got = got + prior.bucket_embedding(torch.where(units < 0, 40, units) % 4)
+    for i, u in enumerate([0, 5, 7, 39, 40]):
+        naive = prior.unit_embedding.weight[u] + prior.phoneme_embedding.weight[u // 4]
+        naive = naive + prior.bucket_embedding.weight[u % 4]
+        assert torch.allclose(got[0, i], naive)
+    assert prior.phoneme_embedding.num_embeddings == 11  # 10 phonemes + padding
+    # the embeddings reach the output: changing a phoneme row moves the means of its units only
+    speaking = torch.ones(1, 11, dtype=torch.long)
+    units = torch.tensor([[1, 2, 3, 9, 10, 11, 21, 22, 23, 1, 2]])
+    before = prior(units, speaking, *_voice(0, b=1))
+    with torch.no_grad():
+        prior.phoneme_embedding.weight[5] += 1.0  # units 20..23
+    after = prior(units, speaking, *_voice(0, b=1))
+    assert not torch.allclose(before, after)
+    with pytest.raises(ValueError, match="divide"):
+        _acoustic(unit_buckets=3)
+
+
 def test_video_prior_starts_as_the_last_latent_and_reads_the_audio():
     torch.manual_seed(0)
     prior = VideoPrior(latent_channels=4, audio_dim=12, audio_per_frame=1, motion_audio=2, channels=(8, 8, 16),

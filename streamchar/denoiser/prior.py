@@ -79,13 +79,24 @@ class FiLMBlock(nn.Module):
 
 class AcousticPrior(nn.Module):
     """Units + speaking flag + reference voice -> the prior mean of the audio latents (see the module
-    docstring). ``context`` tokens of units before the chunk are read; the rest of the window is the chunk."""
+    docstring). ``context`` tokens of units before the chunk are read; the rest of the window is the chunk.
+
+    ``unit_buckets`` > 0 (the F0 buckets per phoneme, units being ``phoneme * unit_buckets + bucket``) adds a
+    phoneme embedding and an F0-bucket embedding to the unit's own, so what a phoneme sounds like is learned
+    from all its pitches at once instead of once per (phoneme, bucket) pair."""
 
     def __init__(self, *, num_units: int, audio_dim: int, context: int, width: int = 256,
-                 speaker_dim: int = 128, dilations: tuple[int, ...] = (1, 2, 4, 8, 1, 2, 4, 8)) -> None:  # fmt: skip
+                 speaker_dim: int = 128, dilations: tuple[int, ...] = (1, 2, 4, 8, 1, 2, 4, 8),
+                 unit_buckets: int = 0) -> None:  # fmt: skip
         super().__init__()
+        if unit_buckets < 0 or (unit_buckets and num_units % unit_buckets):
+            raise ValueError(f"unit_buckets ({unit_buckets}) must be 0 or divide num_units ({num_units}).")
         self.num_units, self.audio_dim, self.context = num_units, audio_dim, context
+        self.unit_buckets = unit_buckets
         self.unit_embedding = nn.Embedding(num_units + 1, width)  # the last unit: padding before a session
+        if unit_buckets:  # padding maps to phoneme num_units // unit_buckets (one past the last), bucket 0
+            self.phoneme_embedding = nn.Embedding(num_units // unit_buckets + 1, width)
+            self.bucket_embedding = nn.Embedding(unit_buckets, width)
         self.speaking_embedding = nn.Embedding(3, width)
         self.speaker = SpeakerEncoder(audio_dim, width, speaker_dim)
         self.blocks = nn.ModuleList(FiLMBlock(width, speaker_dim, d) for d in dilations)
@@ -111,6 +122,9 @@ class AcousticPrior(nn.Module):
         # the speaker
         units = torch.where(units < 0, torch.full_like(units, self.num_units), units)
         x = self.unit_embedding(units) + self.speaking_embedding(speaking)  # [B, T, W]
+        if self.unit_buckets:
+            x = x + self.phoneme_embedding(units // self.unit_buckets)
+            x = x + self.bucket_embedding(units % self.unit_buckets)
         for block in self.blocks:
             x = block(x, speaker)
         # 3. latent frames
