@@ -274,8 +274,9 @@ class AcousticPriorConfig:
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 1, 2, 4, 8])
     context_seconds: float = 0.64  # units before the chunk it reads (its only context; no look-ahead)
     # phoneme and F0-bucket embeddings added to each unit's own (what a phoneme sounds like is shared by its
-    # pitches); off keeps the architecture of priors trained before it
-    factorised_units: bool = False
+    # pitches; docs/results/formulations.md, "Factorised units"); a trained prior's own prior.json says which
+    # architecture it has, so priors trained without it still load
+    factorised_units: bool = True
 
 
 @dataclass

@@ -155,8 +155,9 @@ def _carry_docs(model: Path, tmp: Path) -> None:
 
 # -- the cards -----------------------------------------------------------------------------------------
 PRIOR_WHAT = {
-    "prior-audio": ("the acoustic prior", "the chunk's frame-aligned units (phoneme x F0 bucket) and speaking flag, "
-                    "after the units of the chunk's context, and a 3 s reference voice", "audio latents (log-mel)",
+    "prior-audio": ("the acoustic prior", "the chunk's frame-aligned units (phoneme x F0 bucket, each embedded as "
+                    "itself plus its phoneme plus its F0 bucket when `unit_buckets` is set) and speaking flag, after "
+                    "the units of the chunk's context, and a 3 s reference voice", "audio latents (log-mel)",
                     "L1 on the normalised mel latents"),
     "prior-video": ("the video prior", "the reference latent, the last motion latent and the chunk's audio "
                     "latents", "video latents", "MSE, weighted inside the renderer's mouth box"),
