@@ -123,6 +123,19 @@ def test_factorised_units_add_phoneme_and_bucket_embeddings():
         _acoustic(unit_buckets=3)
 
 
+def test_factorised_units_come_from_the_config_and_the_unit_set():
+    from streamchar.config import load_config
+    from streamchar.data.phonemes import PHONEMES, F0Buckets, num_units
+    from streamchar.denoiser.build import LatentSpec, acoustic_prior_kwargs
+
+    spec = LatentSpec(latent_channels=8, latent_size=16, audio_dim=320, num_units=num_units(F0Buckets()))
+    cfg = load_config("tiny")
+    assert acoustic_prior_kwargs(cfg.prior.audio, cfg.timeline, spec)["unit_buckets"] == F0Buckets().size
+    assert spec.num_units == len(PHONEMES) * F0Buckets().size
+    joint = load_config("tiny", ["prior.audio.factorised_units=false"])
+    assert "unit_buckets" not in acoustic_prior_kwargs(joint.prior.audio, joint.timeline, spec)
+
+
 def test_video_prior_starts_as_the_last_latent_and_reads_the_audio():
     torch.manual_seed(0)
     prior = VideoPrior(latent_channels=4, audio_dim=12, audio_per_frame=1, motion_audio=2, channels=(8, 8, 16),
