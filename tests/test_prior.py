@@ -111,7 +111,7 @@ def test_factorised_units_add_phoneme_and_bucket_embeddings():
         naive = naive + prior.bucket_embedding.weight[u % 4]
         assert torch.allclose(got[0, i], naive)
     assert prior.phoneme_embedding.num_embeddings == 11  # 10 phonemes + padding
-    # the embeddings reach the output: changing a phoneme row moves the means of its units only
+    # the embeddings reach the output: changing the phoneme row of units 20..23 moves the means
     speaking = torch.ones(1, 11, dtype=torch.long)
     units = torch.tensor([[1, 2, 3, 9, 10, 11, 21, 22, 23, 1, 2]])
     before = prior(units, speaking, *_voice(0, b=1))
@@ -132,6 +132,8 @@ def test_factorised_units_come_from_the_config_and_the_unit_set():
     cfg = load_config("tiny")
     assert acoustic_prior_kwargs(cfg.prior.audio, cfg.timeline, spec)["unit_buckets"] == F0Buckets().size
     assert spec.num_units == len(PHONEMES) * F0Buckets().size
+    with pytest.raises(ValueError, match="whole number"):
+        acoustic_prior_kwargs(cfg.prior.audio, cfg.timeline, LatentSpec(8, 16, 320, spec.num_units + 1))
     joint = load_config("tiny", ["prior.audio.factorised_units=false"])
     assert "unit_buckets" not in acoustic_prior_kwargs(joint.prior.audio, joint.timeline, spec)
 

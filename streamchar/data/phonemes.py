@@ -230,3 +230,12 @@ def frame_units(phoneme_ids: np.ndarray, f0_buckets: np.ndarray, buckets: F0Buck
 
 def num_units(buckets: F0Buckets) -> int:
     return len(PHONEMES) * buckets.size
+
+
+def buckets_per_phoneme(units: int) -> int:
+    """The ``buckets.size`` of a unit set of ``units`` units (the inverse of :func:`num_units`)."""
+    if units % len(PHONEMES):
+        raise ValueError(
+            f"{units} units are not a whole number of F0 buckets per phoneme ({len(PHONEMES)} phonemes)."
+        )
+    return units // len(PHONEMES)

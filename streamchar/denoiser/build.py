@@ -81,19 +81,12 @@ def build_sampler(section) -> EulerSampler:
 
 def acoustic_prior_kwargs(section, timeline: Timeline, spec: LatentSpec) -> dict:
     """Constructor kwargs of the :class:`AcousticPrior` from the ``prior.audio`` section."""
+    from streamchar.data.phonemes import buckets_per_phoneme
+
     return {"num_units": spec.num_units, "audio_dim": spec.audio_dim,
             "context": timeline.seconds_to_audio_tokens(section.context_seconds), "width": section.width,
             "speaker_dim": section.speaker_dim, "dilations": tuple(section.dilations),
-            **({"unit_buckets": unit_buckets(spec)} if section.factorised_units else {})}  # fmt: skip
-
-
-def unit_buckets(spec: LatentSpec) -> int:
-    """F0 buckets per phoneme of the unit set (units are ``phoneme * buckets + bucket``)."""
-    from streamchar.data.phonemes import PHONEMES
-
-    if spec.num_units % len(PHONEMES):
-        raise ValueError(f"{spec.num_units} units are not a whole number of buckets per phoneme.")
-    return spec.num_units // len(PHONEMES)
+            **({"unit_buckets": buckets_per_phoneme(spec.num_units)} if section.factorised_units else {})}  # fmt: skip
 
 
 def video_prior_kwargs(section, timeline: Timeline, spec: LatentSpec) -> dict:
