@@ -201,6 +201,9 @@ class TrainPriorConfig:
     mixed_precision: str = "auto"
     # acoustic prior: loss weight of the context tokens of a window (the chunk's tokens weigh 1)
     context_weight: float = 0.5
+    # acoustic prior: weight of the phonetic loss (a frozen frame phoneme probe, fitted on the cache's
+    # ground-truth speech, reading the means; cross-entropy against the units' phonemes); 0 = L1 alone
+    phoneme_weight: float = 0.0
     # video prior: loss weight inside the mouth box (1 = uniform); the chunk audio it reads comes from the
     # trained acoustic prior for this fraction of windows (what it gets when speaking from text) and is the
     # clip's own speech otherwise (what it gets when audio-driven)
@@ -277,6 +280,7 @@ class AcousticPriorConfig:
     # pitches; docs/results/formulations.md, "Factorised units"); a trained prior's own prior.json says which
     # architecture it has, so priors trained without it still load
     factorised_units: bool = True
+    dropout: float = 0.0  # on each block's update while training (0 = none)
 
 
 @dataclass
@@ -362,7 +366,9 @@ class EngineConfig:
     # orchestrator LM's (on a CPU its host-bound passes gain nothing and it stays fp32, as the shipped
     # results were measured); going back to fp32 keeps the bf16-rounded values (reload for quality runs)
     weights: str = "auto"
-    compile: str = "auto"  # auto (on CUDA) | on | off: torch.compile the denoising step
+    # auto (on CUDA, and on a CPU with a C++ compiler: 1.3-1.6x faster sampling there, docs/performance.md) | on |
+    # off: torch.compile the denoising step, at engine build (a warm-up session; eager again if it fails)
+    compile: str = "auto"
     cuda_graphs: bool = True  # with compile on CUDA: replay the fixed-shape step as a CUDA graph
     # auto (flash-attn when installed on CUDA, else denoiser.attention) | sdpa | flex | flash | naive
     attention: str = "auto"

@@ -10,7 +10,7 @@ from streamchar.engine.bench import ABLATIONS, bench_stream, format_table
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    cfg = load_config("tiny", ["engine.steps=1"])
+    cfg = load_config("tiny", ["engine.steps=1", "engine.compile=off"])
     profile = tmp_path_factory.mktemp("profile")
     return bench_stream(cfg, steps=(1,), chunks=2, overlap="on", random_init=True, ablate=True,
                         profile=str(profile)), profile  # fmt: skip

@@ -35,7 +35,7 @@ def server():
     from streamchar.serve.app import create_app
 
     cfg = load_config("tiny", ["engine.steps=1", "engine.guidance_conditions=1.0", "engine.guidance_ref_image=1.0",
-                               "engine.guidance_ref_voice=1.0"])  # fmt: skip
+                               "engine.guidance_ref_voice=1.0", "engine.compile=off"])  # fmt: skip
     engine = Engine.from_config(cfg)
     port = _free_port()
     config = uvicorn.Config(create_app(engine, serve_cfg=dataclasses.replace(cfg.serve, port=port)),

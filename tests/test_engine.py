@@ -20,9 +20,10 @@ from streamchar.orchestrator.text import TextError
 
 
 @pytest.fixture(scope="module")
-def engine():
+def engine():  # the eager step: tests/test_fastpath.py checks the compiled one
     cfg = load_config("tiny", ["engine.steps=1", "engine.guidance_conditions=1.0", "engine.guidance_ref_image=1.0",
-                               "engine.guidance_ref_voice=1.0", "engine.tail_seconds=0.5"])  # fmt: skip
+                               "engine.guidance_ref_voice=1.0", "engine.tail_seconds=0.5",
+                               "engine.compile=off"])  # fmt: skip
     return Engine.from_config(cfg)
 
 
@@ -168,7 +169,7 @@ def test_generate_cli_mp4_is_in_sync(tmp_path):
     out = tmp_path / "hello.mp4"
     run = subprocess.run(
         [".venv/bin/streamchar", "-q", "generate", "--text", "Hello, nice to meet you.", "--out", str(out),
-         "engine.tail_seconds=1.0"],
+         "engine.tail_seconds=1.0", "engine.compile=off"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -219,7 +220,7 @@ def test_generate_cli_audio_driven_and_dialogue(tmp_path):
     wav = resolve_asset_path("checkpoints/tiny/characters/ben/voice.wav")
     out = tmp_path / "driven.mp4"
     argv = [".venv/bin/streamchar", "-q", "generate", "--audio", str(wav), "--out", str(out), "--steps", "1",
-            "engine.tail_seconds=0.5"]  # fmt: skip
+            "engine.tail_seconds=0.5", "engine.compile=off"]  # fmt: skip
     run = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     frames, _, audio = read_video_timed(out, 16000)
@@ -234,7 +235,8 @@ def test_generate_cli_audio_driven_and_dialogue(tmp_path):
     script.write_text("A: Good evening.\nB: Good evening to you.\n")
     out = tmp_path / "dialogue.mp4"
     run = subprocess.run([".venv/bin/streamchar", "-q", "generate", "--dialogue", str(script), "--out", str(out),
-                          "--steps", "1", "--voice", str(wav)], capture_output=True, text=True, timeout=300)  # fmt: skip
+                          "--steps", "1", "--voice", str(wav), "engine.compile=off"], capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert f"ada: voice {wav}" in run.stderr and "ben: voice ben" in run.stderr
     frames, _, _ = read_video_timed(out, 16000)
@@ -367,3 +369,45 @@ def test_a_closed_sessions_cache_is_reused_by_the_next(engine):
         assert cache.segments
     with engine.session(decode_overlap=False) as second:  # only its own reference so far
         assert second._cache is cache and set(cache.segments) == {0}
+
+
+def _count_compiled_calls(monkeypatch, fail: bool) -> list[int]:
+    """Stand in for torch.compile in the denoiser's ``compile_step``: the "compiled" step counts its calls (or
+    fails as a compiler without a working toolchain would); returns the counter."""
+    from streamchar.denoiser import dit
+
+    calls = [0]
+
+    def fake_compile(fn, **kwargs):
+        def step(*args, **kw):
+            calls[0] += 1
+            if fail:
+                raise RuntimeError("InductorError: C++ compile error\n(no g++)")
+            return fn(*args, **kw)
+
+        return step
+
+    monkeypatch.setattr(dit.torch, "compile", fake_compile)
+    return calls
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["compiles", "compiler-fails"])
+def test_a_compiled_step_is_compiled_at_build_or_falls_back_to_eager(monkeypatch, caplog, fail):
+    """engine.compile=on: the engine runs a warm-up session at build, so no real session waits for the
+    compiler; a compiler that fails costs a warning and the eager step, not the session."""
+    calls = _count_compiled_calls(monkeypatch, fail)
+    cfg = load_config("tiny", ["engine.steps=1", "engine.compile=on", "engine.tail_seconds=0.2"])
+    with caplog.at_level("INFO", logger="streamchar.engine.engine"):
+        engine = Engine.from_config(cfg)
+    assert calls[0] >= 1  # the warm-up ran the step through the compiled path
+    if fail:
+        assert engine.fast_path["compile"] == "off" and engine.denoiser._compiled_step is None
+        assert "running it eagerly" in caplog.text and "C++ compile error" in caplog.text
+    else:
+        assert engine.fast_path["compile"] == "default" and "compiled the denoising step" in caplog.text
+    before = calls[0]
+    session = engine.session(tail_seconds=0.2)
+    session.push_text("Hi.", final=True)
+    chunks = list(session)
+    assert chunks and all(np.isfinite(c.audio).all() for c in chunks)
+    assert (calls[0] > before) == (not fail)  # compiled: the session uses it; failed: it is never tried again

@@ -15,6 +15,10 @@ from streamchar.eval.metrics.error_rates import edit_distance, error_rate, norma
 from streamchar.orchestrator import reader
 from streamchar.orchestrator.reader import greedy_phonemes
 
+EAGER = [
+    "engine.compile=off"
+]  # protocol runs here do not pay for compiling the step (tests/test_fastpath.py does)
+
 
 # -- front-ends -----------------------------------------------------------------------------------
 def test_front_ends_have_the_documented_shapes_and_reject_bad_input():
@@ -265,7 +269,7 @@ def test_short_protocol_runs_a_student_through_the_engine(instruments, tiny_corp
     from streamchar.config import load_config
     from streamchar.eval.protocols.heldout import run_protocol
 
-    result = run_protocol(load_config(None, []), "short", ["s2=checkpoints/tiny/student-s2-2step"], tmp_path,
+    result = run_protocol(load_config(None, EAGER), "short", ["s2=checkpoints/tiny/student-s2-2step"], tmp_path,
                           corpus=tiny_corpus, eval_cache=instruments / "cache",
                           instruments=instruments / "instruments", clips=1)  # fmt: skip
     student, truth = result["models"]["s2"], result["models"]["ground_truth"]
@@ -285,7 +289,7 @@ def test_short_protocol_runs_a_student_through_the_engine(instruments, tiny_corp
     assert "| s2 |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "latency.png").is_file()
     with pytest.raises(FileNotFoundError, match="not found"):
-        run_protocol(load_config(None, []), "short", ["nowhere/ckpt"], tmp_path)
+        run_protocol(load_config(None, EAGER), "short", ["nowhere/ckpt"], tmp_path)
 
 
 def test_long_protocol_reports_every_segment(instruments, tiny_corpus, tmp_path):
@@ -294,7 +298,7 @@ def test_long_protocol_reports_every_segment(instruments, tiny_corpus, tmp_path)
     from streamchar.config import load_config
     from streamchar.eval.protocols.heldout import run_protocol
 
-    result = run_protocol(load_config(None, []), "long", ["checkpoints/tiny/student-s2-2step"], tmp_path,
+    result = run_protocol(load_config(None, EAGER), "long", ["checkpoints/tiny/student-s2-2step"], tmp_path,
                           corpus=tiny_corpus, eval_cache=instruments / "cache", instruments=instruments / "instruments",
                           minutes=0.4, segment_seconds=10)  # fmt: skip
     model = result["models"]["student-s2-2step"]
@@ -306,5 +310,5 @@ def test_long_protocol_reports_every_segment(instruments, tiny_corpus, tmp_path)
     assert (tmp_path / "drift.png").is_file() and (tmp_path / "latency.png").is_file()
     with pytest.raises(ValueError, match="fewer than two"):
         run_protocol(
-            load_config(None, []), "long", ["checkpoints/tiny/student-s2-2step"], tmp_path, minutes=1.0
+            load_config(None, EAGER), "long", ["checkpoints/tiny/student-s2-2step"], tmp_path, minutes=1.0
         )

@@ -123,6 +123,47 @@ def test_factorised_units_add_phoneme_and_bucket_embeddings():
         _acoustic(unit_buckets=3)
 
 
+def test_dropout_acts_in_training_only():
+    prior = _acoustic(dropout=0.5)
+    units, speaking = torch.randint(0, 40, (2, 11)), torch.randint(0, 2, (2, 11))
+    voice = _voice(0)
+    assert torch.equal(prior(units, speaking, *voice), prior(units, speaking, *voice))  # eval: deterministic
+    prior.train()
+    torch.manual_seed(1)
+    a = prior(units, speaking, *voice)
+    assert not torch.equal(a, prior(units, speaking, *voice))
+    assert torch.equal(_acoustic(dropout=0.5)(units, speaking, *voice), _acoustic()(units, speaking, *voice))
+
+
+def test_phonetic_loss_against_a_naive_reference():
+    """The probe reads each chunk token with its neighbours (ends repeated), as FramePhonemeProbe does on one
+    clip; the loss is the mean cross-entropy against the units' phonemes over the chunk's valid tokens only."""
+    from streamchar.data.phonemes import PHONEMES
+    from streamchar.orchestrator.phoneme_probe import FramePhonemeProbe
+    from streamchar.training.prior import phonetic_loss
+
+    torch.manual_seed(0)
+    buckets = 3
+    prior = AcousticPrior(num_units=len(PHONEMES) * buckets, audio_dim=12, context=4, width=16, speaker_dim=8,
+                          dilations=(1,), unit_buckets=buckets)  # fmt: skip
+    probe = FramePhonemeProbe(12, context=2, hidden=16)
+    t = 4 + 6
+    units = torch.randint(0, prior.num_units, (2, t))
+    units[0, :2] = -1  # before the clip's start
+    mask = torch.ones(2, t, dtype=torch.bool)
+    mask[1, -2:] = False  # after the clip's end
+    mu = torch.randn(2, t, 12)
+    got = phonetic_loss(probe, prior, mu, {"units": units, "audio_mask": mask})
+    for b in range(2):
+        logits = probe(mu[b])  # [T, P], the probe's own windows over the whole item
+        terms = [
+            torch.nn.functional.cross_entropy(logits[i : i + 1], units[b, i : i + 1] // buckets)
+            for i in range(4, t)
+            if mask[b, i] and units[b, i] >= 0
+        ]
+        torch.testing.assert_close(got[b], torch.stack(terms).mean())
+
+
 def test_factorised_units_come_from_the_config_and_the_unit_set():
     from streamchar.config import load_config
     from streamchar.data.phonemes import PHONEMES, F0Buckets, num_units
@@ -274,6 +315,15 @@ def test_prior_trainers_resume_exactly_export_and_load(cache, tmp_path):
         load_prior(tmp_path / "video", "video")
     with pytest.raises(ValueError, match="Unknown prior"):
         train_prior(cfg, "both", cache, tmp_path / "x", progress=False)
+
+
+def test_the_phonetic_loss_trains_beside_l1_with_its_probe_recorded(cache, tmp_path):
+    from streamchar.training.prior import train_prior
+
+    cfg = _prior_config(tmp_path, "train.prior_audio.phoneme_weight=0.1")
+    summary = train_prior(cfg, "audio", cache, tmp_path / "phonetic", progress=False)
+    assert summary["finished"] and np.isfinite(summary["heldout"]["l1"])
+    assert 0 < summary["phoneme_probe"]["train_accuracy"] <= 1  # the probe it was trained against
 
 
 def test_video_rollout_losses_follow_the_engines_loop(cache):

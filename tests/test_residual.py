@@ -249,7 +249,8 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
     for refine in (True, False):
         ecfg = load_config(None, TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + overrides + [
             f"video_codec.path={codec}", f"engine.denoiser_path={tmp_path / 's2' / 'student'}",
-            f"engine.refine={str(refine).lower()}", "engine.realign=false", "engine.tail_seconds=0.2"])  # fmt: skip
+            f"engine.refine={str(refine).lower()}", "engine.realign=false", "engine.tail_seconds=0.2",
+            "engine.compile=off"])  # fmt: skip
         engine = Engine.from_config(ecfg)
         assert engine.priors is not None
         with engine.session([engine.character("ada"), engine.character("ben")], seed=0) as session:

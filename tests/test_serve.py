@@ -22,9 +22,10 @@ from streamchar.serve.protocol import decode_chunk  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def engine():
+def engine():  # the eager step: tests/test_fastpath.py checks the compiled one
     cfg = load_config("tiny", ["engine.steps=1", "engine.guidance_conditions=1.0", "engine.guidance_ref_image=1.0",
-                               "engine.guidance_ref_voice=1.0", "engine.lookahead_chunks=1"])  # fmt: skip
+                               "engine.guidance_ref_voice=1.0", "engine.lookahead_chunks=1",
+                               "engine.compile=off"])  # fmt: skip
     return Engine.from_config(cfg)
 
 

@@ -86,7 +86,8 @@ def acoustic_prior_kwargs(section, timeline: Timeline, spec: LatentSpec) -> dict
     return {"num_units": spec.num_units, "audio_dim": spec.audio_dim,
             "context": timeline.seconds_to_audio_tokens(section.context_seconds), "width": section.width,
             "speaker_dim": section.speaker_dim, "dilations": tuple(section.dilations),
-            **({"unit_buckets": buckets_per_phoneme(spec.num_units)} if section.factorised_units else {})}  # fmt: skip
+            **({"unit_buckets": buckets_per_phoneme(spec.num_units)} if section.factorised_units else {}),
+            **({"dropout": section.dropout} if section.dropout else {})}  # fmt: skip
 
 
 def video_prior_kwargs(section, timeline: Timeline, spec: LatentSpec) -> dict:

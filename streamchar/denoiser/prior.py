@@ -58,9 +58,12 @@ class SpeakerEncoder(nn.Module):
 class FiLMBlock(nn.Module):
     """Residual dilated 1-D convolution block, its normalised activations scaled and shifted by a vector."""
 
-    def __init__(self, width: int, cond_dim: int, dilation: int, kernel: int = 3) -> None:
+    def __init__(
+        self, width: int, cond_dim: int, dilation: int, kernel: int = 3, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv1d(width, width, kernel, dilation=dilation, padding=dilation * (kernel - 1) // 2)
+        self.dropout = nn.Dropout(dropout)  # on the update, in training only
         self.norm = nn.LayerNorm(width, elementwise_affine=False)
         self.film = nn.Linear(cond_dim, 2 * width) if cond_dim else None
         self.out = nn.Linear(width, width)
@@ -74,7 +77,7 @@ class FiLMBlock(nn.Module):
         if self.film is not None:
             scale, shift = self.film(cond)[:, None].chunk(2, dim=-1)
             h = h * (1 + scale) + shift
-        return x + self.out(F.gelu(h))
+        return x + self.out(self.dropout(F.gelu(h)))
 
 
 class AcousticPrior(nn.Module):
@@ -83,11 +86,12 @@ class AcousticPrior(nn.Module):
 
     ``unit_buckets`` > 0 (the F0 buckets per phoneme, units being ``phoneme * unit_buckets + bucket``) adds a
     phoneme embedding and an F0-bucket embedding to the unit's own, so what a phoneme sounds like is learned
-    from all its pitches at once instead of once per (phoneme, bucket) pair."""
+    from all its pitches at once instead of once per (phoneme, bucket) pair. ``dropout`` drops features of
+    each block's update while training (held-out voices and sentences are what it is judged on)."""
 
     def __init__(self, *, num_units: int, audio_dim: int, context: int, width: int = 256,
                  speaker_dim: int = 128, dilations: tuple[int, ...] = (1, 2, 4, 8, 1, 2, 4, 8),
-                 unit_buckets: int = 0) -> None:  # fmt: skip
+                 unit_buckets: int = 0, dropout: float = 0.0) -> None:  # fmt: skip
         super().__init__()
         if unit_buckets < 0 or (unit_buckets and num_units % unit_buckets):
             raise ValueError(f"unit_buckets ({unit_buckets}) must be 0 or divide num_units ({num_units}).")
@@ -99,7 +103,7 @@ class AcousticPrior(nn.Module):
             self.bucket_embedding = nn.Embedding(unit_buckets, width)
         self.speaking_embedding = nn.Embedding(3, width)
         self.speaker = SpeakerEncoder(audio_dim, width, speaker_dim)
-        self.blocks = nn.ModuleList(FiLMBlock(width, speaker_dim, d) for d in dilations)
+        self.blocks = nn.ModuleList(FiLMBlock(width, speaker_dim, d, dropout=dropout) for d in dilations)
         self.out_norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, audio_dim)
 

@@ -125,11 +125,7 @@ def _configure(engine: Engine, overrides: dict) -> None:
 
 def _warm(engine: Engine, steps: int) -> None:
     """One short session: compilation, CUDA graph capture, allocator and first-call costs out of the way."""
-    warm = engine.session([engine.character()], steps=steps)
-    warm.push_text("Hi there.", final=True)
-    for _ in warm:
-        pass
-    warm.close()
+    engine.warm_up(steps)
 
 
 def _utilisation(row: dict, flops, peak: float | None, full_window: bool = False) -> None:

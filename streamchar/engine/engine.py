@@ -10,7 +10,9 @@ handing out sessions (:class:`~streamchar.engine.session.StreamSession`).
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
+import time
 
 import torch
 
@@ -82,9 +84,9 @@ class Engine:
         engine.distilled = distilled
         if denoiser.residual or not ecfg.refine:
             engine.priors = load_priors(cfg, device)
-        engine.apply_fast_path()
         if with_orchestrator and ecfg.realign:
             engine.phoneme_reader = load_phoneme_reader(cfg, audio_codec)
+        engine.apply_fast_path()
         return engine
 
     @classmethod
@@ -126,7 +128,8 @@ class Engine:
     def apply_fast_path(self) -> dict[str, str | bool]:
         """Put ``cfg.engine``'s fast-path switches into effect on the loaded models (call again after changing
         them, as the benchmark does between rows); returns what is in effect. Weights are cast in place:
-        back to fp32 after bf16 they keep the bf16-rounded values."""
+        back to fp32 after bf16 they keep the bf16-rounded values. A step newly compiled is compiled here, by
+        one short warm-up session (:meth:`warm_up`), so that no real session waits for it."""
         from streamchar.config import resolve_switch
         from streamchar.denoiser.attention import BACKENDS, flash_available
         from streamchar.orchestrator.session import hf_backend_options
@@ -151,10 +154,13 @@ class Engine:
                 f"engine.attention must be auto or one of {', '.join(BACKENDS)}, got '{attention}'."
             )
         self.denoiser.set_attention_backend(attention)
-        compile_on = resolve_switch(ecfg.compile, "engine.compile", cuda)
+        compile_on = resolve_switch(ecfg.compile, "engine.compile", cuda or _cpu_compiler() is not None)
         mode = ("reduce-overhead" if cuda and ecfg.cuda_graphs else "default") if compile_on else None
+        newly_compiled = mode is not None and mode != self.denoiser._compiled_mode
         if mode != self.denoiser._compiled_mode:
             self.denoiser.compile_step(mode)
+        if newly_compiled and not self._compile_in_warm_up():
+            mode = None
         lm = hf_backend_options(self.cfg, self.unit_lm) if self.unit_lm is not None else {}
         orchestrator = {"orchestrator_weights": "bf16" if lm_dtype == torch.bfloat16 else "fp32",
                         "orchestrator_kv_cache": self.cfg.orchestrator.kv_cache,
@@ -165,6 +171,45 @@ class Engine:
                           "pinned_memory": ecfg.pinned_memory and cuda} | orchestrator  # fmt: skip
         logger.info("fast path: %s", self.fast_path)
         return self.fast_path
+
+    def warm_up(self, steps: int | None = None) -> float:
+        """One short offline session through the denoising step (a few words when the engine has an
+        orchestrator, else a second of silence driving it), so that compilation, graph capture and first-call
+        costs are paid here and not by the first real session; returns its seconds."""
+        start = time.perf_counter()
+        if self.unit_lm is not None:
+            session = self.session([self.character()], steps=steps, tail_seconds=0.0)
+            session.push_text("Hi there.", final=True)
+        else:
+            session = self.session([self.character()], mode="audio", steps=steps, tail_seconds=0.0)
+            session.push_audio(torch.zeros(self.timeline.sample_rate).numpy(), final=True)
+        try:
+            for _ in session:
+                pass
+        finally:
+            session.close()
+        return time.perf_counter() - start
+
+    def _compile_in_warm_up(self) -> bool:
+        """Compile the step now, in :meth:`warm_up`; where that fails (no working C++ compiler, an operation
+        the compiler does not take) say so and go back to the eager step. Returns whether it is compiled."""
+        try:
+            self.character()
+        except (FileNotFoundError, ValueError) as err:  # no default character: the first session compiles it
+            logger.info(
+                "no character to warm the compiled step with (%s); the first session compiles it", err
+            )
+            return True
+        try:
+            seconds = self.warm_up()
+        except Exception as err:  # noqa: BLE001 - torch.compile's failures come in many types
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            logger.warning("torch.compile of the denoising step failed (%s); running it eagerly (set "
+                           "engine.compile=off to skip the attempt)", first_line)  # fmt: skip
+            self.denoiser.compile_step(None)
+            return False
+        logger.info("compiled the denoising step in a %.1f s warm-up session", seconds)
+        return True
 
     # -- pieces a session is made of ---------------------------------------------------------------
     def character(self, name: str | None = None) -> Character:
@@ -246,3 +291,8 @@ def _engine_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def _cpu_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend builds its kernels with, when one is installed."""
+    return shutil.which("g++") or shutil.which("c++")

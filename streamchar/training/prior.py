@@ -2,7 +2,11 @@
 
 - **audio** (:class:`~streamchar.denoiser.prior.AcousticPrior`): L1 between the chunk's prior means and its
   normalised audio latents, on windows of ``context + L_a`` tokens that start anywhere in a clip; the
-  reference voice comes from another clip of the same character.
+  reference voice comes from another clip of the same character. With ``train.prior_audio.phoneme_weight``
+  > 0, also the cross-entropy of a frozen frame phoneme probe (fitted on the cache's ground-truth train
+  speech at the start of the run, never on the evaluation recognizer) reading the means, against the units'
+  phonemes: L1 spreads its error over every mel bin alike, where intelligibility lives in what tells
+  phonemes apart.
 - **video** (:class:`~streamchar.denoiser.prior.VideoPrior`): MSE between the chunk's prior means and its video
   latents, weighted ``train.prior_video.mouth_weight`` times inside the mouth box; the chunk audio it reads is
   the trained acoustic prior's output for a fraction of windows and the clip's own speech otherwise, so one
@@ -45,15 +49,51 @@ def _spec(cache: LatentCache) -> LatentSpec:
 
 
 # -- the acoustic prior --------------------------------------------------------------------------------
-def acoustic_loss(prior: AcousticPrior, batch: dict, context_weight: float = 0.0) -> torch.Tensor:
+def acoustic_loss(prior: AcousticPrior, batch: dict, context_weight: float = 0.0,
+                  mu: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """Per-window mean absolute error over the valid tokens, ``[B]``: the chunk's, and the context's
-    weighted ``context_weight`` (their predictions are never played, but they teach the same mapping)."""
-    mu = prior(batch["units"], batch["speaking"], batch["ref_voice"], batch["ref_voice_mask"]).float()
+    weighted ``context_weight`` (their predictions are never played, but they teach the same mapping).
+    ``mu``: the prior's means of the batch when already computed."""
+    if mu is None:
+        mu = prior(batch["units"], batch["speaking"], batch["ref_voice"], batch["ref_voice_mask"]).float()
     weights = torch.ones(mu.shape[1], device=mu.device)
     weights[: prior.context] = context_weight
     mask = batch["audio_mask"].to(mu.dtype) * weights  # [B, T]
     err = ((mu - batch["audio"]).abs().mean(-1) * mask).sum(1)
     return err / mask.sum(1).clamp_min(1e-6)
+
+
+def probe_windows(audio: torch.Tensor, context: int) -> torch.Tensor:
+    """``[B, T, D]`` -> ``[B, T, (2 context + 1) D]``: each token with ``context`` neighbours either side (the
+    ends repeated), the input of :class:`~streamchar.orchestrator.phoneme_probe.FramePhonemeProbe`'s MLP."""
+    padded = torch.cat(
+        [audio[:, :1].expand(-1, context, -1), audio, audio[:, -1:].expand(-1, context, -1)], 1
+    )
+    return padded.unfold(1, 2 * context + 1, 1).transpose(2, 3).flatten(2)
+
+
+def phonetic_loss(probe, prior: AcousticPrior, mu: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Per-window cross-entropy ``[B]`` of the frozen phoneme ``probe`` reading the means ``mu`` ``[B, T, D_a]``,
+    against the phonemes of the window's units, over the chunk's valid tokens (the context's are not played).
+    """
+    from streamchar.data.phonemes import buckets_per_phoneme
+
+    units = batch["units"]
+    logits = probe.net.to(mu.device)(probe_windows(mu.float(), probe.context))  # [B, T, P]
+    phonemes = units.clamp_min(0) // buckets_per_phoneme(prior.num_units)
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), phonemes, reduction="none")  # [B, T]
+    mask = batch["audio_mask"] & (units >= 0)
+    mask[:, : prior.context] = False
+    mask = mask.to(ce.dtype)
+    return (ce * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+def _fit_probe(cache: LatentCache, seed: int):
+    from streamchar.orchestrator.phoneme_probe import fit_phoneme_probe
+
+    probe, scores = fit_phoneme_probe(cache, seed=seed)
+    logger.info("phoneme probe for the phonetic loss (fitted on ground-truth train speech): %s", scores)
+    return probe, scores
 
 
 def train_acoustic_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Path, max_steps: int | None = None,
@@ -76,9 +116,15 @@ def train_acoustic_prior(cfg: StreamCharConfig, latents: str | Path, out: str | 
         first = (step * world + rank) * tcfg.batch_size
         return collate([train_set[i] for i in range(first, first + tcfg.batch_size)])
 
+    probe, probe_scores = _fit_probe(cache, tcfg.seed) if tcfg.phoneme_weight > 0 else (None, None)
+
     def loss_of(prior, batch, generator):
-        loss = acoustic_loss(prior, batch, tcfg.context_weight).mean()
-        return loss, {}
+        if probe is None:
+            return acoustic_loss(prior, batch, tcfg.context_weight).mean(), {}
+        mu = prior(batch["units"], batch["speaking"], batch["ref_voice"], batch["ref_voice_mask"]).float()
+        l1 = acoustic_loss(prior, batch, tcfg.context_weight, mu=mu).mean()
+        ce = phonetic_loss(probe, prior, mu, batch).mean()
+        return l1 + tcfg.phoneme_weight * ce, {"l1": l1.item(), "phoneme_ce": ce.item()}
 
     @torch.no_grad()
     def evaluate(prior, autocast) -> dict:
@@ -91,7 +137,8 @@ def train_acoustic_prior(cfg: StreamCharConfig, latents: str | Path, out: str | 
 
     spec = LoopSpec("prior-audio", "train.prior_audio", tcfg, out, {"kind": "audio", **_jsonable(kwargs)},
                     record_name="architecture", settings_name="train_prior", curve_keys=("l1",),
-                    summary={"kind": "audio", "heldout_split": split},
+                    summary={"kind": "audio", "heldout_split": split,
+                             **({"phoneme_probe": probe_scores} if probe_scores else {})},
                     finish=_exporter("audio", kwargs))  # fmt: skip
     return _train(spec, model, batch_at, loss_of, evaluate, max_steps, progress)
 
