@@ -202,8 +202,10 @@ class TrainPriorConfig:
     # acoustic prior: loss weight of the context tokens of a window (the chunk's tokens weigh 1)
     context_weight: float = 0.5
     # acoustic prior: weight of the phonetic loss (a frozen frame phoneme probe, fitted on the cache's
-    # ground-truth speech, reading the means; cross-entropy against the units' phonemes); 0 = L1 alone
-    phoneme_weight: float = 0.0
+    # ground-truth train speech in phoneme_probe_steps steps, reads the means; cross-entropy against the units'
+    # phonemes); 0 = L1 alone. Equal budget: PER 25.4 -> 14.8 % (docs/results/formulations.md, "Phonetic loss")
+    phoneme_weight: float = 0.1
+    phoneme_probe_steps: int = 600
     # video prior: loss weight inside the mouth box (1 = uniform); the chunk audio it reads comes from the
     # trained acoustic prior for this fraction of windows (what it gets when speaking from text) and is the
     # clip's own speech otherwise (what it gets when audio-driven)

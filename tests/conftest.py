@@ -82,6 +82,7 @@ def trained_priors(cache, tmp_path_factory):
         "train.prior_audio.steps=3", "train.prior_audio.batch_size=4", "train.prior_audio.eval_windows=4",
         "train.prior_video.steps=3", "train.prior_video.batch_size=2", "train.prior_video.eval_windows=4",
         "train.prior_audio.mixed_precision=no", "train.prior_video.mixed_precision=no",
+        "train.prior_audio.phoneme_probe_steps=5",
         f"prior.audio_path={root / 'audio'}", f"prior.video_path={root / 'video'}",
     ]  # fmt: skip
     cfg = load_config(None, TINY_CORPUS_OVERRIDES + overrides)

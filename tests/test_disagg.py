@@ -28,7 +28,8 @@ from streamchar.engine.disagg import (
 from streamchar.engine.split_run import SplitRunError, _free_port, choose_backend, run_split
 
 OVERRIDES = ["engine.steps=1", "engine.guidance_conditions=1.0", "engine.guidance_ref_image=1.0",
-             "engine.guidance_ref_voice=1.0", "engine.tail_seconds=0.5", "engine.realign=false"]  # fmt: skip
+             "engine.guidance_ref_voice=1.0", "engine.tail_seconds=0.5", "engine.realign=false",
+             "engine.compile=off"]  # fmt: skip
 pytestmark = pytest.mark.timeout(180)
 
 

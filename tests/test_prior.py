@@ -255,7 +255,7 @@ def _prior_config(tmp_path, *extra):
         "train.prior_video.ckpt_every=1", "train.prior_video.eval_windows=4", "train.prior_video.log_every=1",
         "train.prior_video.rollout_eval_chunks=2",
         "train.prior_audio.mixed_precision=no", "train.prior_video.mixed_precision=no",
-        f"prior.audio_path={tmp_path / 'audio'}", *extra])  # fmt: skip
+        "train.prior_audio.phoneme_probe_steps=5", f"prior.audio_path={tmp_path / 'audio'}", *extra])  # fmt: skip
 
 
 def test_prior_trainers_resume_exactly_export_and_load(cache, tmp_path):
@@ -323,7 +323,10 @@ def test_the_phonetic_loss_trains_beside_l1_with_its_probe_recorded(cache, tmp_p
     cfg = _prior_config(tmp_path, "train.prior_audio.phoneme_weight=0.1")
     summary = train_prior(cfg, "audio", cache, tmp_path / "phonetic", progress=False)
     assert summary["finished"] and np.isfinite(summary["heldout"]["l1"])
-    assert 0 < summary["phoneme_probe"]["train_accuracy"] <= 1  # the probe it was trained against
+    assert 0 <= summary["phoneme_probe"]["train_accuracy"] <= 1  # the probe it was trained against
+    plain = train_prior(_prior_config(tmp_path, "train.prior_audio.phoneme_weight=0"), "audio", cache,
+                        tmp_path / "plain", progress=False)  # fmt: skip
+    assert "phoneme_probe" not in plain
 
 
 def test_video_rollout_losses_follow_the_engines_loop(cache):

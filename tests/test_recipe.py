@@ -26,12 +26,14 @@ MICRO = {
         "prior.audio.width=32", "prior.audio.speaker_dim=8", "prior.audio.dilations=[1,2]",
         "prior.video.channels=[8,8,16]", "prior.video.audio_width=16", "train.prior_audio.mixed_precision=no",
         "train.prior_video.mixed_precision=no",
+        "engine.compile=off",  # the results' engines run eager (tests/test_fastpath.py checks the compiled step)
     ],
     "stages": {
         "vae": {"overrides": ["train.vae.steps=2", "train.vae.batch_size=2", "train.vae.crop_size=32",
                               "train.vae.eval_frames=4", "train.vae.frames_per_clip=2", "train.vae.warmup_steps=1"]},
         "prior-audio": {"overrides": ["train.prior_audio.steps=2", "train.prior_audio.batch_size=4",
-                                      "train.prior_audio.eval_windows=4", "train.prior_audio.warmup_steps=1"]},
+                                      "train.prior_audio.eval_windows=4", "train.prior_audio.warmup_steps=1",
+                                      "train.prior_audio.phoneme_probe_steps=5"]},
         "prior-video": {"overrides": ["train.prior_video.steps=2", "train.prior_video.batch_size=2",
                                       "train.prior_video.eval_windows=4", "train.prior_video.warmup_steps=1",
                                       "train.prior_video.rollout_eval_chunks=2"]},

@@ -173,21 +173,27 @@ class Engine:
         return self.fast_path
 
     def warm_up(self, steps: int | None = None) -> float:
-        """One short offline session through the denoising step (a few words when the engine has an
-        orchestrator, else a second of silence driving it), so that compilation, graph capture and first-call
-        costs are paid here and not by the first real session; returns its seconds."""
-        start = time.perf_counter()
+        """Short offline sessions through the denoising step, one per shape it takes (a few words spoken by
+        one character and by two, when the engine has an orchestrator; a second of silence driving one), so
+        that compilation, graph capture and first-call costs are paid here and not by the first real session;
+        returns their seconds."""
+        start, character = time.perf_counter(), self.character()
+        runs = []
         if self.unit_lm is not None:
-            session = self.session([self.character()], steps=steps, tail_seconds=0.0)
-            session.push_text("Hi there.", final=True)
-        else:
-            session = self.session([self.character()], mode="audio", steps=steps, tail_seconds=0.0)
-            session.push_audio(torch.zeros(self.timeline.sample_rate).numpy(), final=True)
-        try:
-            for _ in session:
-                pass
-        finally:
-            session.close()
+            runs += [([character], "text"), ([character, character], "text")]
+        runs.append(([character], "audio"))
+        for characters, mode in runs:
+            session = self.session(characters, mode=mode, steps=steps, tail_seconds=0.0)
+            try:
+                if mode == "text":
+                    for speaker in range(len(characters)):
+                        session.push_text("Hi there.", final=True, speaker=speaker)
+                else:
+                    session.push_audio(torch.zeros(self.timeline.sample_rate).numpy(), final=True)
+                for _ in session:
+                    pass
+            finally:
+                session.close()
         return time.perf_counter() - start
 
     def _compile_in_warm_up(self) -> bool:

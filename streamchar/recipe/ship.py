@@ -176,6 +176,12 @@ def prior_card(recipe: Recipe, stage: str, run: Path) -> str:
     heldout = summary.get("heldout") or {}
     figures = ", ".join(f"{k} {v}" for k, v in heldout.items() if k != "step")
     minutes = recipe.settings(stage).get("cpu_minutes", "–")
+    probe = summary.get("phoneme_probe")
+    if probe:  # the acoustic prior's phonetic loss (train.prior_audio.phoneme_weight)
+        weight = json.loads((run / "train_prior.json").read_text()).get("phoneme_weight")
+        loss += (f", plus {weight} x the cross-entropy of a frozen frame phoneme probe reading the means against "
+                 f"the units' phonemes (the probe fitted on the ground-truth train speech at the start of the run: "
+                 f"accuracy {probe['train_accuracy']} train, {probe['test_accuracy']} held-out)")  # fmt: skip
     return f"""# StreamChar {recipe.name}: {name}
 
 A small deterministic regression network that maps {inputs} to the prior mean of a chunk's {outputs}. The DiT

@@ -88,10 +88,10 @@ def phonetic_loss(probe, prior: AcousticPrior, mu: torch.Tensor, batch: dict) ->
     return (ce * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
-def _fit_probe(cache: LatentCache, seed: int):
+def _fit_probe(cache: LatentCache, steps: int, seed: int):
     from streamchar.orchestrator.phoneme_probe import fit_phoneme_probe
 
-    probe, scores = fit_phoneme_probe(cache, seed=seed)
+    probe, scores = fit_phoneme_probe(cache, steps=steps, seed=seed)
     logger.info("phoneme probe for the phonetic loss (fitted on ground-truth train speech): %s", scores)
     return probe, scores
 
@@ -116,7 +116,9 @@ def train_acoustic_prior(cfg: StreamCharConfig, latents: str | Path, out: str | 
         first = (step * world + rank) * tcfg.batch_size
         return collate([train_set[i] for i in range(first, first + tcfg.batch_size)])
 
-    probe, probe_scores = _fit_probe(cache, tcfg.seed) if tcfg.phoneme_weight > 0 else (None, None)
+    probe, probe_scores = (
+        _fit_probe(cache, tcfg.phoneme_probe_steps, tcfg.seed) if tcfg.phoneme_weight > 0 else (None, None)
+    )
 
     def loss_of(prior, batch, generator):
         if probe is None:
