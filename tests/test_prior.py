@@ -154,6 +154,9 @@ def test_phonetic_loss_against_a_naive_reference():
     mask[1, -2:] = False  # after the clip's end
     mu = torch.randn(2, t, 12)
     got = phonetic_loss(probe, prior, mu, {"units": units, "audio_mask": mask})
+    naive = torch.stack([torch.stack([torch.cat([mu[b, min(max(i + k, 0), t - 1)] for k in range(-2, 3)])
+                                      for i in range(t)]) for b in range(2)])  # fmt: skip
+    assert torch.equal(probe._windows(mu), naive)  # a batch's windows: each item's, ends repeated
     for b in range(2):
         logits = probe(mu[b])  # [T, P], the probe's own windows over the whole item
         terms = [

@@ -32,15 +32,16 @@ class FramePhonemeProbe(nn.Module):
         )
 
     def _windows(self, audio: torch.Tensor) -> torch.Tensor:
-        """``[T, D]`` -> ``[T, (2c + 1) D]`` (edges repeat the end tokens)."""
+        """``[..., T, D]`` -> ``[..., T, (2c + 1) D]``: each token with ``c`` neighbours either side (edges
+        repeat the end tokens; each item of a batch on its own)."""
         c = self.context
-        padded = torch.cat([audio[:1].expand(c, -1), audio, audio[-1:].expand(c, -1)])
-        return padded.unfold(0, 2 * c + 1, 1).transpose(1, 2).flatten(1)
+        first, last = audio[..., :1, :], audio[..., -1:, :]
+        grow = (*audio.shape[:-2], c, audio.shape[-1])
+        padded = torch.cat([first.expand(grow), audio, last.expand(grow)], dim=-2)
+        return padded.unfold(-2, 2 * c + 1, 1).transpose(-2, -1).flatten(-2)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """Logits ``[T, C]`` of ``[T, D]`` latents, or ``[B, T, C]`` of ``[B, T, D]`` (each item on its own)."""
-        if audio.dim() == 3:
-            return torch.stack([self(item) for item in audio])
         return self.net(self._windows(audio.float()))
 
     @torch.no_grad()

@@ -63,15 +63,6 @@ def acoustic_loss(prior: AcousticPrior, batch: dict, context_weight: float = 0.0
     return err / mask.sum(1).clamp_min(1e-6)
 
 
-def probe_windows(audio: torch.Tensor, context: int) -> torch.Tensor:
-    """``[B, T, D]`` -> ``[B, T, (2 context + 1) D]``: each token with ``context`` neighbours either side (the
-    ends repeated), the input of :class:`~streamchar.orchestrator.phoneme_probe.FramePhonemeProbe`'s MLP."""
-    padded = torch.cat(
-        [audio[:, :1].expand(-1, context, -1), audio, audio[:, -1:].expand(-1, context, -1)], 1
-    )
-    return padded.unfold(1, 2 * context + 1, 1).transpose(2, 3).flatten(2)
-
-
 def phonetic_loss(probe, prior: AcousticPrior, mu: torch.Tensor, batch: dict) -> torch.Tensor:
     """Per-window cross-entropy ``[B]`` of the frozen phoneme ``probe`` reading the means ``mu`` ``[B, T, D_a]``,
     against the phonemes of the window's units, over the chunk's valid tokens (the context's are not played).
@@ -79,7 +70,7 @@ def phonetic_loss(probe, prior: AcousticPrior, mu: torch.Tensor, batch: dict) ->
     from streamchar.data.phonemes import buckets_per_phoneme
 
     units = batch["units"]
-    logits = probe.net.to(mu.device)(probe_windows(mu.float(), probe.context))  # [B, T, P]
+    logits = probe.to(mu.device)(mu)  # [B, T, P]
     phonemes = units.clamp_min(0) // buckets_per_phoneme(prior.num_units)
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), phonemes, reduction="none")  # [B, T]
     mask = batch["audio_mask"] & (units >= 0)
@@ -121,10 +112,10 @@ def train_acoustic_prior(cfg: StreamCharConfig, latents: str | Path, out: str | 
     )
 
     def loss_of(prior, batch, generator):
-        if probe is None:
-            return acoustic_loss(prior, batch, tcfg.context_weight).mean(), {}
         mu = prior(batch["units"], batch["speaking"], batch["ref_voice"], batch["ref_voice_mask"]).float()
         l1 = acoustic_loss(prior, batch, tcfg.context_weight, mu=mu).mean()
+        if probe is None:
+            return l1, {}
         ce = phonetic_loss(probe, prior, mu, batch).mean()
         return l1 + tcfg.phoneme_weight * ce, {"l1": l1.item(), "phoneme_ce": ce.item()}
 
