@@ -76,6 +76,22 @@ def main() -> None:
         default=None,
         help="sampling start time (< 1: shallow, from noised means; default: the model's sample_start)",
     )
+    parser.add_argument(
+        "--keep",
+        action="append",
+        type=float,
+        nargs=2,
+        default=[],
+        metavar=("VIDEO", "AUDIO"),
+        help="also run every model keeping this share of its correction of the means (engine.keep_correction); "
+        "repeat for a sweep",
+    )
+    parser.add_argument(
+        "--exclude",
+        default=None,
+        metavar="REPORT.json",
+        help="skip the clips a protocol report evaluated (choose settings on clips the protocol does not use)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -91,12 +107,16 @@ def main() -> None:
     mouth, sync = load_mouth_reader(f"{root}/mouth"), load_sync_expert(f"{root}/sync")
     guidance = Guidance(*(args.guidance or (cfg.sample.guidance_conditions, cfg.sample.guidance_ref_image,
                                             cfg.sample.guidance_ref_voice)))  # fmt: skip
+    excluded = set(json.loads(open(args.exclude).read())["clips"]) if args.exclude else set()
     entries = [e for e in cache.entries("test") if e["latent_frames"] >= 3 * tl.chunk_latent_frames
-               and cache.tensor(e, "speaking").sum() > 0][: args.clips]  # fmt: skip
+               and cache.tensor(e, "speaking").sum() > 0 and e["key"] not in excluded][: args.clips]  # fmt: skip
     models = {"prior": None}
     for item in args.model:
         name, path, steps = parse_model(item)
-        models[name] = (load_teacher(path, cfg, spec), path, steps)
+        model = load_teacher(path, cfg, spec)
+        models[name] = (model, path, steps, (1.0, 1.0))
+        for keep in args.keep:
+            models[f"{name} keep={keep[0]:g}/{keep[1]:g}"] = (model, path, steps, tuple(keep))
     rows = {name: {"phoneme_edits": 0, "word_edits": 0, "voice": [], "sync_c": [], "offset": [], "mouth": [],
                    "identity": [], "frames": [], "seconds": 0.0} for name in ["ground_truth", *models]}  # fmt: skip
     phonemes = words = 0
@@ -124,7 +144,8 @@ def main() -> None:
             start = time.perf_counter()
             with torch.autocast("cpu", torch.bfloat16):
                 rollout = generate(model, sampler, image, voice, conditions, torch.Generator().manual_seed(i), valid,
-                                   priors=priors, refine=loaded is not None)  # fmt: skip
+                                   priors=priors, refine=loaded is not None,
+                                   keep=loaded[3] if loaded else (1.0, 1.0))  # fmt: skip
             rows[name]["seconds"] += time.perf_counter() - start
             latents[name] = (rollout.video[0].float(), rollout.audio[0].float())
         for name, (video, audio) in latents.items():
@@ -152,7 +173,7 @@ def main() -> None:
                 truth_frames.append(frames[::2])
     truth_features = identity.frechet_features(np.concatenate(truth_frames))
     result = {"clips": len(entries), "phonemes": phonemes, "words": words, "guidance": list(guidance.__dict__.values()),
-              "models": {name: str(m[1]) + f"@{m[2]}" if m else "priors alone" for name, m in models.items()},
+              "models": {name: str(m[1]) + f"@{m[2]} keep={m[3]}" if m else "priors alone" for name, m in models.items()},
               "rows": {}}  # fmt: skip
     for name, row in rows.items():
         result["rows"][name] = {

@@ -110,11 +110,13 @@ def resolve_model(name_or_path: str | Path) -> Path:
 
 def model_overrides(name_or_path: str | Path) -> tuple[str, list[str]]:
     """The preset and the ``key=value`` overrides that point every path of a config at a model folder's parts
-    (video codec, orchestrator, denoiser, characters, teacher), from its ``model.json``."""
+    (video codec, orchestrator, denoiser, characters, teacher), from its ``model.json``, then the settings
+    the model is played with (its ``settings``, e.g. ``engine.keep_correction``); later overrides win."""
     folder = resolve_model(name_or_path)
     try:
         record = json.loads((folder / MODEL_FILE).read_text())
         parts = dict(record["parts"])
+        settings = dict(record.get("settings", {}))
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(
             f"{folder / MODEL_FILE} is damaged ({err}); restore it from git or rerun the recipe."
@@ -127,6 +129,7 @@ def model_overrides(name_or_path: str | Path) -> tuple[str, list[str]]:
                 f"{target} is missing from model '{name_or_path}'; restore it or rerun the recipe."
             )
         overrides.append(f"{key}={target}")
+    overrides += [f"{key}={json.dumps(value, separators=(',', ':'))}" for key, value in settings.items()]
     return record.get("preset", "tiny"), overrides
 
 

@@ -381,6 +381,8 @@ class EngineConfig:
     motion_frames: bool = True  # each chunk sees the previous chunk's last frames
     realign: bool = True  # move the pointer to where the generated speech got (needs phoneme_reader)
     refine: bool = True  # the DiT refines the priors' means (off: the priors alone, an ablation)
+    # (video, audio): how much of a residual DiT's correction of the priors' means to keep, mu + keep * s * z
+    keep_correction: list[float] = field(default_factory=lambda: [1.0, 1.0])
     phoneme_reader: str = (
         "checkpoints/eval/recognizer"  # a recognizer folder (streamchar eval train recognizer)
     )

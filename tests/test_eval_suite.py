@@ -285,11 +285,26 @@ def test_short_protocol_runs_a_student_through_the_engine(instruments, tiny_corp
     ):
         assert key in student, key
     assert set(student["chunk_latency_s"]) == {"p50", "p95", "p99"}
+    assert [c["key"] for c in student["per_clip"]] == result["clips"]  # each clip's own figures
+    assert {"phoneme_edits", "phonemes", "identity_sim", "real_time_factor"} <= set(student["per_clip"][0])
     assert json.loads((tmp_path / "report.json").read_text())["protocol"] == "short"
     assert "| s2 |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "latency.png").is_file()
     with pytest.raises(FileNotFoundError, match="not found"):
         run_protocol(load_config(None, EAGER), "short", ["nowhere/ckpt"], tmp_path)
+    with pytest.raises(ValueError, match="skip-clips"):  # a development set past the held-out clips
+        run_protocol(load_config(None, EAGER), "short", ["checkpoints/tiny/student-s2-2step"], tmp_path,
+                     corpus=tiny_corpus, eval_cache=instruments / "cache", instruments=instruments / "instruments",
+                     skip_clips=10_000)  # fmt: skip
+
+
+def test_a_ckpt_spec_names_its_ablations_and_settings():
+    from streamchar.eval.protocols.speak import parse_ckpt
+
+    spec = parse_ckpt("s2=checkpoints/tiny/student-s2-2step:keepall:nosink")
+    assert spec.name == "s2" and spec.switches == {"sink": False, "keep_correction": [1.0, 1.0]}
+    with pytest.raises(ValueError, match=":keepall"):
+        parse_ckpt("checkpoints/tiny/student-s2-2step:keepnone")
 
 
 def test_long_protocol_reports_every_segment(instruments, tiny_corpus, tmp_path):

@@ -51,7 +51,7 @@ MICRO = {
         "stage1-4step": {"overrides": ["distill.student_steps=4"]},
         "stage2-2step": {"overrides": ["distill.student_steps=2", "distill.rollout_chunks=2", "distill.rollout_steps=1",
                                        "distill.batch_size=1"]},
-        "ship": {"characters": {"ada": 0, "ben": 1}},
+        "ship": {"characters": {"ada": 0, "ben": 1}, "settings": {"engine.keep_correction": [0.5, 0.75]}},
         "instruments": {"steps": {"recognizer": 2, "sync": 2, "identity": 2, "speaker": 2, "mouth": 2}},
         "results": {"short_clips": 1, "teacher_clips": 1, "long_minutes": 0.15, "segment_seconds": 4,
                     "teacher_steps": 4, "unseen_character": "ada", "unseen_sentences": 1},
@@ -92,12 +92,14 @@ def test_recipe_runs_every_stage_then_skips_them_and_ships_a_loadable_model(tmp_
         + ["engine.compile=off"],
     )
     assert cfg.engine.denoiser_path.endswith("student-s2-2step")
+    assert cfg.engine.keep_correction == [0.5, 0.75]  # the settings it is played with, from model.json
     assert cfg.video_codec.path == str(tmp_path / "model" / "vae")
     names = {p.name for p in (tmp_path / "model").iterdir()}
     assert {"vae", "orchestrator", "prior-audio", "prior-video", "teacher", "student-s1-1step", "student-s1-2step",
             "student-s1-4step", "student-s2-2step", "characters", "model.json", "README.md"} <= names  # fmt: skip
     assert cfg.prior.audio_path == str(tmp_path / "model" / "prior-audio")
     card = (tmp_path / "model" / "README.md").read_text()  # its figures come from the run's own records
+    assert "`engine.keep_correction=[0.5,0.75]`" in card
     assert "64x64 frames to 8x8x4 latents" in card and "): 4\nprocedurally drawn characters" in card
     assert "at 1, 2 and 4 steps" in card and "shards." in card
     assert "acoustic prior" in (tmp_path / "model" / "prior-audio" / "README.md").read_text()
@@ -115,7 +117,7 @@ def test_recipe_runs_every_stage_then_skips_them_and_ships_a_loadable_model(tmp_
 
     # the results hold the teacher, the students and the three ablations
     short = json.loads((tmp_path / "results" / "recipe_short" / "report.json").read_text())
-    rows = {"teacher@4 (1 clip)", "ground_truth (1 clip)", "s2_2step", "prior_alone", "s1_2step",
+    rows = {"teacher@4 (1 clip)", "ground_truth (1 clip)", "s2_2step", "prior_alone", "s2_2step_keepall", "s1_2step",
             "s2_2step_nosink", "s2_2step_nomotion", "s2_2step_norealign", "cascade_espeak",
             "audio_driven_gt_speech", "ground_truth"}  # fmt: skip
     assert rows == set(short["models"])
@@ -172,6 +174,10 @@ def test_shipped_tiny_model_loads_by_name():
     preset, parts = model_overrides("tiny")
     cfg = load_config(preset, parts)
     assert preset == "tiny" and cfg.engine.denoiser_path.endswith("student-s2-2step")
+    assert load_config(preset, [*parts, "engine.keep_correction=[1.0,1.0]"]).engine.keep_correction == [
+        1.0,
+        1.0,
+    ]
     assert cfg.orchestrator.path.endswith("tiny/orchestrator") and cfg.distill.teacher.endswith(
         "tiny/teacher"
     )

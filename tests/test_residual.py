@@ -45,6 +45,10 @@ def test_state_and_latents_are_inverse_and_plain_is_the_identity():
     )
     back = to_latents(model, *z, cond.prior_video, cond.prior_audio)
     assert torch.allclose(back[0], video, atol=1e-6) and torch.allclose(back[1], audio, atol=1e-6)
+    # keeping a share of the correction (engine.keep_correction): mu + keep * s * z, per modality
+    part = to_latents(model, *z, cond.prior_video, cond.prior_audio, keep=(0.25, 0.75))
+    assert torch.allclose(part[0], cond.prior_video + 0.25 * (video - cond.prior_video), atol=1e-6)
+    assert torch.allclose(part[1], cond.prior_audio + 0.75 * (audio - cond.prior_audio), atol=1e-6)
     assert to_state(plain, video, audio, None, None) == (video, audio)
 
 
@@ -241,16 +245,18 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
     # the students start where the teacher does (shallow) and DMD stayed within the teacher's trained times
     assert read_distilled(tmp_path / "s2" / "student")["start"] == pytest.approx(0.3)
 
-    # the engine streams the residual student over the priors; with engine.refine off, the priors alone
+    # the engine streams the residual student over the priors; with engine.refine off, the priors alone, and
+    # keeping none of the student's correction (engine.keep_correction) is the same as not running it
     from streamchar.engine.engine import Engine
 
     codec = cache.parent / "codec"
     outputs = {}
-    for refine in (True, False):
+    variants = {"refine": "engine.refine=true", "priors": "engine.refine=false",
+                "keep none": "engine.keep_correction=[0.0,0.0]"}  # fmt: skip
+    for name, switch in variants.items():
         ecfg = load_config(None, TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + overrides + [
             f"video_codec.path={codec}", f"engine.denoiser_path={tmp_path / 's2' / 'student'}",
-            f"engine.refine={str(refine).lower()}", "engine.realign=false", "engine.tail_seconds=0.2",
-            "engine.compile=off"])  # fmt: skip
+            switch, "engine.realign=false", "engine.tail_seconds=0.2", "engine.compile=off"])  # fmt: skip
         engine = Engine.from_config(ecfg)
         assert engine.priors is not None
         with engine.session([engine.character("ada"), engine.character("ben")], seed=0) as session:
@@ -258,8 +264,14 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
             session.push_text("Hi.", final=True, speaker=1)
             chunks = list(session)
         assert chunks and all(c.frames.shape[1:] == (64, 128, 3) for c in chunks)  # side by side
-        outputs[refine] = np.concatenate([c.audio for c in chunks])
-    assert outputs[True].shape == outputs[False].shape and not np.allclose(outputs[True], outputs[False])
+        outputs[name] = (
+            np.concatenate([c.audio for c in chunks]),
+            np.concatenate([c.frames for c in chunks]),
+        )
+    assert outputs["refine"][0].shape == outputs["priors"][0].shape
+    assert not np.allclose(outputs["refine"][0], outputs["priors"][0])
+    assert np.allclose(outputs["keep none"][0], outputs["priors"][0], atol=1e-5)
+    assert np.array_equal(outputs["keep none"][1], outputs["priors"][1])
 
 
 def model_spec(cache):
@@ -267,3 +279,14 @@ def model_spec(cache):
     from streamchar.training.teacher import latent_spec_from_cache
 
     return latent_spec_from_cache(LatentCache(cache))
+
+
+@pytest.mark.parametrize("keep", ["[1.0]", "[1.0,-0.5]", "[3.0,1.0]"])
+def test_a_bad_keep_correction_is_refused_before_anything_loads(keep):
+    from streamchar.config import load_config
+    from streamchar.engine.engine import Engine
+
+    with pytest.raises(ValueError, match="keep_correction"):
+        Engine.from_config(
+            load_config("tiny", [f"engine.keep_correction={keep}", "video_codec.path=/nonexistent"])
+        )

@@ -32,13 +32,16 @@ PROTOCOL = (
         help="short: one held-out sentence per held-out identity; long: sessions of --minutes each"),
     arg("--ckpt", action="append", default=[], metavar="[NAME=]PATH[@STEPS][:FLAG]",
         help="denoiser folder (teacher or distilled student) to evaluate, with ablations :nosink, "
-        ":nomotion, :norealign, :prioronly (the priors alone) and, short protocol, audio-driven "
-        "rows :cascade (espeak-ng speech of the text) or :speech (the clip's own speech); repeat to "
-        "compare"),
+        ":nomotion, :norealign, :prioronly (the priors alone), :keepall (all of the student's correction "
+        "of the priors' means) and, short protocol, audio-driven rows :cascade (espeak-ng speech of the "
+        "text) or :speech (the clip's own speech); repeat to compare"),
     arg("--corpus", default="data/corpus", help="corpus with the held-out identities (default: data/corpus)"),
     arg("--eval-cache", default="data/eval_cache", help="evaluation cache (default: data/eval_cache)"),
     INSTRUMENTS, arg("--turns", default=None, help="orchestrator turn table for voice prompts (RUN/turns.jsonl)"),
     arg("--clips", type=int, default=24, help="short: held-out clips (default: 24, one per identity)"),
+    arg("--skip-clips", type=int, default=0,
+        help="short: skip the first N held-out clips, e.g. 24 to choose settings on clips the default table "
+             "does not report (a development set)"),
     arg("--minutes", type=float, default=5.0, help="long: session length in minutes (default: 5)"),
     arg("--sessions", type=int, default=1, help="long: sessions (held-out identities) per checkpoint"),
     arg("--segment", type=float, default=60.0, help="long: seconds per reported segment (default: 60)"),
@@ -64,7 +67,8 @@ def cmd_eval_protocol(args: argparse.Namespace) -> None:
     out = Path(args.out or f"docs/results/eval_{args.protocol}")
     run_protocol(cfg, args.protocol, args.ckpt, out, corpus=args.corpus, eval_cache=args.eval_cache,
                  instruments=args.instruments, turns=args.turns, clips=args.clips, minutes=args.minutes,
-                 sessions=args.sessions, segment_seconds=args.segment, external=published)  # fmt: skip
+                 sessions=args.sessions, segment_seconds=args.segment, external=published,
+                 skip_clips=args.skip_clips)  # fmt: skip
     print(f"report: {out / 'report.md'} (JSON: {out / 'report.json'}, plots: {out}/*.png)")
 
 

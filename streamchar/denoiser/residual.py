@@ -34,12 +34,14 @@ def to_state(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_video
 
 
 def to_latents(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_video: torch.Tensor | None,
-               mu_audio: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """The model's state -> clean latents: ``mu + s * z`` (residual) or ``z`` (plain)."""
+               mu_audio: torch.Tensor | None,
+               keep: tuple[float, float] = (1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The model's state -> clean latents: ``mu + s * z`` (residual) or ``z`` (plain). ``keep`` scales
+    the correction per modality: ``mu + keep * s * z`` (``engine.keep_correction``; 0: the means alone)."""
     scales = scales_of(model)
     if scales is None:
         return video, audio
-    return mu_video + scales[0] * video, mu_audio + scales[1] * audio
+    return mu_video + keep[0] * scales[0] * video, mu_audio + keep[1] * scales[1] * audio
 
 
 def residual_batch(model: JointDiT, batch: dict, priors, audio_driven: torch.Tensor | None = None) -> dict:

@@ -122,6 +122,7 @@ def generate(
     use_sink: bool = True,
     priors=None,
     refine: bool = True,
+    keep: tuple[float, float] = (1.0, 1.0),
 ) -> Rollout:
     """Generate ``len(conditions)`` chunks.
 
@@ -134,6 +135,8 @@ def generate(
         priors: the :class:`~streamchar.denoiser.prior.Priors` a residual ``model`` refines: each chunk's means
             come from the units so far and the last latent and audio generated, as in the engine.
         refine: False plays the priors' means alone (the model is not run; an ablation).
+        keep: ``(video, audio)``, how much of a residual model's correction of the means to keep
+            (``engine.keep_correction``).
     """
     tl = model.timeline
     b, c, _, h, w = ref_video.shape
@@ -176,7 +179,7 @@ def generate(
                 video, audio = sampler.sample(
                     model, noise_video, noise_audio, cond, context, given_audio=audio_in
                 )
-                video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio)
+                video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio, keep)
             if given_audio is not None:
                 audio = given_audio[index].to(device).float()
             videos.append(video)

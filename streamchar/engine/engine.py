@@ -67,6 +67,9 @@ class Engine:
         denoiser refines and the phoneme reader that realigns the pointer."""
 
         ecfg = cfg.engine
+        keep = list(ecfg.keep_correction)
+        if len(keep) != 2 or not all(0.0 <= k <= 2.0 for k in keep):
+            raise ValueError(f"engine.keep_correction must be [video, audio], each in 0..2, got {keep}.")
         device = _engine_device(ecfg.device)
         video_codec, audio_codec = load_codecs(cfg, device)
         path = denoiser_path or ecfg.denoiser_path

@@ -136,6 +136,7 @@ class StreamSession:
         self._references = (ref_video.to(device), voices, valid)
         # the acoustic prior's context: the units and speaking flags before the chunk (padding at the start)
         self.refine = eng.cfg.engine.refine
+        self._keep = tuple(eng.cfg.engine.keep_correction)
         self._use_priors = eng.priors is not None and (eng.denoiser.residual or not self.refine)
         if self._use_priors:
             self._unit_context = start_unit_context(eng.priors, len(self.characters), device)
@@ -383,7 +384,9 @@ class StreamSession:
                     video, audio = self.sampler.sample(
                         model, noise_video, noise_audio, cond, context, given_audio=given_audio
                     )
-                    video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio)
+                    video, audio = to_latents(
+                        model, video.float(), audio.float(), mu_video, mu_audio, self._keep
+                    )
             timer.stop()
             if given_latents is not None:
                 audio = given_latents

@@ -21,7 +21,7 @@ def results_specs(recipe: Recipe) -> dict[str, list[str]]:
     steps = recipe.settings("results").get("teacher_steps", 32)
     # the stage-1 1- and 4-step students are compared with the others by `distill compare` (docs/results.md)
     short = [f"teacher@{steps}={model}/teacher@{steps}", f"s2_2step={s2}", f"prior_alone={s2}:prioronly",
-             f"s1_2step={model}/student-s1-2step", f"s2_2step_nosink={s2}:nosink",
+             f"s2_2step_keepall={s2}:keepall", f"s1_2step={model}/student-s1-2step", f"s2_2step_nosink={s2}:nosink",
              f"s2_2step_nomotion={s2}:nomotion", f"s2_2step_norealign={s2}:norealign",
              f"cascade_espeak={s2}:cascade", f"audio_driven_gt_speech={s2}:speech",
              *present(recipe.settings("results").get("extra_short", []))]  # fmt: skip

@@ -124,6 +124,8 @@ def ship_model(recipe: Recipe) -> dict:
         "name": recipe.name, "preset": recipe.preset,
         "parts": MODEL_PARTS | {"engine.denoiser_path": default},
         "denoisers": ["teacher", *students.values()],
+        # how the default student is played, chosen on development clips (docs/results/formulations.md)
+        "settings": dict(recipe.settings("ship").get("settings", {})),
         "sources": {str(runs[s]): run_fingerprint(runs[s]) for s in runs},
     }  # fmt: skip
     (tmp / MODEL_FILE).write_text(json.dumps(record, indent=1) + "\n")
@@ -228,6 +230,19 @@ def _cache_shards(recipe: Recipe) -> str:
     return f"{'the first ' if seen == names[: len(seen)] else ''}{len(seen)} of its {len(names)} shards"
 
 
+def _settings_text(record: dict) -> str:
+    """The model card's sentence on the settings ``model.json`` plays the model with (none: empty)."""
+    settings = record.get("settings") or {}
+    if not settings:
+        return ""
+    listed = ", ".join(
+        f"`{key}={json.dumps(value, separators=(',', ':'))}`" for key, value in settings.items()
+    )
+    return (f"\nIt is played with {listed} (loading it by name applies them; a later `key=value` overrides "
+            "them). `engine.keep_correction` is the share of the student's correction of the video and audio "
+            "priors' means that is kept, chosen on held-out clips the results table does not use.")  # fmt: skip
+
+
 def model_card(recipe: Recipe, record: dict, folder: Path) -> str:
     """The model folder's README (``folder`` holds the parts): what it holds, the data, the budget, intended use
     and limitations."""
@@ -256,7 +271,7 @@ def model_card(recipe: Recipe, record: dict, folder: Path) -> str:
 Loaded by name: `streamchar generate --model {recipe.name} ...`, `streamchar serve --model {recipe.name}`,
 `streamchar demo` (its default). `model.json` maps each config path to a part of this folder; the default
 denoiser is `{record["parts"]["engine.denoiser_path"]}`, and any other (`{"`, `".join(record["denoisers"])}`) is
-chosen with `engine.denoiser_path=checkpoints/{recipe.name}/NAME`.
+chosen with `engine.denoiser_path=checkpoints/{recipe.name}/NAME`.{_settings_text(record)}
 
 | part | what |
 |---|---|

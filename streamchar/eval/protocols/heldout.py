@@ -40,9 +40,10 @@ from streamchar.eval.reports.protocol import write_report
 logger = logging.getLogger(__name__)
 
 
-def _heldout_clips(corpus, count: int) -> list[dict]:
+def _heldout_clips(corpus, count: int, skip: int = 0) -> list[dict]:
     """Held-out monologues, one per held-out identity in turn (first clips, then second ones, ...), ``count``
-    in all. A character's reference clip (its first monologue by key,
+    in all after the first ``skip`` (a development set: settings are chosen on clips the reported rows do
+    not use). A character's reference clip (its first monologue by key,
     :func:`~streamchar.engine.characters.character_from_corpus`) is left out when the character has another,
     so a clip is never judged against its own first frame."""
     by_char: dict[int, list[dict]] = {}
@@ -56,7 +57,11 @@ def _heldout_clips(corpus, count: int) -> list[dict]:
         raise ValueError(
             "The corpus has no held-out (test) monologue to evaluate on; synthesise one with held-out identities."
         )
-    return ordered[:count]
+    if skip >= len(ordered):
+        raise ValueError(
+            f"--skip-clips {skip} leaves none of the {len(ordered)} held-out monologues; lower it."
+        )
+    return ordered[skip : skip + count]
 
 
 def _character(corpus, char_id: int, turn_rows, cache: dict, size: int):
@@ -100,14 +105,14 @@ def _latency(values: list[float]) -> dict:
 
 
 def short_protocol(
-    cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, eval_cache, clips: int
+    cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, eval_cache, clips: int, skip: int = 0
 ) -> dict:
     from streamchar.data.shards import Corpus
     from streamchar.eval.instruments.mouth_probe import planned_mouth_open
     from streamchar.eval.metrics.features import clip_phoneme_ids
 
     corpus = Corpus(corpus)
-    entries = _heldout_clips(corpus, clips)
+    entries = _heldout_clips(corpus, clips, skip)
     reference = _reference_features(inst, eval_cache)
     characters: dict = {}
     result = {"protocol": "short", "clips": [e["key"] for e in entries], "models": {}}
@@ -170,8 +175,24 @@ def short_protocol(
             # how far the pointer was ahead of the speech when it was realigned (phonemes; None: no realignment)
             "realign_lag_mean": round(float(np.mean(lags)), 3) if lags else None,
             "latencies": [round(x, 4) for x in latencies],
+            "per_clip": _per_clip(entries, rows, rtf),
         }
+    result["models"]["ground_truth"]["per_clip"] = _per_clip(entries, truth_rows)
     return result
+
+
+def _per_clip(entries: list[dict], rows: list[dict], rtf: list[float] | None = None) -> list[dict]:
+    """Each clip's own figures (its key, edits over length, sync offset, ...), to find the clips a mean hides."""
+    out = []
+    for i, (entry, row) in enumerate(zip(entries, rows, strict=True)):
+        clip = {"key": entry["key"]}
+        for key, value in row.items():
+            if isinstance(value, int | float | np.integer | np.floating) and np.isfinite(value):
+                clip[key] = round(float(value), 4) if isinstance(value, float | np.floating) else int(value)
+        if rtf is not None:
+            clip["real_time_factor"] = round(float(rtf[i]), 4)
+        out.append(clip)
+    return out
 
 
 def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, minutes: float,
@@ -260,7 +281,8 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
 def run_protocol(cfg, protocol: str, ckpts: list[str], out: str | Path, corpus: str | Path = "data/corpus",
                  eval_cache: str | Path = "data/eval_cache", instruments: str | Path = "checkpoints/eval",
                  turns: str | Path | None = None, clips: int = 24, minutes: float = 5.0, sessions: int = 1,
-                 segment_seconds: float = 60.0, external: dict[str, str] | None = None) -> dict:  # fmt: skip
+                 segment_seconds: float = 60.0, external: dict[str, str] | None = None,
+                 skip_clips: int = 0) -> dict:  # fmt: skip
     """Run a protocol and write ``OUT/report.json``, ``OUT/report.md`` and plots."""
     from streamchar.engine.characters import read_turn_rows
 
@@ -278,7 +300,7 @@ def run_protocol(cfg, protocol: str, ckpts: list[str], out: str | Path, corpus: 
             "no --turns table: characters speak without a voice prompt (the orchestrator's default tempo)"
         )
     if protocol == "short":
-        result = short_protocol(cfg, ckpts, inst, corpus, turn_rows, eval_cache, clips)
+        result = short_protocol(cfg, ckpts, inst, corpus, turn_rows, eval_cache, clips, skip_clips)
     else:
         result = long_protocol(cfg, ckpts, inst, corpus, turn_rows, minutes, sessions, segment_seconds)
     result["instruments"] = str(instruments)

@@ -119,6 +119,10 @@ ABLATIONS = {
     "norealign": "realign",
     "prioronly": "refine",
 }  # flag -> engine switch off
+# flag -> an engine setting it plays the checkpoint with instead of the model's own
+SETTINGS = {
+    "keepall": ("keep_correction", [1.0, 1.0]),  # the student's whole correction of the priors' means
+}
 # flag -> what drives the character instead of the text (an audio-driven session; short protocol only)
 DRIVERS = {
     "cascade": "espeak-ng speech of the text in the clip character's corpus voice (a TTS -> animator cascade)",
@@ -133,7 +137,7 @@ class CkptSpec:
     name: str
     path: str
     steps: int | None
-    switches: dict[str, bool]
+    switches: dict[str, object]  # engine settings: ablation switches (False) and SETTINGS
     driver: str | None = None
 
     def __iter__(self):  # unpacks as (name, path, steps, switches)
@@ -143,16 +147,17 @@ class CkptSpec:
 def parse_ckpt(spec: str) -> CkptSpec:
     """``[NAME=]PATH[@STEPS][:FLAG...]``; ablations switch an engine part off: ``:nosink``, ``:nomotion``,
     ``:norealign`` (engine.sink, engine.motion_frames, engine.realign) and ``:prioronly`` (engine.refine: the
-    priors alone); drivers replace the text by speech: ``:cascade`` (espeak-ng in the character's voice) and
+    priors alone); ``:keepall`` keeps all of the student's correction of the means (engine.keep_correction);
+    drivers replace the text by speech: ``:cascade`` (espeak-ng in the character's voice) and
     ``:speech`` (the clip's own)."""
     name, rest = "", spec
     if "=" in spec and not Path(spec.partition("@")[0].partition(":")[0]).is_dir():  # a path may hold "="
         name, _, rest = spec.partition("=")
     rest, *flags = rest.split(":")
-    unknown = [f for f in flags if f not in ABLATIONS and f not in DRIVERS]
+    unknown = [f for f in flags if f not in ABLATIONS and f not in DRIVERS and f not in SETTINGS]
     if unknown:
         raise ValueError(
-            f"--ckpt {spec}: unknown flag ':{unknown[0]}'; use :{', :'.join([*ABLATIONS, *DRIVERS])}."
+            f"--ckpt {spec}: unknown flag ':{unknown[0]}'; use :{', :'.join([*ABLATIONS, *SETTINGS, *DRIVERS])}."
         )
     drivers = [f for f in flags if f in DRIVERS]
     if len(drivers) > 1:
@@ -165,11 +170,12 @@ def parse_ckpt(spec: str) -> CkptSpec:
         raise ValueError(f"--ckpt {spec}: the step count after @ must be a whole number.")
     name = name or (Path(path).name + (f"@{steps}" if steps else "") + "".join(f":{f}" for f in flags))
     switches = {ABLATIONS[f]: False for f in flags if f in ABLATIONS}
+    switches |= dict(SETTINGS[f] for f in flags if f in SETTINGS)
     return CkptSpec(name, path, int(steps) if steps else None, switches, drivers[0] if drivers else None)
 
 
-def engine_for(cfg, path: str, switches: dict[str, bool]):
-    """The engine for one ``--ckpt``, with its ablation switches."""
+def engine_for(cfg, path: str, switches: dict[str, object]):
+    """The engine for one ``--ckpt``, with its ablation switches and settings."""
     import copy
 
     from streamchar.engine.engine import Engine
