@@ -210,6 +210,10 @@ class TrainPriorConfig:
     # trained acoustic prior for this fraction of windows (what it gets when speaking from text) and is the
     # clip's own speech otherwise (what it gets when audio-driven)
     mouth_weight: float = 4.0
+    # > 1: a window whose mouth barely changes in the latents (a dark mouth on dark skin; also a silent window)
+    # has its mouth weight scaled by sqrt(batch mean / its own) of the mouth box's variance over frames, up to
+    # this factor (single-window training); 0 = off
+    mouth_contrast: float = 0.0
     prior_audio_fraction: float = 0.5
     # video prior: > 0 trains on sessions of this many chunks rolled out as the engine runs it (each chunk from
     # the prior's own last latent; measured to hold long sessions worse than last_noise); 0 trains on single

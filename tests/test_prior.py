@@ -232,6 +232,39 @@ def test_mouth_weight_map_against_a_naive_reference():
     assert weighted_video_error(inside, got)[0] > weighted_video_error(inside, torch.ones_like(got))[0]
 
 
+def test_mouth_contrast_scale_against_a_naive_reference():
+    """A window whose mouth box barely changes over its frames gets a larger mouth weight (up to the cap)."""
+    from streamchar.training.prior import mouth_contrast_scale, video_errors
+
+    g = torch.Generator().manual_seed(1)
+    boxes = torch.tensor([0.25, 0.5, 0.75, 0.9]).repeat(3, 4, 1)  # [B=3, L=4, 4]
+    has = torch.tensor([True, True, False])
+    target = torch.randn(3, 2, 4, 4, 4, generator=g)
+    target[1] *= 0.2  # a low-contrast mouth (and face)
+    inside = mouth_weight_map(boxes, has, (4, 4), 2.0) - 1.0
+    got = mouth_contrast_scale(target, inside, has, cap=3.0)
+    own = []
+    for b in range(3):
+        cells = inside[b].mean(0)
+        num = den = 0.0
+        for c in range(2):
+            for i in range(4):
+                for j in range(4):
+                    num += float(target[b, c, :, i, j].var()) * float(cells[i, j])
+                    den += float(cells[i, j])
+        own.append(num / den if den else 0.0)  # no box: not used
+    mean = (own[0] + own[1]) / 2
+    expected = [min(3.0, max(1.0, (mean / own[b]) ** 0.5)) if has[b] else 1.0 for b in range(3)]
+    assert torch.allclose(got, torch.tensor(expected), atol=1e-4)
+    assert got[1] > 1.0 and got[0] == 1.0 and got[2] == 1.0
+    # the loss uses it: off, it is the plain mouth weighting
+    mu = torch.zeros_like(target)
+    plain = video_errors(mu, target, boxes, has, 4.0)["weighted"]
+    assert torch.allclose(video_errors(mu, target, boxes, has, 4.0, mouth_contrast=0.0)["weighted"], plain)
+    scaled = video_errors(mu, target, boxes, has, 4.0, mouth_contrast=3.0)["weighted"]
+    assert torch.allclose(scaled[[0, 2]], plain[[0, 2]]) and not torch.allclose(scaled[1], plain[1])
+
+
 def test_mouth_box_reaches_the_latent_cache_and_the_windows(cache):
     from streamchar.data.latents import LatentCache
     from streamchar.data.windows import WindowDataset

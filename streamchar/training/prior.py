@@ -156,14 +156,38 @@ def acoustic_means(prior: AcousticPrior, batch: dict) -> torch.Tensor:
     return prior.chunk_mean(units, speaking, batch["ref_voice"], batch["ref_voice_mask"]).float()
 
 
+def mouth_contrast_scale(target: torch.Tensor, inside: torch.Tensor, has_mouth_box: torch.Tensor,
+                         cap: float) -> torch.Tensor:  # fmt: skip
+    """Per-window factors ``[B]`` in ``[1, cap]`` for the mouth weight: ``sqrt(mean / own)`` of the target's
+    variance over frames inside the mouth box (``inside``: the box fraction ``[B, L, h, w]``), the mean over
+    the batch's windows with a box; windows without a box get 1."""
+    cells = inside.mean(1)  # [B, h, w]: how much of each cell the box covers over the window
+    variance = target.float().var(dim=2)  # [B, C, h, w]
+    own = (variance * cells[:, None]).flatten(1).sum(1) / (
+        cells.flatten(1).sum(1) * target.shape[1]
+    ).clamp_min(1e-6)
+    boxed = has_mouth_box.to(own.device).bool()
+    if not boxed.any():
+        return torch.ones_like(own)
+    mean = own[boxed].mean().detach()
+    scale = (mean / own.clamp_min(1e-8)).sqrt().clamp(1.0, cap).detach()
+    return torch.where(boxed, scale, torch.ones_like(scale))
+
+
 def video_errors(mu: torch.Tensor, target: torch.Tensor, mouth_box: torch.Tensor, has_mouth_box: torch.Tensor,
-                 mouth_weight: float) -> dict[str, torch.Tensor]:  # fmt: skip
+                 mouth_weight: float, mouth_contrast: float = 0.0) -> dict[str, torch.Tensor]:  # fmt: skip
     """Per-window errors ``[B]`` of means ``mu`` against ``target`` (``[B, C, L, h, w]``; ``mouth_box`` ``[B, L,
-    4]``): the mouth-weighted MSE, the plain MSE and the MSE inside the mouth box."""
+    4]``): the mouth-weighted MSE, the plain MSE and the MSE inside the mouth box. With ``mouth_contrast`` > 1,
+    each window's mouth weight is scaled by :func:`mouth_contrast_scale`."""
     err = (mu.float() - target).pow(2)  # [B, C, L, h, w]
     size = tuple(err.shape[-2:])
-    weighted = weighted_video_error(err, mouth_weight_map(mouth_box, has_mouth_box, size, mouth_weight))
     inside = mouth_weight_map(mouth_box, has_mouth_box, size, 2.0) - 1.0  # the box fraction
+    if mouth_contrast > 1:
+        weight = mouth_weight * mouth_contrast_scale(target, inside, has_mouth_box, mouth_contrast)
+        weights = 1.0 + (weight.reshape(-1, 1, 1, 1) - 1.0) * inside
+    else:
+        weights = mouth_weight_map(mouth_box, has_mouth_box, size, mouth_weight)
+    weighted = weighted_video_error(err, weights)
     mouth = (err * inside[:, None]).flatten(1).sum(1) / (inside.flatten(1).sum(1) * err.shape[1]).clamp_min(
         1e-6
     )
@@ -176,6 +200,7 @@ def video_loss(
     audio: torch.Tensor,
     mouth_weight: float,
     last_noise: torch.Tensor | None = None,
+    mouth_contrast: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Per-window losses ``[B]`` of a window batch (see :func:`video_errors`); ``last_noise`` ``[B, C, h, w]`` is
     added to the last motion latent the prior reads (the target stays the clean chunk)."""
@@ -183,7 +208,8 @@ def video_loss(
     if last_noise is not None:
         last = last + last_noise.to(last.device, last.dtype)
     mu = prior(reference, last, audio)
-    return video_errors(mu, batch["video"], batch["mouth_box"], batch["has_mouth_box"], mouth_weight)
+    return video_errors(mu, batch["video"], batch["mouth_box"], batch["has_mouth_box"], mouth_weight,
+                        mouth_contrast)  # fmt: skip
 
 
 def video_rollout_losses(prior: VideoPrior, audio_prior: AcousticPrior, batch: dict, mouth_weight: float,
@@ -283,7 +309,7 @@ def train_video_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Pat
             sigma = tcfg.last_noise * torch.rand(last.shape[0], generator=generator)
             sigma = sigma * batch["has_motion"].float().cpu()
             noise = sigma.reshape(-1, 1, 1, 1) * torch.randn(last.shape, generator=generator)
-        parts = video_loss(prior, batch, audio, tcfg.mouth_weight, noise)
+        parts = video_loss(prior, batch, audio, tcfg.mouth_weight, noise, tcfg.mouth_contrast)
         return parts["weighted"].mean(), {
             "mse": parts["mse"].mean().item(),
             "mouth": parts["mouth"].mean().item(),
@@ -320,6 +346,7 @@ def train_video_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Pat
         return scores
 
     record = {"kind": "video", **_jsonable(kwargs), "mouth_weight": tcfg.mouth_weight,
+              "mouth_contrast": tcfg.mouth_contrast,
               "prior_audio_fraction": tcfg.prior_audio_fraction, "rollout_chunks": rollout,
               "last_noise": tcfg.last_noise,
               "init": tcfg.init}  # fmt: skip
