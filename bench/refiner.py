@@ -29,6 +29,7 @@ from streamchar.data.latents import LatentCache
 from streamchar.data.phonemes import SILENCE_ID
 from streamchar.denoiser.flow import EulerSampler, Guidance
 from streamchar.denoiser.prior import Priors
+from streamchar.denoiser.residual import audio_correction_bins
 from streamchar.denoiser.rollout import generate
 from streamchar.eval.instruments.encoders import load_identity_encoder, load_speaker_encoder
 from streamchar.eval.instruments.mouth_probe import load_mouth_reader
@@ -87,6 +88,15 @@ def main() -> None:
         "repeat for a sweep",
     )
     parser.add_argument(
+        "--keep-timbre",
+        action="append",
+        type=float,
+        nargs=2,
+        default=[],
+        metavar=("VIDEO", "AUDIO"),
+        help="as --keep, with only the timbre of the audio correction (engine.audio_correction=timbre)",
+    )
+    parser.add_argument(
         "--exclude",
         default=None,
         metavar="REPORT.json",
@@ -101,6 +111,7 @@ def main() -> None:
     spec = latent_spec_from_cache(cache)
     priors = Priors(load_prior(args.prior_audio, "audio"), load_prior(args.prior_video, "video"))
     video_codec, audio_codec = video_codec_from_config(cfg), build_audio_codec(cfg, tl)
+    bins = audio_correction_bins("timbre", audio_codec)
     root = args.instruments
     recognizer = load_recognizer(f"{root}/recognizer", words=True)
     speaker, identity = load_speaker_encoder(f"{root}/speaker"), load_identity_encoder(f"{root}/identity")
@@ -114,9 +125,11 @@ def main() -> None:
     for item in args.model:
         name, path, steps = parse_model(item)
         model = load_teacher(path, cfg, spec)
-        models[name] = (model, path, steps, (1.0, 1.0))
+        models[name] = (model, path, steps, (1.0, 1.0), None)
         for keep in args.keep:
-            models[f"{name} keep={keep[0]:g}/{keep[1]:g}"] = (model, path, steps, tuple(keep))
+            models[f"{name} keep={keep[0]:g}/{keep[1]:g}"] = (model, path, steps, tuple(keep), None)
+        for keep in args.keep_timbre:
+            models[f"{name} keep={keep[0]:g}/{keep[1]:g} timbre"] = (model, path, steps, tuple(keep), bins)
     rows = {name: {"phoneme_edits": 0, "word_edits": 0, "voice": [], "sync_c": [], "offset": [], "mouth": [],
                    "identity": [], "frames": [], "seconds": 0.0} for name in ["ground_truth", *models]}  # fmt: skip
     phonemes = words = 0
@@ -145,7 +158,8 @@ def main() -> None:
             with torch.autocast("cpu", torch.bfloat16):
                 rollout = generate(model, sampler, image, voice, conditions, torch.Generator().manual_seed(i), valid,
                                    priors=priors, refine=loaded is not None,
-                                   keep=loaded[3] if loaded else (1.0, 1.0))  # fmt: skip
+                                   keep=loaded[3] if loaded else (1.0, 1.0),
+                                   timbre_bins=loaded[4] if loaded else None)  # fmt: skip
             rows[name]["seconds"] += time.perf_counter() - start
             latents[name] = (rollout.video[0].float(), rollout.audio[0].float())
         for name, (video, audio) in latents.items():
@@ -173,7 +187,7 @@ def main() -> None:
                 truth_frames.append(frames[::2])
     truth_features = identity.frechet_features(np.concatenate(truth_frames))
     result = {"clips": len(entries), "phonemes": phonemes, "words": words, "guidance": list(guidance.__dict__.values()),
-              "models": {name: str(m[1]) + f"@{m[2]} keep={m[3]}" if m else "priors alone" for name, m in models.items()},
+              "models": {name: str(m[1]) + f"@{m[2]} keep={m[3]}" + (" timbre" if m[4] else "") if m else "priors alone" for name, m in models.items()},
               "rows": {}}  # fmt: skip
     for name, row in rows.items():
         result["rows"][name] = {

@@ -129,8 +129,13 @@ def model_overrides(name_or_path: str | Path) -> tuple[str, list[str]]:
                 f"{target} is missing from model '{name_or_path}'; restore it or rerun the recipe."
             )
         overrides.append(f"{key}={target}")
-    overrides += [f"{key}={json.dumps(value, separators=(',', ':'))}" for key, value in settings.items()]
+    overrides += [override_text(key, value) for key, value in settings.items()]
     return record.get("preset", "tiny"), overrides
+
+
+def override_text(key: str, value) -> str:
+    """A setting as the ``key=value`` override that gives it: a string bare, anything else compact JSON."""
+    return f"{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"
 
 
 def load_config(

@@ -363,6 +363,9 @@ class EngineConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     mixed_precision: str = "auto"  # auto (bf16 where native) | no | bf16
     decode_overlap: bool = True  # decode chunk i beside the denoising of chunk i + 1
+    # torch intra-op threads of a session's chunk loop and of its decode worker, each; 0: auto (on a CPU with
+    # decode overlap half the cores each, so the two side by side do not oversubscribe them; else all)
+    worker_threads: int = 0
     tail_seconds: float = 1.0  # listening after the last turn before an offline render ends
     lead_seconds: float = 0.0  # listening before the first turn starts
     lookahead_chunks: int = 1  # live: chunks generated ahead of playback (interrupt latency grows with it)
@@ -387,6 +390,8 @@ class EngineConfig:
     refine: bool = True  # the DiT refines the priors' means (off: the priors alone, an ablation)
     # (video, audio): how much of a residual DiT's correction of the priors' means to keep, mu + keep * s * z
     keep_correction: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    # the audio correction played: whole, or timbre (its mean over the chunk's frames per frequency bin)
+    audio_correction: str = "whole"
     phoneme_reader: str = (
         "checkpoints/eval/recognizer"  # a recognizer folder (streamchar eval train recognizer)
     )

@@ -68,6 +68,29 @@ def test_overlap_on_and_off_give_the_same_chunks(engine):
         np.testing.assert_array_equal(a.audio, b.audio)
 
 
+def test_a_sessions_loop_and_decode_worker_share_the_cores_and_leave_the_callers_threads(engine):
+    """engine.worker_threads (auto): with decode overlap on a CPU the chunk loop and the decode worker run
+    side by side with half the builder's intra-op threads each; the caller's thread keeps its own."""
+    caller, seen = torch.get_num_threads(), {}
+    with engine.session(seed=0) as session:
+        decode, denoise = session._chunk_decoder.decode, session._denoise_next
+
+        def decode_seen(*args):
+            seen["decode"] = torch.get_num_threads()
+            return decode(*args)
+
+        def denoise_seen():
+            seen["loop"] = torch.get_num_threads()
+            return denoise()
+
+        session._chunk_decoder.decode, session._denoise_next = decode_seen, denoise_seen
+        session.push_text("Hi.", final=True)
+        assert list(session)
+    half = max(1, engine.threads // 2)
+    assert engine.worker_threads(True) == half and engine.worker_threads(False) == engine.threads
+    assert seen == {"decode": half, "loop": half} and torch.get_num_threads() == caller
+
+
 def test_interrupt_mid_sentence_then_speak_again(engine):
     session = engine.session(realtime=True, lookahead_chunks=0)
     try:

@@ -10,7 +10,7 @@ from streamchar.denoiser.dit import Conditions
 from streamchar.denoiser.flow import EulerSampler, FlowMatching, Guidance
 from streamchar.denoiser.objective import TeacherObjective
 from streamchar.denoiser.prior import AcousticPrior, Priors, VideoPrior
-from streamchar.denoiser.residual import residual_batch, to_latents, to_state
+from streamchar.denoiser.residual import residual_batch, timbre_of, to_latents, to_state
 from tests.denoiser_helpers import AUDIO_DIM, TL, UNITS, C, random_batch, random_window, tiny_dit
 
 SCALES = (0.5, 0.8)
@@ -50,6 +50,30 @@ def test_state_and_latents_are_inverse_and_plain_is_the_identity():
     assert torch.allclose(part[0], cond.prior_video + 0.25 * (video - cond.prior_video), atol=1e-6)
     assert torch.allclose(part[1], cond.prior_audio + 0.75 * (audio - cond.prior_audio), atol=1e-6)
     assert to_state(plain, video, audio, None, None) == (video, audio)
+
+
+def test_the_timbre_of_a_correction_is_its_mean_spectrum_over_the_chunk():
+    """engine.audio_correction=timbre: the audio correction's mean over every frame of the chunk (the tokens
+    pack ``D_a / bins`` frames each), per frequency bin, played at every frame; against a naive loop."""
+    g = torch.Generator().manual_seed(0)
+    b, t, bins, per_token = 2, 5, 3, 4
+    correction = torch.randn(b, t, per_token * bins, generator=g)
+    got = timbre_of(correction, bins)
+    for i in range(b):
+        for k in range(bins):
+            values = [float(correction[i, j, f * bins + k]) for j in range(t) for f in range(per_token)]
+            mean = sum(values) / len(values)
+            for j in range(t):
+                for f in range(per_token):
+                    assert abs(float(got[i, j, f * bins + k]) - mean) < 1e-6
+    model = tiny_dit(residual_scales=SCALES)
+    video, audio, _, cond, _ = random_window()
+    cond = _with_priors(cond)
+    z = to_state(model, video, audio, cond.prior_video, cond.prior_audio)
+    played = to_latents(model, *z, cond.prior_video, cond.prior_audio, keep=(0.5, 0.75), timbre_bins=AUDIO_DIM // 2)
+    assert torch.allclose(played[0], cond.prior_video + 0.5 * (video - cond.prior_video), atol=1e-6)
+    want = cond.prior_audio + 0.75 * timbre_of(audio - cond.prior_audio, AUDIO_DIM // 2)
+    assert torch.allclose(played[1], want, atol=1e-6)
 
 
 @pytest.mark.parametrize("start", [1.0, 0.3])
@@ -252,7 +276,7 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
     codec = cache.parent / "codec"
     outputs = {}
     variants = {"refine": "engine.refine=true", "priors": "engine.refine=false",
-                "keep none": "engine.keep_correction=[0.0,0.0]"}  # fmt: skip
+                "keep none": "engine.keep_correction=[0.0,0.0]", "timbre": "engine.audio_correction=timbre"}  # fmt: skip
     for name, switch in variants.items():
         ecfg = load_config(None, TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + overrides + [
             f"video_codec.path={codec}", f"engine.denoiser_path={tmp_path / 's2' / 'student'}",
@@ -272,6 +296,9 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
     assert not np.allclose(outputs["refine"][0], outputs["priors"][0])
     assert np.allclose(outputs["keep none"][0], outputs["priors"][0], atol=1e-5)
     assert np.array_equal(outputs["keep none"][1], outputs["priors"][1])
+    # only the timbre of the audio correction: neither the whole correction nor none of it
+    assert not np.allclose(outputs["timbre"][0], outputs["refine"][0])
+    assert not np.allclose(outputs["timbre"][0], outputs["priors"][0])
 
 
 def model_spec(cache):
@@ -281,12 +308,12 @@ def model_spec(cache):
     return latent_spec_from_cache(LatentCache(cache))
 
 
-@pytest.mark.parametrize("keep", ["[1.0]", "[1.0,-0.5]", "[3.0,1.0]"])
-def test_a_bad_keep_correction_is_refused_before_anything_loads(keep):
+@pytest.mark.parametrize("keep", ["[1.0]", "[1.0,-0.5]", "[3.0,1.0]", "audio_correction=phonemes",
+                                  "worker_threads=-1"])
+def test_a_bad_engine_setting_is_refused_before_anything_loads(keep):
     from streamchar.config import load_config
     from streamchar.engine.engine import Engine
 
-    with pytest.raises(ValueError, match="keep_correction"):
-        Engine.from_config(
-            load_config("tiny", [f"engine.keep_correction={keep}", "video_codec.path=/nonexistent"])
-        )
+    setting = f"engine.{keep}" if "=" in keep else f"engine.keep_correction={keep}"
+    with pytest.raises(ValueError, match=setting.partition("=")[0].removeprefix("engine.")):
+        Engine.from_config(load_config("tiny", [setting, "video_codec.path=/nonexistent"]))

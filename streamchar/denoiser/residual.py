@@ -9,6 +9,10 @@ audio, as a condition), so even a one-step student that corrects little keeps th
 
 A given chunk of audio (audio-driven windows and sessions) is its own prior mean: ``mu = x0``, ``z = 0``.
 
+How much of the correction ``s * z`` is played is a setting (``engine.keep_correction``, a share per modality;
+``engine.audio_correction``: ``whole``, or ``timbre``, the audio correction's mean over the chunk's frames per
+frequency bin, :func:`timbre_of`: the prior keeps the time-varying part, which carries the phonemes).
+
 The plain formulation (no prior) is ``mu = 0``, ``s = 1``: these functions then return their input.
 """
 
@@ -33,15 +37,45 @@ def to_state(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_video
     return (video - mu_video) / scales[0], (audio - mu_audio) / scales[1]
 
 
+AUDIO_CORRECTIONS = ("whole", "timbre")
+
+
+def check_audio_correction(kind: str) -> None:
+    if kind not in AUDIO_CORRECTIONS:
+        raise ValueError(f"engine.audio_correction must be {' or '.join(AUDIO_CORRECTIONS)}, got '{kind}'.")
+
+
+def audio_correction_bins(kind: str, audio_codec) -> int | None:
+    """``engine.audio_correction`` -> the ``timbre_bins`` of :func:`to_latents`: None (``whole``), or the
+    codec's frequency bins per frame (a mel codec's ``n_mels``; otherwise every latent dimension is one)."""
+    check_audio_correction(kind)
+    if kind == "whole":
+        return None
+    return getattr(audio_codec, "n_mels", None) or audio_codec.latent_dim
+
+
+def timbre_of(correction: torch.Tensor, bins: int) -> torch.Tensor:
+    """A chunk's audio correction ``[B, T_a, D_a]`` (``D_a`` packs ``D_a / bins`` frames of ``bins``
+    frequency bins) -> its mean over the chunk's frames, per bin, at every frame: what the correction does
+    to the chunk's average spectrum (the voice's timbre), without what it does to the phonemes in time."""
+    b, t, d = correction.shape
+    frames = correction.reshape(b, t * d // bins, bins)
+    return frames.mean(1, keepdim=True).expand_as(frames).reshape(b, t, d)
+
+
 def to_latents(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_video: torch.Tensor | None,
-               mu_audio: torch.Tensor | None,
-               keep: tuple[float, float] = (1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+               mu_audio: torch.Tensor | None, keep: tuple[float, float] = (1.0, 1.0),
+               timbre_bins: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The model's state -> clean latents: ``mu + s * z`` (residual) or ``z`` (plain). ``keep`` scales
-    the correction per modality: ``mu + keep * s * z`` (``engine.keep_correction``; 0: the means alone)."""
+    the correction per modality: ``mu + keep * s * z`` (``engine.keep_correction``; 0: the means alone);
+    ``timbre_bins`` keeps only the audio correction's timbre (:func:`timbre_of`; ``engine.audio_correction``)."""
     scales = scales_of(model)
     if scales is None:
         return video, audio
-    return mu_video + keep[0] * scales[0] * video, mu_audio + keep[1] * scales[1] * audio
+    correction = scales[1] * audio
+    if timbre_bins is not None:
+        correction = timbre_of(correction, timbre_bins)
+    return mu_video + keep[0] * scales[0] * video, mu_audio + keep[1] * correction
 
 
 def residual_batch(model: JointDiT, batch: dict, priors, audio_driven: torch.Tensor | None = None) -> dict:

@@ -123,6 +123,7 @@ def generate(
     priors=None,
     refine: bool = True,
     keep: tuple[float, float] = (1.0, 1.0),
+    timbre_bins: int | None = None,
 ) -> Rollout:
     """Generate ``len(conditions)`` chunks.
 
@@ -136,7 +137,8 @@ def generate(
             come from the units so far and the last latent and audio generated, as in the engine.
         refine: False plays the priors' means alone (the model is not run; an ablation).
         keep: ``(video, audio)``, how much of a residual model's correction of the means to keep
-            (``engine.keep_correction``).
+            (``engine.keep_correction``); ``timbre_bins`` keeps only the audio correction's timbre
+            (:func:`~streamchar.denoiser.residual.timbre_of`, ``engine.audio_correction``).
     """
     tl = model.timeline
     b, c, _, h, w = ref_video.shape
@@ -179,7 +181,9 @@ def generate(
                 video, audio = sampler.sample(
                     model, noise_video, noise_audio, cond, context, given_audio=audio_in
                 )
-                video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio, keep)
+                video, audio = to_latents(
+                    model, video.float(), audio.float(), mu_video, mu_audio, keep, timbre_bins
+                )
             if given_audio is not None:
                 audio = given_audio[index].to(device).float()
             videos.append(video)

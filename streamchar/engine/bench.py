@@ -11,7 +11,8 @@ CPU the ratios between rows are the result.
 
 ``--ablate`` adds, for the first step count, one row per fast-path optimisation switched off alone (bf16,
 the compiled step, CUDA graphs, the attention kernel, the context K/V cache, decode overlap, the
-orchestrator's KV cache and its static, graph-captured form, pinned transfers), in the same run as the
+orchestrator's KV cache and its static, graph-captured form, pinned transfers, the cores split between the
+session's two threads), in the same run as the
 row with everything on; a switch that changes nothing on this machine (CUDA graphs on a CPU) is listed
 as such instead of being timed. Each row
 also gives the sampler's device time per chunk and, from the FLOPs model
@@ -77,7 +78,8 @@ def run_once(engine: Engine, steps: int, overlap: bool, chunks: int, max_chunks:
         session.close()
 
 
-# (name, what turning it off means, overrides of cfg sections) -- decode overlap is a session argument
+# (name, what turning it off means, overrides of cfg sections: a value or a function of the engine) -- decode
+# overlap is a session argument
 ABLATIONS: tuple[tuple[str, str, dict], ...] = (
     ("bf16", "fp32 weights and activations", {"engine.mixed_precision": "no", "engine.weights": "fp32"}),
     ("compile", "the eager step", {"engine.compile": "off"}),
@@ -101,6 +103,11 @@ ABLATIONS: tuple[tuple[str, str, dict], ...] = (
         {"orchestrator.lean_decode": "off"},
     ),
     ("pinned_memory", "pageable host copies", {"engine.pinned_memory": False}),
+    (
+        "worker_threads",
+        "the chunk loop and the decode worker with all of the builder's intra-op threads each",
+        {"engine.worker_threads": lambda engine: engine.threads},
+    ),
 )
 
 
@@ -118,7 +125,7 @@ def _configure(engine: Engine, overrides: dict) -> None:
 
     for dotted, value in overrides.items():
         section, key = dotted.split(".")
-        setattr(getattr(engine.cfg, section), key, value)
+        setattr(getattr(engine.cfg, section), key, value(engine) if callable(value) else value)
     engine.precision = resolve_mixed_precision(engine.cfg.engine.mixed_precision)
     engine.apply_fast_path()
 

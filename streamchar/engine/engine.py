@@ -18,6 +18,7 @@ import torch
 
 from streamchar.denoiser.build import latent_spec
 from streamchar.denoiser.flow import EulerSampler, Guidance
+from streamchar.denoiser.residual import check_audio_correction
 from streamchar.engine.characters import Character, load_character
 from streamchar.engine.session import StreamSession
 from streamchar.loaders import (
@@ -50,6 +51,7 @@ class Engine:
         self.vocab = vocab
         self.device = device or torch.device("cpu")
         self.precision = precision
+        self.threads = torch.get_num_threads()  # the builder's intra-op threads (auto worker_threads splits them)
         self.distilled: dict | None = None  # a distilled student's record: its steps, shift, folded guidance
         self._free_caches: list = []  # closed sessions' context caches, reused by new ones
         self.decoder_factory = None  # (characters, audio_context_tokens) -> ChunkDecoder; None: local
@@ -70,6 +72,9 @@ class Engine:
         keep = list(ecfg.keep_correction)
         if len(keep) != 2 or not all(0.0 <= k <= 2.0 for k in keep):
             raise ValueError(f"engine.keep_correction must be [video, audio], each in 0..2, got {keep}.")
+        check_audio_correction(ecfg.audio_correction)
+        if ecfg.worker_threads < 0:
+            raise ValueError(f"engine.worker_threads must be 0 (auto) or more, got {ecfg.worker_threads}.")
         device = _engine_device(ecfg.device)
         video_codec, audio_codec = load_codecs(cfg, device)
         path = denoiser_path or ecfg.denoiser_path
@@ -171,9 +176,21 @@ class Engine:
                         "orchestrator_lean_decode": lm.get("lean", False)}  # fmt: skip
         self.fast_path = {"precision": self.precision, "weights": weights, "attention": attention,
                           "compile": mode or "off", "context_cache": ecfg.context_cache,
-                          "pinned_memory": ecfg.pinned_memory and cuda} | orchestrator  # fmt: skip
+                          "pinned_memory": ecfg.pinned_memory and cuda,
+                          "worker_threads": self.worker_threads(ecfg.decode_overlap)} | orchestrator  # fmt: skip
         logger.info("fast path: %s", self.fast_path)
         return self.fast_path
+
+    def worker_threads(self, overlap: bool) -> int:
+        """Torch intra-op threads for a session's chunk loop and its decode worker (``engine.worker_threads``;
+        auto: on a CPU with decode overlap, half of the builder's threads each, since the two run side by side
+        and a CPU oversubscribed by both is slower than each on its own half: RTF 0.52 -> 0.45 on 2 cores,
+        docs/performance.md)."""
+        if self.cfg.engine.worker_threads:
+            return self.cfg.engine.worker_threads
+        if self.device.type == "cpu" and overlap:
+            return max(1, self.threads // 2)
+        return self.threads
 
     def warm_up(self, steps: int | None = None) -> float:
         """Short offline sessions through the denoising step, one per shape it takes (a few words spoken by

@@ -37,7 +37,7 @@ from torch.profiler import record_function
 from streamchar.data.phonemes import SILENCE_ID
 from streamchar.denoiser.dit import NULL_SPEAKING, Conditions
 from streamchar.denoiser.flow import set_reference_for_guidance
-from streamchar.denoiser.residual import to_latents
+from streamchar.denoiser.residual import audio_correction_bins, to_latents
 from streamchar.denoiser.rollout import enter_window, prior_means, start_unit_context
 from streamchar.engine.characters import Character
 from streamchar.engine.chunk import Chunk, SessionClosed, frame_roles, padded_plan
@@ -137,6 +137,7 @@ class StreamSession:
         # the acoustic prior's context: the units and speaking flags before the chunk (padding at the start)
         self.refine = eng.cfg.engine.refine
         self._keep = tuple(eng.cfg.engine.keep_correction)
+        self._timbre_bins = audio_correction_bins(eng.cfg.engine.audio_correction, eng.audio_codec)
         self._use_priors = eng.priors is not None and (eng.denoiser.residual or not self.refine)
         if self._use_priors:
             self._unit_context = start_unit_context(eng.priors, len(self.characters), device)
@@ -146,7 +147,8 @@ class StreamSession:
         self._memory = WindowMemory(tl, self.use_sink, self.use_motion)  # the sink chunk, the motion frames
         context = eng.cfg.engine.audio_context_tokens if self.mode == "text" else None
         self._chunk_decoder = eng.chunk_decoder(len(self.characters), context, side_stream=self.overlap)
-        self._decoder = Worker("streamchar-decode") if self.overlap else None
+        self._threads = eng.worker_threads(self.overlap)
+        self._decoder = Worker("streamchar-decode", self._threads) if self.overlap else None
         self._cuda_events = device.type == "cuda" and self.overlap
 
     def state_nbytes(self) -> dict[str, int]:
@@ -238,6 +240,7 @@ class StreamSession:
     # -- the loop -------------------------------------------------------------------------------------
     def _produce(self) -> None:
         pending: Future | None = None  # the previous chunk's decode (at most one in flight)
+        torch.set_num_threads(self._threads)  # this thread's (engine.worker_threads)
         try:
             while not self._stop.is_set() and not self._finished():
                 if self.realtime:
@@ -385,7 +388,7 @@ class StreamSession:
                         model, noise_video, noise_audio, cond, context, given_audio=given_audio
                     )
                     video, audio = to_latents(
-                        model, video.float(), audio.float(), mu_video, mu_audio, self._keep
+                        model, video.float(), audio.float(), mu_video, mu_audio, self._keep, self._timbre_bins
                     )
             timer.stop()
             if given_latents is not None:

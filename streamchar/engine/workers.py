@@ -37,14 +37,18 @@ class DeviceTimer:
 
 class Worker:
     """One daemon thread running submitted calls in order (a daemon, so a session nobody closed never
-    holds up the interpreter's exit the way a ``ThreadPoolExecutor`` worker would)."""
+    holds up the interpreter's exit the way a ``ThreadPoolExecutor`` worker would), with ``threads`` torch
+    intra-op threads (0: torch's default)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, threads: int = 0) -> None:
         self._jobs: queue.Queue = queue.Queue()
+        self._threads = threads
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        if self._threads:
+            torch.set_num_threads(self._threads)  # this thread's; the caller's stay as they are
         while True:
             job = self._jobs.get()
             if job is None:

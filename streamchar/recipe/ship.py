@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from streamchar.config import MODEL_FILE
+from streamchar.config import MODEL_FILE, override_text
 from streamchar.recipe.spec import PRIOR_STAGES, STAGES, TURNS, Recipe
 
 MODEL_PARTS = {"video_codec.path": "vae", "orchestrator.path": "orchestrator", "engine.characters_dir": "characters",
@@ -235,12 +235,12 @@ def _settings_text(record: dict) -> str:
     settings = record.get("settings") or {}
     if not settings:
         return ""
-    listed = ", ".join(
-        f"`{key}={json.dumps(value, separators=(',', ':'))}`" for key, value in settings.items()
-    )
+    listed = ", ".join(f"`{override_text(key, value)}`" for key, value in settings.items())
     return (f"\nIt is played with {listed} (loading it by name applies them; a later `key=value` overrides "
             "them). `engine.keep_correction` is the share of the student's correction of the video and audio "
-            "priors' means that is kept, chosen on held-out clips the results table does not use.")  # fmt: skip
+            "priors' means that is kept; `engine.audio_correction=timbre` keeps only the audio correction's mean "
+            "spectrum over each chunk (the voice), not its changes in time (the phonemes). Chosen on held-out clips "
+            "the results table does not use.")  # fmt: skip
 
 
 def model_card(recipe: Recipe, record: dict, folder: Path) -> str:

@@ -121,7 +121,8 @@ ABLATIONS = {
 }  # flag -> engine switch off
 # flag -> an engine setting it plays the checkpoint with instead of the model's own
 SETTINGS = {
-    "keepall": ("keep_correction", [1.0, 1.0]),  # the student's whole correction of the priors' means
+    # the student's whole correction of the priors' means
+    "keepall": {"keep_correction": [1.0, 1.0], "audio_correction": "whole"},
 }
 # flag -> what drives the character instead of the text (an audio-driven session; short protocol only)
 DRIVERS = {
@@ -147,7 +148,8 @@ class CkptSpec:
 def parse_ckpt(spec: str) -> CkptSpec:
     """``[NAME=]PATH[@STEPS][:FLAG...]``; ablations switch an engine part off: ``:nosink``, ``:nomotion``,
     ``:norealign`` (engine.sink, engine.motion_frames, engine.realign) and ``:prioronly`` (engine.refine: the
-    priors alone); ``:keepall`` keeps all of the student's correction of the means (engine.keep_correction);
+    priors alone); ``:keepall`` keeps all of the student's correction of the means (engine.keep_correction,
+    engine.audio_correction);
     drivers replace the text by speech: ``:cascade`` (espeak-ng in the character's voice) and
     ``:speech`` (the clip's own)."""
     name, rest = "", spec
@@ -170,7 +172,8 @@ def parse_ckpt(spec: str) -> CkptSpec:
         raise ValueError(f"--ckpt {spec}: the step count after @ must be a whole number.")
     name = name or (Path(path).name + (f"@{steps}" if steps else "") + "".join(f":{f}" for f in flags))
     switches = {ABLATIONS[f]: False for f in flags if f in ABLATIONS}
-    switches |= dict(SETTINGS[f] for f in flags if f in SETTINGS)
+    for setting in (SETTINGS[f] for f in flags if f in SETTINGS):
+        switches |= setting
     return CkptSpec(name, path, int(steps) if steps else None, switches, drivers[0] if drivers else None)
 
 
