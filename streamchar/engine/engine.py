@@ -184,7 +184,7 @@ class Engine:
     def worker_threads(self, overlap: bool) -> int:
         """Torch intra-op threads for a session's chunk loop and its decode worker (``engine.worker_threads``;
         auto: on a CPU with decode overlap, half of the builder's threads each, since the two run side by side
-        and a CPU oversubscribed by both is slower than each on its own half: RTF 0.52 -> 0.45 on 2 cores,
+        and a CPU oversubscribed by both is slower than each on its own half: RTF 0.57 -> 0.42 on 2 cores,
         docs/performance.md)."""
         if self.cfg.engine.worker_threads:
             return self.cfg.engine.worker_threads
