@@ -97,6 +97,12 @@ def main() -> None:
         help="as --keep, with only the timbre of the audio correction (engine.audio_correction=timbre)",
     )
     parser.add_argument(
+        "--timbre-memory",
+        type=float,
+        default=0.0,
+        help="the --keep-timbre rows' running average over the chunks (engine.timbre_memory)",
+    )
+    parser.add_argument(
         "--exclude",
         default=None,
         metavar="REPORT.json",
@@ -159,7 +165,7 @@ def main() -> None:
                 rollout = generate(model, sampler, image, voice, conditions, torch.Generator().manual_seed(i), valid,
                                    priors=priors, refine=loaded is not None,
                                    keep=loaded[3] if loaded else (1.0, 1.0),
-                                   timbre_bins=loaded[4] if loaded else None)  # fmt: skip
+                                   timbre_bins=loaded[4] if loaded else None, timbre_memory=args.timbre_memory)  # fmt: skip
             rows[name]["seconds"] += time.perf_counter() - start
             latents[name] = (rollout.video[0].float(), rollout.audio[0].float())
         for name, (video, audio) in latents.items():

@@ -224,6 +224,10 @@ class TrainPriorConfig:
     # drawn uniformly up to this (the target stays clean), so it learns to pull a drifted frame back rather than
     # carry the drift on; 0 = off
     last_noise: float = 0.0
+    # video prior: the last motion latent of a window is also moved toward the batch's next window's (mostly
+    # another character's face) by a fraction drawn uniformly up to this, the target clean: a lesson in pulling
+    # a wrong face back to the reference, the drift long sessions show; 0 = off
+    last_mix: float = 0.0
     # start from the weights of a trained prior of the same architecture (a folder; e.g. the last_noise
     # fine-tune of a prior trained on single windows)
     init: str | None = None
@@ -392,6 +396,9 @@ class EngineConfig:
     keep_correction: list[float] = field(default_factory=lambda: [1.0, 1.0])
     # the audio correction played: whole, or timbre (its mean over the chunk's frames per frequency bin)
     audio_correction: str = "whole"
+    # timbre: the weight of the session's earlier chunks in the timbre played (a running average per character,
+    # m * last + (1 - m) * this chunk's); 0 plays each chunk's own
+    timbre_memory: float = 0.0
     phoneme_reader: str = (
         "checkpoints/eval/recognizer"  # a recognizer folder (streamchar eval train recognizer)
     )

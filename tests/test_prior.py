@@ -435,3 +435,31 @@ def test_last_noise_perturbs_only_what_the_video_prior_reads(cache):
     torch.testing.assert_close(got, naive)
     clean = video_loss(prior, batch, audio, 1.0)["mse"]
     torch.testing.assert_close(clean, (last[:, :, None] - batch["video"]).pow(2).flatten(1).mean(1))
+
+
+def test_last_perturbation_against_a_naive_reference():
+    """Noise of a per-window sd up to ``noise`` plus a move toward the next window's last latent by a per-window
+    fraction up to ``mix``, drawn in that order from the generator; windows without motion get nothing."""
+    from streamchar.training.prior import last_perturbation
+
+    last = torch.randn(4, 3, 2, 2)
+    has_motion = torch.tensor([1, 1, 0, 1])
+    assert last_perturbation(last, has_motion, 0.0, 0.0) is None
+    got = last_perturbation(last, has_motion, 0.5, 0.3, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    sigma = 0.5 * torch.rand(4, generator=g)
+    noise = torch.randn(last.shape, generator=g)
+    fraction = 0.3 * torch.rand(4, generator=g)
+    for i in range(4):
+        other = last[(i - 1) % 4]
+        want = sigma[i] * noise[i] + fraction[i] * (other - last[i]) if has_motion[i] else torch.zeros_like(last[i])
+        torch.testing.assert_close(got[i], want)
+    # mix alone moves each window along the line to its neighbour's face, never past it
+    only_mix = last_perturbation(last, torch.ones(4), 0.0, 1.0, torch.Generator().manual_seed(0))
+    moved = last + only_mix
+    for i in range(4):
+        step = (moved[i] - last[i]).flatten()
+        towards = (last[(i - 1) % 4] - last[i]).flatten()
+        ratio = step @ towards / (towards @ towards)
+        assert 0.0 <= ratio.item() <= 1.0
+        torch.testing.assert_close(step, ratio * towards)

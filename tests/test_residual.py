@@ -10,7 +10,7 @@ from streamchar.denoiser.dit import Conditions
 from streamchar.denoiser.flow import EulerSampler, FlowMatching, Guidance
 from streamchar.denoiser.objective import TeacherObjective
 from streamchar.denoiser.prior import AcousticPrior, Priors, VideoPrior
-from streamchar.denoiser.residual import residual_batch, timbre_of, to_latents, to_state
+from streamchar.denoiser.residual import Timbre, residual_batch, timbre_of, to_latents, to_state
 from tests.denoiser_helpers import AUDIO_DIM, TL, UNITS, C, random_batch, random_window, tiny_dit
 
 SCALES = (0.5, 0.8)
@@ -70,10 +70,34 @@ def test_the_timbre_of_a_correction_is_its_mean_spectrum_over_the_chunk():
     video, audio, _, cond, _ = random_window()
     cond = _with_priors(cond)
     z = to_state(model, video, audio, cond.prior_video, cond.prior_audio)
-    played = to_latents(model, *z, cond.prior_video, cond.prior_audio, keep=(0.5, 0.75), timbre_bins=AUDIO_DIM // 2)
+    played = to_latents(model, *z, cond.prior_video, cond.prior_audio, keep=(0.5, 0.75), timbre=Timbre(AUDIO_DIM // 2))
     assert torch.allclose(played[0], cond.prior_video + 0.5 * (video - cond.prior_video), atol=1e-6)
     want = cond.prior_audio + 0.75 * timbre_of(audio - cond.prior_audio, AUDIO_DIM // 2)
     assert torch.allclose(played[1], want, atol=1e-6)
+
+
+def test_the_timbre_with_memory_is_a_running_average_over_the_chunks():
+    """engine.timbre_memory=m: chunk k plays m * (the timbre played at k - 1) + (1 - m) * chunk k's own, per
+    row; against a naive loop over plain numbers. m = 0 plays each chunk's own."""
+    g = torch.Generator().manual_seed(1)
+    b, t, bins, per_token, m = 2, 3, 2, 2, 0.6
+    chunks = [torch.randn(b, t, per_token * bins, generator=g) for _ in range(4)]
+    running, plain = Timbre(bins, m), Timbre(bins)
+    played = [running(c) for c in chunks]
+    for c in chunks:
+        torch.testing.assert_close(plain(c), timbre_of(c, bins))
+    for i in range(b):
+        for k in range(bins):
+            last = None
+            for c, got in zip(chunks, played, strict=True):
+                values = [float(c[i, j, f * bins + k]) for j in range(t) for f in range(per_token)]
+                own = sum(values) / len(values)
+                last = own if last is None else m * last + (1 - m) * own
+                for j in range(t):
+                    for f in range(per_token):
+                        assert abs(float(got[i, j, f * bins + k]) - last) < 1e-5
+    with pytest.raises(ValueError, match="timbre_memory"):
+        Timbre(bins, 1.0)
 
 
 @pytest.mark.parametrize("start", [1.0, 0.3])
@@ -276,11 +300,12 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
     codec = cache.parent / "codec"
     outputs = {}
     variants = {"refine": "engine.refine=true", "priors": "engine.refine=false",
-                "keep none": "engine.keep_correction=[0.0,0.0]", "timbre": "engine.audio_correction=timbre"}  # fmt: skip
+                "keep none": "engine.keep_correction=[0.0,0.0]", "timbre": "engine.audio_correction=timbre",
+                "timbre memory": "engine.audio_correction=timbre engine.timbre_memory=0.8"}  # fmt: skip
     for name, switch in variants.items():
         ecfg = load_config(None, TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + overrides + [
             f"video_codec.path={codec}", f"engine.denoiser_path={tmp_path / 's2' / 'student'}",
-            switch, "engine.realign=false", "engine.tail_seconds=0.2", "engine.compile=off"])  # fmt: skip
+            *switch.split(), "engine.realign=false", "engine.tail_seconds=0.2", "engine.compile=off"])  # fmt: skip
         engine = Engine.from_config(ecfg)
         assert engine.priors is not None
         with engine.session([engine.character("ada"), engine.character("ben")], seed=0) as session:
@@ -299,6 +324,10 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
     # only the timbre of the audio correction: neither the whole correction nor none of it
     assert not np.allclose(outputs["timbre"][0], outputs["refine"][0])
     assert not np.allclose(outputs["timbre"][0], outputs["priors"][0])
+    # its running average over the chunks: the first chunk as without memory, later ones not
+    first = len(chunks[0].audio)
+    assert np.allclose(outputs["timbre memory"][0][:first], outputs["timbre"][0][:first], atol=1e-5)
+    assert not np.allclose(outputs["timbre memory"][0], outputs["timbre"][0])
 
 
 def model_spec(cache):
@@ -309,7 +338,7 @@ def model_spec(cache):
 
 
 @pytest.mark.parametrize("keep", ["[1.0]", "[1.0,-0.5]", "[3.0,1.0]", "audio_correction=phonemes",
-                                  "worker_threads=-1"])
+                                  "worker_threads=-1", "timbre_memory=1.0"])
 def test_a_bad_engine_setting_is_refused_before_anything_loads(keep):
     from streamchar.config import load_config
     from streamchar.engine.engine import Engine

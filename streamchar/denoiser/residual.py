@@ -11,7 +11,8 @@ A given chunk of audio (audio-driven windows and sessions) is its own prior mean
 
 How much of the correction ``s * z`` is played is a setting (``engine.keep_correction``, a share per modality;
 ``engine.audio_correction``: ``whole``, or ``timbre``, the audio correction's mean over the chunk's frames per
-frequency bin, :func:`timbre_of`: the prior keeps the time-varying part, which carries the phonemes).
+frequency bin, :func:`timbre_of`: the prior keeps the time-varying part, which carries the phonemes;
+``engine.timbre_memory`` averages it over the session's chunks, :class:`Timbre`).
 
 The plain formulation (no prior) is ``mu = 0``, ``s = 1``: these functions then return their input.
 """
@@ -63,18 +64,52 @@ def timbre_of(correction: torch.Tensor, bins: int) -> torch.Tensor:
     return frames.mean(1, keepdim=True).expand_as(frames).reshape(b, t, d)
 
 
+class Timbre:
+    """Keeps only the timbre of a session's audio corrections, chunk after chunk (``engine.audio_correction=
+    timbre``). With ``memory`` m > 0 (``engine.timbre_memory``), the timbre played is a running average per
+    batch row (a character): ``m * the last one played + (1 - m) * this chunk's`` (:func:`timbre_of`), so the
+    voice's spectrum settles over the session instead of stepping at every chunk boundary; 0 plays each
+    chunk's own. One per session: it remembers the last chunk."""
+
+    def __init__(self, bins: int, memory: float = 0.0) -> None:
+        check_timbre_memory(memory)
+        self.bins, self.memory = bins, memory
+        self._last: torch.Tensor | None = None  # [B, 1, bins]
+
+    def __call__(self, correction: torch.Tensor) -> torch.Tensor:
+        b, t, d = correction.shape
+        frames = correction.reshape(b, t * d // self.bins, self.bins)
+        mean = frames.mean(1, keepdim=True)
+        if self.memory > 0 and self._last is not None and self._last.shape == mean.shape:
+            mean = self.memory * self._last.to(mean) + (1.0 - self.memory) * mean
+        self._last = mean
+        return mean.expand_as(frames).reshape(b, t, d)
+
+
+def check_timbre_memory(memory: float) -> None:
+    if not 0.0 <= memory < 1.0:
+        raise ValueError(f"engine.timbre_memory must be in [0, 1) (0: each chunk's own timbre), got {memory}.")
+
+
+def audio_correction_of(kind: str, audio_codec, memory: float = 0.0) -> Timbre | None:
+    """``engine.audio_correction`` (and ``engine.timbre_memory``) -> the ``timbre`` of :func:`to_latents` for
+    one session: None (``whole``) or a fresh :class:`Timbre`."""
+    bins = audio_correction_bins(kind, audio_codec)
+    return None if bins is None else Timbre(bins, memory)
+
+
 def to_latents(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_video: torch.Tensor | None,
                mu_audio: torch.Tensor | None, keep: tuple[float, float] = (1.0, 1.0),
-               timbre_bins: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+               timbre: Timbre | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The model's state -> clean latents: ``mu + s * z`` (residual) or ``z`` (plain). ``keep`` scales
     the correction per modality: ``mu + keep * s * z`` (``engine.keep_correction``; 0: the means alone);
-    ``timbre_bins`` keeps only the audio correction's timbre (:func:`timbre_of`; ``engine.audio_correction``)."""
+    ``timbre`` keeps only the audio correction's timbre (:class:`Timbre`; ``engine.audio_correction``)."""
     scales = scales_of(model)
     if scales is None:
         return video, audio
     correction = scales[1] * audio
-    if timbre_bins is not None:
-        correction = timbre_of(correction, timbre_bins)
+    if timbre is not None:
+        correction = timbre(correction)
     return mu_video + keep[0] * scales[0] * video, mu_audio + keep[1] * correction
 
 

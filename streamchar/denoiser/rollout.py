@@ -15,7 +15,7 @@ import torch
 
 from streamchar.denoiser.dit import Conditions, JointDiT, WindowContext
 from streamchar.denoiser.flow import EulerSampler, repeat_batch, set_reference_for_guidance
-from streamchar.denoiser.residual import to_latents
+from streamchar.denoiser.residual import Timbre, to_latents
 from streamchar.memory.window import WindowMemory
 
 
@@ -124,6 +124,7 @@ def generate(
     refine: bool = True,
     keep: tuple[float, float] = (1.0, 1.0),
     timbre_bins: int | None = None,
+    timbre_memory: float = 0.0,
 ) -> Rollout:
     """Generate ``len(conditions)`` chunks.
 
@@ -138,7 +139,8 @@ def generate(
         refine: False plays the priors' means alone (the model is not run; an ablation).
         keep: ``(video, audio)``, how much of a residual model's correction of the means to keep
             (``engine.keep_correction``); ``timbre_bins`` keeps only the audio correction's timbre
-            (:func:`~streamchar.denoiser.residual.timbre_of`, ``engine.audio_correction``).
+            (:func:`~streamchar.denoiser.residual.timbre_of`, ``engine.audio_correction``), averaged over the
+            chunks with ``timbre_memory`` (:class:`~streamchar.denoiser.residual.Timbre`, ``engine.timbre_memory``).
     """
     tl = model.timeline
     b, c, _, h, w = ref_video.shape
@@ -154,6 +156,7 @@ def generate(
         raise ValueError("This denoiser refines the priors' means; pass priors= (loaders.load_priors).")
     if use_priors:
         unit_context = start_unit_context(priors, b, device)
+    timbre = None if timbre_bins is None else Timbre(timbre_bins, timbre_memory)
     videos, audios, seconds = [], [], []
     memory = WindowMemory(tl, use_sink=use_sink)
     with model.streaming():
@@ -182,7 +185,7 @@ def generate(
                     model, noise_video, noise_audio, cond, context, given_audio=audio_in
                 )
                 video, audio = to_latents(
-                    model, video.float(), audio.float(), mu_video, mu_audio, keep, timbre_bins
+                    model, video.float(), audio.float(), mu_video, mu_audio, keep, timbre
                 )
             if given_audio is not None:
                 audio = given_audio[index].to(device).float()

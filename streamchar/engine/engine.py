@@ -18,7 +18,7 @@ import torch
 
 from streamchar.denoiser.build import latent_spec
 from streamchar.denoiser.flow import EulerSampler, Guidance
-from streamchar.denoiser.residual import check_audio_correction
+from streamchar.denoiser.residual import check_audio_correction, check_timbre_memory
 from streamchar.engine.characters import Character, load_character
 from streamchar.engine.session import StreamSession
 from streamchar.loaders import (
@@ -73,6 +73,7 @@ class Engine:
         if len(keep) != 2 or not all(0.0 <= k <= 2.0 for k in keep):
             raise ValueError(f"engine.keep_correction must be [video, audio], each in 0..2, got {keep}.")
         check_audio_correction(ecfg.audio_correction)
+        check_timbre_memory(ecfg.timbre_memory)
         if ecfg.worker_threads < 0:
             raise ValueError(f"engine.worker_threads must be 0 (auto) or more, got {ecfg.worker_threads}.")
         device = _engine_device(ecfg.device)

@@ -37,7 +37,7 @@ from torch.profiler import record_function
 from streamchar.data.phonemes import SILENCE_ID
 from streamchar.denoiser.dit import NULL_SPEAKING, Conditions
 from streamchar.denoiser.flow import set_reference_for_guidance
-from streamchar.denoiser.residual import audio_correction_bins, to_latents
+from streamchar.denoiser.residual import audio_correction_of, to_latents
 from streamchar.denoiser.rollout import enter_window, prior_means, start_unit_context
 from streamchar.engine.characters import Character
 from streamchar.engine.chunk import Chunk, SessionClosed, frame_roles, padded_plan
@@ -137,7 +137,8 @@ class StreamSession:
         # the acoustic prior's context: the units and speaking flags before the chunk (padding at the start)
         self.refine = eng.cfg.engine.refine
         self._keep = tuple(eng.cfg.engine.keep_correction)
-        self._timbre_bins = audio_correction_bins(eng.cfg.engine.audio_correction, eng.audio_codec)
+        ecfg = eng.cfg.engine
+        self._timbre = audio_correction_of(ecfg.audio_correction, eng.audio_codec, ecfg.timbre_memory)
         self._use_priors = eng.priors is not None and (eng.denoiser.residual or not self.refine)
         if self._use_priors:
             self._unit_context = start_unit_context(eng.priors, len(self.characters), device)
@@ -388,7 +389,7 @@ class StreamSession:
                         model, noise_video, noise_audio, cond, context, given_audio=given_audio
                     )
                     video, audio = to_latents(
-                        model, video.float(), audio.float(), mu_video, mu_audio, self._keep, self._timbre_bins
+                        model, video.float(), audio.float(), mu_video, mu_audio, self._keep, self._timbre
                     )
             timer.stop()
             if given_latents is not None:

@@ -212,6 +212,31 @@ def video_loss(
                         mouth_contrast)  # fmt: skip
 
 
+def last_perturbation(last: torch.Tensor, has_motion: torch.Tensor, noise: float, mix: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor | None:  # fmt: skip
+    """What is added to the last motion latents ``last`` ``[B, C, h, w]`` a video prior reads in training (its
+    target stays clean), ``None`` when both settings are 0; windows without motion (``has_motion`` 0) get none.
+
+    - ``noise``: Gaussian noise of a standard deviation drawn uniformly up to it per window;
+    - ``mix``: a move toward the last latent of the batch's next window (mostly another character's face) by a
+      fraction drawn uniformly up to it, the drift a long session shows (a different face it then keeps),
+      where noise is only a local, unstructured error.
+    """
+    if noise <= 0 and mix <= 0:
+        return None
+    b = last.shape[0]
+    moving = has_motion.float().cpu().reshape(-1, 1, 1, 1)
+    out = torch.zeros(last.shape)
+    if noise > 0:
+        sigma = noise * torch.rand(b, generator=generator).reshape(-1, 1, 1, 1)
+        out = out + sigma * torch.randn(last.shape, generator=generator)
+    if mix > 0:
+        fraction = mix * torch.rand(b, generator=generator).reshape(-1, 1, 1, 1)
+        cpu = last.detach().float().cpu()
+        out = out + fraction * (cpu.roll(1, dims=0) - cpu)
+    return out * moving
+
+
 def video_rollout_losses(prior: VideoPrior, audio_prior: AcousticPrior, batch: dict, mouth_weight: float,
                          own_speech: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Per-chunk losses ``[B, R]`` of sessions rolled out as the engine runs the priors alone.
@@ -302,13 +327,7 @@ def train_video_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Pat
             mu_audio = acoustic_means(audio_prior.to(batch["units"].device), batch)
         chunk = torch.where(use_prior.to(mu_audio.device)[:, None, None], mu_audio, batch["audio"])
         audio = torch.cat([own[:, : own.shape[1] - chunk.shape[1]], chunk], dim=1)
-        noise = None
-        if (
-            tcfg.last_noise > 0
-        ):  # perturb the motion latent of windows that have one (the reference stays clean)
-            sigma = tcfg.last_noise * torch.rand(last.shape[0], generator=generator)
-            sigma = sigma * batch["has_motion"].float().cpu()
-            noise = sigma.reshape(-1, 1, 1, 1) * torch.randn(last.shape, generator=generator)
+        noise = last_perturbation(last, batch["has_motion"], tcfg.last_noise, tcfg.last_mix, generator)
         parts = video_loss(prior, batch, audio, tcfg.mouth_weight, noise, tcfg.mouth_contrast)
         return parts["weighted"].mean(), {
             "mse": parts["mse"].mean().item(),
@@ -348,7 +367,7 @@ def train_video_prior(cfg: StreamCharConfig, latents: str | Path, out: str | Pat
     record = {"kind": "video", **_jsonable(kwargs), "mouth_weight": tcfg.mouth_weight,
               "mouth_contrast": tcfg.mouth_contrast,
               "prior_audio_fraction": tcfg.prior_audio_fraction, "rollout_chunks": rollout,
-              "last_noise": tcfg.last_noise,
+              "last_noise": tcfg.last_noise, "last_mix": tcfg.last_mix,
               "init": tcfg.init}  # fmt: skip
     spec = LoopSpec("prior-video", "train.prior_video", tcfg, out, record, record_name="architecture",
                     settings_name="train_prior",
