@@ -399,6 +399,10 @@ class EngineConfig:
     # timbre: the weight of the session's earlier chunks in the timbre played (a running average per character,
     # m * last + (1 - m) * this chunk's); 0 plays each chunk's own
     timbre_memory: float = 0.0
+    # the standard deviation of Gaussian noise on the last motion latent the video prior reads (never on the
+    # reference): a prior fine-tuned on noisy last latents then pulls each chunk back toward the reference
+    # instead of carrying its own small errors on over minutes; 0 = off
+    prior_last_noise: float = 0.0
     phoneme_reader: str = (
         "checkpoints/eval/recognizer"  # a recognizer folder (streamchar eval train recognizer)
     )

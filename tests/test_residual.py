@@ -259,6 +259,43 @@ def test_residual_batch_and_streamed_generation_with_priors():
     assert residual_batch(plain, _prior_batch(), None)["video"] is not None  # unchanged, no priors needed
 
 
+def test_prior_last_noise_against_a_naive_loop():
+    """engine.prior_last_noise: every chunk after the first has its video prior read the last generated latent
+    plus noise of that sd from a generator seeded ``seed + 1`` (the first reads the clean reference); the
+    DiT's noise is untouched. Against a naive loop over the priors (engine.refine off)."""
+    from streamchar.denoiser.rollout import generate
+
+    model, priors = tiny_dit(residual_scales=SCALES), _tiny_priors()
+    _, _, _, cond, ctx = random_window(b=1)
+    conds = [Conditions(cond.units, cond.speaking), Conditions(cond.units.flip(1), cond.speaking),
+             Conditions(cond.units, 1 - cond.speaking)]  # fmt: skip
+    sampler, sd, seed = EulerSampler(steps=1), 0.4, 5
+
+    def run(noise: float):
+        return generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(seed),
+                        priors=priors, refine=False, prior_last_noise=noise)  # fmt: skip
+
+    got = run(sd)
+    g = torch.Generator().manual_seed(seed + 1)
+    reference, valid = ctx.ref_video[:, :, 0], torch.ones(ctx.ref_voice.shape[:2], dtype=torch.bool)
+    units = torch.full((1, priors.context), -1, dtype=torch.long)
+    speaking = torch.zeros(1, priors.context, dtype=torch.long)
+    last, heard, videos = reference, torch.zeros(1, TL.motion_audio_tokens, AUDIO_DIM), []
+    for k, c in enumerate(conds):
+        units, speaking = torch.cat([units, c.units], 1), torch.cat([speaking, c.speaking], 1)
+        mu_audio = priors.audio_means(units[:, -(priors.context + c.units.shape[1]) :],
+                                      speaking[:, -(priors.context + c.units.shape[1]) :], ctx.ref_voice, valid)  # fmt: skip
+        read = last if k == 0 else last + sd * torch.randn(last.shape, generator=g)
+        video = priors.video_means(reference, read, heard, mu_audio)
+        videos.append(video)
+        last, heard = video[:, :, -1], mu_audio[:, -TL.motion_audio_tokens :]
+    torch.testing.assert_close(got.video, torch.cat(videos, 2), rtol=1e-4, atol=1e-4)
+    clean, L = run(0.0), TL.chunk_latent_frames
+    torch.testing.assert_close(got.video[:, :, :L], clean.video[:, :, :L])  # the first chunk reads the reference
+    assert not torch.allclose(got.video[:, :, L:], clean.video[:, :, L:])
+    torch.testing.assert_close(got.audio, clean.audio)  # the acoustic prior does not read the video
+
+
 def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_path):
     from streamchar.config import load_config
     from streamchar.data.latents import LatentCache
@@ -338,7 +375,7 @@ def model_spec(cache):
 
 
 @pytest.mark.parametrize("keep", ["[1.0]", "[1.0,-0.5]", "[3.0,1.0]", "audio_correction=phonemes",
-                                  "worker_threads=-1", "timbre_memory=1.0"])
+                                  "worker_threads=-1", "timbre_memory=1.0", "prior_last_noise=-0.1"])
 def test_a_bad_engine_setting_is_refused_before_anything_loads(keep):
     from streamchar.config import load_config
     from streamchar.engine.engine import Engine

@@ -83,6 +83,22 @@ def start_unit_context(priors, batch: int, device: torch.device) -> tuple[torch.
             torch.zeros(batch, priors.context, dtype=torch.long, device=device))  # fmt: skip
 
 
+class LastNoise:
+    """Gaussian noise of standard deviation ``sd`` on the last motion latent the video prior reads in a session
+    (``engine.prior_last_noise``; never on the reference it starts from). A video prior fine-tuned on noisy
+    last latents (``train.prior_video.last_noise``) pulls a noisy frame back toward the reference; read
+    clean, its own small errors (trails where the head moved) pile up over minutes. Its own generator, seeded
+    ``seed + 1``, so the DiT's noise is the same with it or without."""
+
+    def __init__(self, sd: float, seed: int) -> None:
+        if sd < 0:
+            raise ValueError(f"engine.prior_last_noise must be 0 (off) or more, got {sd}.")
+        self.sd, self.generator = sd, torch.Generator().manual_seed(seed + 1)
+
+    def __call__(self, last: torch.Tensor) -> torch.Tensor:
+        return last + self.sd * torch.randn(last.shape, generator=self.generator).to(last)
+
+
 def prior_means(
     priors,
     cond: Conditions,
@@ -90,11 +106,12 @@ def prior_means(
     unit_context: tuple[torch.Tensor, torch.Tensor],
     references: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     memory: WindowMemory,
+    last_noise: LastNoise | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """The chunk's prior means ``(video [B, C, L, h, w], audio [B, L_a, D_a])`` and the next unit context: the
     acoustic prior over the planned units after ``unit_context`` (or the ``given`` speech itself), then the
     video prior from the reference, the last motion latent (the reference at the start, or without motion
-    frames) and the motion audio."""
+    frames; with ``last_noise`` added when it is a motion latent) and the motion audio."""
     ref_video, ref_voice, ref_voice_valid = references
     if given is None:
         units = torch.cat([unit_context[0], cond.units], 1)
@@ -105,6 +122,8 @@ def prior_means(
         mu_audio = given.float()
     reference = ref_video[:, :, 0].float()
     last, heard = memory.prior_context(reference, mu_audio.shape[-1])
+    if last_noise is not None and memory.motion is not None:
+        last = last_noise(last)
     return priors.video_means(reference, last, heard, mu_audio), mu_audio, unit_context
 
 
@@ -125,6 +144,7 @@ def generate(
     keep: tuple[float, float] = (1.0, 1.0),
     timbre_bins: int | None = None,
     timbre_memory: float = 0.0,
+    prior_last_noise: float = 0.0,
 ) -> Rollout:
     """Generate ``len(conditions)`` chunks.
 
@@ -141,6 +161,8 @@ def generate(
             (``engine.keep_correction``); ``timbre_bins`` keeps only the audio correction's timbre
             (:func:`~streamchar.denoiser.residual.timbre_of`, ``engine.audio_correction``), averaged over the
             chunks with ``timbre_memory`` (:class:`~streamchar.denoiser.residual.Timbre`, ``engine.timbre_memory``).
+        prior_last_noise: :class:`LastNoise` on the video prior's last latent (``engine.prior_last_noise``),
+            seeded from ``generator``'s initial seed, as a session seeded alike.
     """
     tl = model.timeline
     b, c, _, h, w = ref_video.shape
@@ -157,6 +179,7 @@ def generate(
     if use_priors:
         unit_context = start_unit_context(priors, b, device)
     timbre = None if timbre_bins is None else Timbre(timbre_bins, timbre_memory)
+    last_noise = LastNoise(prior_last_noise, generator.initial_seed()) if prior_last_noise > 0 else None
     videos, audios, seconds = [], [], []
     memory = WindowMemory(tl, use_sink=use_sink)
     with model.streaming():
@@ -172,7 +195,7 @@ def generate(
             if use_priors:
                 references = (ref_video, ref_voice, ref_voice_valid)
                 mu_video, mu_audio, unit_context = prior_means(
-                    priors, cond, audio_in, unit_context, references, memory
+                    priors, cond, audio_in, unit_context, references, memory, last_noise
                 )
                 if model.residual:
                     cond = Conditions(cond.units, cond.speaking, mu_audio, mu_video)

@@ -74,6 +74,8 @@ class Engine:
             raise ValueError(f"engine.keep_correction must be [video, audio], each in 0..2, got {keep}.")
         check_audio_correction(ecfg.audio_correction)
         check_timbre_memory(ecfg.timbre_memory)
+        if ecfg.prior_last_noise < 0:
+            raise ValueError(f"engine.prior_last_noise must be 0 (off) or more, got {ecfg.prior_last_noise}.")
         if ecfg.worker_threads < 0:
             raise ValueError(f"engine.worker_threads must be 0 (auto) or more, got {ecfg.worker_threads}.")
         device = _engine_device(ecfg.device)

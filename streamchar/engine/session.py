@@ -38,7 +38,7 @@ from streamchar.data.phonemes import SILENCE_ID
 from streamchar.denoiser.dit import NULL_SPEAKING, Conditions
 from streamchar.denoiser.flow import set_reference_for_guidance
 from streamchar.denoiser.residual import audio_correction_of, to_latents
-from streamchar.denoiser.rollout import enter_window, prior_means, start_unit_context
+from streamchar.denoiser.rollout import LastNoise, enter_window, prior_means, start_unit_context
 from streamchar.engine.characters import Character
 from streamchar.engine.chunk import Chunk, SessionClosed, frame_roles, padded_plan
 from streamchar.engine.clock import ChunkTiming, PlaybackClock, SessionStats
@@ -92,7 +92,9 @@ class StreamSession:
         self.orchestrator = engine.orchestrator(self.characters) if mode == "text" else None
         self.stats = SessionStats()
         self.clock = PlaybackClock()
-        self.generator = torch.Generator().manual_seed(ecfg.seed if seed is None else seed)
+        seed = ecfg.seed if seed is None else seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self._last_noise = LastNoise(ecfg.prior_last_noise, seed) if ecfg.prior_last_noise > 0 else None
         self.speech_end: float | None = None  # media time the last finished turn ended
         self._lock = threading.RLock()  # input (text, audio, interrupt) against planning
         self._realigner = Realigner(engine.phoneme_reader if mode == "text" else None, self.tl, self._lock)
@@ -370,7 +372,8 @@ class StreamSession:
         if self._use_priors:
             with record_function("streamchar.priors"), eng.lock, eng.autocast():
                 mu_video, mu_audio, self._unit_context = prior_means(
-                    eng.priors, cond, given_latents, self._unit_context, self._references, self._memory
+                    eng.priors, cond, given_latents, self._unit_context, self._references, self._memory,
+                    self._last_noise,
                 )
             cond = Conditions(cond.units, cond.speaking, mu_audio, mu_video)
         with eng.lock, model.streaming(self._cache), eng.autocast():
