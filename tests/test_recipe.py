@@ -41,6 +41,10 @@ MICRO = {
                                            "train.prior_video.eval_windows=4", "train.prior_video.warmup_steps=1",
                                            "train.prior_video.last_noise=0.5",
                                            "train.prior_video.rollout_eval_chunks=2"]},
+        "prior-video-long": {"overrides": ["train.prior_video.steps=2", "train.prior_video.batch_size=2",
+                                           "train.prior_video.eval_windows=4", "train.prior_video.warmup_steps=1",
+                                           "train.prior_video.last_noise=0.5",
+                                           "train.prior_video.rollout_eval_chunks=2"]},
         "teacher": {"overrides": ["train.teacher.steps=2", "train.teacher.batch_size=2", "train.teacher.eval_every=2",
                                   "train.teacher.eval_windows=2", "train.teacher.warmup_steps=1"]},
         "orchestrator": {"overrides": ["train.orchestrator.steps=2", "train.orchestrator.batch_size=2",
@@ -107,6 +111,11 @@ def test_recipe_runs_every_stage_then_skips_them_and_ships_a_loadable_model(tmp_
     assert (
         json.loads((tmp_path / "model" / "prior-video" / "train_prior.json").read_text())["last_noise"] == 0.5
     )
+    # the engine plays the longer-trained video prior; the teacher was trained around the tuned one's means
+    shipped = (tmp_path / "model" / "prior-video" / "model.safetensors").read_bytes()
+    assert shipped == (tmp_path / "runs" / "micro-prior-video-long" / "final" / "model.safetensors").read_bytes()
+    assert shipped != (tmp_path / "runs" / "micro-prior-video-tune" / "final" / "model.safetensors").read_bytes()
+    assert set(record["teacher"]["inputs"]) == {"latents", "prior-audio", "prior-video-tune"}
     from streamchar.engine.engine import Engine
 
     engine = Engine.from_config(cfg)
@@ -142,7 +151,7 @@ def test_recipe_runs_every_stage_then_skips_them_and_ships_a_loadable_model(tmp_
     run_recipe(recipe, until="prior-video")
     stale = [r["stage"] for r in plan(recipe) if not r["done"]]
     assert (
-        stale[:3] == ["prior-video-tune", "teacher", "stage1-2step"]
+        stale[:4] == ["prior-video-tune", "prior-video-long", "teacher", "stage1-2step"]
         and "orchestrator" not in stale
         and "prior-audio" not in stale
     )

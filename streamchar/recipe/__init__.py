@@ -3,8 +3,8 @@
 A recipe file (``configs/recipes/tiny.yaml``, read by :mod:`streamchar.recipe.spec`) names the folders and each
 stage's budget; the stages run in order (:mod:`streamchar.recipe.run`)::
 
-    corpus -> vae -> latents -> prior-audio -> prior-video -> prior-video-tune -> teacher -> orchestrator
-           -> instruments -> stage1-{2,1,4}step -> stage2-2step -> ship (the model folder)
+    corpus -> vae -> latents -> prior-audio -> prior-video -> prior-video-tune -> prior-video-long -> teacher
+           -> orchestrator -> instruments -> stage1-{2,1,4}step -> stage2-2step -> ship (the model folder)
            -> results (short and long protocols)
 
 Each stage is skipped when its output is present and valid (a finished run, a complete cache) and what it

@@ -247,7 +247,8 @@ def stages() -> list[Stage]:
         Stage("vae", lambda r: _finished(r.run_folder("vae"), "codec"), _run_vae),
         Stage("latents", _latents_done, _run_latents),
         *[Stage(stage, lambda r, stage=stage: _finished(r.run_folder(stage), "final"), _run_prior(kind, stage))
-          for kind, stage in (("audio", "prior-audio"), ("video", "prior-video"), ("video", "prior-video-tune"))],
+          for kind, stage in (("audio", "prior-audio"), ("video", "prior-video"), ("video", "prior-video-tune"),
+                              ("video", "prior-video-long"))],
         Stage("teacher", lambda r: _finished(r.run_folder("teacher")), _run_teacher),
         Stage("orchestrator", lambda r: _finished(r.run_folder("orchestrator"), "final"), _run_orchestrator),
         Stage("instruments", _instruments_done, _run_instruments),  # stage 2 reads speech with the recognizer

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 from streamchar.config import MODEL_FILE, override_text
-from streamchar.recipe.spec import PRIOR_STAGES, STAGES, TURNS, Recipe
+from streamchar.recipe.spec import SHIPPED_PRIOR_STAGES, STAGES, TURNS, Recipe
 
 MODEL_PARTS = {"video_codec.path": "vae", "orchestrator.path": "orchestrator", "engine.characters_dir": "characters",
                "distill.teacher": "teacher", "prior.audio_path": "prior-audio",
                "prior.video_path": "prior-video"}  # fmt: skip
-TRAINED = ("vae", "prior-audio", "prior-video", "prior-video-tune", "teacher", "orchestrator", "stage1-1step",
+TRAINED = ("vae", "prior-audio", "prior-video", "prior-video-tune", "prior-video-long", "teacher", "orchestrator", "stage1-1step",
            "stage1-2step", "stage1-4step", "stage2-2step")  # fmt: skip
 STUDENTS = {"stage1-1step": "student-s1-1step", "stage1-2step": "student-s1-2step",
             "stage1-4step": "student-s1-4step", "stage2-2step": "student-s2-2step"}  # fmt: skip
@@ -95,7 +95,7 @@ def ship_model(recipe: Recipe) -> dict:
         tmp / "orchestrator",
         ["curve.json", "curve.png", "summary.json", "train_orchestrator.json"],
     )
-    for kind, stage in PRIOR_STAGES.items():
+    for kind, stage in SHIPPED_PRIOR_STAGES.items():
         folder = tmp / f"prior-{kind}"
         shutil.copytree(runs[stage] / "final", folder)
         _copy_files(runs[stage], folder, ["curve.json", "curve.png", "summary.json", "train_prior.json"])
@@ -167,6 +167,11 @@ PRIOR_WHAT = {
                          "latents", "video latents", "MSE, weighted inside the renderer's mouth box, then fine-tuned "
                          "reading last latents perturbed by noise (`train.prior_video.last_noise`), so that fed its own "
                          "output it pulls a drifted frame back to the reference instead of carrying the drift"),
+    "prior-video-long": ("the video prior", "the reference latent, the last motion latent and the chunk's audio "
+                         "latents", "video latents", "MSE, weighted inside the renderer's mouth box, fine-tuned reading "
+                         "last latents perturbed by noise (`train.prior_video.last_noise`) and continued longer than "
+                         "the prior the DiT was trained on (sharper; the engine reads its last latent with noise, "
+                         "`engine.prior_last_noise`, which keeps long sessions on the face)"),
 }  # fmt: skip
 
 

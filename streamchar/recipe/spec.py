@@ -10,11 +10,12 @@ from omegaconf import OmegaConf
 
 from streamchar.config import REPO_ROOT, StreamCharConfig, load_config
 
-STAGES = ("corpus", "vae", "latents", "prior-audio", "prior-video", "prior-video-tune", "teacher", "orchestrator",
-          "instruments", "stage1-2step", "stage1-1step", "stage1-4step", "stage2-2step", "ship", "results")  # fmt: skip
+STAGES = ("corpus", "vae", "latents", "prior-audio", "prior-video", "prior-video-tune", "prior-video-long", "teacher",
+          "orchestrator", "instruments", "stage1-2step", "stage1-1step", "stage1-4step", "stage2-2step", "ship", "results")  # fmt: skip
 # the stages each stage reads (its inputs); ship and results check theirs by digest themselves
 INPUTS = {"vae": ("corpus",), "latents": ("corpus", "vae"), "prior-audio": ("latents",),
           "prior-video": ("latents", "prior-audio"), "prior-video-tune": ("latents", "prior-audio", "prior-video"),
+          "prior-video-long": ("latents", "prior-audio", "prior-video-tune"),
           "teacher": ("latents", "prior-audio", "prior-video-tune"),
           "orchestrator": ("corpus",), "instruments": ("corpus",), "stage1-2step": ("teacher",),
           "stage1-1step": ("teacher",), "stage1-4step": ("teacher",),
@@ -23,8 +24,14 @@ INPUTS = {"vae": ("corpus",), "latents": ("corpus", "vae"), "prior-audio": ("lat
 # fine-tuned reading noisy last latents (fed its own output, the window-trained one drifts off the face within
 # seconds; the tuned one pulls a drifted frame back: docs/results/formulations.md)
 PRIOR_STAGES = {"audio": "prior-audio", "video": "prior-video-tune"}
+# the priors the model folder ships (what the engine plays): the tuned video prior continued longer is sharper
+# (every short-clip video figure better) but, read clean, slides off the face over minutes; the engine reads it
+# with noise on its last latent (engine.prior_last_noise), which holds it. The DiT is trained around the tuned
+# prior's means (PRIOR_STAGES); docs/results/formulations.md, "Noise on the last latent the prior reads"
+SHIPPED_PRIOR_STAGES = {"audio": "prior-audio", "video": "prior-video-long"}
 DEFAULT_INIT = {
     "prior-video-tune": "prior-video",
+    "prior-video-long": "prior-video-tune",
     "stage2-2step": "stage1-2step",
 }  # what a stage starts from when its settings name no init
 TURNS = "turns.jsonl"  # the orchestrator run's turn table (voice prompts)
