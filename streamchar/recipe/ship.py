@@ -189,6 +189,8 @@ def prior_card(recipe: Recipe, stage: str, run: Path) -> str:
         loss += (f", plus {weight} x the cross-entropy of a frozen frame phoneme probe reading the means against "
                  f"the units' phonemes (the probe fitted on the ground-truth train speech at the start of the run: "
                  f"accuracy {probe['train_accuracy']} train, {probe['test_accuracy']} held-out)")  # fmt: skip
+    init = json.loads((run / "train_prior.json").read_text()).get("init") if (run / "train_prior.json").is_file() else None
+    started = f" from the weights in `{init}`" if init else ""
     return f"""# StreamChar {recipe.name}: {name}
 
 A small deterministic regression network that maps {inputs} to the prior mean of a chunk's {outputs}. The DiT
@@ -196,7 +198,7 @@ denoises around this mean (DESIGN.md section 7, `streamchar/denoiser/prior.py`);
 the engine plays the priors alone (the "prior alone" row of the results).
 
 - Parameters: {summary["parameters"] / 1e6:.2f}M; constructor arguments: `{json.dumps(arch)}` (`prior.json`).
-- Training: `streamchar train prior --which {stage.split("-")[1]}` ({loss}), {summary["step"]} steps at
+- Training: `streamchar train prior --which {stage.split("-")[1]}` ({loss}), {summary["step"]} steps{started} at
   {summary["precision"]} precision; about {minutes} CPU minutes in `streamchar recipe {recipe.name}`.
 - Held-out ({summary.get("heldout_split", "test")} split) at the last step: {figures}; the curve is `curve.png`.
 - Streaming: chunk-local (a chunk's mean depends on that chunk and what came before it, never on what comes
@@ -235,17 +237,26 @@ def _cache_shards(recipe: Recipe) -> str:
     return f"{'the first ' if seen == names[: len(seen)] else ''}{len(seen)} of its {len(names)} shards"
 
 
+SETTING_NOTES = {
+    "engine.keep_correction": "`engine.keep_correction` is the share of the student's correction of the video and "
+                              "audio priors' means that is kept",
+    "engine.audio_correction": "`engine.audio_correction=timbre` keeps only the audio correction's mean spectrum over "
+                               "each chunk (the voice), not its changes in time (the phonemes)",
+    "engine.timbre_memory": "`engine.timbre_memory` makes that spectrum a running average over the session's chunks",
+    "engine.prior_last_noise": "`engine.prior_last_noise` is the noise on the last motion latent the video prior "
+                               "reads, which keeps long sessions on the character's face",
+}  # fmt: skip
+
+
 def _settings_text(record: dict) -> str:
     """The model card's sentence on the settings ``model.json`` plays the model with (none: empty)."""
     settings = record.get("settings") or {}
     if not settings:
         return ""
     listed = ", ".join(f"`{override_text(key, value)}`" for key, value in settings.items())
+    notes = "; ".join(SETTING_NOTES[key] for key in settings if key in SETTING_NOTES)
     return (f"\nIt is played with {listed} (loading it by name applies them; a later `key=value` overrides "
-            "them). `engine.keep_correction` is the share of the student's correction of the video and audio "
-            "priors' means that is kept; `engine.audio_correction=timbre` keeps only the audio correction's mean "
-            "spectrum over each chunk (the voice), not its changes in time (the phonemes). Chosen on held-out clips "
-            "the results table does not use.")  # fmt: skip
+            f"them). {notes + '. ' if notes else ''}Chosen on held-out clips the results table does not use.")
 
 
 def model_card(recipe: Recipe, record: dict, folder: Path) -> str:
