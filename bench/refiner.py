@@ -193,7 +193,8 @@ def main() -> None:
                 truth_frames.append(frames[::2])
     truth_features = identity.frechet_features(np.concatenate(truth_frames))
     result = {"clips": len(entries), "phonemes": phonemes, "words": words, "guidance": list(guidance.__dict__.values()),
-              "models": {name: str(m[1]) + f"@{m[2]} keep={m[3]}" + (" timbre" if m[4] else "") if m else "priors alone" for name, m in models.items()},
+              "models": {name: str(m[1]) + f"@{m[2]} keep={m[3]}" + (" timbre" if m[4] else "") if m else "priors alone"
+                         for name, m in models.items()},
               "rows": {}}  # fmt: skip
     for name, row in rows.items():
         result["rows"][name] = {

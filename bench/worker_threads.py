@@ -27,8 +27,13 @@ TEXTS = (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="shipped model name or model folder")
-    parser.add_argument("--threads", type=int, nargs="+", default=None,
-                        help="settings of engine.worker_threads to compare (default: 0 and the builder's threads)")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="settings of engine.worker_threads to compare (default: 0 and the builder's threads)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="times each setting runs the three sentences")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -57,7 +62,9 @@ def main() -> None:
         rows.append({"worker_threads": n, "threads_each": t["each"], "real_time_factor": round(t["busy"] / t["media"], 4),
                      "media_s": round(t["media"], 1), "deadline_misses": t["misses"]})  # fmt: skip
     base = rows[-1]["real_time_factor"]
-    print(f"builder's intra-op threads: {engine.threads}; {args.rounds} round(s) of {len(TEXTS)} sentences each")
+    print(
+        f"builder's intra-op threads: {engine.threads}; {args.rounds} round(s) of {len(TEXTS)} sentences each"
+    )
     for row in rows:
         print(f"worker_threads={row['worker_threads']} ({row['threads_each']} each): RTF {row['real_time_factor']:.3f} "
               f"over {row['media_s']} s, x{row['real_time_factor'] / base:.2f} of the last row")  # fmt: skip

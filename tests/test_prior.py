@@ -452,7 +452,11 @@ def test_last_perturbation_against_a_naive_reference():
     fraction = 0.3 * torch.rand(4, generator=g)
     for i in range(4):
         other = last[(i - 1) % 4]
-        want = sigma[i] * noise[i] + fraction[i] * (other - last[i]) if has_motion[i] else torch.zeros_like(last[i])
+        want = (
+            sigma[i] * noise[i] + fraction[i] * (other - last[i])
+            if has_motion[i]
+            else torch.zeros_like(last[i])
+        )
         torch.testing.assert_close(got[i], want)
     # mix alone moves each window along the line to its neighbour's face, never past it
     only_mix = last_perturbation(last, torch.ones(4), 0.0, 1.0, torch.Generator().manual_seed(0))

@@ -113,8 +113,12 @@ def test_recipe_runs_every_stage_then_skips_them_and_ships_a_loadable_model(tmp_
     )
     # the engine plays the longer-trained video prior; the teacher was trained around the tuned one's means
     shipped = (tmp_path / "model" / "prior-video" / "model.safetensors").read_bytes()
-    assert shipped == (tmp_path / "runs" / "micro-prior-video-long" / "final" / "model.safetensors").read_bytes()
-    assert shipped != (tmp_path / "runs" / "micro-prior-video-tune" / "final" / "model.safetensors").read_bytes()
+    assert (
+        shipped == (tmp_path / "runs" / "micro-prior-video-long" / "final" / "model.safetensors").read_bytes()
+    )
+    assert (
+        shipped != (tmp_path / "runs" / "micro-prior-video-tune" / "final" / "model.safetensors").read_bytes()
+    )
     assert set(record["teacher"]["inputs"]) == {"latents", "prior-audio", "prior-video-tune"}
     from streamchar.engine.engine import Engine
 

@@ -70,7 +70,9 @@ def test_the_timbre_of_a_correction_is_its_mean_spectrum_over_the_chunk():
     video, audio, _, cond, _ = random_window()
     cond = _with_priors(cond)
     z = to_state(model, video, audio, cond.prior_video, cond.prior_audio)
-    played = to_latents(model, *z, cond.prior_video, cond.prior_audio, keep=(0.5, 0.75), timbre=Timbre(AUDIO_DIM // 2))
+    played = to_latents(
+        model, *z, cond.prior_video, cond.prior_audio, keep=(0.5, 0.75), timbre=Timbre(AUDIO_DIM // 2)
+    )
     assert torch.allclose(played[0], cond.prior_video + 0.5 * (video - cond.prior_video), atol=1e-6)
     want = cond.prior_audio + 0.75 * timbre_of(audio - cond.prior_audio, AUDIO_DIM // 2)
     assert torch.allclose(played[1], want, atol=1e-6)
@@ -291,7 +293,9 @@ def test_prior_last_noise_against_a_naive_loop():
         last, heard = video[:, :, -1], mu_audio[:, -TL.motion_audio_tokens :]
     torch.testing.assert_close(got.video, torch.cat(videos, 2), rtol=1e-4, atol=1e-4)
     clean, L = run(0.0), TL.chunk_latent_frames
-    torch.testing.assert_close(got.video[:, :, :L], clean.video[:, :, :L])  # the first chunk reads the reference
+    torch.testing.assert_close(
+        got.video[:, :, :L], clean.video[:, :, :L]
+    )  # the first chunk reads the reference
     assert not torch.allclose(got.video[:, :, L:], clean.video[:, :, L:])
     torch.testing.assert_close(got.audio, clean.audio)  # the acoustic prior does not read the video
 
@@ -374,8 +378,18 @@ def model_spec(cache):
     return latent_spec_from_cache(LatentCache(cache))
 
 
-@pytest.mark.parametrize("keep", ["[1.0]", "[1.0,-0.5]", "[3.0,1.0]", "audio_correction=phonemes",
-                                  "worker_threads=-1", "timbre_memory=1.0", "prior_last_noise=-0.1"])
+@pytest.mark.parametrize(
+    "keep",
+    [
+        "[1.0]",
+        "[1.0,-0.5]",
+        "[3.0,1.0]",
+        "audio_correction=phonemes",
+        "worker_threads=-1",
+        "timbre_memory=1.0",
+        "prior_last_noise=-0.1",
+    ],
+)
 def test_a_bad_engine_setting_is_refused_before_anything_loads(keep):
     from streamchar.config import load_config
     from streamchar.engine.engine import Engine

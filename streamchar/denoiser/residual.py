@@ -88,7 +88,9 @@ class Timbre:
 
 def check_timbre_memory(memory: float) -> None:
     if not 0.0 <= memory < 1.0:
-        raise ValueError(f"engine.timbre_memory must be in [0, 1) (0: each chunk's own timbre), got {memory}.")
+        raise ValueError(
+            f"engine.timbre_memory must be in [0, 1) (0: each chunk's own timbre), got {memory}."
+        )
 
 
 def audio_correction_of(kind: str, audio_codec, memory: float = 0.0) -> Timbre | None:

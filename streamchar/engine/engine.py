@@ -51,7 +51,9 @@ class Engine:
         self.vocab = vocab
         self.device = device or torch.device("cpu")
         self.precision = precision
-        self.threads = torch.get_num_threads()  # the builder's intra-op threads (auto worker_threads splits them)
+        self.threads = (
+            torch.get_num_threads()
+        )  # the builder's intra-op threads (auto worker_threads splits them)
         self.distilled: dict | None = None  # a distilled student's record: its steps, shift, folded guidance
         self._free_caches: list = []  # closed sessions' context caches, reused by new ones
         self.decoder_factory = None  # (characters, audio_context_tokens) -> ChunkDecoder; None: local

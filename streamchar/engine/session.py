@@ -372,7 +372,12 @@ class StreamSession:
         if self._use_priors:
             with record_function("streamchar.priors"), eng.lock, eng.autocast():
                 mu_video, mu_audio, self._unit_context = prior_means(
-                    eng.priors, cond, given_latents, self._unit_context, self._references, self._memory,
+                    eng.priors,
+                    cond,
+                    given_latents,
+                    self._unit_context,
+                    self._references,
+                    self._memory,
                     self._last_noise,
                 )
             cond = Conditions(cond.units, cond.speaking, mu_audio, mu_video)

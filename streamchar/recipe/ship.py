@@ -22,8 +22,8 @@ from streamchar.recipe.spec import SHIPPED_PRIOR_STAGES, STAGES, TURNS, Recipe
 MODEL_PARTS = {"video_codec.path": "vae", "orchestrator.path": "orchestrator", "engine.characters_dir": "characters",
                "distill.teacher": "teacher", "prior.audio_path": "prior-audio",
                "prior.video_path": "prior-video"}  # fmt: skip
-TRAINED = ("vae", "prior-audio", "prior-video", "prior-video-tune", "prior-video-long", "teacher", "orchestrator", "stage1-1step",
-           "stage1-2step", "stage1-4step", "stage2-2step")  # fmt: skip
+TRAINED = ("vae", "prior-audio", "prior-video", "prior-video-tune", "prior-video-long", "teacher", "orchestrator",
+           "stage1-1step", "stage1-2step", "stage1-4step", "stage2-2step")  # fmt: skip
 STUDENTS = {"stage1-1step": "student-s1-1step", "stage1-2step": "student-s1-2step",
             "stage1-4step": "student-s1-4step", "stage2-2step": "student-s2-2step"}  # fmt: skip
 
@@ -189,7 +189,11 @@ def prior_card(recipe: Recipe, stage: str, run: Path) -> str:
         loss += (f", plus {weight} x the cross-entropy of a frozen frame phoneme probe reading the means against "
                  f"the units' phonemes (the probe fitted on the ground-truth train speech at the start of the run: "
                  f"accuracy {probe['train_accuracy']} train, {probe['test_accuracy']} held-out)")  # fmt: skip
-    init = json.loads((run / "train_prior.json").read_text()).get("init") if (run / "train_prior.json").is_file() else None
+    init = (
+        json.loads((run / "train_prior.json").read_text()).get("init")
+        if (run / "train_prior.json").is_file()
+        else None
+    )
     started = f" from the weights in `{init}`" if init else ""
     return f"""# StreamChar {recipe.name}: {name}
 
@@ -255,8 +259,10 @@ def _settings_text(record: dict) -> str:
         return ""
     listed = ", ".join(f"`{override_text(key, value)}`" for key, value in settings.items())
     notes = "; ".join(SETTING_NOTES[key] for key in settings if key in SETTING_NOTES)
-    return (f"\nIt is played with {listed} (loading it by name applies them; a later `key=value` overrides "
-            f"them). {notes + '. ' if notes else ''}Chosen on held-out clips the results table does not use.")
+    return (
+        f"\nIt is played with {listed} (loading it by name applies them; a later `key=value` overrides "
+        f"them). {notes + '. ' if notes else ''}Chosen on held-out clips the results table does not use."
+    )
 
 
 def model_card(recipe: Recipe, record: dict, folder: Path) -> str:

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from streamchar.config import REPO_ROOT, StreamCharConfig, load_config
 
 STAGES = ("corpus", "vae", "latents", "prior-audio", "prior-video", "prior-video-tune", "prior-video-long", "teacher",
-          "orchestrator", "instruments", "stage1-2step", "stage1-1step", "stage1-4step", "stage2-2step", "ship", "results")  # fmt: skip
+          "orchestrator", "instruments", "stage1-2step", "stage1-1step", "stage1-4step", "stage2-2step", "ship",
+          "results")  # fmt: skip
 # the stages each stage reads (its inputs); ship and results check theirs by digest themselves
 INPUTS = {"vae": ("corpus",), "latents": ("corpus", "vae"), "prior-audio": ("latents",),
           "prior-video": ("latents", "prior-audio"), "prior-video-tune": ("latents", "prior-audio", "prior-video"),
