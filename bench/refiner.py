@@ -60,6 +60,12 @@ def main() -> None:
     )
     parser.add_argument("--prior-audio", default="checkpoints/tiny/prior-audio")
     parser.add_argument("--prior-video", default="checkpoints/tiny/prior-video")
+    parser.add_argument(
+        "--prior-last-noise",
+        type=float,
+        default=0.0,
+        help="noise on the last latent the video prior reads (engine.prior_last_noise), every row",
+    )
     parser.add_argument("--latents", default="data/latents")
     parser.add_argument("--instruments", default="checkpoints/eval")
     parser.add_argument("--clips", type=int, default=12, help="held-out clips, at least 3 chunks long")
@@ -165,7 +171,8 @@ def main() -> None:
                 rollout = generate(model, sampler, image, voice, conditions, torch.Generator().manual_seed(i), valid,
                                    priors=priors, refine=loaded is not None,
                                    keep=loaded[3] if loaded else (1.0, 1.0),
-                                   timbre_bins=loaded[4] if loaded else None, timbre_memory=args.timbre_memory)  # fmt: skip
+                                   timbre_bins=loaded[4] if loaded else None, timbre_memory=args.timbre_memory,
+                                   prior_last_noise=args.prior_last_noise)  # fmt: skip
             rows[name]["seconds"] += time.perf_counter() - start
             latents[name] = (rollout.video[0].float(), rollout.audio[0].float())
         for name, (video, audio) in latents.items():
