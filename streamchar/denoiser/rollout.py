@@ -83,6 +83,11 @@ def start_unit_context(priors, batch: int, device: torch.device) -> tuple[torch.
             torch.zeros(batch, priors.context, dtype=torch.long, device=device))  # fmt: skip
 
 
+def check_last_noise(sd: float) -> None:
+    if sd < 0:
+        raise ValueError(f"engine.prior_last_noise must be 0 (off) or more, got {sd}.")
+
+
 class LastNoise:
     """Gaussian noise of standard deviation ``sd`` on the last motion latent the video prior reads in a session
     (``engine.prior_last_noise``; never on the reference it starts from). A video prior fine-tuned on noisy
@@ -91,8 +96,7 @@ class LastNoise:
     ``seed + 1``, so the DiT's noise is the same with it or without."""
 
     def __init__(self, sd: float, seed: int) -> None:
-        if sd < 0:
-            raise ValueError(f"engine.prior_last_noise must be 0 (off) or more, got {sd}.")
+        check_last_noise(sd)
         self.sd, self.generator = sd, torch.Generator().manual_seed(seed + 1)
 
     def __call__(self, last: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 from streamchar.denoiser.build import latent_spec
 from streamchar.denoiser.flow import EulerSampler, Guidance
 from streamchar.denoiser.residual import check_audio_correction, check_timbre_memory
+from streamchar.denoiser.rollout import check_last_noise
 from streamchar.engine.characters import Character, load_character
 from streamchar.engine.session import StreamSession
 from streamchar.loaders import (
@@ -51,9 +52,8 @@ class Engine:
         self.vocab = vocab
         self.device = device or torch.device("cpu")
         self.precision = precision
-        self.threads = (
-            torch.get_num_threads()
-        )  # the builder's intra-op threads (auto worker_threads splits them)
+        # the builder's intra-op threads (auto worker_threads splits them)
+        self.threads = torch.get_num_threads()
         self.distilled: dict | None = None  # a distilled student's record: its steps, shift, folded guidance
         self._free_caches: list = []  # closed sessions' context caches, reused by new ones
         self.decoder_factory = None  # (characters, audio_context_tokens) -> ChunkDecoder; None: local
@@ -76,8 +76,7 @@ class Engine:
             raise ValueError(f"engine.keep_correction must be [video, audio], each in 0..2, got {keep}.")
         check_audio_correction(ecfg.audio_correction)
         check_timbre_memory(ecfg.timbre_memory)
-        if ecfg.prior_last_noise < 0:
-            raise ValueError(f"engine.prior_last_noise must be 0 (off) or more, got {ecfg.prior_last_noise}.")
+        check_last_noise(ecfg.prior_last_noise)
         if ecfg.worker_threads < 0:
             raise ValueError(f"engine.worker_threads must be 0 (auto) or more, got {ecfg.worker_threads}.")
         device = _engine_device(ecfg.device)
