@@ -150,6 +150,22 @@ def test_sync_measure_finds_the_applied_shift_with_the_documented_sign():
 
 
 # -- encoders' measures ------------------------------------------------------------------------------
+def test_frechet_block_sd_matches_the_spread_over_fresh_samples():
+    from streamchar.eval.metrics.statistics import frechet_block_sd, frechet_distance
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(4000, 4))
+    fresh = [frechet_distance(rng.normal(0.3, 1.0, size=(300, 4)), reference) for _ in range(200)]
+    sample = rng.normal(0.3, 1.0, size=(300, 4))
+    # independent rows: blocks of one are the plain bootstrap, whose spread is the sampling spread
+    assert frechet_block_sd(sample, reference, block=1, draws=300) == pytest.approx(np.std(fresh), rel=0.3)
+    # rows that come in runs of 10 equal copies: blocks of 10 see the larger spread that blocks of 1 miss
+    runs = np.repeat(sample[:30], 10, axis=0)
+    assert frechet_block_sd(runs, reference, block=10) > 2 * frechet_block_sd(runs, reference, block=1)
+    with pytest.raises(ValueError, match="smaller block"):
+        frechet_block_sd(sample[:15], reference, block=10)
+
+
 def test_frechet_distance_matches_the_closed_form():
     from streamchar.eval.metrics.statistics import frechet_distance
 
@@ -320,6 +336,7 @@ def test_long_protocol_reports_every_segment(instruments, tiny_corpus, tmp_path)
     model = result["models"]["student-s2-2step"]
     assert [s["start_s"] for s in model["segments"]] == [0, 10]
     assert {"identity_sim", "frechet", "wer"} <= set(model["drift"])
+    assert all(s["frechet_sd"] > 0 for s in model["segments"]) and model["drift"]["frechet"]["change_sd"] > 0
     session = model["sessions"][0]
     assert session["stats"]["media_seconds"] >= 24 and session["stats"]["deadline_misses"] >= 0
     assert json.loads((tmp_path / "report.json").read_text())["protocol"] == "long"

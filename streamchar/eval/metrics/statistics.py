@@ -1,5 +1,5 @@
 """Statistics the protocols and proofs report: ROC AUC of verification pairs, the Fréchet distance between
-feature sets, and Pearson correlation."""
+feature sets (and its spread over a block bootstrap), and Pearson correlation."""
 
 from __future__ import annotations
 
@@ -47,6 +47,23 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
         root = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
     root = root.real
     return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
+
+
+def frechet_block_sd(a: np.ndarray, b: np.ndarray, block: int, draws: int = 100, seed: int = 0) -> float:
+    """Spread of ``frechet_distance(a, b)`` over a moving-block bootstrap of ``a``: ``a``'s rows are consecutive
+    frames, so they are resampled in runs of ``block`` (one chunk keeps the frames that depend on each other
+    together). The standard deviation over ``draws`` resamples; ``b`` (the reference) stays fixed."""
+    rng = np.random.default_rng(seed)
+    n = len(a)
+    if n < 2 * block:
+        raise ValueError(f"{n} feature rows are too few to resample in blocks of {block}; use a smaller block.")
+    starts = np.arange(n - block + 1)
+    per_draw = -(-n // block)
+    values = []
+    for _ in range(draws):
+        rows = (rng.choice(starts, per_draw)[:, None] + np.arange(block)).reshape(-1)[:n]
+        values.append(frechet_distance(a[rows], b))
+    return float(np.std(values, ddof=1))
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:

@@ -4,7 +4,8 @@
   transcript as the clip's character (reference image and voice from the corpus), through the streaming
   engine; the ground-truth clips are measured the same way as the floor/ceiling row.
 - **long**: sessions of ``--minutes`` (5 and more) per checkpoint, fed held-out sentences turn after turn;
-  every metric is reported per ``--segment`` seconds, so drift shows as a trend.
+  every metric is reported per ``--segment`` seconds, so drift shows as a trend. A segment's Fréchet distance
+  comes with its spread over a bootstrap of the segment's chunks, and the first-to-last change with its own.
 
 Metrics per clip or segment: PER and WER (CTC recognizer; reference phonemes are espeak's for the text),
 Sync-C, Sync-D and offset (sync expert), mouth-opening correlation (pixel probe against the opening the
@@ -85,7 +86,8 @@ def _character(corpus, char_id: int, turn_rows, cache: dict, size: int):
 def _fd(inst: Instruments, frames: np.ndarray, reference: np.ndarray) -> float:
     from streamchar.eval.metrics.statistics import frechet_distance
 
-    return round(frechet_distance(inst.identity.frechet_features(frames), reference), 3)
+    # five decimals: the long protocol's drift target is 1 % of values near 0.07
+    return round(frechet_distance(inst.identity.frechet_features(frames), reference), 5)
 
 
 def _reference_features(inst: Instruments, eval_cache: str | Path) -> np.ndarray:
@@ -199,6 +201,7 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
                   sessions: int, segment_seconds: float) -> dict:  # fmt: skip
     from streamchar.data.shards import Corpus
     from streamchar.eval.instruments.mouth_probe import planned_mouth_open
+    from streamchar.eval.metrics.statistics import frechet_block_sd, frechet_distance
 
     corpus = Corpus(corpus)
     entries = _heldout_clips(corpus, 10_000)
@@ -214,6 +217,7 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
         "models": {},
     }
     per_frame = int(segment_seconds * cfg.timeline.fps)
+    block = max(1, cfg.timeline.chunk_video_frames(1) // 2)  # one chunk of the every-second frames measured
     for spec in ckpts:
         ckpt = parse_ckpt(spec)
         if ckpt.driver is not None:
@@ -247,7 +251,9 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
                 planned = [int(p) for j, p in enumerate(ids) if p != 0 and (j == 0 or ids[j - 1] != p)]
                 row = measure(inst, frames[start:stop], audio[start * spf : stop * spf], text, char.image, char.voice,
                               planned_mouth_open(ids, engine.timeline.fps), phonemes=planned)  # fmt: skip
-                row["frechet"] = _fd(inst, frames[start:stop:2], own)
+                feats = inst.identity.frechet_features(frames[start:stop:2])
+                row["frechet"] = round(frechet_distance(feats, own), 5)
+                row["frechet_sd"] = round(frechet_block_sd(feats, own, block), 5)
                 chunk_lat = [
                     lat for lat, b in zip(generated.latencies, bounds[:-1], strict=True) if start <= b < stop
                 ]
@@ -262,7 +268,9 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
         model["segments"] = [
             summarise(rows)
             | {
-                "frechet": round(float(np.mean([r["frechet"] for r in rows])), 3),
+                "frechet": round(float(np.mean([r["frechet"] for r in rows])), 5),
+                # a mean over sessions: its spread is the root of the mean variance over their count
+                "frechet_sd": round(float(np.sqrt(np.mean([r["frechet_sd"] ** 2 for r in rows]) / len(rows))), 5),
                 "start_s": k * segment_seconds,
             }
             for k, rows in enumerate(segments)
@@ -274,6 +282,9 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
                 if key in first and key in last:
                     change = round((last[key] - first[key]) / abs(first[key]), 4) if first[key] else None
                     model["drift"][key] = {"first": first[key], "last": last[key], "change": change}
+            # the change's own noise: two independent segments' spreads added in quadrature, relative to the first
+            spread = np.hypot(first["frechet_sd"], last["frechet_sd"]) / abs(first["frechet"])
+            model["drift"]["frechet"]["change_sd"] = round(float(spread), 4)
         result["models"][name] = model
     return result
 

@@ -14,6 +14,13 @@ def _cell(value, fmt: str = "{:.3f}") -> str:
     return fmt.format(value) if isinstance(value, float) else str(value)
 
 
+def _frechet_cell(segment: dict) -> str:
+    """A long-protocol segment's Fréchet distance, with its bootstrap spread when the run measured one."""
+    if "frechet_sd" not in segment:
+        return _cell(segment.get("frechet"))
+    return f"{segment['frechet']:.3f} ± {segment['frechet_sd']:.3f}"
+
+
 def write_report(result: dict, out: str | Path) -> None:
     import matplotlib
 
@@ -55,14 +62,15 @@ def write_report(result: dict, out: str | Path) -> None:
                 cells = [f"{seg['start_s']:g}", _cell(seg.get("wer"), "{:.1%}"), _cell(seg.get("per"), "{:.1%}"),
                          _cell(seg.get("sync_c")), _cell(seg.get("sync_offset_within_1"), "{:.0%}"),
                          _cell(seg.get("mouth_r")), _cell(seg.get("identity_sim")), _cell(seg.get("voice_sim")),
-                         _cell(seg.get("frechet"), "{:.2f}")]  # fmt: skip
+                         _frechet_cell(seg)]  # fmt: skip
                 lines.append("| " + " | ".join(cells) + " |")
             stats = m["sessions"][0]["stats"]
             lines += ["", f"Streaming: time to first frame {stats['time_to_first_frame_s']} s, chunk latency "
                       f"{stats['chunk_latency_s']}, real-time factor {stats['real_time_factor']}, deadline misses "
                       f"{stats['deadline_misses']}.", ""]  # fmt: skip
             if "drift" in m:
-                changes = [f"{k} {v['first']} → {v['last']} ({v['change']:+.1%})"
+                changes = [f"{k} {v['first']} → {v['last']} ({v['change']:+.1%}"
+                           + (f" ± {v['change_sd']:.1%})" if "change_sd" in v else ")")
                            for k, v in m["drift"].items() if v["change"] is not None]  # fmt: skip
                 lines += ["First to last segment: " + ", ".join(changes), ""]
         (out / "report.md").write_text("\n".join(lines) + "\n")
