@@ -56,7 +56,9 @@ def frechet_block_sd(a: np.ndarray, b: np.ndarray, block: int, draws: int = 100,
     rng = np.random.default_rng(seed)
     n = len(a)
     if n < 2 * block:
-        raise ValueError(f"{n} feature rows are too few to resample in blocks of {block}; use a smaller block.")
+        raise ValueError(
+            f"{n} feature rows are too few to resample in blocks of {block}; use a smaller block."
+        )
     starts = np.arange(n - block + 1)
     per_draw = -(-n // block)
     values = []

@@ -270,7 +270,9 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
             | {
                 "frechet": round(float(np.mean([r["frechet"] for r in rows])), 5),
                 # a mean over sessions: its spread is the root of the mean variance over their count
-                "frechet_sd": round(float(np.sqrt(np.mean([r["frechet_sd"] ** 2 for r in rows]) / len(rows))), 5),
+                "frechet_sd": round(
+                    float(np.sqrt(np.mean([r["frechet_sd"] ** 2 for r in rows]) / len(rows))), 5
+                ),
                 "start_s": k * segment_seconds,
             }
             for k, rows in enumerate(segments)
