@@ -109,6 +109,12 @@ def main() -> None:
         help="the --keep-timbre rows' running average over the chunks (engine.timbre_memory)",
     )
     parser.add_argument(
+        "--speech-timbre",
+        action="store_true",
+        help="the --keep-timbre rows take the timbre over the tokens where a phoneme is planned and play it there "
+        "alone (engine.audio_correction=speech_timbre)",
+    )
+    parser.add_argument(
         "--exclude",
         default=None,
         metavar="REPORT.json",
@@ -172,6 +178,7 @@ def main() -> None:
                                    priors=priors, refine=loaded is not None,
                                    keep=loaded[3] if loaded else (1.0, 1.0),
                                    timbre_bins=loaded[4] if loaded else None, timbre_memory=args.timbre_memory,
+                                   timbre_speech_only=args.speech_timbre,
                                    prior_last_noise=args.prior_last_noise)  # fmt: skip
             rows[name]["seconds"] += time.perf_counter() - start
             latents[name] = (rollout.video[0].float(), rollout.audio[0].float())
@@ -202,7 +209,8 @@ def main() -> None:
     result = {"clips": len(entries), "phonemes": phonemes, "words": words, "guidance": list(guidance.__dict__.values()),
               "models": {name: str(m[1]) + f"@{m[2]} keep={m[3]}" + (" timbre" if m[4] else "") if m else "priors alone"
                          for name, m in models.items()},
-              "rows": {}}  # fmt: skip
+              "timbre_memory": args.timbre_memory, "speech_timbre": args.speech_timbre,
+              "prior_last_noise": args.prior_last_noise, "rows": {}}  # fmt: skip
     for name, row in rows.items():
         result["rows"][name] = {
             "per": round(row["phoneme_edits"] / max(1, phonemes), 4),

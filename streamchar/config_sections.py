@@ -394,7 +394,8 @@ class EngineConfig:
     refine: bool = True  # the DiT refines the priors' means (off: the priors alone, an ablation)
     # (video, audio): how much of a residual DiT's correction of the priors' means to keep, mu + keep * s * z
     keep_correction: list[float] = field(default_factory=lambda: [1.0, 1.0])
-    # the audio correction played: whole, or timbre (its mean over the chunk's frames per frequency bin)
+    # the audio correction played: whole, timbre (its mean over the chunk's frames per frequency bin), or
+    # speech_timbre (that mean over the frames where a phoneme is planned, played on them alone)
     audio_correction: str = "whole"
     # timbre: the weight of the session's earlier chunks in the timbre played (a running average per character,
     # m * last + (1 - m) * this chunk's); 0 plays each chunk's own

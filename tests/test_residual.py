@@ -102,6 +102,33 @@ def test_the_timbre_with_memory_is_a_running_average_over_the_chunks():
         Timbre(bins, 1.0)
 
 
+def test_the_speech_timbre_averages_and_plays_on_speaking_tokens_only():
+    """engine.audio_correction=speech_timbre: the running timbre is the mean over the chunk's sounding tokens,
+    played on them alone (silence keeps the prior); a row silent for a whole chunk keeps its last timbre and
+    plays nothing. Against a naive loop over plain numbers."""
+    g = torch.Generator().manual_seed(2)
+    b, t, bins, per_token, m = 2, 4, 2, 2, 0.5
+    chunks = [torch.randn(b, t, per_token * bins, generator=g) for _ in range(3)]
+    speaking = [torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]]), torch.tensor([[0, 0, 0, 0], [1, 0, 0, 1]]),
+                torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]])]  # fmt: skip
+    timbre = Timbre(bins, m, speech_only=True)
+    played = [timbre(c, s) for c, s in zip(chunks, speaking, strict=True)]
+    for i in range(b):
+        for k in range(bins):
+            last = None
+            for c, s, got in zip(chunks, speaking, played, strict=True):
+                values = [float(c[i, j, f * bins + k]) for j in range(t) if s[i, j] for f in range(per_token)]
+                if values:
+                    own = sum(values) / len(values)
+                    last = own if last is None else m * last + (1 - m) * own
+                for j in range(t):
+                    want = last if s[i, j] and last is not None else 0.0
+                    for f in range(per_token):
+                        assert abs(float(got[i, j, f * bins + k]) - want) < 1e-5
+    with pytest.raises(ValueError, match="sounding flags"):
+        timbre(chunks[0])
+
+
 @pytest.mark.parametrize("start", [1.0, 0.3])
 @pytest.mark.parametrize("guidance", [Guidance(), Guidance(2.0, 1.5, 1.5)])
 def test_residual_sampling_is_the_prior_centred_flow_integrated_naively(guidance, start):
@@ -342,7 +369,8 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
     outputs = {}
     variants = {"refine": "engine.refine=true", "priors": "engine.refine=false",
                 "keep none": "engine.keep_correction=[0.0,0.0]", "timbre": "engine.audio_correction=timbre",
-                "timbre memory": "engine.audio_correction=timbre engine.timbre_memory=0.8"}  # fmt: skip
+                "timbre memory": "engine.audio_correction=timbre engine.timbre_memory=0.8",
+                "speech timbre": "engine.audio_correction=speech_timbre engine.timbre_memory=0.8"}  # fmt: skip
     for name, switch in variants.items():
         ecfg = load_config(None, TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + overrides + [
             f"video_codec.path={codec}", f"engine.denoiser_path={tmp_path / 's2' / 'student'}",
@@ -369,6 +397,9 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
     first = len(chunks[0].audio)
     assert np.allclose(outputs["timbre memory"][0][:first], outputs["timbre"][0][:first], atol=1e-5)
     assert not np.allclose(outputs["timbre memory"][0], outputs["timbre"][0])
+    # the timbre over the planned phonemes alone: silence keeps the prior, so it is neither of those
+    assert not np.allclose(outputs["speech timbre"][0], outputs["timbre memory"][0])
+    assert not np.allclose(outputs["speech timbre"][0], outputs["priors"][0])
 
 
 def model_spec(cache):

@@ -25,6 +25,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawn_two(worker, args: tuple, out: str) -> None:
+    """Run ``worker`` on two gloo ranks. Gloo's teardown at process exit now and then aborts a rank
+    ("terminate called without an active exception") after the work is done; that abort is let through only
+    when rank 0's result file was written (the result is what the test then checks)."""
+    try:
+        mp.spawn(worker, args=args, nprocs=2, join=True)
+    except mp.ProcessExitedException as e:
+        if e.exit_code != -6 or not os.path.exists(out):  # -6: SIGABRT
+            raise
+        print(f"a rank aborted in gloo's teardown after writing {out}; checking the result")
+
+
 def test_loss_is_a_mean_over_windows():
     model = tiny_dit()
     batch = random_batch(4)
@@ -70,7 +82,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, steps: int) -> None:
 
 def test_ddp_two_processes_equal_one_process_with_the_combined_batch(tmp_path):
     out = str(tmp_path / "ddp.pt")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), out, 2), nprocs=2, join=True)
+    _spawn_two(_ddp_worker, (2, _free_port(), out, 2), out)
     ddp, single = torch.load(out), _single_process_step(2)
     worst = max((ddp[k] - single[k]).abs().max().item() for k in single)
     print(f"DDP (2 x 2 windows) vs one process (4 windows): max parameter difference {worst:.2e}")
@@ -106,7 +118,7 @@ def _fsdp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_fsdp_on_two_cpu_processes_trains(tmp_path):
     out = str(tmp_path / "fsdp.json")
-    mp.spawn(_fsdp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    _spawn_two(_fsdp_worker, (2, _free_port(), out), out)
     losses = json.load(open(out))
     print(f"FSDP losses: {losses[0]:.4f} -> {losses[-1]:.4f}")
     assert losses[-1] < 0.8 * losses[0]

@@ -38,7 +38,7 @@ def to_state(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_video
     return (video - mu_video) / scales[0], (audio - mu_audio) / scales[1]
 
 
-AUDIO_CORRECTIONS = ("whole", "timbre")
+AUDIO_CORRECTIONS = ("whole", "timbre", "speech_timbre")
 
 
 def check_audio_correction(kind: str) -> None:
@@ -48,7 +48,8 @@ def check_audio_correction(kind: str) -> None:
 
 def audio_correction_bins(kind: str, audio_codec) -> int | None:
     """``engine.audio_correction`` -> the ``timbre_bins`` of :func:`to_latents`: None (``whole``), or the
-    codec's frequency bins per frame (a mel codec's ``n_mels``; otherwise every latent dimension is one)."""
+    codec's frequency bins per frame (a mel codec's ``n_mels``; otherwise every latent dimension is one) for
+    ``timbre`` and ``speech_timbre``."""
     check_audio_correction(kind)
     if kind == "whole":
         return None
@@ -69,21 +70,50 @@ class Timbre:
     timbre``). With ``memory`` m > 0 (``engine.timbre_memory``), the timbre played is a running average per
     batch row (a character): ``m * the last one played + (1 - m) * this chunk's`` (:func:`timbre_of`), so the
     voice's spectrum settles over the session instead of stepping at every chunk boundary; 0 plays each
-    chunk's own. One per session: it remembers the last chunk."""
+    chunk's own. With ``speech_only`` (``engine.audio_correction=speech_timbre``), the mean is taken over the
+    chunk's sounding tokens (a phoneme planned, not silence: :func:`sounding`) and played on them alone:
+    silence keeps the prior's mean, and a chunk without a phoneme leaves the running timbre as it was. One per
+    session: it remembers the last chunk."""
 
-    def __init__(self, bins: int, memory: float = 0.0) -> None:
+    def __init__(self, bins: int, memory: float = 0.0, speech_only: bool = False) -> None:
         check_timbre_memory(memory)
-        self.bins, self.memory = bins, memory
-        self._last: torch.Tensor | None = None  # [B, 1, bins]
+        self.bins, self.memory, self.speech_only = bins, memory, speech_only
+        self._last: torch.Tensor | None = None  # [B, 1, bins]: the timbre played last
+        self._seen: torch.Tensor | None = None  # [B, 1, 1]: whether the row has a timbre yet
 
-    def __call__(self, correction: torch.Tensor) -> torch.Tensor:
+    def __call__(self, correction: torch.Tensor, sounding: torch.Tensor | None = None) -> torch.Tensor:
+        """``correction [B, T_a, D_a]`` (and, with ``speech_only``, the chunk's ``sounding [B, T_a]`` flags)
+        -> the timbre to play at every token."""
         b, t, d = correction.shape
-        frames = correction.reshape(b, t * d // self.bins, self.bins)
-        mean = frames.mean(1, keepdim=True)
-        if self.memory > 0 and self._last is not None and self._last.shape == mean.shape:
-            mean = self.memory * self._last.to(mean) + (1.0 - self.memory) * mean
-        self._last = mean
-        return mean.expand_as(frames).reshape(b, t, d)
+        per_token = d // self.bins
+        frames = correction.reshape(b, t * per_token, self.bins)
+        if self.speech_only:
+            if sounding is None:
+                raise ValueError("engine.audio_correction=speech_timbre needs the chunk's sounding flags.")
+            weight = sounding.to(frames).repeat_interleave(per_token, 1).unsqueeze(-1)  # [B, T_a * k, 1]
+            count = weight.sum(1, keepdim=True)
+            mean = (frames * weight).sum(1, keepdim=True) / count.clamp(min=1.0)
+            spoke = count > 0
+        else:
+            weight = None
+            mean = frames.mean(1, keepdim=True)
+            spoke = torch.ones(b, 1, 1, dtype=torch.bool, device=frames.device)
+        if self._last is not None and self._last.shape == mean.shape:
+            last, seen = self._last.to(mean), self._seen
+            blended = torch.where(seen, self.memory * last + (1.0 - self.memory) * mean, mean)
+            mean = torch.where(spoke, blended, last)  # a row silent for the whole chunk keeps its timbre
+            spoke = spoke | seen
+        self._last, self._seen = mean, spoke
+        played = mean.expand_as(frames) if weight is None else mean * weight
+        return played.reshape(b, t, d)
+
+
+def sounding(units: torch.Tensor) -> torch.Tensor:
+    """``[B, T_a]`` units -> True where a phoneme is planned (silence is unit 0:
+    :func:`~streamchar.data.phonemes.frame_units`)."""
+    from streamchar.data.phonemes import SILENCE_ID
+
+    return units != SILENCE_ID
 
 
 def check_timbre_memory(memory: float) -> None:
@@ -97,21 +127,22 @@ def audio_correction_of(kind: str, audio_codec, memory: float = 0.0) -> Timbre |
     """``engine.audio_correction`` (and ``engine.timbre_memory``) -> the ``timbre`` of :func:`to_latents` for
     one session: None (``whole``) or a fresh :class:`Timbre`."""
     bins = audio_correction_bins(kind, audio_codec)
-    return None if bins is None else Timbre(bins, memory)
+    return None if bins is None else Timbre(bins, memory, speech_only=kind == "speech_timbre")
 
 
 def to_latents(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_video: torch.Tensor | None,
-               mu_audio: torch.Tensor | None, keep: tuple[float, float] = (1.0, 1.0),
-               timbre: Timbre | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+               mu_audio: torch.Tensor | None, keep: tuple[float, float] = (1.0, 1.0), timbre: Timbre | None = None,
+               units: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The model's state -> clean latents: ``mu + s * z`` (residual) or ``z`` (plain). ``keep`` scales
     the correction per modality: ``mu + keep * s * z`` (``engine.keep_correction``; 0: the means alone);
-    ``timbre`` keeps only the audio correction's timbre (:class:`Timbre`; ``engine.audio_correction``)."""
+    ``timbre`` keeps only the audio correction's timbre (:class:`Timbre`, given the chunk's ``units``;
+    ``engine.audio_correction``)."""
     scales = scales_of(model)
     if scales is None:
         return video, audio
     correction = scales[1] * audio
     if timbre is not None:
-        correction = timbre(correction)
+        correction = timbre(correction, None if units is None else sounding(units))
     return mu_video + keep[0] * scales[0] * video, mu_audio + keep[1] * correction
 
 

@@ -148,6 +148,7 @@ def generate(
     keep: tuple[float, float] = (1.0, 1.0),
     timbre_bins: int | None = None,
     timbre_memory: float = 0.0,
+    timbre_speech_only: bool = False,
     prior_last_noise: float = 0.0,
 ) -> Rollout:
     """Generate ``len(conditions)`` chunks.
@@ -164,7 +165,8 @@ def generate(
         keep: ``(video, audio)``, how much of a residual model's correction of the means to keep
             (``engine.keep_correction``); ``timbre_bins`` keeps only the audio correction's timbre
             (:func:`~streamchar.denoiser.residual.timbre_of`, ``engine.audio_correction``), averaged over the
-            chunks with ``timbre_memory`` (:class:`~streamchar.denoiser.residual.Timbre`, ``engine.timbre_memory``).
+            chunks with ``timbre_memory`` (:class:`~streamchar.denoiser.residual.Timbre`, ``engine.timbre_memory``),
+            over the tokens where a phoneme is planned alone with ``timbre_speech_only`` (``speech_timbre``).
         prior_last_noise: :class:`LastNoise` on the video prior's last latent (``engine.prior_last_noise``),
             seeded from ``generator``'s initial seed, as a session seeded alike.
     """
@@ -182,7 +184,7 @@ def generate(
         raise ValueError("This denoiser refines the priors' means; pass priors= (loaders.load_priors).")
     if use_priors:
         unit_context = start_unit_context(priors, b, device)
-    timbre = None if timbre_bins is None else Timbre(timbre_bins, timbre_memory)
+    timbre = None if timbre_bins is None else Timbre(timbre_bins, timbre_memory, timbre_speech_only)
     last_noise = LastNoise(prior_last_noise, generator.initial_seed()) if prior_last_noise > 0 else None
     videos, audios, seconds = [], [], []
     memory = WindowMemory(tl, use_sink=use_sink)
@@ -212,7 +214,7 @@ def generate(
                     model, noise_video, noise_audio, cond, context, given_audio=audio_in
                 )
                 video, audio = to_latents(
-                    model, video.float(), audio.float(), mu_video, mu_audio, keep, timbre
+                    model, video.float(), audio.float(), mu_video, mu_audio, keep, timbre, cond.units
                 )
             if given_audio is not None:
                 audio = given_audio[index].to(device).float()

@@ -397,7 +397,14 @@ class StreamSession:
                         model, noise_video, noise_audio, cond, context, given_audio=given_audio
                     )
                     video, audio = to_latents(
-                        model, video.float(), audio.float(), mu_video, mu_audio, self._keep, self._timbre
+                        model,
+                        video.float(),
+                        audio.float(),
+                        mu_video,
+                        mu_audio,
+                        self._keep,
+                        self._timbre,
+                        cond.units,
                     )
             timer.stop()
             if given_latents is not None:
