@@ -455,6 +455,10 @@ class DistillConfig:
     # weight of a frame-phoneme cross-entropy on each rolled-out chunk's speech, read by a small probe fitted on
     # the latent cache's ground truth (not the evaluation recognizer); 0 = DMD alone
     phoneme_weight: float = 0.0
+    # stage 2: the audio correction the student is trained to make: whole, or timbre (only its mean over each
+    # chunk's frames per frequency bin reaches the distribution match and the rollout: what the engine plays
+    # with engine.audio_correction=timbre)
+    audio_correction: str = "whole"
     # the phoneme reader of the orchestrator mode: the evaluation suite's CTC recognizer when this folder
     # holds one (`streamchar eval train recognizer`), else a frame probe fitted on the latent cache
     phoneme_reader: str | None = "checkpoints/eval/recognizer"

@@ -183,6 +183,16 @@ def test_stage2_needs_a_stage1_student_then_rolls_out_and_exports(cache, teacher
     assert summary["finished"] and summary["rollout_chunks"] == 2
     assert math.isfinite(summary["last"]["dmd"]) and math.isfinite(summary["last"]["fake_flow"])
     assert read_distilled(tmp_path / "s2")["stage"] == "stage2"
+    # trained to make only the timbre of its audio correction (what engine.audio_correction=timbre plays): the
+    # distribution match sees another sample, so the student takes other steps
+    timbre = distill_stage2(_config(teacher, [f"distill.init={tmp_path / 's1'}", "distill.audio_correction=timbre"]),
+                            cache, tmp_path / "s2-timbre", progress=False)  # fmt: skip
+    assert timbre["finished"] and timbre["last"]["dmd"] != summary["last"]["dmd"]
+    whole, only_timbre = _weights(tmp_path / "s2")["model"], _weights(tmp_path / "s2-timbre")["model"]
+    assert any(not torch.equal(whole[k], only_timbre[k]) for k in whole)
+    with pytest.raises(ValueError, match="distill.audio_correction"):
+        distill_stage2(_config(teacher, [f"distill.init={tmp_path / 's1'}", "distill.audio_correction=speech_timbre"]),
+                       cache, tmp_path / "s2-bad", progress=False)  # fmt: skip
 
 
 def _stage_worker(

@@ -21,6 +21,11 @@ DMD matches the teacher's distribution, and the teacher is no more intelligible 
 refines. ``distill.phoneme_weight`` adds what the distribution match does not ask for: each chunk's speech
 (the clean latents the student's sample stands for) should read as the chunk's phonemes to a frame probe
 fitted on the cache's ground-truth speech (:func:`~streamchar.distill.losses.frame_phoneme_loss`).
+
+The engine can play only the timbre of a residual student's audio correction (``engine.audio_correction=
+timbre``). ``distill.audio_correction=timbre`` trains what it plays: the student's audio sample is replaced by
+its timbre (:func:`~streamchar.denoiser.residual.timbre_of`) before the distribution match, the fake score and
+the rollout see it.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from streamchar.checkpoints import CheckpointError
 from streamchar.config import StreamCharConfig, resolve_asset_path
 from streamchar.data.windows import RolloutDataset
 from streamchar.denoiser.dit import Conditions, WindowContext
-from streamchar.denoiser.residual import scales_of, to_latents
+from streamchar.denoiser.residual import audio_correction_bins, scales_of, timbre_of, to_latents
 from streamchar.distill.losses import frame_phoneme_loss
 from streamchar.distill.trainer import DistillRun
 from streamchar.training.loop import collate, to_device
@@ -167,6 +172,19 @@ class PlannedConditions:
         return [s.realign(self.probe.log_probs(a.float())) for s, a in zip(sessions, audio, strict=True)]
 
 
+def trained_timbre_bins(cfg: StreamCharConfig) -> int | None:
+    """``distill.audio_correction`` -> the frequency bins per frame of the timbre the student is trained to
+    make, or None (``whole``)."""
+    kind = cfg.distill.audio_correction
+    if kind not in ("whole", "timbre"):
+        raise ValueError(f"distill.audio_correction must be whole or timbre, got '{kind}'.")
+    if kind == "whole":
+        return None
+    from streamchar.codecs.audio import build_audio_codec
+
+    return audio_correction_bins(kind, build_audio_codec(cfg, cfg.timeline))
+
+
 def distill_stage2(
     cfg: StreamCharConfig,
     latents: str | Path,
@@ -197,6 +215,7 @@ def distill_stage2(
         )
     planner = PlannedConditions(cfg, run.cache) if dcfg.rollout_conditions == "orchestrator" else None
     phonemes = PhonemeTarget(run.cache, run.device) if dcfg.phoneme_weight > 0 else None
+    timbre_bins = trained_timbre_bins(cfg)
 
     def train_step(step: int, g: torch.Generator):
         first = (step * run.world + run.rank) * b
@@ -219,6 +238,10 @@ def distill_stage2(
             with acc.autocast():
                 x0 = obj.student_x0(run.student, (draws["noise_video"], draws["noise_audio"]),
                                     Conditions.of(cb), context, cb["audio_mask"])  # fmt: skip
+                if (
+                    timbre_bins is not None
+                ):  # the state is (x0 - mu) / s, so its timbre is the correction's / s
+                    x0 = (x0[0], timbre_of(x0[1], timbre_bins))
                 loss, _ = obj.dmd(x0, run.teacher, run.fake, cb, draws, context)
                 losses.append(loss.item())
                 if phonemes is not None:
