@@ -18,7 +18,7 @@ def _frechet_cell(segment: dict) -> str:
     """A long-protocol segment's Fréchet distance, with its bootstrap spread when the run measured one."""
     if "frechet_sd" not in segment:
         return _cell(segment.get("frechet"))
-    return f"{segment['frechet']:.3f} ± {segment['frechet_sd']:.3f}"
+    return f"{segment['frechet']:.4f} ± {segment['frechet_sd']:.4f}"
 
 
 def write_report(result: dict, out: str | Path) -> None:
