@@ -193,6 +193,7 @@ def test_stage2_needs_a_stage1_student_then_rolls_out_and_exports(cache, teacher
     with pytest.raises(ValueError, match="distill.audio_correction"):
         distill_stage2(_config(teacher, [f"distill.init={tmp_path / 's1'}", "distill.audio_correction=speech_timbre"]),
                        cache, tmp_path / "s2-bad", progress=False)  # fmt: skip
+    assert not (tmp_path / "s2-bad").exists()  # refused before the run folder was made
 
 
 def _stage_worker(

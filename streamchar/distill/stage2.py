@@ -203,19 +203,20 @@ def distill_stage2(
     init = resolve_asset_path(dcfg.init)
     if (init / "student").is_dir():
         init = init / "student"
+    # settings are checked before the run folder or any weights are touched
+    if dcfg.rollout_conditions not in ("corpus", "orchestrator"):
+        raise ValueError(
+            f"distill.rollout_conditions must be corpus or orchestrator, got '{dcfg.rollout_conditions}'."
+        )
+    timbre_bins = trained_timbre_bins(cfg)
     R, total = dcfg.rollout_chunks, dcfg.rollout_steps
     desc = f"distill stage 2 ({dcfg.student_steps}-step, {R} chunks)"
     run = DistillRun(cfg, latents, out, "stage2", total, desc, init=str(init), progress=progress)
     acc, obj, b = run.accelerator, run.objective, dcfg.batch_size
     tl = run.timeline
     rollouts = RolloutDataset(run.cache, "train", chunks=R, length=2**31 - 1, seed=dcfg.seed + 5, timeline=tl)
-    if dcfg.rollout_conditions not in ("corpus", "orchestrator"):
-        raise ValueError(
-            f"distill.rollout_conditions must be corpus or orchestrator, got '{dcfg.rollout_conditions}'."
-        )
     planner = PlannedConditions(cfg, run.cache) if dcfg.rollout_conditions == "orchestrator" else None
     phonemes = PhonemeTarget(run.cache, run.device) if dcfg.phoneme_weight > 0 else None
-    timbre_bins = trained_timbre_bins(cfg)
 
     def train_step(step: int, g: torch.Generator):
         first = (step * run.world + run.rank) * b
@@ -238,9 +239,8 @@ def distill_stage2(
             with acc.autocast():
                 x0 = obj.student_x0(run.student, (draws["noise_video"], draws["noise_audio"]),
                                     Conditions.of(cb), context, cb["audio_mask"])  # fmt: skip
-                if (
-                    timbre_bins is not None
-                ):  # the state is (x0 - mu) / s, so its timbre is the correction's / s
+                # the state is (x0 - mu) / s, so its timbre is the correction's divided by s
+                if timbre_bins is not None:
                     x0 = (x0[0], timbre_of(x0[1], timbre_bins))
                 loss, _ = obj.dmd(x0, run.teacher, run.fake, cb, draws, context)
                 losses.append(loss.item())

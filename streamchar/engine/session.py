@@ -396,16 +396,8 @@ class StreamSession:
                     video, audio = self.sampler.sample(
                         model, noise_video, noise_audio, cond, context, given_audio=given_audio
                     )
-                    video, audio = to_latents(
-                        model,
-                        video.float(),
-                        audio.float(),
-                        mu_video,
-                        mu_audio,
-                        self._keep,
-                        self._timbre,
-                        cond.units,
-                    )
+                    video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio,
+                                              self._keep, self._timbre, cond.units)  # fmt: skip
             timer.stop()
             if given_latents is not None:
                 audio = given_latents
