@@ -37,7 +37,7 @@ from streamchar.eval.instruments.recognizer import load_recognizer
 from streamchar.eval.instruments.sync_expert import MAX_OFFSET, WINDOW, load_sync_expert, sync_scores_of
 from streamchar.eval.metrics.error_rates import edit_distance, normalise_words
 from streamchar.eval.metrics.features import clip_phoneme_ids, mouth_crops
-from streamchar.eval.metrics.statistics import frechet_distance, pearson
+from streamchar.eval.metrics.statistics import frechet_block_sd, frechet_distance, pearson
 from streamchar.eval.protocols.teacher_samples import chunk_conditions, reference_for
 from streamchar.loaders import load_prior, load_teacher
 from streamchar.training.teacher import latent_spec_from_cache
@@ -206,6 +206,8 @@ def main() -> None:
             if name == "ground_truth":
                 truth_frames.append(frames[::2])
     truth_features = identity.frechet_features(np.concatenate(truth_frames))
+    features = {name: identity.frechet_features(np.concatenate(row["frames"])) for name, row in rows.items()}
+    block = max(1, cfg.timeline.chunk_video_frames(1) // 2)  # one chunk of the every-second frames measured
     result = {"clips": len(entries), "phonemes": phonemes, "words": words, "guidance": list(guidance.__dict__.values()),
               "models": {name: str(m[1]) + f"@{m[2]} keep={m[3]}" + (" timbre" if m[4] else "") if m else "priors alone"
                          for name, m in models.items()},
@@ -220,7 +222,12 @@ def main() -> None:
             "offset_within_1": round(float(np.mean(np.abs(row["offset"]) <= 1)), 3) if row["offset"] else None,
             "mouth_r": round(float(np.nanmean(row["mouth"])), 4),
             "identity_sim": round(float(np.mean(row["identity"])), 4),
-            "frechet": round(frechet_distance(identity.frechet_features(np.concatenate(row["frames"])), truth_features), 3),
+            "frechet": round(frechet_distance(features[name], truth_features), 4),
+            # the spread of the row's Fréchet over a block bootstrap of its chunks, and of its difference from
+            # the priors alone's (the same frames resampled in both: a paired comparison)
+            "frechet_sd": round(frechet_block_sd(features[name], truth_features, block), 4),
+            "frechet_minus_prior_sd": None if name in ("prior", "ground_truth") else round(
+                frechet_block_sd(features[name], truth_features, block, minus=features["prior"]), 4),
             "seconds_per_clip": round(row["seconds"] / max(1, len(entries)), 2),
         }  # fmt: skip
     print(json.dumps(result, indent=1))

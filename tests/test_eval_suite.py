@@ -166,6 +166,31 @@ def test_frechet_block_sd_matches_the_spread_over_fresh_samples():
         frechet_block_sd(sample[:15], reference, block=10)
 
 
+def test_frechet_block_sd_paired_sees_through_what_two_rows_share():
+    from streamchar.eval.metrics.statistics import frechet_block_sd
+
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=(4000, 4))
+    shared = rng.normal(0.3, 1.0, size=(300, 4))  # the clips both models make frames of
+    a, other = shared + rng.normal(0, 0.05, shared.shape), shared + rng.normal(0, 0.05, shared.shape)
+    alone = np.hypot(frechet_block_sd(a, reference, 5), frechet_block_sd(other, reference, 5))
+    paired = frechet_block_sd(a, reference, 5, minus=other)
+    assert paired < 0.3 * alone  # what the rows share cancels in the difference
+    assert frechet_block_sd(a, reference, 5, minus=a) == 0.0
+    # independent rows: the paired spread is the two spreads added in quadrature
+    independent = rng.normal(0.3, 1.0, size=(300, 4))
+    both = frechet_block_sd(a, reference, 1, draws=300, minus=independent)
+    assert both == pytest.approx(
+        np.hypot(
+            frechet_block_sd(a, reference, 1, draws=300),
+            frechet_block_sd(independent, reference, 1, draws=300),
+        ),
+        rel=0.3,
+    )
+    with pytest.raises(ValueError, match="aligned rows"):
+        frechet_block_sd(a, reference, 5, minus=other[:-1])
+
+
 def test_frechet_distance_matches_the_closed_form():
     from streamchar.eval.metrics.statistics import frechet_distance
 

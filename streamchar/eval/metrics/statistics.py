@@ -49,22 +49,32 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
 
 
-def frechet_block_sd(a: np.ndarray, b: np.ndarray, block: int, draws: int = 100, seed: int = 0) -> float:
+def frechet_block_sd(a: np.ndarray, b: np.ndarray, block: int, draws: int = 100, seed: int = 0,
+                     minus: np.ndarray | None = None) -> float:  # fmt: skip
     """Spread of ``frechet_distance(a, b)`` over a moving-block bootstrap of ``a``: ``a``'s rows are consecutive
     frames, so they are resampled in runs of ``block`` (one chunk keeps the frames that depend on each other
-    together). The standard deviation over ``draws`` resamples; ``b`` (the reference) stays fixed."""
+    together). The standard deviation over ``draws`` resamples; ``b`` (the reference) stays fixed.
+
+    With ``minus`` (rows aligned with ``a``'s: the same frames made by another model), the spread of the
+    difference ``frechet_distance(a, b) - frechet_distance(minus, b)``, both resampled at the same rows: a
+    paired comparison, which sees through what the two share (the clips, the motion of each frame)."""
     rng = np.random.default_rng(seed)
     n = len(a)
     if n < 2 * block:
         raise ValueError(
             f"{n} feature rows are too few to resample in blocks of {block}; use a smaller block."
         )
+    if minus is not None and len(minus) != n:
+        raise ValueError(f"A paired spread needs aligned rows: {n} against {len(minus)}.")
     starts = np.arange(n - block + 1)
     per_draw = -(-n // block)
     values = []
     for _ in range(draws):
         rows = (rng.choice(starts, per_draw)[:, None] + np.arange(block)).reshape(-1)[:n]
-        values.append(frechet_distance(a[rows], b))
+        value = frechet_distance(a[rows], b)
+        if minus is not None:
+            value -= frechet_distance(minus[rows], b)
+        values.append(value)
     return float(np.std(values, ddof=1))
 
 
