@@ -310,10 +310,20 @@ def test_short_protocol_runs_a_student_through_the_engine(instruments, tiny_corp
     from streamchar.config import load_config
     from streamchar.eval.protocols.heldout import run_protocol
 
-    result = run_protocol(load_config(None, EAGER), "short", ["s2=checkpoints/tiny/student-s2-2step"], tmp_path,
-                          corpus=tiny_corpus, eval_cache=instruments / "cache",
+    s2 = "checkpoints/tiny/student-s2-2step"
+    # without realignment both rows follow one plan, so their frames pair up for the Fréchet difference
+    result = run_protocol(load_config(None, EAGER), "short", [f"s2={s2}:norealign", f"priors={s2}:prioronly:norealign"],
+                          tmp_path, corpus=tiny_corpus, eval_cache=instruments / "cache",
                           instruments=instruments / "instruments", clips=1)  # fmt: skip
     student, truth = result["models"]["s2"], result["models"]["ground_truth"]
+    priors = result["models"]["priors"]
+    assert (
+        student["frechet_sd"] > 0 and priors["frechet_sd"] > 0 and "frechet_minus_prior_alone" not in priors
+    )
+    assert student["frechet_minus_prior_alone"] == pytest.approx(
+        student["frechet"] - priors["frechet"], abs=2e-5
+    )
+    assert 0 < student["frechet_minus_prior_alone_sd"]
     assert student["clips"] == truth["clips"] == 1
     for key in (
         "wer",

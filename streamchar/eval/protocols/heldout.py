@@ -130,9 +130,13 @@ def short_protocol(
     result["models"]["ground_truth"] = summarise(truth_rows) | {
         "frechet": _fd(inst, np.concatenate([f[::2] for f in truth_frames]), reference)
     }
+    every_second: dict[str, list[np.ndarray]] = {}  # each model's frames, every second one, per clip
+    prior_alone = None  # the priors-alone row (:prioronly), which every other row's Fréchet is paired with
     for spec in ckpts:
         ckpt = parse_ckpt(spec)
         name, path, steps, switches = ckpt
+        if switches.get("refine") is False and ckpt.driver is None and prior_alone is None:
+            prior_alone = name
         engine = engine_for(cfg, path, switches)
         rows, frames_all, latencies, ttff, rtf, misses, lags = [], [], [], [], [], 0, []
         for i, entry in enumerate(tqdm(entries, desc=name, unit="clip")):
@@ -164,8 +168,9 @@ def short_protocol(
             misses += generated.stats["deadline_misses"]
             if generated.stats.get("realign_lag_mean") is not None:
                 lags.append(generated.stats["realign_lag_mean"])
+        every_second[name] = [f[::2] for f in frames_all]
         result["models"][name] = summarise(rows) | {
-            "frechet": _fd(inst, np.concatenate([f[::2] for f in frames_all]), reference),
+            "frechet": _fd(inst, np.concatenate(every_second[name]), reference),
             **published_frechet(inst.external, frames_all, truth_frames),
             "time_to_first_frame_s": round(float(np.median(ttff)), 4),
             "chunk_latency_s": _latency(latencies),
@@ -180,7 +185,33 @@ def short_protocol(
             "per_clip": _per_clip(entries, rows, rtf),
         }
     result["models"]["ground_truth"]["per_clip"] = _per_clip(entries, truth_rows)
+    _frechet_spreads(cfg, inst, result["models"], every_second, reference, prior_alone)
     return result
+
+
+def _frechet_spreads(cfg, inst: Instruments, models: dict, every_second: dict[str, list[np.ndarray]],
+                     reference: np.ndarray, prior_alone: str | None) -> None:  # fmt: skip
+    """Each row's ``frechet_sd`` (a block bootstrap over its chunks) and, where the run has a priors-alone row
+    whose clips are as long, ``frechet_minus_prior_alone`` and its paired spread (the same chunks resampled in
+    both rows): whether the refiner moves Fréchet by more than the clips' own noise."""
+    from streamchar.eval.metrics.statistics import frechet_block_sd, frechet_distance
+
+    block = max(1, cfg.timeline.chunk_video_frames(1) // 2)  # one chunk of the every-second frames measured
+    features = {name: inst.identity.frechet_features(np.concatenate(f)) for name, f in every_second.items()}
+    lengths = {name: [len(f) for f in frames] for name, frames in every_second.items()}
+    for name, feats in features.items():
+        if len(feats) < 2 * block:
+            continue
+        models[name]["frechet_sd"] = round(frechet_block_sd(feats, reference, block), 5)
+        if prior_alone is None or name == prior_alone or lengths[name] != lengths[prior_alone]:
+            continue
+        base = features[prior_alone]
+        models[name]["frechet_minus_prior_alone"] = round(
+            frechet_distance(feats, reference) - frechet_distance(base, reference), 5
+        )
+        models[name]["frechet_minus_prior_alone_sd"] = round(
+            frechet_block_sd(feats, reference, block, minus=base), 5
+        )
 
 
 def _per_clip(entries: list[dict], rows: list[dict], rtf: list[float] | None = None) -> list[dict]:

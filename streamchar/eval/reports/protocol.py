@@ -14,6 +14,17 @@ def _cell(value, fmt: str = "{:.3f}") -> str:
     return fmt.format(value) if isinstance(value, float) else str(value)
 
 
+def _short_frechet_cell(model: dict) -> str:
+    """A short-protocol row's Fréchet distance; with its spread, and its difference from the priors alone (the
+    paired spread) when the run measured them."""
+    if "frechet_sd" not in model:
+        return _cell(model.get("frechet"), "{:.2f}")
+    cell = f"{model['frechet']:.3f} ± {model['frechet_sd']:.3f}"
+    if "frechet_minus_prior_alone" in model:
+        cell += f" ({model['frechet_minus_prior_alone']:+.3f} ± {model['frechet_minus_prior_alone_sd']:.3f})"
+    return cell
+
+
 def _frechet_cell(segment: dict) -> str:
     """A long-protocol segment's Fréchet distance, with its bootstrap spread when the run measured one."""
     if "frechet_sd" not in segment:
@@ -44,7 +55,7 @@ def write_report(result: dict, out: str | Path) -> None:
             cells = [name, _cell(m.get("wer"), "{:.1%}"), _cell(m.get("per"), "{:.1%}"), _cell(m.get("sync_c")),
                      _cell(m.get("sync_d")), _cell(m.get("sync_c0")), _cell(m.get("sync_offset_within_1"), "{:.0%}"),
                      _cell(m.get("mouth_r")), _cell(m.get("identity_sim")), _cell(m.get("voice_sim")),
-                     _cell(m.get("frechet"), "{:.2f}"), _cell(m.get("time_to_first_frame_s")),
+                     _short_frechet_cell(m), _cell(m.get("time_to_first_frame_s")),
                      "/".join(f"{lat[k]:.3f}" for k in ("p50", "p95", "p99")) if lat else "–",
                      _cell(m.get("real_time_factor"), "{:.2f}"), str(m.get("deadline_misses", "–")),
                      _cell(m.get("realign_lag_mean"), "{:.2f}")]  # fmt: skip
