@@ -29,7 +29,7 @@ from streamchar.data.latents import LatentCache
 from streamchar.data.phonemes import SILENCE_ID
 from streamchar.denoiser.flow import EulerSampler, Guidance
 from streamchar.denoiser.prior import Priors
-from streamchar.denoiser.residual import audio_correction_bins
+from streamchar.denoiser.residual import audio_correction_bins, video_correction_mask
 from streamchar.denoiser.rollout import generate
 from streamchar.eval.instruments.encoders import load_identity_encoder, load_speaker_encoder
 from streamchar.eval.instruments.mouth_probe import load_mouth_reader
@@ -115,6 +115,12 @@ def main() -> None:
         "alone (engine.audio_correction=speech_timbre)",
     )
     parser.add_argument(
+        "--outside-mouth",
+        action="store_true",
+        help="also run every model playing its video correction only outside the mouth box (engine.mouth_box), "
+        "the video prior's lip shapes kept (engine.video_correction=outside_mouth)",
+    )
+    parser.add_argument(
         "--exclude",
         default=None,
         metavar="REPORT.json",
@@ -139,11 +145,16 @@ def main() -> None:
     excluded = set(json.loads(open(args.exclude).read())["clips"]) if args.exclude else set()
     entries = [e for e in cache.entries("test") if e["latent_frames"] >= 3 * tl.chunk_latent_frames
                and cache.tensor(e, "speaking").sum() > 0 and e["key"] not in excluded][: args.clips]  # fmt: skip
+    mask = video_correction_mask("outside_mouth", cfg.engine.mouth_box, (spec.latent_size,) * 2)
     models = {"prior": None}
+    masks = {}  # row -> its video correction mask (--outside-mouth)
     for item in args.model:
         name, path, steps = parse_model(item)
         model = load_teacher(path, cfg, spec)
         models[name] = (model, path, steps, (1.0, 1.0), None)
+        if args.outside_mouth:
+            models[f"{name} outside mouth"] = (model, path, steps, (1.0, 1.0), None)
+            masks[f"{name} outside mouth"] = mask
         for keep in args.keep:
             models[f"{name} keep={keep[0]:g}/{keep[1]:g}"] = (model, path, steps, tuple(keep), None)
         for keep in args.keep_timbre:
@@ -179,7 +190,7 @@ def main() -> None:
                                    keep=loaded[3] if loaded else (1.0, 1.0),
                                    timbre_bins=loaded[4] if loaded else None, timbre_memory=args.timbre_memory,
                                    timbre_speech_only=args.speech_timbre,
-                                   prior_last_noise=args.prior_last_noise)  # fmt: skip
+                                   prior_last_noise=args.prior_last_noise, video_mask=masks.get(name))  # fmt: skip
             rows[name]["seconds"] += time.perf_counter() - start
             latents[name] = (rollout.video[0].float(), rollout.audio[0].float())
         for name, (video, audio) in latents.items():

@@ -400,6 +400,12 @@ class EngineConfig:
     # timbre: the weight of the session's earlier chunks in the timbre played (a running average per character,
     # m * last + (1 - m) * this chunk's); 0 plays each chunk's own
     timbre_memory: float = 0.0
+    # the video correction played: whole, or outside_mouth (none of it inside mouth_box: the video prior keeps
+    # the lip shapes, the correction acts on the rest of the face)
+    video_correction: str = "whole"
+    # (x0, y0, x1, y1), fractions of the frame: where characters' mouths are drawn. The default holds the tiny
+    # corpus's renderer mouth boxes from their 1st to 99th percentile over training clips (docs/results/formulations.md)
+    mouth_box: list[float] = field(default_factory=lambda: [0.30, 0.48, 0.70, 0.80])
     # the standard deviation of Gaussian noise on the last motion latent the video prior reads (never on the
     # reference): a prior fine-tuned on noisy last latents then pulls each chunk back toward the reference
     # instead of carrying its own small errors on over minutes; 0 = off

@@ -10,7 +10,14 @@ from streamchar.denoiser.dit import Conditions
 from streamchar.denoiser.flow import EulerSampler, FlowMatching, Guidance
 from streamchar.denoiser.objective import TeacherObjective
 from streamchar.denoiser.prior import AcousticPrior, Priors, VideoPrior
-from streamchar.denoiser.residual import Timbre, residual_batch, timbre_of, to_latents, to_state
+from streamchar.denoiser.residual import (
+    Timbre,
+    residual_batch,
+    timbre_of,
+    to_latents,
+    to_state,
+    video_correction_mask,
+)
 from tests.denoiser_helpers import AUDIO_DIM, TL, UNITS, C, random_batch, random_window, tiny_dit
 
 SCALES = (0.5, 0.8)
@@ -50,6 +57,33 @@ def test_state_and_latents_are_inverse_and_plain_is_the_identity():
     assert torch.allclose(part[0], cond.prior_video + 0.25 * (video - cond.prior_video), atol=1e-6)
     assert torch.allclose(part[1], cond.prior_audio + 0.75 * (audio - cond.prior_audio), atol=1e-6)
     assert to_state(plain, video, audio, None, None) == (video, audio)
+
+
+def test_the_video_correction_outside_the_mouth_leaves_the_mouth_to_the_prior():
+    """engine.video_correction=outside_mouth: each latent cell plays the share of the video correction that lies
+    outside the mouth box; against a naive loop over cells, and the audio untouched."""
+    model = tiny_dit(residual_scales=SCALES)
+    video, audio, _, cond, _ = random_window()
+    cond = _with_priors(cond)
+    h, w = video.shape[-2:]
+    box = [0.3, 0.5, 0.7, 0.8]
+    mask = video_correction_mask("outside_mouth", box, (h, w))
+    naive = torch.ones(h, w)
+    for i in range(h):
+        for j in range(w):
+            inside_x = max(0.0, min(box[2], (j + 1) / w) - max(box[0], j / w)) * w
+            inside_y = max(0.0, min(box[3], (i + 1) / h) - max(box[1], i / h)) * h
+            naive[i, j] = 1.0 - inside_x * inside_y
+    torch.testing.assert_close(mask, naive)
+    assert mask.min() == 0.0 and mask.max() == 1.0  # cells wholly inside play none of it, outside all of it
+    z = to_state(model, video, audio, cond.prior_video, cond.prior_audio)
+    got = to_latents(model, *z, cond.prior_video, cond.prior_audio, keep=(0.5, 1.0), video_mask=mask)
+    torch.testing.assert_close(got[0], cond.prior_video + 0.5 * naive * (video - cond.prior_video))
+    torch.testing.assert_close(got[1], audio)
+    assert video_correction_mask("whole", box, (h, w)) is None
+    for kind, bad in (("inside", box), ("outside_mouth", [0.7, 0.5, 0.3, 0.8]), ("whole", [0.1, 0.2, 0.3])):
+        with pytest.raises(ValueError, match="engine.video_correction|engine.mouth_box"):
+            video_correction_mask(kind, bad, (h, w))
 
 
 def test_the_timbre_of_a_correction_is_its_mean_spectrum_over_the_chunk():
@@ -370,7 +404,8 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
     variants = {"refine": "engine.refine=true", "priors": "engine.refine=false",
                 "keep none": "engine.keep_correction=[0.0,0.0]", "timbre": "engine.audio_correction=timbre",
                 "timbre memory": "engine.audio_correction=timbre engine.timbre_memory=0.8",
-                "speech timbre": "engine.audio_correction=speech_timbre engine.timbre_memory=0.8"}  # fmt: skip
+                "speech timbre": "engine.audio_correction=speech_timbre engine.timbre_memory=0.8",
+                "outside mouth": "engine.video_correction=outside_mouth"}  # fmt: skip
     for name, switch in variants.items():
         ecfg = load_config(None, TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + overrides + [
             f"video_codec.path={codec}", f"engine.denoiser_path={tmp_path / 's2' / 'student'}",
@@ -400,6 +435,9 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
     # the timbre over the planned phonemes alone: silence keeps the prior, so it is neither of those
     assert not np.allclose(outputs["speech timbre"][0], outputs["timbre memory"][0])
     assert not np.allclose(outputs["speech timbre"][0], outputs["priors"][0])
+    # the video correction outside the mouth box alone: the frames are neither the whole correction's nor the priors'
+    assert not np.array_equal(outputs["outside mouth"][1], outputs["refine"][1])
+    assert not np.array_equal(outputs["outside mouth"][1], outputs["priors"][1])
 
 
 def model_spec(cache):
@@ -419,6 +457,8 @@ def model_spec(cache):
         "worker_threads=-1",
         "timbre_memory=1.0",
         "prior_last_noise=-0.1",
+        "video_correction=mouth",
+        "mouth_box=[0.5,0.5,0.4,0.9]",
     ],
 )
 def test_a_bad_engine_setting_is_refused_before_anything_loads(keep):

@@ -12,7 +12,9 @@ A given chunk of audio (audio-driven windows and sessions) is its own prior mean
 How much of the correction ``s * z`` is played is a setting (``engine.keep_correction``, a share per modality;
 ``engine.audio_correction``: ``whole``, or ``timbre``, the audio correction's mean over the chunk's frames per
 frequency bin, :func:`timbre_of`: the prior keeps the time-varying part, which carries the phonemes;
-``engine.timbre_memory`` averages it over the session's chunks, :class:`Timbre`).
+``engine.timbre_memory`` averages it over the session's chunks, :class:`Timbre`; ``engine.video_correction``:
+``whole``, or ``outside_mouth``, the video correction played only outside ``engine.mouth_box``, so the video
+prior keeps the lip shapes, :func:`video_correction_mask`).
 
 The plain formulation (no prior) is ``mu = 0``, ``s = 1``: these functions then return their input.
 """
@@ -116,6 +118,34 @@ def sounding(units: torch.Tensor) -> torch.Tensor:
     return units != SILENCE_ID
 
 
+VIDEO_CORRECTIONS = ("whole", "outside_mouth")
+
+
+def check_video_correction(kind: str, box) -> None:
+    """``engine.video_correction`` and ``engine.mouth_box`` (checked whatever the kind: a config holds both)."""
+    if kind not in VIDEO_CORRECTIONS:
+        raise ValueError(f"engine.video_correction must be {' or '.join(VIDEO_CORRECTIONS)}, got '{kind}'.")
+    box = list(box)
+    if len(box) != 4 or not (0.0 <= box[0] < box[2] <= 1.0 and 0.0 <= box[1] < box[3] <= 1.0):
+        raise ValueError(
+            f"engine.mouth_box must be [x0, y0, x1, y1], fractions of the frame with x0 < x1 and y0 < y1, got {box}."
+        )
+
+
+def video_correction_mask(kind: str, box, size: tuple[int, int]) -> torch.Tensor | None:
+    """``engine.video_correction`` -> the share of the video correction played at each latent cell ``[h, w]``:
+    None (``whole``: all of it), or for ``outside_mouth`` one minus the share of the cell inside ``box``
+    (``(x0, y0, x1, y1)``, fractions of the frame: where the character's mouth is drawn), so the video prior's
+    lip shapes stay as they are and the correction acts on the rest of the face."""
+    check_video_correction(kind, box)
+    if kind == "whole":
+        return None
+    from streamchar.denoiser.objective import mouth_weight_map  # the objective imports this module
+
+    boxes = torch.tensor([float(v) for v in box]).reshape(1, 1, 4)
+    return mouth_weight_map(boxes, torch.ones(1), size, 0.0)[0, 0]  # 1 + (0 - 1) * inside
+
+
 def check_timbre_memory(memory: float) -> None:
     if not 0.0 <= memory < 1.0:
         raise ValueError(
@@ -132,18 +162,23 @@ def audio_correction_of(kind: str, audio_codec, memory: float = 0.0) -> Timbre |
 
 def to_latents(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_video: torch.Tensor | None,
                mu_audio: torch.Tensor | None, keep: tuple[float, float] = (1.0, 1.0), timbre: Timbre | None = None,
-               units: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+               units: torch.Tensor | None = None, video_mask: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The model's state -> clean latents: ``mu + s * z`` (residual) or ``z`` (plain). ``keep`` scales
     the correction per modality: ``mu + keep * s * z`` (``engine.keep_correction``; 0: the means alone);
     ``timbre`` keeps only the audio correction's timbre (:class:`Timbre`, given the chunk's ``units``;
-    ``engine.audio_correction``)."""
+    ``engine.audio_correction``); ``video_mask`` ``[h, w]`` scales the video correction per latent cell
+    (:func:`video_correction_mask`, ``engine.video_correction``)."""
     scales = scales_of(model)
     if scales is None:
         return video, audio
     correction = scales[1] * audio
     if timbre is not None:
         correction = timbre(correction, None if units is None else sounding(units))
-    return mu_video + keep[0] * scales[0] * video, mu_audio + keep[1] * correction
+    video_correction = scales[0] * video
+    if video_mask is not None:
+        video_correction = video_correction * video_mask.to(video_correction)
+    return mu_video + keep[0] * video_correction, mu_audio + keep[1] * correction
 
 
 def residual_batch(model: JointDiT, batch: dict, priors, audio_driven: torch.Tensor | None = None) -> dict:

@@ -150,6 +150,7 @@ def generate(
     timbre_memory: float = 0.0,
     timbre_speech_only: bool = False,
     prior_last_noise: float = 0.0,
+    video_mask: torch.Tensor | None = None,
 ) -> Rollout:
     """Generate ``len(conditions)`` chunks.
 
@@ -167,6 +168,8 @@ def generate(
             (:func:`~streamchar.denoiser.residual.timbre_of`, ``engine.audio_correction``), averaged over the
             chunks with ``timbre_memory`` (:class:`~streamchar.denoiser.residual.Timbre`, ``engine.timbre_memory``),
             over the tokens where a phoneme is planned alone with ``timbre_speech_only`` (``speech_timbre``).
+        video_mask: ``[h, w]``, the share of the video correction played per latent cell
+            (:func:`~streamchar.denoiser.residual.video_correction_mask`, ``engine.video_correction``).
         prior_last_noise: :class:`LastNoise` on the video prior's last latent (``engine.prior_last_noise``),
             seeded from ``generator``'s initial seed, as a session seeded alike.
     """
@@ -214,7 +217,15 @@ def generate(
                     model, noise_video, noise_audio, cond, context, given_audio=audio_in
                 )
                 video, audio = to_latents(
-                    model, video.float(), audio.float(), mu_video, mu_audio, keep, timbre, cond.units
+                    model,
+                    video.float(),
+                    audio.float(),
+                    mu_video,
+                    mu_audio,
+                    keep,
+                    timbre,
+                    cond.units,
+                    video_mask,
                 )
             if given_audio is not None:
                 audio = given_audio[index].to(device).float()

@@ -18,7 +18,7 @@ import torch
 
 from streamchar.denoiser.build import latent_spec
 from streamchar.denoiser.flow import EulerSampler, Guidance
-from streamchar.denoiser.residual import check_audio_correction, check_timbre_memory
+from streamchar.denoiser.residual import check_audio_correction, check_timbre_memory, check_video_correction
 from streamchar.denoiser.rollout import check_last_noise
 from streamchar.engine.characters import Character, load_character
 from streamchar.engine.session import StreamSession
@@ -76,6 +76,7 @@ class Engine:
             raise ValueError(f"engine.keep_correction must be [video, audio], each in 0..2, got {keep}.")
         check_audio_correction(ecfg.audio_correction)
         check_timbre_memory(ecfg.timbre_memory)
+        check_video_correction(ecfg.video_correction, ecfg.mouth_box)
         check_last_noise(ecfg.prior_last_noise)
         if ecfg.worker_threads < 0:
             raise ValueError(f"engine.worker_threads must be 0 (auto) or more, got {ecfg.worker_threads}.")

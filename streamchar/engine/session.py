@@ -37,7 +37,7 @@ from torch.profiler import record_function
 from streamchar.data.phonemes import SILENCE_ID
 from streamchar.denoiser.dit import NULL_SPEAKING, Conditions
 from streamchar.denoiser.flow import set_reference_for_guidance
-from streamchar.denoiser.residual import audio_correction_of, to_latents
+from streamchar.denoiser.residual import audio_correction_of, to_latents, video_correction_mask
 from streamchar.denoiser.rollout import LastNoise, enter_window, prior_means, start_unit_context
 from streamchar.engine.characters import Character
 from streamchar.engine.chunk import Chunk, SessionClosed, frame_roles, padded_plan
@@ -141,6 +141,9 @@ class StreamSession:
         self._keep = tuple(eng.cfg.engine.keep_correction)
         ecfg = eng.cfg.engine
         self._timbre = audio_correction_of(ecfg.audio_correction, eng.audio_codec, ecfg.timbre_memory)
+        self._video_mask = video_correction_mask(
+            ecfg.video_correction, ecfg.mouth_box, tuple(ref_video.shape[-2:])
+        )
         self._use_priors = eng.priors is not None and (eng.denoiser.residual or not self.refine)
         if self._use_priors:
             self._unit_context = start_unit_context(eng.priors, len(self.characters), device)
@@ -397,7 +400,7 @@ class StreamSession:
                         model, noise_video, noise_audio, cond, context, given_audio=given_audio
                     )
                     video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio,
-                                              self._keep, self._timbre, cond.units)  # fmt: skip
+                                              self._keep, self._timbre, cond.units, self._video_mask)  # fmt: skip
             timer.stop()
             if given_latents is not None:
                 audio = given_latents
