@@ -249,6 +249,8 @@ SETTING_NOTES = {
     "engine.timbre_memory": "`engine.timbre_memory` makes that spectrum a running average over the session's chunks",
     "engine.prior_last_noise": "`engine.prior_last_noise` is the noise on the last motion latent the video prior "
                                "reads, which keeps long sessions on the character's face",
+    "engine.video_correction": "`engine.video_correction=outside_mouth` plays the video correction only outside the "
+                               "mouth box (`engine.mouth_box`), so the video prior keeps the lip shapes",
 }  # fmt: skip
 
 
