@@ -324,6 +324,8 @@ def test_short_protocol_runs_a_student_through_the_engine(instruments, tiny_corp
         student["frechet"] - priors["frechet"], abs=2e-5
     )
     assert 0 < student["frechet_minus_prior_alone_sd"]
+    # one clip: no standard error, so no per-clip comparison (test_paired_with_the_priors_alone checks it)
+    assert "per" not in student["minus_prior_alone"] and "minus_prior_alone" not in priors
     assert student["clips"] == truth["clips"] == 1
     for key in (
         "wer",
@@ -347,6 +349,26 @@ def test_short_protocol_runs_a_student_through_the_engine(instruments, tiny_corp
         run_protocol(load_config(None, EAGER), "short", ["checkpoints/tiny/student-s2-2step"], tmp_path,
                      corpus=tiny_corpus, eval_cache=instruments / "cache", instruments=instruments / "instruments",
                      skip_clips=10_000)  # fmt: skip
+
+
+def test_paired_with_the_priors_alone():
+    from streamchar.eval.protocols.heldout import paired_with
+
+    def clips(edits, voice):
+        return [{"key": f"c{i}", "phoneme_edits": e, "phonemes": 10, "voice_sim": v, "mouth_r": 0.9}
+                for i, (e, v) in enumerate(zip(edits, voice, strict=True))]  # fmt: skip
+
+    models = {"priors": {"per_clip": clips([1, 2, 3], [0.70, 0.71, 0.72])},
+              "s2": {"per_clip": clips([2, 2, 5], [0.72, 0.74, 0.75])},
+              "other_clips": {"per_clip": clips([1, 1], [0.7, 0.7])}}  # fmt: skip
+    paired_with(models, "priors")
+    d = models["s2"]["minus_prior_alone"]
+    edits = np.array([1, 0, 2])  # against a naive reckoning: 3 more edits over 30 phonemes
+    assert d["per"] == pytest.approx([3 / 30, np.sqrt(3) * edits.std(ddof=1) / 30], abs=1e-5)
+    voice = np.array([0.02, 0.03, 0.03])
+    assert d["voice_sim"] == pytest.approx([voice.mean(), voice.std(ddof=1) / np.sqrt(3)], abs=1e-5)
+    assert d["mouth_r"] == pytest.approx([0.0, 0.0], abs=1e-9) and "sync_c" not in d
+    assert "minus_prior_alone" not in models["priors"] and "minus_prior_alone" not in models["other_clips"]
 
 
 def test_a_ckpt_spec_names_its_ablations_and_settings():

@@ -186,7 +186,41 @@ def short_protocol(
         }
     result["models"]["ground_truth"]["per_clip"] = _per_clip(entries, truth_rows)
     _frechet_spreads(cfg, inst, result["models"], every_second, reference, prior_alone)
+    paired_with(result["models"], prior_alone)
     return result
+
+
+PAIRED_METRICS = ("voice_sim", "mouth_r", "sync_c")  # besides PER
+
+
+def paired_with(models: dict, base: str | None) -> None:
+    """Each row's per-clip differences from row ``base`` (the priors alone), as ``minus_prior_alone``: for PER
+    and each of :data:`PAIRED_METRICS`, ``[difference, standard error]`` over the clips (PER: the difference
+    in edits over all phonemes, its error from the spread of the clips' edit differences), so a row that
+    "beats the priors alone" says by how many errors. Rows whose clips are not ``base``'s are left as they
+    are."""
+    if base is None or base not in models:
+        return
+    reference = {c["key"]: c for c in models[base].get("per_clip", [])}
+    for name, model in models.items():
+        clips = model.get("per_clip", [])
+        if name == base or not clips or {c["key"] for c in clips} != set(reference):
+            continue
+        n, paired = len(clips), {}
+        edits = np.array([c["phoneme_edits"] - reference[c["key"]]["phoneme_edits"] for c in clips], float)
+        phonemes = sum(c["phonemes"] for c in clips)
+        if n > 1 and phonemes:
+            paired["per"] = [
+                round(edits.sum() / phonemes, 5),
+                round(np.sqrt(n) * edits.std(ddof=1) / phonemes, 5),
+            ]
+        for key in PAIRED_METRICS:
+            d = np.array(
+                [c[key] - reference[c["key"]][key] for c in clips if key in c and key in reference[c["key"]]]
+            )
+            if len(d) > 1:
+                paired[key] = [round(float(d.mean()), 5), round(float(d.std(ddof=1) / np.sqrt(len(d))), 5)]
+        model["minus_prior_alone"] = paired
 
 
 def _frechet_spreads(cfg, inst: Instruments, models: dict, every_second: dict[str, list[np.ndarray]],

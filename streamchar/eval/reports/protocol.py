@@ -60,6 +60,16 @@ def write_report(result: dict, out: str | Path) -> None:
                      _cell(m.get("real_time_factor"), "{:.2f}"), str(m.get("deadline_misses", "–")),
                      _cell(m.get("realign_lag_mean"), "{:.2f}")]  # fmt: skip
             lines.append("| " + " | ".join(cells + [_cell(m.get(k)) for k in extra]) + " |")
+        paired = [(name, m["minus_prior_alone"]) for name, m in models.items() if m.get("minus_prior_alone")]
+        if paired:
+            lines += ["", "Against the priors alone, per-clip differences (mean ± standard error over the clips; "
+                      "PER in points):", ""]  # fmt: skip
+            for name, d in paired:
+                parts = [f"{label} {d[key][0] * scale:+.{digits}f} ± {d[key][1] * scale:.{digits}f}"
+                         for key, label, scale, digits in (("per", "PER", 100, 2), ("voice_sim", "voice", 1, 4),
+                                                           ("mouth_r", "mouth r", 1, 4), ("sync_c", "Sync-C", 1, 4))
+                         if key in d]  # fmt: skip
+                lines.append(f"- {name}: " + ", ".join(parts))
         (out / "report.md").write_text("\n".join(lines) + "\n")
     else:
         lines = [
