@@ -316,6 +316,20 @@ def test_residual_batch_and_streamed_generation_with_priors():
     driven = generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0),
                       given_audio=given, priors=priors)  # fmt: skip
     assert torch.equal(driven.audio, torch.cat(given, dim=1))
+    # the video correction outside the mouth box alone: in the first chunk (the same means either way), cells wholly
+    # inside the box are the video prior's, cells outside carry the correction
+    mask = video_correction_mask("outside_mouth", [0.3, 0.5, 0.7, 0.8], tuple(video.shape[-2:]))
+    masked, alone = (generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0),
+                              priors=priors, refine=refine, video_mask=mask) for refine in (True, False))  # fmt: skip
+    first = TL.chunk_latent_frames
+    inside, outside = mask == 0, mask == 1
+    assert inside.any() and outside.any()
+    torch.testing.assert_close(
+        masked.video[:, :, :first][..., inside], alone.video[:, :, :first][..., inside]
+    )
+    assert not torch.allclose(
+        masked.video[:, :, :first][..., outside], alone.video[:, :, :first][..., outside]
+    )
     with pytest.raises(ValueError, match="pass priors"):
         generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0))
     plain = tiny_dit()

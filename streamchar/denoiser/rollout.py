@@ -216,17 +216,8 @@ def generate(
                 video, audio = sampler.sample(
                     model, noise_video, noise_audio, cond, context, given_audio=audio_in
                 )
-                video, audio = to_latents(
-                    model,
-                    video.float(),
-                    audio.float(),
-                    mu_video,
-                    mu_audio,
-                    keep,
-                    timbre,
-                    cond.units,
-                    video_mask,
-                )
+                video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio, keep, timbre,
+                                          cond.units, video_mask)  # fmt: skip
             if given_audio is not None:
                 audio = given_audio[index].to(device).float()
             videos.append(video)
