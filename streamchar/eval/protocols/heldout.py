@@ -130,7 +130,9 @@ def short_protocol(
     result["models"]["ground_truth"] = summarise(truth_rows) | {
         "frechet": _fd(inst, np.concatenate([f[::2] for f in truth_frames]), reference)
     }
-    every_second: dict[str, list[np.ndarray]] = {}  # each model's frames, every second one, per clip
+    from streamchar.eval.metrics.statistics import frechet_distance
+
+    features, lengths = {}, {}  # each model's Fréchet features (every second frame) and frames per clip
     prior_alone = None  # the priors-alone row (:prioronly), which every other row's Fréchet is paired with
     for spec in ckpts:
         ckpt = parse_ckpt(spec)
@@ -168,9 +170,10 @@ def short_protocol(
             misses += generated.stats["deadline_misses"]
             if generated.stats.get("realign_lag_mean") is not None:
                 lags.append(generated.stats["realign_lag_mean"])
-        every_second[name] = [f[::2] for f in frames_all]
+        lengths[name] = [len(f[::2]) for f in frames_all]
+        features[name] = inst.identity.frechet_features(np.concatenate([f[::2] for f in frames_all]))
         result["models"][name] = summarise(rows) | {
-            "frechet": _fd(inst, np.concatenate(every_second[name]), reference),
+            "frechet": round(frechet_distance(features[name], reference), 5),
             **published_frechet(inst.external, frames_all, truth_frames),
             "time_to_first_frame_s": round(float(np.median(ttff)), 4),
             "chunk_latency_s": _latency(latencies),
@@ -185,7 +188,7 @@ def short_protocol(
             "per_clip": _per_clip(entries, rows, rtf),
         }
     result["models"]["ground_truth"]["per_clip"] = _per_clip(entries, truth_rows)
-    _frechet_spreads(cfg, inst, result["models"], every_second, reference, prior_alone)
+    _frechet_spreads(cfg, result["models"], features, lengths, reference, prior_alone)
     paired_with(result["models"], prior_alone)
     return result
 
@@ -223,16 +226,14 @@ def paired_with(models: dict, base: str | None) -> None:
         model["minus_prior_alone"] = paired
 
 
-def _frechet_spreads(cfg, inst: Instruments, models: dict, every_second: dict[str, list[np.ndarray]],
+def _frechet_spreads(cfg, models: dict, features: dict[str, np.ndarray], lengths: dict[str, list[int]],
                      reference: np.ndarray, prior_alone: str | None) -> None:  # fmt: skip
     """Each row's ``frechet_sd`` (a block bootstrap over its chunks) and, where the run has a priors-alone row
     whose clips are as long, ``frechet_minus_prior_alone`` and its paired spread (the same chunks resampled in
     both rows): whether the refiner moves Fréchet by more than the clips' own noise."""
-    from streamchar.eval.metrics.statistics import frechet_block_sd, frechet_distance
+    from streamchar.eval.metrics.statistics import frechet_block_sd
 
     block = max(1, cfg.timeline.chunk_video_frames(1) // 2)  # one chunk of the every-second frames measured
-    features = {name: inst.identity.frechet_features(np.concatenate(f)) for name, f in every_second.items()}
-    lengths = {name: [len(f) for f in frames] for name, frames in every_second.items()}
     for name, feats in features.items():
         if len(feats) < 2 * block:
             continue
@@ -241,7 +242,7 @@ def _frechet_spreads(cfg, inst: Instruments, models: dict, every_second: dict[st
             continue
         base = features[prior_alone]
         models[name]["frechet_minus_prior_alone"] = round(
-            frechet_distance(feats, reference) - frechet_distance(base, reference), 5
+            models[name]["frechet"] - models[prior_alone]["frechet"], 5
         )
         models[name]["frechet_minus_prior_alone_sd"] = round(
             frechet_block_sd(feats, reference, block, minus=base), 5
