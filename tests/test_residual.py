@@ -330,6 +330,18 @@ def test_residual_batch_and_streamed_generation_with_priors():
     assert not torch.allclose(
         masked.video[:, :, :first][..., outside], alone.video[:, :, :first][..., outside]
     )
+    # the video correction shown and not fed back (engine.video_correction_feedback=false): the next chunk reads the
+    # video prior's means, so the audio is the run's that plays no video correction, and the frames carry it
+    def run(**kw):
+        return generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0),
+                        priors=priors, **kw)  # fmt: skip
+
+    shown, unplayed, fed = run(video_feedback=False), run(keep=(0.0, 1.0)), runs[0]
+    torch.testing.assert_close(shown.audio, unplayed.audio, rtol=0, atol=0)
+    torch.testing.assert_close(shown.video[:, :, :first], fed.video[:, :, :first])  # the same first chunk
+    assert not torch.allclose(shown.video[:, :, first:], unplayed.video[:, :, first:], atol=1e-4)
+    audio_first = TL.chunk_audio_tokens
+    assert not torch.allclose(shown.audio[:, audio_first:], fed.audio[:, audio_first:], atol=1e-4)
     with pytest.raises(ValueError, match="pass priors"):
         generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0))
     plain = tiny_dit()
@@ -419,7 +431,9 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
                 "keep none": "engine.keep_correction=[0.0,0.0]", "timbre": "engine.audio_correction=timbre",
                 "timbre memory": "engine.audio_correction=timbre engine.timbre_memory=0.8",
                 "speech timbre": "engine.audio_correction=speech_timbre engine.timbre_memory=0.8",
-                "outside mouth": "engine.video_correction=outside_mouth"}  # fmt: skip
+                "outside mouth": "engine.video_correction=outside_mouth",
+                "no video correction": "engine.keep_correction=[0.0,1.0]",
+                "shown only": "engine.video_correction_feedback=false"}  # fmt: skip
     for name, switch in variants.items():
         ecfg = load_config(None, TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + overrides + [
             f"video_codec.path={codec}", f"engine.denoiser_path={tmp_path / 's2' / 'student'}",
@@ -452,6 +466,14 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
     # the video correction outside the mouth box alone: the frames are neither the whole correction's nor the priors'
     assert not np.array_equal(outputs["outside mouth"][1], outputs["refine"][1])
     assert not np.array_equal(outputs["outside mouth"][1], outputs["priors"][1])
+    # the video correction shown and not fed back: the session's course (its audio) is the one without it, and the
+    # frames show it (the first chunk's frames as when it is fed back, later ones not)
+    assert np.array_equal(outputs["shown only"][0], outputs["no video correction"][0])
+    assert not np.allclose(outputs["shown only"][0], outputs["refine"][0])
+    frames = len(chunks[0].frames)
+    assert np.array_equal(outputs["shown only"][1][:frames], outputs["refine"][1][:frames])
+    assert not np.array_equal(outputs["shown only"][1], outputs["no video correction"][1])
+    assert not np.array_equal(outputs["shown only"][1][frames:], outputs["refine"][1][frames:])
 
 
 def model_spec(cache):

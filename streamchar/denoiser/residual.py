@@ -14,7 +14,8 @@ How much of the correction ``s * z`` is played is a setting (``engine.keep_corre
 frequency bin, :func:`timbre_of`: the prior keeps the time-varying part, which carries the phonemes;
 ``engine.timbre_memory`` averages it over the session's chunks, :class:`Timbre`; ``engine.video_correction``:
 ``whole``, or ``outside_mouth``, the video correction played only outside ``engine.mouth_box``, so the video
-prior keeps the lip shapes, :func:`video_correction_mask`).
+prior keeps the lip shapes, :func:`video_correction_mask`; ``engine.video_correction_feedback``: whether the
+next chunk reads the corrected video or the means alone, :func:`fed_back`).
 
 The plain formulation (no prior) is ``mu = 0``, ``s = 1``: these functions then return their input.
 """
@@ -179,6 +180,14 @@ def to_latents(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_vid
     if video_mask is not None:
         video_correction = video_correction * video_mask.to(video_correction)
     return mu_video + keep[0] * video_correction, mu_audio + keep[1] * correction
+
+
+def fed_back(played_video: torch.Tensor, mu_video: torch.Tensor | None, feedback: bool) -> torch.Tensor:
+    """The video latents the next chunk reads (motion frames, the video prior's last latent) after
+    ``played_video`` is shown: those same latents, or with ``feedback`` off (``engine.video_correction_feedback``)
+    the video prior's means ``mu_video`` alone, so the correction is shown and never read back. A plain model
+    (no means) feeds back what it played."""
+    return played_video if feedback or mu_video is None else mu_video.to(played_video)
 
 
 def residual_batch(model: JointDiT, batch: dict, priors, audio_driven: torch.Tensor | None = None) -> dict:

@@ -15,7 +15,7 @@ import torch
 
 from streamchar.denoiser.dit import Conditions, JointDiT, WindowContext
 from streamchar.denoiser.flow import EulerSampler, repeat_batch, set_reference_for_guidance
-from streamchar.denoiser.residual import Timbre, to_latents
+from streamchar.denoiser.residual import Timbre, fed_back, to_latents
 from streamchar.memory.window import WindowMemory
 
 
@@ -151,6 +151,7 @@ def generate(
     timbre_speech_only: bool = False,
     prior_last_noise: float = 0.0,
     video_mask: torch.Tensor | None = None,
+    video_feedback: bool = True,
 ) -> Rollout:
     """Generate ``len(conditions)`` chunks.
 
@@ -170,6 +171,8 @@ def generate(
             over the tokens where a phoneme is planned alone with ``timbre_speech_only`` (``speech_timbre``).
         video_mask: ``[h, w]``, the share of the video correction played per latent cell
             (:func:`~streamchar.denoiser.residual.video_correction_mask`, ``engine.video_correction``).
+        video_feedback: False feeds the next chunk the video prior's means alone, the correction only shown
+            (:func:`~streamchar.denoiser.residual.fed_back`, ``engine.video_correction_feedback``).
         prior_last_noise: :class:`LastNoise` on the video prior's last latent (``engine.prior_last_noise``),
             seeded from ``generator``'s initial seed, as a session seeded alike.
     """
@@ -222,6 +225,6 @@ def generate(
                 audio = given_audio[index].to(device).float()
             videos.append(video)
             audios.append(audio)
-            memory.push(video, audio)
+            memory.push(fed_back(video, mu_video, video_feedback), audio)
             seconds.append(time.perf_counter() - start)
     return Rollout(torch.cat(videos, dim=2), torch.cat(audios, dim=1), seconds)

@@ -37,7 +37,7 @@ from torch.profiler import record_function
 from streamchar.data.phonemes import SILENCE_ID
 from streamchar.denoiser.dit import NULL_SPEAKING, Conditions
 from streamchar.denoiser.flow import set_reference_for_guidance
-from streamchar.denoiser.residual import audio_correction_of, to_latents, video_correction_mask
+from streamchar.denoiser.residual import audio_correction_of, fed_back, to_latents, video_correction_mask
 from streamchar.denoiser.rollout import LastNoise, enter_window, prior_means, start_unit_context
 from streamchar.engine.characters import Character
 from streamchar.engine.chunk import Chunk, SessionClosed, frame_roles, padded_plan
@@ -144,6 +144,7 @@ class StreamSession:
         self._video_mask = video_correction_mask(
             ecfg.video_correction, ecfg.mouth_box, tuple(ref_video.shape[-2:])
         )
+        self._video_feedback = bool(ecfg.video_correction_feedback)
         self._use_priors = eng.priors is not None and (eng.denoiser.residual or not self.refine)
         if self._use_priors:
             self._unit_context = start_unit_context(eng.priors, len(self.characters), device)
@@ -405,7 +406,7 @@ class StreamSession:
             if given_latents is not None:
                 audio = given_latents
             video, audio = video.float(), audio.float()
-        self._memory.push(video, audio)
+        self._memory.push(fed_back(video, mu_video, self._video_feedback), audio)
         event = None
         if self._cuda_events:
             event = torch.cuda.Event()

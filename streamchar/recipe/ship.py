@@ -251,6 +251,9 @@ SETTING_NOTES = {
                                "reads, which keeps long sessions on the character's face",
     "engine.video_correction": "`engine.video_correction=outside_mouth` plays the video correction only outside the "
                                "mouth box (`engine.mouth_box`), so the video prior keeps the lip shapes",
+    "engine.video_correction_feedback": "`engine.video_correction_feedback=false` shows that correction and feeds "
+                                        "the next chunk the video prior's means alone, so it never compounds and "
+                                        "the audio does not depend on it",
 }  # fmt: skip
 
 

@@ -122,7 +122,8 @@ ABLATIONS = {
 # flag -> an engine setting it plays the checkpoint with instead of the model's own
 SETTINGS = {
     # the student's whole correction of the priors' means
-    "keepall": {"keep_correction": [1.0, 1.0], "audio_correction": "whole", "video_correction": "whole"},
+    "keepall": {"keep_correction": [1.0, 1.0], "audio_correction": "whole", "video_correction": "whole",
+                "video_correction_feedback": True},
 }
 # flag -> what drives the character instead of the text (an audio-driven session; short protocol only)
 DRIVERS = {
@@ -149,7 +150,7 @@ def parse_ckpt(spec: str) -> CkptSpec:
     """``[NAME=]PATH[@STEPS][:FLAG...]``; ablations switch an engine part off: ``:nosink``, ``:nomotion``,
     ``:norealign`` (engine.sink, engine.motion_frames, engine.realign) and ``:prioronly`` (engine.refine: the
     priors alone); ``:keepall`` keeps all of the student's correction of the means (engine.keep_correction,
-    engine.audio_correction, engine.video_correction);
+    engine.audio_correction, engine.video_correction, engine.video_correction_feedback);
     drivers replace the text by speech: ``:cascade`` (espeak-ng in the character's voice) and
     ``:speech`` (the clip's own)."""
     name, rest = "", spec
