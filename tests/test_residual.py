@@ -330,6 +330,7 @@ def test_residual_batch_and_streamed_generation_with_priors():
     assert not torch.allclose(
         masked.video[:, :, :first][..., outside], alone.video[:, :, :first][..., outside]
     )
+
     # the video correction shown and not fed back (engine.video_correction_feedback=false): the next chunk reads the
     # video prior's means, so the audio is the run's that plays no video correction, and the frames carry it
     def run(**kw):

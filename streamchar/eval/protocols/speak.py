@@ -122,8 +122,12 @@ ABLATIONS = {
 # flag -> an engine setting it plays the checkpoint with instead of the model's own
 SETTINGS = {
     # the student's whole correction of the priors' means
-    "keepall": {"keep_correction": [1.0, 1.0], "audio_correction": "whole", "video_correction": "whole",
-                "video_correction_feedback": True},
+    "keepall": {
+        "keep_correction": [1.0, 1.0],
+        "audio_correction": "whole",
+        "video_correction": "whole",
+        "video_correction_feedback": True,
+    },
 }
 # flag -> what drives the character instead of the text (an audio-driven session; short protocol only)
 DRIVERS = {
