@@ -121,6 +121,12 @@ def main() -> None:
         "the video prior's lip shapes kept (engine.video_correction=outside_mouth)",
     )
     parser.add_argument(
+        "--shown-only",
+        action="store_true",
+        help="with --outside-mouth, also rows that show that correction without feeding it back to the next chunk "
+        "(engine.video_correction_feedback=false)",
+    )
+    parser.add_argument(
         "--exclude",
         default=None,
         metavar="REPORT.json",
@@ -128,6 +134,8 @@ def main() -> None:
     )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.shown_only and not args.outside_mouth:
+        parser.error("--shown-only adds rows beside --outside-mouth's; pass both.")
 
     cfg = load_config("tiny")
     cache = LatentCache(args.latents)
@@ -148,6 +156,7 @@ def main() -> None:
     mask = video_correction_mask("outside_mouth", cfg.engine.mouth_box, (spec.latent_size,) * 2)
     models = {"prior": None}
     masks = {}  # row -> its video correction mask (--outside-mouth)
+    shown_only = set()  # rows whose video correction is not fed back (--shown-only)
     for item in args.model:
         name, path, steps = parse_model(item)
         model = load_teacher(path, cfg, spec)
@@ -155,6 +164,10 @@ def main() -> None:
         if args.outside_mouth:
             models[f"{name} outside mouth"] = (model, path, steps, (1.0, 1.0), None)
             masks[f"{name} outside mouth"] = mask
+        if args.outside_mouth and args.shown_only:
+            models[f"{name} outside mouth, shown only"] = (model, path, steps, (1.0, 1.0), None)
+            masks[f"{name} outside mouth, shown only"] = mask
+            shown_only.add(f"{name} outside mouth, shown only")
         for keep in args.keep:
             models[f"{name} keep={keep[0]:g}/{keep[1]:g}"] = (model, path, steps, tuple(keep), None)
         for keep in args.keep_timbre:
@@ -190,7 +203,8 @@ def main() -> None:
                                    keep=loaded[3] if loaded else (1.0, 1.0),
                                    timbre_bins=loaded[4] if loaded else None, timbre_memory=args.timbre_memory,
                                    timbre_speech_only=args.speech_timbre,
-                                   prior_last_noise=args.prior_last_noise, video_mask=masks.get(name))  # fmt: skip
+                                   prior_last_noise=args.prior_last_noise, video_mask=masks.get(name),
+                                   video_feedback=name not in shown_only)  # fmt: skip
             rows[name]["seconds"] += time.perf_counter() - start
             latents[name] = (rollout.video[0].float(), rollout.audio[0].float())
         for name, (video, audio) in latents.items():
