@@ -399,6 +399,23 @@ def test_long_protocol_reports_every_segment(instruments, tiny_corpus, tmp_path)
     assert session["stats"]["media_seconds"] >= 24 and session["stats"]["deadline_misses"] >= 0
     assert json.loads((tmp_path / "report.json").read_text())["protocol"] == "long"
     assert (tmp_path / "drift.png").is_file() and (tmp_path / "latency.png").is_file()
+    # a contact sheet per session: the reference and the middle frame of each segment
+    from PIL import Image
+
+    sheet = Image.open(tmp_path / f"sheet_student-s2-2step_char{session['char_id']}.png")
+    assert sheet.width == 3 * (sheet.height - 14)  # one row of three square frames under 14-pixel captions
+    assert "_sheets" not in json.loads((tmp_path / "report.json").read_text())
+    # a character named keeps the session it has in the full order (its script and seed)
+    again = run_protocol(load_config(None, EAGER), "long", ["checkpoints/tiny/student-s2-2step"], tmp_path / "again",
+                         corpus=tiny_corpus, eval_cache=instruments / "cache", instruments=instruments / "instruments",
+                         minutes=0.4, segment_seconds=10, characters=[session["char_id"]])  # fmt: skip
+    assert again["characters"] == [session["char_id"]]
+    assert again["models"]["student-s2-2step"]["sessions"][0]["segments"][0]["transcript"] == (
+        session["segments"][0]["transcript"])  # fmt: skip
+    with pytest.raises(ValueError, match="not held-out identities"):
+        run_protocol(load_config(None, EAGER), "long", ["checkpoints/tiny/student-s2-2step"], tmp_path / "bad",
+                     corpus=tiny_corpus, eval_cache=instruments / "cache", instruments=instruments / "instruments",
+                     minutes=0.4, segment_seconds=10, characters=[10_000])  # fmt: skip
     with pytest.raises(ValueError, match="fewer than two"):
         run_protocol(
             load_config(None, EAGER), "long", ["checkpoints/tiny/student-s2-2step"], tmp_path, minutes=1.0

@@ -27,6 +27,16 @@ def published_models(p: argparse.ArgumentParser) -> None:
         published.add_argument(f"--{name}", default=None, metavar="PATH", help=what)
 
 
+def char_ids(text: str) -> list[int]:
+    """``--characters 71`` or ``1,17,71`` -> character ids."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a comma-separated list of character ids, e.g. 1,17,71."
+        ) from None
+
+
 PROTOCOL = (
     arg("--protocol", choices=["short", "long"], required=True,
         help="short: one held-out sentence per held-out identity; long: sessions of --minutes each"),
@@ -44,6 +54,9 @@ PROTOCOL = (
              "does not report (a development set)"),
     arg("--minutes", type=float, default=5.0, help="long: session length in minutes (default: 5)"),
     arg("--sessions", type=int, default=1, help="long: sessions (held-out identities) per checkpoint"),
+    arg("--characters", type=char_ids, default=None, metavar="ID[,ID...]",
+        help="long: the held-out identities to run (instead of the first --sessions); each keeps the script and "
+             "seed it has in the full order, so its session is the one a longer run gives it"),
     arg("--segment", type=float, default=60.0, help="long: seconds per reported segment (default: 60)"),
     out("output folder (default: docs/results/eval_PROTOCOL)", optional=True), published_models, CONFIG,
 )  # fmt: skip
@@ -68,7 +81,7 @@ def cmd_eval_protocol(args: argparse.Namespace) -> None:
     run_protocol(cfg, args.protocol, args.ckpt, out, corpus=args.corpus, eval_cache=args.eval_cache,
                  instruments=args.instruments, turns=args.turns, clips=args.clips, minutes=args.minutes,
                  sessions=args.sessions, segment_seconds=args.segment, external=published,
-                 skip_clips=args.skip_clips)  # fmt: skip
+                 skip_clips=args.skip_clips, characters=args.characters)  # fmt: skip
     print(f"report: {out / 'report.md'} (JSON: {out / 'report.json'}, plots: {out}/*.png)")
 
 

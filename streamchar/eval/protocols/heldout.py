@@ -264,17 +264,31 @@ def _per_clip(entries: list[dict], rows: list[dict], rtf: list[float] | None = N
 
 
 def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, minutes: float,
-                  sessions: int, segment_seconds: float) -> dict:  # fmt: skip
+                  sessions: int, segment_seconds: float, characters: list[int] | None = None) -> dict:  # fmt: skip
+    """Sessions of ``minutes`` for the first ``sessions`` held-out identities (or the held-out ``characters``
+    named; a character's session — its script and seed — is the same whichever others run beside it). Besides
+    the report, ``result["_sheets"]`` holds a contact sheet per session (the reference, then the middle frame of
+    every segment) for :func:`run_protocol` to write."""
     from streamchar.data.shards import Corpus
     from streamchar.eval.instruments.mouth_probe import planned_mouth_open
     from streamchar.eval.metrics.statistics import frechet_block_sd, frechet_distance
+    from streamchar.media import contact_sheet
 
     corpus = Corpus(corpus)
     entries = _heldout_clips(corpus, 10_000)
     sentences = [corpus.reader(e["shard"]).meta(e["key"])["transcript"] for e in entries]
     seconds = minutes * 60
-    characters: dict = {}
-    chars = list(dict.fromkeys(e["char_id"] for e in entries))[:sessions]
+    built: dict = {}  # char_id -> its Character
+    held_out = list(dict.fromkeys(e["char_id"] for e in entries))
+    if characters:
+        unknown = [c for c in characters if c not in held_out]
+        if unknown:
+            raise ValueError(f"--characters {unknown} are not held-out identities of this corpus; choose among "
+                             f"{held_out}.")  # fmt: skip
+        order = [(held_out.index(c), c) for c in dict.fromkeys(characters)]
+    else:
+        order = list(enumerate(held_out[:sessions]))
+    chars = [c for _, c in order]
     result = {
         "protocol": "long",
         "minutes": minutes,
@@ -282,6 +296,7 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
         "characters": chars,
         "models": {},
     }
+    sheets: dict[str, np.ndarray] = {}
     per_frame = int(segment_seconds * cfg.timeline.fps)
     block = max(1, cfg.timeline.chunk_video_frames(1) // 2)  # one chunk of the every-second frames measured
     for spec in ckpts:
@@ -294,8 +309,8 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
         engine = engine_for(cfg, path, switches)
         segments: list[list[dict]] = []
         model: dict = {"sessions": []}
-        for s, char_id in enumerate(chars):
-            char = _character(corpus, char_id, turn_rows, characters, cfg.video_codec.image_size)
+        for s, char_id in order:
+            char = _character(corpus, char_id, turn_rows, built, cfg.video_codec.image_size)
             own = _character_features(inst, corpus, char_id)  # this character's ground-truth frames
             script = sentences[s:] + sentences[:s]
             logger.info("%s: a %.1f-minute session as character %d", name, minutes, char_id)
@@ -331,6 +346,16 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
                 segments[k].append(row)
             model["sessions"].append({"char_id": char_id, "stats": generated.stats, "segments": rows,
                                       "latencies": [round(x, 4) for x in generated.latencies]})  # fmt: skip
+            middles = [frames[k * per_frame + per_frame // 2] for k in range(len(rows))]
+            shown = (
+                [np.asarray(char.image)] if np.asarray(char.image).shape == middles[0].shape else []
+            ) + middles
+            captions = ["reference"] * (len(shown) - len(middles)) + [
+                f"{(k + 0.5) * segment_seconds / 60:.1f} min" for k in range(len(middles))
+            ]
+            sheets[f"sheet_{name}_char{char_id}.png"] = contact_sheet(
+                shown, columns=min(len(shown), 6), captions=captions
+            )
         model["segments"] = [
             summarise(rows)
             | {
@@ -354,6 +379,7 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
             spread = np.hypot(first["frechet_sd"], last["frechet_sd"]) / abs(first["frechet"])
             model["drift"]["frechet"]["change_sd"] = round(float(spread), 4)
         result["models"][name] = model
+    result["_sheets"] = sheets
     return result
 
 
@@ -361,8 +387,11 @@ def run_protocol(cfg, protocol: str, ckpts: list[str], out: str | Path, corpus: 
                  eval_cache: str | Path = "data/eval_cache", instruments: str | Path = "checkpoints/eval",
                  turns: str | Path | None = None, clips: int = 24, minutes: float = 5.0, sessions: int = 1,
                  segment_seconds: float = 60.0, external: dict[str, str] | None = None,
-                 skip_clips: int = 0) -> dict:  # fmt: skip
-    """Run a protocol and write ``OUT/report.json``, ``OUT/report.md`` and plots."""
+                 skip_clips: int = 0, characters: list[int] | None = None) -> dict:  # fmt: skip
+    """Run a protocol and write ``OUT/report.json``, ``OUT/report.md`` and plots (and, long protocol, a contact
+    sheet per session)."""
+    from PIL import Image
+
     from streamchar.engine.characters import read_turn_rows
 
     if protocol not in ("short", "long"):
@@ -381,7 +410,12 @@ def run_protocol(cfg, protocol: str, ckpts: list[str], out: str | Path, corpus: 
     if protocol == "short":
         result = short_protocol(cfg, ckpts, inst, corpus, turn_rows, eval_cache, clips, skip_clips)
     else:
-        result = long_protocol(cfg, ckpts, inst, corpus, turn_rows, minutes, sessions, segment_seconds)
+        result = long_protocol(
+            cfg, ckpts, inst, corpus, turn_rows, minutes, sessions, segment_seconds, characters
+        )
     result["instruments"] = str(instruments)
+    sheets = result.pop("_sheets", {})
     write_report(result, out)
+    for filename, sheet in sheets.items():  # a contact sheet per long session: what its minutes look like
+        Image.fromarray(sheet).save(Path(out) / filename)
     return result
