@@ -406,8 +406,8 @@ class EngineConfig:
     # (x0, y0, x1, y1), fractions of the frame: where characters' mouths are drawn. The default holds the tiny
     # corpus's renderer mouth boxes from their 1st to 99th percentile over training clips (docs/results/formulations.md)
     mouth_box: list[float] = field(default_factory=lambda: [0.30, 0.48, 0.70, 0.80])
-    # whether the video correction played is also what the next chunk reads (its motion frames, the video
-    # prior's last latent); false shows it and feeds back the video prior's means alone, so the session's
+    # whether the video correction played is also what later chunks read (the sink chunk, the motion frames,
+    # the video prior's last latent); false shows it and feeds back the video prior's means alone, so the session's
     # course (the audio included) is the one the means set and the correction cannot compound over minutes
     video_correction_feedback: bool = True
     # the standard deviation of Gaussian noise on the last motion latent the video prior reads (never on the

@@ -183,10 +183,10 @@ def to_latents(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_vid
 
 
 def fed_back(played_video: torch.Tensor, mu_video: torch.Tensor | None, feedback: bool) -> torch.Tensor:
-    """The video latents the next chunk reads (motion frames, the video prior's last latent) after
-    ``played_video`` is shown: those same latents, or with ``feedback`` off (``engine.video_correction_feedback``)
-    the video prior's means ``mu_video`` alone, so the correction is shown and never read back. A plain model
-    (no means) feeds back what it played."""
+    """The video latents later chunks read (the window memory's sink chunk and motion frames, the video prior's
+    last latent) after ``played_video`` is shown: those same latents, or with ``feedback`` off
+    (``engine.video_correction_feedback``) the video prior's means ``mu_video`` alone, so the correction is shown
+    and never read back. A plain model (no means) feeds back what it played."""
     return played_video if feedback or mu_video is None else mu_video.to(played_video)
 
 

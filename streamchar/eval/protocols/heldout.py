@@ -347,9 +347,8 @@ def long_protocol(cfg, ckpts: list[str], inst: Instruments, corpus, turn_rows, m
             model["sessions"].append({"char_id": char_id, "stats": generated.stats, "segments": rows,
                                       "latencies": [round(x, 4) for x in generated.latencies]})  # fmt: skip
             middles = [frames[k * per_frame + per_frame // 2] for k in range(len(rows))]
-            shown = (
-                [np.asarray(char.image)] if np.asarray(char.image).shape == middles[0].shape else []
-            ) + middles
+            reference = np.asarray(char.image)
+            shown = ([reference] if reference.shape == middles[0].shape else []) + middles
             captions = ["reference"] * (len(shown) - len(middles)) + [
                 f"{(k + 0.5) * segment_seconds / 60:.1f} min" for k in range(len(middles))
             ]
