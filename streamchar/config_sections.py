@@ -410,10 +410,19 @@ class EngineConfig:
     # the video prior's last latent); false shows it and feeds back the video prior's means alone, so the session's
     # course (the audio included) is the one the means set and the correction cannot compound over minutes
     video_correction_feedback: bool = True
+    # the video correction played in time: frames (each frame its own) or mean (its mean over the chunk's frames,
+    # so it holds still instead of flickering), averaged over the session's chunks with video_correction_memory
+    # (m * last + (1 - m) * this chunk's; 0 plays each chunk's own)
+    video_correction_time: str = "frames"
+    video_correction_memory: float = 0.0
     # the standard deviation of Gaussian noise on the last motion latent the video prior reads (never on the
     # reference): a prior fine-tuned on noisy last latents then pulls each chunk back toward the reference
     # instead of carrying its own small errors on over minutes; 0 = off
     prior_last_noise: float = 0.0
+    # how far the last motion latent the video prior reads is moved toward the reference, last + a * (reference -
+    # last), before that noise: a pull back to the character's own face at every chunk, so a session stays as
+    # close to the reference as its first seconds; 0 = off
+    prior_anchor: float = 0.0
     phoneme_reader: str = (
         "checkpoints/eval/recognizer"  # a recognizer folder (streamchar eval train recognizer)
     )

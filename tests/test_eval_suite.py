@@ -420,3 +420,32 @@ def test_long_protocol_reports_every_segment(instruments, tiny_corpus, tmp_path)
         run_protocol(
             load_config(None, EAGER), "long", ["checkpoints/tiny/student-s2-2step"], tmp_path, minutes=1.0
         )
+
+
+def test_frame_change_is_the_mean_absolute_difference_of_consecutive_frames():
+    """The short and long protocols' flicker figure, against a naive loop; a still clip changes by 0."""
+    from streamchar.eval.protocols.measure import frame_change
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (4, 3, 2, 3), dtype=np.uint8)
+    naive = [
+        abs(int(frames[t + 1][idx]) - int(frames[t][idx])) for t in range(3) for idx in np.ndindex(3, 2, 3)
+    ]
+    assert frame_change(frames) == pytest.approx(sum(naive) / len(naive))
+    assert frame_change(np.repeat(frames[:1], 5, 0)) == 0.0
+    assert np.isnan(frame_change(frames[:1]))
+
+
+def test_sharpness_is_the_mean_absolute_laplacian_of_the_luma():
+    """Against a naive loop over pixels; a flat frame has none, and a blurred frame less than the original."""
+    from streamchar.eval.protocols.measure import sharpness
+
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (2, 5, 6, 3), dtype=np.uint8)
+    luma = frames.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    naive = [abs(4 * luma[t, y, x] - luma[t, y - 1, x] - luma[t, y + 1, x] - luma[t, y, x - 1] - luma[t, y, x + 1])
+             for t in range(2) for y in range(1, 4) for x in range(1, 5)]  # fmt: skip
+    assert sharpness(frames, every=1) == pytest.approx(sum(naive) / len(naive), rel=1e-5)
+    assert sharpness(np.full((3, 5, 6, 3), 77, np.uint8)) == 0.0
+    blurred = ((frames[:, :-1].astype(np.float32) + frames[:, 1:]) / 2).astype(np.uint8)
+    assert sharpness(blurred, every=1) < sharpness(frames[:, :-1], every=1)

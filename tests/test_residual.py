@@ -12,6 +12,7 @@ from streamchar.denoiser.objective import TeacherObjective
 from streamchar.denoiser.prior import AcousticPrior, Priors, VideoPrior
 from streamchar.denoiser.residual import (
     Timbre,
+    VideoMean,
     residual_batch,
     timbre_of,
     to_latents,
@@ -134,6 +135,23 @@ def test_the_timbre_with_memory_is_a_running_average_over_the_chunks():
                         assert abs(float(got[i, j, f * bins + k]) - last) < 1e-5
     with pytest.raises(ValueError, match="timbre_memory"):
         Timbre(bins, 1.0)
+
+
+def test_the_video_mean_is_a_running_average_of_the_chunks_frame_means():
+    """engine.video_correction_time=mean: every frame of chunk k plays, at each latent cell, m * (what chunk
+    k - 1 played) + (1 - m) * the mean over chunk k's frames; against a naive loop over plain numbers."""
+    g = torch.Generator().manual_seed(2)
+    b, c, length, h, w, m = 2, 2, 3, 2, 2, 0.5
+    chunks = [torch.randn(b, c, length, h, w, generator=g) for _ in range(3)]
+    running = VideoMean(m)
+    played = [running(x) for x in chunks]
+    for i, ch, y, x in np.ndindex(b, c, h, w):
+        last = None
+        for chunk, got in zip(chunks, played, strict=True):
+            own = sum(float(chunk[i, ch, f, y, x]) for f in range(length)) / length
+            last = own if last is None else m * last + (1 - m) * own
+            for f in range(length):
+                assert abs(float(got[i, ch, f, y, x]) - last) < 1e-5
 
 
 def test_the_speech_timbre_averages_and_plays_on_speaking_tokens_only():
@@ -343,27 +361,45 @@ def test_residual_batch_and_streamed_generation_with_priors():
     assert not torch.allclose(shown.video[:, :, first:], unplayed.video[:, :, first:], atol=1e-4)
     audio_first = TL.chunk_audio_tokens
     assert not torch.allclose(shown.audio[:, audio_first:], fed.audio[:, audio_first:], atol=1e-4)
+    # its mean over each chunk's frames (engine.video_correction_time=mean, memory 0): the same means, the same
+    # audio, and a correction that is one offset per cell for the whole chunk, the frames' own correction's mean
+    still = run(video_feedback=False, video_time_memory=0.0)
+    torch.testing.assert_close(still.audio, shown.audio, rtol=0, atol=0)
+    means = unplayed.video
+    for k in range(len(conds)):
+        piece = slice(k * first, (k + 1) * first)
+        got, own = (
+            still.video[:, :, piece] - means[:, :, piece],
+            shown.video[:, :, piece] - means[:, :, piece],
+        )
+        torch.testing.assert_close(got, own.mean(2, keepdim=True).expand_as(got), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="pass priors"):
         generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0))
     plain = tiny_dit()
     assert residual_batch(plain, _prior_batch(), None)["video"] is not None  # unchanged, no priors needed
 
 
-def test_prior_last_noise_against_a_naive_loop():
+@pytest.mark.parametrize("anchor", [0.0, 0.3])
+def test_prior_last_noise_against_a_naive_loop(anchor):
     """engine.prior_last_noise: every chunk after the first has its video prior read the last generated latent
     plus noise of that sd from a generator seeded ``seed + 1`` (the first reads the clean reference); the
-    DiT's noise is untouched. Against a naive loop over the priors (engine.refine off)."""
-    from streamchar.denoiser.rollout import generate
+    DiT's noise is untouched. engine.prior_anchor moves that last latent toward the reference first, outside
+    the mouth box. Against a naive loop over the priors (engine.refine off)."""
+    from streamchar.denoiser.rollout import generate, prior_anchor_map
 
     model, priors = tiny_dit(residual_scales=SCALES), _tiny_priors()
     _, _, _, cond, ctx = random_window(b=1)
     conds = [Conditions(cond.units, cond.speaking), Conditions(cond.units.flip(1), cond.speaking),
              Conditions(cond.units, 1 - cond.speaking)]  # fmt: skip
     sampler, sd, seed = EulerSampler(steps=1), 0.4, 5
+    box = [0.3, 0.5, 0.7, 0.8]
+    anchor_map = prior_anchor_map(anchor, box, tuple(ctx.ref_video.shape[-2:]))
+    outside = video_correction_mask("outside_mouth", box, tuple(ctx.ref_video.shape[-2:]))
+    assert (anchor_map is None) == (anchor == 0)
 
     def run(noise: float):
         return generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(seed),
-                        priors=priors, refine=False, prior_last_noise=noise)  # fmt: skip
+                        priors=priors, refine=False, prior_last_noise=noise, prior_anchor=anchor_map)  # fmt: skip
 
     got = run(sd)
     g = torch.Generator().manual_seed(seed + 1)
@@ -375,6 +411,8 @@ def test_prior_last_noise_against_a_naive_loop():
         units, speaking = torch.cat([units, c.units], 1), torch.cat([speaking, c.speaking], 1)
         mu_audio = priors.audio_means(units[:, -(priors.context + c.units.shape[1]) :],
                                       speaking[:, -(priors.context + c.units.shape[1]) :], ctx.ref_voice, valid)  # fmt: skip
+        if k > 0:
+            last = last + anchor * outside * (reference - last)  # the mouth box's cells keep their own
         read = last if k == 0 else last + sd * torch.randn(last.shape, generator=g)
         video = priors.video_means(reference, read, heard, mu_audio)
         videos.append(video)
@@ -494,6 +532,9 @@ def model_spec(cache):
         "worker_threads=-1",
         "timbre_memory=1.0",
         "prior_last_noise=-0.1",
+        "prior_anchor=1.0",
+        "video_correction_time=blur",
+        "video_correction_memory=1.0",
         "video_correction=mouth",
         "mouth_box=[0.5,0.5,0.4,0.9]",
     ],

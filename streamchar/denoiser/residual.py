@@ -14,8 +14,11 @@ How much of the correction ``s * z`` is played is a setting (``engine.keep_corre
 frequency bin, :func:`timbre_of`: the prior keeps the time-varying part, which carries the phonemes;
 ``engine.timbre_memory`` averages it over the session's chunks, :class:`Timbre`; ``engine.video_correction``:
 ``whole``, or ``outside_mouth``, the video correction played only outside ``engine.mouth_box``, so the video
-prior keeps the lip shapes, :func:`video_correction_mask`; ``engine.video_correction_feedback``: whether the
-next chunk reads the corrected video or the means alone, :func:`fed_back`).
+prior keeps the lip shapes, :func:`video_correction_mask`; ``engine.video_correction_time``: ``frames``, or
+``mean``, the video correction's mean over the chunk's frames (averaged over the session's chunks with
+``engine.video_correction_memory``), :func:`video_correction_time`, so what it adds holds still instead of
+flickering from frame to frame; ``engine.video_correction_feedback``: whether the next chunk reads the
+corrected video or the means alone, :func:`fed_back`).
 
 The plain formulation (no prior) is ``mu = 0``, ``s = 1``: these functions then return their input.
 """
@@ -147,11 +150,49 @@ def video_correction_mask(kind: str, box, size: tuple[int, int]) -> torch.Tensor
     return mouth_weight_map(boxes, torch.ones(1), size, 0.0)[0, 0]  # 1 + (0 - 1) * inside
 
 
-def check_timbre_memory(memory: float) -> None:
+def check_timbre_memory(memory: float, name: str = "engine.timbre_memory") -> None:
     if not 0.0 <= memory < 1.0:
+        raise ValueError(f"{name} must be in [0, 1) (0: each chunk's own mean), got {memory}.")
+
+
+VIDEO_CORRECTION_TIMES = ("frames", "mean")
+
+
+def check_video_correction_time(kind: str, memory: float) -> None:
+    if kind not in VIDEO_CORRECTION_TIMES:
         raise ValueError(
-            f"engine.timbre_memory must be in [0, 1) (0: each chunk's own timbre), got {memory}."
+            f"engine.video_correction_time must be {' or '.join(VIDEO_CORRECTION_TIMES)}, got '{kind}'."
         )
+    check_timbre_memory(memory, "engine.video_correction_memory")
+
+
+class VideoMean:
+    """Keeps only the mean over a chunk's frames of a session's video corrections (``engine.video_correction_time
+    =mean``): each latent cell gets one offset for the whole chunk, a running average over the session's chunks
+    with ``memory`` (``engine.video_correction_memory``), as :class:`Timbre` does for the voice's spectrum. A
+    2-step student's correction differs from frame to frame by its sampling noise as much as by what it adds
+    (edges and pupils that shift by a pixel: flicker the ground truth does not have); its mean keeps the part
+    that holds still. One per session: it remembers the last chunk."""
+
+    def __init__(self, memory: float = 0.0) -> None:
+        self.memory = memory
+        self._running: Timbre | None = None
+
+    def __call__(self, correction: torch.Tensor) -> torch.Tensor:
+        """``correction [B, C, L, h, w]`` -> its running mean over frames, at every frame."""
+        b, c, length, h, w = correction.shape
+        if self._running is None or self._running.bins != c * h * w:
+            self._running = Timbre(c * h * w, self.memory)
+        frames = correction.permute(0, 2, 1, 3, 4).reshape(b, length, c * h * w)
+        return self._running(frames).reshape(b, length, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+def video_correction_time(kind: str, memory: float = 0.0) -> VideoMean | None:
+    """``engine.video_correction_time`` (and ``engine.video_correction_memory``) -> the ``video_time`` of
+    :func:`to_latents` for one session: None (``frames``: every frame its own correction) or a fresh
+    :class:`VideoMean`."""
+    check_video_correction_time(kind, memory)
+    return None if kind == "frames" else VideoMean(memory)
 
 
 def audio_correction_of(kind: str, audio_codec, memory: float = 0.0) -> Timbre | None:
@@ -164,12 +205,13 @@ def audio_correction_of(kind: str, audio_codec, memory: float = 0.0) -> Timbre |
 def to_latents(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_video: torch.Tensor | None,
                mu_audio: torch.Tensor | None, keep: tuple[float, float] = (1.0, 1.0), timbre: Timbre | None = None,
                units: torch.Tensor | None = None, video_mask: torch.Tensor | None = None,
-               ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+               video_time: VideoMean | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The model's state -> clean latents: ``mu + s * z`` (residual) or ``z`` (plain). ``keep`` scales
     the correction per modality: ``mu + keep * s * z`` (``engine.keep_correction``; 0: the means alone);
     ``timbre`` keeps only the audio correction's timbre (:class:`Timbre`, given the chunk's ``units``;
     ``engine.audio_correction``); ``video_mask`` ``[h, w]`` scales the video correction per latent cell
-    (:func:`video_correction_mask`, ``engine.video_correction``)."""
+    (:func:`video_correction_mask`, ``engine.video_correction``); ``video_time`` keeps only its mean over the
+    chunk's frames (:class:`VideoMean`, ``engine.video_correction_time``)."""
     scales = scales_of(model)
     if scales is None:
         return video, audio
@@ -177,6 +219,8 @@ def to_latents(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_vid
     if timbre is not None:
         correction = timbre(correction, None if units is None else sounding(units))
     video_correction = scales[0] * video
+    if video_time is not None:
+        video_correction = video_time(video_correction)
     if video_mask is not None:
         video_correction = video_correction * video_mask.to(video_correction)
     return mu_video + keep[0] * video_correction, mu_audio + keep[1] * correction

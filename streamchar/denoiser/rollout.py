@@ -15,7 +15,7 @@ import torch
 
 from streamchar.denoiser.dit import Conditions, JointDiT, WindowContext
 from streamchar.denoiser.flow import EulerSampler, repeat_batch, set_reference_for_guidance
-from streamchar.denoiser.residual import Timbre, fed_back, to_latents
+from streamchar.denoiser.residual import Timbre, VideoMean, fed_back, to_latents
 from streamchar.memory.window import WindowMemory
 
 
@@ -88,6 +88,21 @@ def check_last_noise(sd: float) -> None:
         raise ValueError(f"engine.prior_last_noise must be 0 (off) or more, got {sd}.")
 
 
+def check_prior_anchor(anchor: float) -> None:
+    if not 0.0 <= anchor < 1.0:
+        raise ValueError(f"engine.prior_anchor must be in [0, 1) (0: off), got {anchor}.")
+
+
+def prior_anchor_map(anchor: float, mouth_box, size: tuple[int, int]) -> torch.Tensor | None:
+    """``engine.prior_anchor`` -> how far each latent cell ``[h, w]`` of the video prior's last motion latent is
+    moved toward the reference: ``anchor`` outside ``engine.mouth_box``, nothing inside it (the lips follow the
+    units, not the reference's closed mouth), in proportion to each cell's share outside; None when 0."""
+    from streamchar.denoiser.residual import video_correction_mask
+
+    check_prior_anchor(anchor)
+    return None if anchor == 0 else anchor * video_correction_mask("outside_mouth", mouth_box, size)
+
+
 class LastNoise:
     """Gaussian noise of standard deviation ``sd`` on the last motion latent the video prior reads in a session
     (``engine.prior_last_noise``; never on the reference it starts from). A video prior fine-tuned on noisy
@@ -111,11 +126,13 @@ def prior_means(
     references: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     memory: WindowMemory,
     last_noise: LastNoise | None = None,
+    anchor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """The chunk's prior means ``(video [B, C, L, h, w], audio [B, L_a, D_a])`` and the next unit context: the
     acoustic prior over the planned units after ``unit_context`` (or the ``given`` speech itself), then the
     video prior from the reference, the last motion latent (the reference at the start, or without motion
-    frames; with ``last_noise`` added when it is a motion latent) and the motion audio."""
+    frames; when it is a motion latent, moved toward the reference by ``anchor`` ``[h, w]`` per cell
+    (:func:`prior_anchor_map`, ``engine.prior_anchor``), then ``last_noise`` added) and the motion audio."""
     ref_video, ref_voice, ref_voice_valid = references
     if given is None:
         units = torch.cat([unit_context[0], cond.units], 1)
@@ -126,8 +143,11 @@ def prior_means(
         mu_audio = given.float()
     reference = ref_video[:, :, 0].float()
     last, heard = memory.prior_context(reference, mu_audio.shape[-1])
-    if last_noise is not None and memory.motion is not None:
-        last = last_noise(last)
+    if memory.motion is not None:
+        if anchor is not None:
+            last = last + anchor.to(last) * (reference - last)
+        if last_noise is not None:
+            last = last_noise(last)
     return priors.video_means(reference, last, heard, mu_audio), mu_audio, unit_context
 
 
@@ -150,7 +170,9 @@ def generate(
     timbre_memory: float = 0.0,
     timbre_speech_only: bool = False,
     prior_last_noise: float = 0.0,
+    prior_anchor: torch.Tensor | None = None,
     video_mask: torch.Tensor | None = None,
+    video_time_memory: float | None = None,
     video_feedback: bool = True,
 ) -> Rollout:
     """Generate ``len(conditions)`` chunks.
@@ -171,10 +193,15 @@ def generate(
             over the tokens where a phoneme is planned alone with ``timbre_speech_only`` (``speech_timbre``).
         video_mask: ``[h, w]``, the share of the video correction played per latent cell
             (:func:`~streamchar.denoiser.residual.video_correction_mask`, ``engine.video_correction``).
+        video_time_memory: None plays every frame's own video correction; a number its mean over the chunk's
+            frames, a running average over the chunks with that memory (:class:`~streamchar.denoiser.residual.
+            VideoMean`, ``engine.video_correction_time=mean`` and ``engine.video_correction_memory``).
         video_feedback: False feeds the next chunk the video prior's means alone, the correction only shown
             (:func:`~streamchar.denoiser.residual.fed_back`, ``engine.video_correction_feedback``).
         prior_last_noise: :class:`LastNoise` on the video prior's last latent (``engine.prior_last_noise``),
             seeded from ``generator``'s initial seed, as a session seeded alike.
+        prior_anchor: ``[h, w]``, how far each cell of the video prior's last motion latent is moved toward the
+            reference before that noise (:func:`prior_anchor_map`, ``engine.prior_anchor``).
     """
     tl = model.timeline
     b, c, _, h, w = ref_video.shape
@@ -192,6 +219,7 @@ def generate(
         unit_context = start_unit_context(priors, b, device)
     timbre = None if timbre_bins is None else Timbre(timbre_bins, timbre_memory, timbre_speech_only)
     last_noise = LastNoise(prior_last_noise, generator.initial_seed()) if prior_last_noise > 0 else None
+    video_time = None if video_time_memory is None else VideoMean(video_time_memory)
     videos, audios, seconds = [], [], []
     memory = WindowMemory(tl, use_sink=use_sink)
     with model.streaming():
@@ -207,7 +235,7 @@ def generate(
             if use_priors:
                 references = (ref_video, ref_voice, ref_voice_valid)
                 mu_video, mu_audio, unit_context = prior_means(
-                    priors, cond, audio_in, unit_context, references, memory, last_noise
+                    priors, cond, audio_in, unit_context, references, memory, last_noise, prior_anchor
                 )
                 if model.residual:
                     cond = Conditions(cond.units, cond.speaking, mu_audio, mu_video)
@@ -220,7 +248,7 @@ def generate(
                     model, noise_video, noise_audio, cond, context, given_audio=audio_in
                 )
                 video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio, keep, timbre,
-                                          cond.units, video_mask)  # fmt: skip
+                                          cond.units, video_mask, video_time)  # fmt: skip
             if given_audio is not None:
                 audio = given_audio[index].to(device).float()
             videos.append(video)

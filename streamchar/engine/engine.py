@@ -18,8 +18,13 @@ import torch
 
 from streamchar.denoiser.build import latent_spec
 from streamchar.denoiser.flow import EulerSampler, Guidance
-from streamchar.denoiser.residual import check_audio_correction, check_timbre_memory, check_video_correction
-from streamchar.denoiser.rollout import check_last_noise
+from streamchar.denoiser.residual import (
+    check_audio_correction,
+    check_timbre_memory,
+    check_video_correction,
+    check_video_correction_time,
+)
+from streamchar.denoiser.rollout import check_last_noise, check_prior_anchor
 from streamchar.engine.characters import Character, load_character
 from streamchar.engine.session import StreamSession
 from streamchar.loaders import (
@@ -78,6 +83,8 @@ class Engine:
         check_timbre_memory(ecfg.timbre_memory)
         check_video_correction(ecfg.video_correction, ecfg.mouth_box)
         check_last_noise(ecfg.prior_last_noise)
+        check_prior_anchor(ecfg.prior_anchor)
+        check_video_correction_time(ecfg.video_correction_time, ecfg.video_correction_memory)
         if ecfg.worker_threads < 0:
             raise ValueError(f"engine.worker_threads must be 0 (auto) or more, got {ecfg.worker_threads}.")
         device = _engine_device(ecfg.device)

@@ -37,8 +37,20 @@ from torch.profiler import record_function
 from streamchar.data.phonemes import SILENCE_ID
 from streamchar.denoiser.dit import NULL_SPEAKING, Conditions
 from streamchar.denoiser.flow import set_reference_for_guidance
-from streamchar.denoiser.residual import audio_correction_of, fed_back, to_latents, video_correction_mask
-from streamchar.denoiser.rollout import LastNoise, enter_window, prior_means, start_unit_context
+from streamchar.denoiser.residual import (
+    audio_correction_of,
+    fed_back,
+    to_latents,
+    video_correction_mask,
+    video_correction_time,
+)
+from streamchar.denoiser.rollout import (
+    LastNoise,
+    enter_window,
+    prior_anchor_map,
+    prior_means,
+    start_unit_context,
+)
 from streamchar.engine.characters import Character
 from streamchar.engine.chunk import Chunk, SessionClosed, frame_roles, padded_plan
 from streamchar.engine.clock import ChunkTiming, PlaybackClock, SessionStats
@@ -145,6 +157,8 @@ class StreamSession:
             ecfg.video_correction, ecfg.mouth_box, tuple(ref_video.shape[-2:])
         )
         self._video_feedback = bool(ecfg.video_correction_feedback)
+        self._video_time = video_correction_time(ecfg.video_correction_time, ecfg.video_correction_memory)
+        self._prior_anchor = prior_anchor_map(ecfg.prior_anchor, ecfg.mouth_box, tuple(ref_video.shape[-2:]))
         self._use_priors = eng.priors is not None and (eng.denoiser.residual or not self.refine)
         if self._use_priors:
             self._unit_context = start_unit_context(eng.priors, len(self.characters), device)
@@ -383,6 +397,7 @@ class StreamSession:
                     self._references,
                     self._memory,
                     self._last_noise,
+                    self._prior_anchor,
                 )
             cond = Conditions(cond.units, cond.speaking, mu_audio, mu_video)
         with eng.lock, model.streaming(self._cache), eng.autocast():
@@ -401,7 +416,8 @@ class StreamSession:
                         model, noise_video, noise_audio, cond, context, given_audio=given_audio
                     )
                     video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio,
-                                              self._keep, self._timbre, cond.units, self._video_mask)  # fmt: skip
+                                              self._keep, self._timbre, cond.units, self._video_mask,
+                                              self._video_time)  # fmt: skip
             timer.stop()
             if given_latents is not None:
                 audio = given_latents

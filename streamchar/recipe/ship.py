@@ -254,6 +254,11 @@ SETTING_NOTES = {
     "engine.video_correction_feedback": "`engine.video_correction_feedback=false` shows that correction and feeds "
                                         "the next chunk the video prior's means alone, so it never compounds and "
                                         "the audio does not depend on it",
+    "engine.prior_anchor": "`engine.prior_anchor` moves that last latent toward the reference outside the mouth "
+                           "box before the noise, so a session stays as close to the character as its first seconds",
+    "engine.video_correction_time": "`engine.video_correction_time=mean` plays the video correction's mean over "
+                                    "each chunk's frames, which holds still where each frame's own flickers",
+    "engine.video_correction_memory": "`engine.video_correction_memory` averages it over the session's chunks",
 }  # fmt: skip
 
 

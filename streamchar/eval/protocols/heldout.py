@@ -193,7 +193,7 @@ def short_protocol(
     return result
 
 
-PAIRED_METRICS = ("voice_sim", "mouth_r", "sync_c")  # besides PER
+PAIRED_METRICS = ("voice_sim", "mouth_r", "sync_c", "frame_change")  # besides PER
 
 
 def paired_with(models: dict, base: str | None) -> None:

@@ -44,8 +44,8 @@ def write_report(result: dict, out: str | Path) -> None:
     models = result["models"]
     if result["protocol"] == "short":
         columns = ["model", "WER", "PER", "Sync-C", "Sync-D", "Sync-C at 0", "offset within ±1", "mouth r",
-                   "identity sim", "voice sim", "Fréchet", "TTFF s", "latency p50/p95/p99 s", "RTF", "misses",
-                   "pointer lag"]  # fmt: skip
+                   "identity sim", "voice sim", "Fréchet", "frame change", "sharpness", "TTFF s",
+                   "latency p50/p95/p99 s", "RTF", "misses", "pointer lag"]  # fmt: skip
         extra = [k for k in ("whisper_wer", "syncnet_c", "syncnet_d", "arcface_sim", "wavlm_sim", "fid", "fvd")
                  if any(k in m for m in models.values())]  # fmt: skip
         lines = [f"# Short protocol: {len(result['clips'])} held-out clips (held-out identities and sentences)", "",
@@ -55,7 +55,8 @@ def write_report(result: dict, out: str | Path) -> None:
             cells = [name, _cell(m.get("wer"), "{:.1%}"), _cell(m.get("per"), "{:.1%}"), _cell(m.get("sync_c")),
                      _cell(m.get("sync_d")), _cell(m.get("sync_c0")), _cell(m.get("sync_offset_within_1"), "{:.0%}"),
                      _cell(m.get("mouth_r")), _cell(m.get("identity_sim")), _cell(m.get("voice_sim")),
-                     _short_frechet_cell(m), _cell(m.get("time_to_first_frame_s")),
+                     _short_frechet_cell(m), _cell(m.get("frame_change"), "{:.2f}"), _cell(m.get("sharpness"), "{:.2f}"),
+                     _cell(m.get("time_to_first_frame_s")),
                      "/".join(f"{lat[k]:.3f}" for k in ("p50", "p95", "p99")) if lat else "–",
                      _cell(m.get("real_time_factor"), "{:.2f}"), str(m.get("deadline_misses", "–")),
                      _cell(m.get("realign_lag_mean"), "{:.2f}")]  # fmt: skip
@@ -67,7 +68,8 @@ def write_report(result: dict, out: str | Path) -> None:
             for name, d in paired:
                 parts = [f"{label} {d[key][0] * scale:+.{digits}f} ± {d[key][1] * scale:.{digits}f}"
                          for key, label, scale, digits in (("per", "PER", 100, 2), ("voice_sim", "voice", 1, 4),
-                                                           ("mouth_r", "mouth r", 1, 4), ("sync_c", "Sync-C", 1, 4))
+                                                           ("mouth_r", "mouth r", 1, 4), ("sync_c", "Sync-C", 1, 4),
+                                                           ("frame_change", "frame change", 1, 3))
                          if key in d]  # fmt: skip
                 lines.append(f"- {name}: " + ", ".join(parts))
         (out / "report.md").write_text("\n".join(lines) + "\n")
@@ -77,13 +79,17 @@ def write_report(result: dict, out: str | Path) -> None:
             "",
         ]
         for name, m in models.items():
-            header = "| from s | WER | PER | Sync-C | offset within ±1 | mouth r | identity sim | voice sim | Fréchet |"
-            lines += [f"## {name}", "", header, "|---|" + "---|" * 8]
+            header = (
+                "| from s | WER | PER | Sync-C | offset within ±1 | mouth r | identity sim | voice sim | Fréchet "
+                "| frame change | sharpness |"
+            )
+            lines += [f"## {name}", "", header, "|---|" + "---|" * 10]
             for seg in m["segments"]:
                 cells = [f"{seg['start_s']:g}", _cell(seg.get("wer"), "{:.1%}"), _cell(seg.get("per"), "{:.1%}"),
                          _cell(seg.get("sync_c")), _cell(seg.get("sync_offset_within_1"), "{:.0%}"),
                          _cell(seg.get("mouth_r")), _cell(seg.get("identity_sim")), _cell(seg.get("voice_sim")),
-                         _frechet_cell(seg)]  # fmt: skip
+                         _frechet_cell(seg), _cell(seg.get("frame_change"), "{:.2f}"),
+                         _cell(seg.get("sharpness"), "{:.2f}")]  # fmt: skip
                 lines.append("| " + " | ".join(cells) + " |")
             stats = m["sessions"][0]["stats"]
             lines += ["", f"Streaming: time to first frame {stats['time_to_first_frame_s']} s, chunk latency "
