@@ -171,7 +171,8 @@ PRIOR_WHAT = {
                          "latents", "video latents", "MSE, weighted inside the renderer's mouth box, fine-tuned reading "
                          "last latents perturbed by noise (`train.prior_video.last_noise`) and continued longer than "
                          "the prior the DiT was trained on (sharper; the engine reads its last latent with noise, "
-                         "`engine.prior_last_noise`, which keeps long sessions on the face)"),
+                         "`engine.prior_last_noise`, which keeps long sessions on the face, pulled toward the reference "
+                         "outside the mouth box first, `engine.prior_anchor`)"),
 }  # fmt: skip
 
 
