@@ -121,7 +121,8 @@ ABLATIONS = {
 }  # flag -> engine switch off
 # flag -> an engine setting it plays the checkpoint with instead of the model's own
 SETTINGS = {
-    # the student's whole correction of the priors' means
+    # the student's whole correction of the priors' means (played in time as the model's settings say:
+    # engine.video_correction_time is left as it is)
     "keepall": {
         "keep_correction": [1.0, 1.0],
         "audio_correction": "whole",
