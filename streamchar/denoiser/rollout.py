@@ -15,7 +15,7 @@ import torch
 
 from streamchar.denoiser.dit import Conditions, JointDiT, WindowContext
 from streamchar.denoiser.flow import EulerSampler, repeat_batch, set_reference_for_guidance
-from streamchar.denoiser.residual import Timbre, VideoMean, fed_back, to_latents
+from streamchar.denoiser.residual import Timbre, VideoMean, fed_back, to_latents, video_correction_mask
 from streamchar.memory.window import WindowMemory
 
 
@@ -97,8 +97,6 @@ def prior_anchor_map(anchor: float, mouth_box, size: tuple[int, int]) -> torch.T
     """``engine.prior_anchor`` -> how far each latent cell ``[h, w]`` of the video prior's last motion latent is
     moved toward the reference: ``anchor`` outside ``engine.mouth_box``, nothing inside it (the lips follow the
     units, not the reference's closed mouth), in proportion to each cell's share outside; None when 0."""
-    from streamchar.denoiser.residual import video_correction_mask
-
     check_prior_anchor(anchor)
     return None if anchor == 0 else anchor * video_correction_mask("outside_mouth", mouth_box, size)
 

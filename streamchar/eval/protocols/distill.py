@@ -12,7 +12,8 @@ frame per window, one row per sampler, under the ground truth.
 **drift**: a long session (``chunks`` chunks, the conditions of a held-out character's clips played one
 after another) per model; per chunk, the decoded frames' mean absolute difference to the reference
 image (distance to the identity) and two quality proxies against the ground-truth frames of the same
-character: sharpness (mean gradient magnitude, as a ratio to the ground truth's) and the colour
+character: sharpness (the protocols' mean absolute Laplacian of the luma, :func:`~streamchar.eval.protocols.
+measure.sharpness`, as a ratio to the ground truth's) and the colour
 spread (per-channel standard deviation, as a ratio). No learned encoder is involved: the evaluation
 suite's identity encoder and Fréchet distance will replace these proxies when they land.
 """
@@ -82,11 +83,6 @@ def parse_contenders(specs: list[str], cfg: StreamCharConfig) -> list[Contender]
         path, _, steps = rest.partition("@")
         out.append(contender(name, path, int(steps) if steps else None, cfg, use_sink))
     return out
-
-
-def _sharpness(frames: np.ndarray) -> float:
-    x = frames.astype(np.float32).mean(-1)
-    return float(np.abs(np.diff(x, axis=1)).mean() + np.abs(np.diff(x, axis=2)).mean())
 
 
 def _decode(codec, latents: torch.Tensor, frames: int | None = None) -> np.ndarray:
@@ -225,6 +221,7 @@ def drift_session(
 ) -> dict:  # fmt: skip
     from streamchar.codecs.video import video_codec_from_config
     from streamchar.denoiser.rollout import generate
+    from streamchar.eval.protocols.measure import sharpness
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,7 +232,7 @@ def drift_session(
     codec = video_codec_from_config(cfg)
     reference = _decode(codec, image[0])[0].astype(np.float32)
     truth = _decode(codec, truth_latents)
-    truth_sharp = _sharpness(truth)
+    truth_sharp = sharpness(truth, every=1)
     truth_std = truth.reshape(-1, 3).astype(np.float32).std(0)
     precision = resolve_mixed_precision(cfg.sample.mixed_precision)
     curves = {}
@@ -252,7 +249,7 @@ def drift_session(
         for i in range(chunks):
             frames = _decode(codec, rollout.video[0, :, i * L : (i + 1) * L]).astype(np.float32)
             identity.append(float(np.abs(frames - reference).mean()))
-            sharp.append(_sharpness(frames) / truth_sharp)
+            sharp.append(sharpness(frames, every=1) / truth_sharp)
             spread.append(float((frames.reshape(-1, 3).std(0) / truth_std).mean()))
         curves[c.name] = {"identity_l1": identity, "sharpness_ratio": sharp, "colour_spread_ratio": spread,
                           "steps": c.sampler.steps, "sink": c.use_sink, "seconds": round(wall, 2)}  # fmt: skip
