@@ -474,6 +474,11 @@ class DistillConfig:
     # weight of a frame-phoneme cross-entropy on each rolled-out chunk's speech, read by a small probe fitted on
     # the latent cache's ground truth (not the evaluation recognizer); 0 = DMD alone
     phoneme_weight: float = 0.0
+    # stage 2: weight of a regression of the mean over each rolled-out chunk's frames of the student's video
+    # sample (what engine.video_correction_time=mean plays) on the ground truth's, outside the engine's mouth box
+    # when engine.video_correction=outside_mouth: the distribution match alone leaves that mean at the video
+    # prior's (DMD with a regression on real data); 0 = DMD alone
+    video_mean_weight: float = 0.0
     # stage 2: the audio correction the student is trained to make: whole, or timbre (only its mean over each
     # chunk's frames per frequency bin reaches the distribution match and the rollout: what the engine plays
     # with engine.audio_correction=timbre)

@@ -9,6 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from streamchar.distill.losses import (
+    chunk_mean_loss,
     dmd_gradient,
     dmd_loss,
     flow_matching_loss,
@@ -349,3 +350,42 @@ def test_stage2_phoneme_loss_reads_the_chunks_phonemes_and_trains_the_student(ca
     a, b = _weights(tmp_path / "s2-0.0")["model"], _weights(tmp_path / "s2-1.0")["model"]
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the loss reaches the student
     assert runs[0.0]["last"]["dmd"] == pytest.approx(runs[1.0]["last"]["dmd"], rel=0.5)  # dmd logged alone
+
+
+def test_chunk_mean_loss_compares_the_frame_means_over_weighted_cells():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 3, 4, 5, 5, generator=g), torch.randn(2, 3, 4, 5, 5, generator=g)
+    cells = torch.rand(5, 5, generator=g)
+    naive = []
+    for i in range(2):
+        total = weight = 0.0
+        for c in range(3):
+            for y in range(5):
+                for x in range(5):
+                    d = sum(a[i, c, f, y, x] - b[i, c, f, y, x] for f in range(4)) / 4
+                    total, weight = total + cells[y, x] * d**2, weight + cells[y, x]
+        naive.append(total / weight)
+    torch.testing.assert_close(chunk_mean_loss(a, b, cells), torch.stack(naive))
+    torch.testing.assert_close(chunk_mean_loss(a, b), (a.mean(2) - b.mean(2)).pow(2).flatten(1).mean(1))
+    # frames that differ from the target only around the same mean cost nothing
+    shuffled = b[:, :, torch.tensor([2, 0, 3, 1])]
+    torch.testing.assert_close(chunk_mean_loss(shuffled, b), torch.zeros(2))
+
+
+def test_stage2_video_mean_regression_reaches_the_student_and_bad_weights_are_refused(
+    cache, teacher, tmp_path
+):
+    from streamchar.distill.stage2 import distill_stage2
+
+    runs = {}
+    for weight in (0.0, 1.0):
+        cfg = _config(teacher, [f"distill.init={teacher}", f"distill.video_mean_weight={weight}"])
+        runs[weight] = distill_stage2(cfg, cache, tmp_path / f"s2-{weight}", progress=False)
+    assert "video_mean" not in runs[0.0]["last"] and runs[1.0]["video_mean_weight"] == 1.0
+    assert math.isfinite(runs[1.0]["last"]["video_mean"]) and runs[1.0]["last"]["video_mean"] > 0
+    a, b = _weights(tmp_path / "s2-0.0")["model"], _weights(tmp_path / "s2-1.0")["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="distill.video_mean_weight"):
+        distill_stage2(_config(teacher, [f"distill.init={teacher}", "distill.video_mean_weight=-1"]), cache,
+                       tmp_path / "s2-bad", progress=False)  # fmt: skip
+    assert not (tmp_path / "s2-bad").exists()  # refused before the run folder was made

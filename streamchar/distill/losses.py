@@ -93,3 +93,13 @@ def frame_phoneme_loss(
         logits.float().transpose(1, 2), phonemes.clamp_min(0), reduction="none"
     )
     return masked_mean(ce, mask)
+
+
+def chunk_mean_loss(
+    x0_video: torch.Tensor, target: torch.Tensor, cell_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per item ``[B]``: the squared error between the means over a chunk's frames of ``x0_video`` and of
+    ``target`` (both ``[B, C, L, h, w]``), averaged over the channels and the latent cells under
+    ``cell_weights`` ``[h, w]`` (all cells alike when None)."""
+    error = (x0_video.float().mean(2) - target.float().mean(2)).pow(2)  # [B, C, h, w]
+    return masked_mean(error, cell_weights)

@@ -22,6 +22,11 @@ refines. ``distill.phoneme_weight`` adds what the distribution match does not as
 (the clean latents the student's sample stands for) should read as the chunk's phonemes to a frame probe
 fitted on the cache's ground-truth speech (:func:`~streamchar.distill.losses.frame_phoneme_loss`).
 
+``distill.video_mean_weight`` adds a regression on real data (as DMD's paired regression does): the mean over
+each rolled-out chunk's frames of the student's video sample against the ground truth chunk's, in the same
+residual state, over the cells whose correction the engine plays. Measured on development clips it changed
+nothing the protocols see (docs/results/formulations.md, "What the video correction is: its start noise").
+
 The engine can play only the timbre of a residual student's audio correction (``engine.audio_correction=
 timbre``). ``distill.audio_correction=timbre`` trains what it plays: the student's audio sample is replaced by
 its timbre (:func:`~streamchar.denoiser.residual.timbre_of`) before the distribution match, the fake score and
@@ -39,8 +44,14 @@ from streamchar.checkpoints import CheckpointError
 from streamchar.config import StreamCharConfig, resolve_asset_path
 from streamchar.data.windows import RolloutDataset
 from streamchar.denoiser.dit import Conditions, WindowContext
-from streamchar.denoiser.residual import audio_correction_bins, scales_of, timbre_of, to_latents
-from streamchar.distill.losses import frame_phoneme_loss
+from streamchar.denoiser.residual import (
+    audio_correction_bins,
+    scales_of,
+    timbre_of,
+    to_latents,
+    video_correction_mask,
+)
+from streamchar.distill.losses import chunk_mean_loss, frame_phoneme_loss
 from streamchar.distill.trainer import DistillRun
 from streamchar.training.loop import collate, to_device
 
@@ -99,6 +110,25 @@ class PhonemeTarget:
         units = cb["units"]
         mask = cb["audio_mask"].bool() & (units >= 0)
         return frame_phoneme_loss(self.probe(audio), units.clamp_min(0) // self.unit_size, mask)
+
+
+class VideoMeanTarget:
+    """The chunk-mean video regression of stage 2 (``distill.video_mean_weight``): the student's video sample,
+    averaged over the chunk's frames, against the ground truth chunk's in the same state (``(x0 - mu) / s`` for a
+    residual student), over the cells whose correction the engine plays (``engine.video_correction``)."""
+
+    def __init__(self, cfg: StreamCharConfig, model) -> None:
+        size = (model.latent_size, model.latent_size)
+        self.cells = video_correction_mask(cfg.engine.video_correction, cfg.engine.mouth_box, size)
+        scales = scales_of(model)
+        self.scale = None if scales is None else scales[0]
+
+    def loss(self, x0_video: torch.Tensor, cb: dict, r: int) -> torch.Tensor:
+        """Per item ``[B]`` for rolled-out chunk ``r``."""
+        truth = cb["chunk_video"][:, r].to(x0_video.device)
+        target = truth if self.scale is None else (truth - cb["prior_video"]) / self.scale
+        cells = None if self.cells is None else self.cells.to(x0_video.device)
+        return chunk_mean_loss(x0_video, target, cells)
 
 
 def rollout_means(priors, cb: dict, chunks: list[tuple[torch.Tensor, torch.Tensor]],
@@ -208,6 +238,8 @@ def distill_stage2(
         raise ValueError(
             f"distill.rollout_conditions must be corpus or orchestrator, got '{dcfg.rollout_conditions}'."
         )
+    if dcfg.video_mean_weight < 0:
+        raise ValueError(f"distill.video_mean_weight must be 0 (off) or more, got {dcfg.video_mean_weight}.")
     timbre_bins = trained_timbre_bins(cfg)
     R, total = dcfg.rollout_chunks, dcfg.rollout_steps
     desc = f"distill stage 2 ({dcfg.student_steps}-step, {R} chunks)"
@@ -217,12 +249,14 @@ def distill_stage2(
     rollouts = RolloutDataset(run.cache, "train", chunks=R, length=2**31 - 1, seed=dcfg.seed + 5, timeline=tl)
     planner = PlannedConditions(cfg, run.cache) if dcfg.rollout_conditions == "orchestrator" else None
     phonemes = PhonemeTarget(run.cache, run.device) if dcfg.phoneme_weight > 0 else None
+    video_mean = VideoMeanTarget(cfg, run.teacher) if dcfg.video_mean_weight > 0 else None
 
     def train_step(step: int, g: torch.Generator):
         first = (step * run.world + run.rank) * b
         batch = to_device(collate([rollouts[first + i] for i in range(b)]), run.device)
         # the student's samples (its state space) and the same chunks as clean latents (the window memory)
         samples, chunks, history, contexts, draws_all, losses, lags, ces = [], [], [], [], [], [], [], []
+        video_means = []
         sessions = planner.start(batch["key"]) if planner else None
         for r in range(R):
             cb = chunk_batch(batch, r)
@@ -248,6 +282,10 @@ def distill_stage2(
                     ce = phonemes.loss(run.teacher, x0[1], cb).mean()
                     ces.append(ce.item())
                     loss = loss + dcfg.phoneme_weight * ce
+                if video_mean is not None:
+                    vm = video_mean.loss(x0[0], cb, r).mean()
+                    video_means.append(vm.item())
+                    loss = loss + dcfg.video_mean_weight * vm
             run.backward(loss / R, "student", sync=r == R - 1)
             samples.append((x0[0].detach().float(), x0[1].detach().float()))
             chunks.append(to_latents(run.teacher, *samples[-1], cb.get("prior_video"), cb.get("prior_audio")))
@@ -270,10 +308,14 @@ def distill_stage2(
             last["pointer_lag"] = sum(lags) / max(1, len(lags))  # phonemes the audio is behind the plan
         if phonemes is not None:
             last["phoneme_ce"] = sum(ces) / R
+        if video_mean is not None:
+            last["video_mean"] = sum(video_means) / R
         # the loop checks the chunks' summed loss once the step is done (the check is all it is used for)
-        return torch.tensor(sum(losses) + dcfg.phoneme_weight * sum(ces)), last
+        summed = sum(losses) + dcfg.phoneme_weight * sum(ces) + dcfg.video_mean_weight * sum(video_means)
+        return torch.tensor(summed), last
 
     summary = {"rollout_chunks": R, "rollout_conditions": dcfg.rollout_conditions,
                "phoneme_probe": planner.probe_scores if planner else None,
-               "phoneme_loss": {"weight": dcfg.phoneme_weight, **phonemes.scores} if phonemes else None}  # fmt: skip
+               "phoneme_loss": {"weight": dcfg.phoneme_weight, **phonemes.scores} if phonemes else None,
+               "video_mean_weight": dcfg.video_mean_weight}  # fmt: skip
     return run.train(train_step, max_steps, summary, export={"init": str(init), "rollout_chunks": R})
