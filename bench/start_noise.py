@@ -12,7 +12,7 @@ from drawn noise and from none, and this prints per modality:
 - ``no_noise``: the RMS of the sample started from no noise (the correction it makes whatever the noise);
 - ``truth``: the RMS of the true residual state, what a correction could be at most;
 - ``denoised``: the RMS error of the model's one-step clean estimate from the true residual noised to ``start``
-  (the state it is trained on), against ``as_given`` for taking that state as the estimate: what the model
+  (the video's own start for a model with two; the state it is trained on), against ``as_given`` for taking that state as the estimate: what the model
   knows of the residual when it is in its input.
 
 A correlation near 1 with a gain near ``start`` says the sample is its start noise passed through: the denoiser
@@ -33,7 +33,7 @@ from streamchar.config import load_config
 from streamchar.data.latents import LatentCache
 from streamchar.data.windows import WindowDataset
 from streamchar.denoiser.dit import Conditions
-from streamchar.denoiser.flow import EulerSampler
+from streamchar.denoiser.flow import EulerSampler, video_noise
 from streamchar.denoiser.objective import TeacherObjective
 from streamchar.denoiser.prior import Priors
 from streamchar.denoiser.residual import scales_of
@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument(
         "--start", type=float, default=None, help="the sampler's start (default: each model's own)"
     )
+    parser.add_argument("--video-noise-share", type=float, default=0.0,
+                        help="the share of a window's video noise its frames share (engine.video_noise_share)")  # fmt: skip
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     cfg = load_config("tiny")
@@ -81,10 +83,8 @@ def main() -> None:
     conditions = Conditions(batch["units"], batch["speaking"], mu_audio, mu_video)
     context = TeacherObjective.context(batch)
     g = torch.Generator().manual_seed(args.seed)
-    noise_video, noise_audio = (
-        torch.randn(batch["video"].shape, generator=g),
-        torch.randn(batch["audio"].shape, generator=g),
-    )
+    noise_video = video_noise(tuple(batch["video"].shape), g, args.video_noise_share)
+    noise_audio = torch.randn(batch["audio"].shape, generator=g)
     mask = batch["audio_mask"].bool()
     report = {}
     for spec in args.model:
@@ -106,16 +106,16 @@ def main() -> None:
         truth_video = (batch["video"] - mu_video) / scales[0]
         truth_audio = (batch["audio"] - mu_audio) / scales[1]
         start = sampler.start or float(model.sample_start)
-        noised = [
-            (1 - start) * x + start * n for x, n in ((truth_video, noise_video), (truth_audio, noise_audio))
-        ]
-        one_step = EulerSampler(steps=1, start=start)
+        start_video = sampler.start or float(model.sample_start_video)
+        noised = [(1 - start_video) * truth_video + start_video * noise_video,
+                  (1 - start) * truth_audio + start * noise_audio]  # fmt: skip
+        one_step = EulerSampler(steps=1, start=args.start)
         with torch.no_grad():  # the sampler starts at start * noise: pass the noised truth as noised / start
             den_video, den_audio = one_step.sample(
-                model, noised[0] / start, noised[1] / start, conditions, context
+                model, noised[0] / start_video, noised[1] / start, conditions, context
             )
         report[name] = {
-            "start": args.start or float(model.sample_start), "steps": sampler.steps,
+            "start": start, "video_start": start_video, "steps": sampler.steps,
             "video": passthrough(video, noise_video, video0, truth_video, den_video, noised[0]),
             "audio": passthrough(audio[mask], noise_audio[mask], audio0[mask], truth_audio[mask], den_audio[mask],
                                  noised[1][mask]),

@@ -145,6 +145,15 @@ class TrainTeacherConfig:
     # residual formulation: timesteps in (0, max_t], since a shallow sampler (denoiser.sample_start) needs no
     # more (the plain formulation always trains the whole flow)
     max_t: float = 0.5
+    # residual formulation: the video tokens' own timesteps, in (0, max_t_video], drawn apart from the audio's
+    # (the whole flow, 1, for a video sampled from noise while the audio keeps its shallow start); null = the
+    # audio's time
+    max_t_video: float | None = None
+    # the share of each window's video noise that all its frames have in common, sqrt(r) * shared + sqrt(1 - r)
+    # * own (PYoCo's mixed noise; the residual it stands in for is shared by neighbouring frames); 0 = off
+    video_noise_share: float = 0.0
+    # start from the weights of a trained teacher of the same architecture (a checkpoint or run folder)
+    init: str | None = None
     # classifier-free guidance dropout, each independent
     cond_drop: float = 0.1
     ref_image_drop: float = 0.1
@@ -278,6 +287,10 @@ class DenoiserConfig:
     # means noised to this time, so a few steps refine the means instead of making the chunk anew (measured:
     # docs/results/formulations.md); train.teacher.max_t must lie above it
     sample_start: float = 0.3
+    # residual formulation: where the video's sampling starts, when not where the audio's does (1: the video
+    # residual made from noise around the video prior's means, the audio refined shallowly; the teacher then
+    # needs train.teacher.max_t_video above it); null = sample_start
+    sample_start_video: float | None = None
 
 
 @dataclass
@@ -423,6 +436,9 @@ class EngineConfig:
     # last), before that noise: a pull back to the character's own face at every chunk, so a session stays as
     # close to the reference as its first seconds; 0 = off
     prior_anchor: float = 0.0
+    # the share of each chunk's video start noise that all its frames have in common, sqrt(r) * shared +
+    # sqrt(1 - r) * own: for a teacher trained so (train.teacher.video_noise_share); 0 = each frame its own
+    video_noise_share: float = 0.0
     phoneme_reader: str = (
         "checkpoints/eval/recognizer"  # a recognizer folder (streamchar eval train recognizer)
     )

@@ -181,15 +181,16 @@ def test_the_speech_timbre_averages_and_plays_on_speaking_tokens_only():
         timbre(chunks[0])
 
 
-@pytest.mark.parametrize("start", [1.0, 0.3])
+@pytest.mark.parametrize(("start", "start_video"), [(1.0, 1.0), (0.3, 0.3), (0.3, 1.0)])
 @pytest.mark.parametrize("guidance", [Guidance(), Guidance(2.0, 1.5, 1.5)])
-def test_residual_sampling_is_the_prior_centred_flow_integrated_naively(guidance, start):
+def test_residual_sampling_is_the_prior_centred_flow_integrated_naively(guidance, start, start_video):
     """Euler on the state z, then x0 = mu + s z, equals Euler in latent space from mu + s * noise along the
     latent-space velocity s * v(z): the flow ``x_t = (1 - t) x0 + t (mu + s noise)``. Guidance combines the
     full branch with branches whose units are null (the priors stay) and whose references are dropped.
-    Shallow sampling (the model's ``sample_start`` < 1) starts at ``mu + start * s * noise``, at t = start."""
+    Shallow sampling (the model's ``sample_start`` < 1) starts at ``mu + start * s * noise``, at t = start; the
+    video from its own ``sample_start_video``, on its own grid of as many steps."""
     model = tiny_dit(residual_scales=SCALES)
-    model.sample_start = start  # the sampler reads where to start from the model
+    model.sample_start, model.sample_start_video = start, start_video  # the sampler reads where to start
     video, audio, _, cond, ctx = random_window()
     cond = _with_priors(cond)
     steps = 3
@@ -197,29 +198,30 @@ def test_residual_sampling_is_the_prior_centred_flow_integrated_naively(guidance
     got = to_latents(model, z[0], z[1], cond.prior_video, cond.prior_audio)
     # the naive loop: latent space, one model call per branch, on the grid start, ..., 0 in equal steps
     sv, sa = SCALES
-    xv, xa = cond.prior_video + start * sv * video, cond.prior_audio + start * sa * audio
+    xv, xa = cond.prior_video + start_video * sv * video, cond.prior_audio + start * sa * audio
     grid = [start * (1 - i / steps) for i in range(steps + 1)]
+    grid_video = [start_video * (1 - i / steps) for i in range(steps + 1)]
     null = Conditions(torch.full_like(cond.units, UNITS), torch.full_like(cond.speaking, 2), cond.prior_audio,
                       cond.prior_video)  # fmt: skip
     yes, no = torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
     with torch.no_grad():
-        for t, t_next in zip(grid[:-1], grid[1:], strict=True):
+        for t, t_next, tv, tv_next in zip(grid[:-1], grid[1:], grid_video[:-1], grid_video[1:], strict=True):
             state = ((xv - cond.prior_video) / sv, (xa - cond.prior_audio) / sa)
-            tt = torch.full((video.shape[0],), t)
-            full = model(*state, (tt, tt), cond, ctx)
+            tt = (torch.full((video.shape[0],), tv), torch.full((video.shape[0],), t))
+            full = model(*state, tt, cond, ctx)
             v = list(full)
             if guidance.conditions != 1.0:
-                other = model(*state, (tt, tt), null, ctx)
+                other = model(*state, tt, null, ctx)
                 v = [a + (guidance.conditions - 1) * (a - o) for a, o in zip(v, other, strict=True)]
             if guidance.ref_image != 1.0:
                 no_image = ctx.with_dropped_references(yes, no)
-                other = model(*state, (tt, tt), cond, no_image)
+                other = model(*state, tt, cond, no_image)
                 v = [a + (guidance.ref_image - 1) * (f - o) for a, f, o in zip(v, full, other, strict=True)]
             if guidance.ref_voice != 1.0:
                 no_voice = ctx.with_dropped_references(no, yes)
-                other = model(*state, (tt, tt), cond, no_voice)
+                other = model(*state, tt, cond, no_voice)
                 v = [a + (guidance.ref_voice - 1) * (f - o) for a, f, o in zip(v, full, other, strict=True)]
-            xv, xa = xv + (t_next - t) * sv * v[0], xa + (t_next - t) * sa * v[1]
+            xv, xa = xv + (tv_next - tv) * sv * v[0], xa + (t_next - t) * sa * v[1]
     assert (got[0] - xv).abs().max() < 1e-4 and (got[1] - xa).abs().max() < 1e-4
 
 
@@ -546,3 +548,36 @@ def test_a_bad_engine_setting_is_refused_before_anything_loads(keep):
     setting = f"engine.{keep}" if "=" in keep else f"engine.keep_correction={keep}"
     with pytest.raises(ValueError, match=setting.partition("=")[0].removeprefix("engine.")):
         Engine.from_config(load_config("tiny", [setting, "video_codec.path=/nonexistent"]))
+
+
+def test_video_noise_share_mixes_one_draw_per_chunk_and_reaches_the_rollout():
+    """engine.video_noise_share r: each frame's start noise is sqrt(r) * shared + sqrt(1 - r) * own, the shared
+    draw after the frames' own (r = 0 draws exactly what it drew before); the rollout streams it alike with the
+    context cache and without."""
+    from streamchar.denoiser.flow import check_video_noise_share, video_noise
+    from streamchar.denoiser.rollout import generate
+
+    shape = (2, 3, 4, 5, 5)
+    got = video_noise(shape, torch.Generator().manual_seed(3), 0.36)
+    g = torch.Generator().manual_seed(3)
+    own, shared = torch.randn(shape, generator=g), torch.randn((2, 3, 1, 5, 5), generator=g)
+    for f in range(4):
+        torch.testing.assert_close(got[:, :, f], 0.6 * shared[:, :, 0] + 0.8 * own[:, :, f])
+    assert torch.equal(
+        video_noise(shape, torch.Generator().manual_seed(3)),
+        torch.randn(shape, generator=torch.Generator().manual_seed(3)),
+    )
+    with pytest.raises(ValueError, match="video_noise_share"):
+        check_video_noise_share(1.0)
+
+    model, priors = tiny_dit(residual_scales=SCALES), _tiny_priors()
+    _, _, _, cond, ctx = random_window(b=1)
+    conds = [Conditions(cond.units, cond.speaking), Conditions(cond.units.flip(1), cond.speaking)]
+
+    def run(share: float, cache: bool = True):
+        return generate(model, EulerSampler(steps=2), ctx.ref_video, ctx.ref_voice, conds,
+                        torch.Generator().manual_seed(0), use_cache=cache, priors=priors, video_noise_share=share)  # fmt: skip
+
+    mixed, recomputed, own_only = run(0.5), run(0.5, cache=False), run(0.0)
+    torch.testing.assert_close(mixed.video, recomputed.video, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(mixed.video, own_only.video, atol=1e-3)

@@ -47,6 +47,39 @@ def test_loss_is_a_mean_over_windows():
     assert parts["audio"][parts["audio_driven"]].abs().max() == 0  # given audio carries no loss
 
 
+def test_the_video_time_and_shared_noise_are_drawn_after_everything_else_and_used():
+    import math
+
+    batch = random_batch(4)
+    plain = OBJECTIVE.draw(batch, torch.Generator().manual_seed(0))
+    both = TeacherObjective(audio_driven_fraction=0.5, max_t_video=1.0, video_noise_share=0.3)
+    g = torch.Generator().manual_seed(0)
+    drawn = both.draw(batch, g)
+    for key in plain:  # what a run without them drew, drawn the same (the video noise then mixed)
+        if key != "noise_video":
+            assert torch.equal(drawn[key], plain[key]), key
+    # naive reference: the same generator, the old draws, then the video time, then one noise per window
+    g = torch.Generator().manual_seed(0)
+    OBJECTIVE.draw(batch, g)
+    z = torch.randn(4, generator=g)
+    assert torch.allclose(drawn["t_video"], torch.sigmoid(z))  # logit-normal, shift 1, in (0, 1]
+    c, _, h, w = batch["video"].shape[1:]
+    shared = torch.randn(4, c, 1, h, w, generator=g)
+    for f in range(batch["video"].shape[2]):
+        naive = math.sqrt(0.3) * shared[:, :, 0] + math.sqrt(0.7) * plain["noise_video"][:, :, f]
+        assert torch.allclose(drawn["noise_video"][:, :, f], naive, atol=1e-6)
+    # the loss reads the video's own time: equal to the shared time's loss when given the same times
+    model = tiny_dit()
+    same = {**plain, "t_video": plain["t"]}
+    assert torch.equal(OBJECTIVE.loss(model, batch, same)[0], OBJECTIVE.loss(model, batch, plain)[0])
+    other = {**plain, "t_video": 1 - plain["t"]}
+    assert not torch.equal(OBJECTIVE.loss(model, batch, other)[0], OBJECTIVE.loss(model, batch, plain)[0])
+    with pytest.raises(ValueError, match="max_t_video"):
+        TeacherObjective(max_t_video=1.5)
+    with pytest.raises(ValueError, match="video_noise_share"):
+        TeacherObjective(video_noise_share=1.0)
+
+
 def _single_process_step(steps: int = 2) -> dict:
     model = tiny_dit(perturb=False).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -174,6 +207,28 @@ def test_resuming_with_another_architecture_is_refused(cache, tmp_path):
     train_teacher(_teacher_config(), cache, tmp_path / "run", max_steps=1, progress=False)
     with pytest.raises(CheckpointError, match="different denoiser"):
         train_teacher(_teacher_config(["denoiser.depth=3"]), cache, tmp_path / "run", progress=False)
+
+
+def test_a_teacher_started_from_another_starts_from_its_weights(cache, tmp_path):
+    from streamchar.checkpoints import CheckpointError
+    from streamchar.denoiser.build import build_denoiser
+    from streamchar.training.teacher import latent_spec_from_cache, start_from, train_teacher
+
+    train_teacher(_teacher_config(), cache, tmp_path / "first", max_steps=1, progress=False)
+    from streamchar.data.latents import LatentCache
+
+    cfg, lc = _teacher_config(), LatentCache(cache)
+    spec, timeline = latent_spec_from_cache(lc), lc.window_timeline(cfg.timeline)
+    model = build_denoiser(cfg.denoiser, timeline, spec)
+    start_from(model, tmp_path / "first", cfg, spec)
+    ema = _weights(tmp_path / "first")["ema"]
+    assert all(torch.equal(model.state_dict()[k], ema[k]) for k in ema)
+    other = _teacher_config(["denoiser.depth=3"])
+    with pytest.raises(CheckpointError, match="train.teacher.init"):
+        start_from(build_denoiser(other.denoiser, timeline, spec), tmp_path / "first", other, spec)
+    run = train_teacher(_teacher_config([f"train.teacher.init={tmp_path / 'first'}"]), cache, tmp_path / "second",
+                        max_steps=1, progress=False)  # fmt: skip
+    assert run["step"] == 1
 
 
 @pytest.mark.parametrize("mode", ["joint", "audio"])

@@ -54,6 +54,7 @@ def build_denoiser(section, timeline: Timeline, spec: LatentSpec) -> JointDiT:
         residual_scales=scales,
         # shallow sampling starts from the priors' means: a plain model always starts from noise
         sample_start=float(section.sample_start) if scales else 1.0,
+        sample_start_video=section.sample_start_video if scales else None,
     )
 
 

@@ -293,6 +293,7 @@ class JointDiT(StreamingModule):
         gradient_checkpointing: bool = False,
         residual_scales: tuple[float, float] | None = None,
         sample_start: float = 1.0,
+        sample_start_video: float | None = None,
     ) -> None:
         super().__init__()
         if latent_size % patch_size:
@@ -313,6 +314,11 @@ class JointDiT(StreamingModule):
         if not 0.0 < sample_start <= 1.0:
             raise ValueError(f"denoiser.sample_start must be in (0, 1], got {sample_start}.")
         self.sample_start = float(sample_start)
+        if sample_start_video is not None and not 0.0 < sample_start_video <= 1.0:
+            raise ValueError(
+                f"denoiser.sample_start_video must be in (0, 1] or null, got {sample_start_video}."
+            )
+        self.video_start = None if sample_start_video is None else float(sample_start_video)
         grid = latent_size // patch_size
         self.layout = WindowLayout(timeline, (grid, grid))
         self._geometry: dict[tuple, ChunkGeometry] = {}
@@ -339,6 +345,15 @@ class JointDiT(StreamingModule):
             self.residual_audio_in = nn.Linear(audio_dim, width)
             self.prior_condition = nn.Linear(audio_dim, width)
         self._init_weights()
+
+    @property
+    def sample_start_video(self) -> float:
+        """Where the video's sampling starts: its own start (``denoiser.sample_start_video``) or ``sample_start``."""
+        return self.sample_start if self.video_start is None else self.video_start
+
+    @sample_start_video.setter
+    def sample_start_video(self, start: float | None) -> None:
+        self.video_start = None if start is None else float(start)
 
     def _init_weights(self) -> None:
         for module in self.modules():

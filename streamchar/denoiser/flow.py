@@ -12,6 +12,7 @@ Each scale ``s_k != 1`` adds a batch branch with condition ``k`` dropped, and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,25 @@ class FlowMatching:
 
     def predict_x0(self, x_t: torch.Tensor, velocity: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return x_t - self._expand(t, x_t) * velocity
+
+
+def check_video_noise_share(share: float) -> None:
+    if not 0.0 <= share < 1.0:
+        raise ValueError(
+            f"engine.video_noise_share must be in [0, 1) (0: each frame its own noise), got {share}."
+        )
+
+
+def video_noise(shape: tuple[int, ...], generator: torch.Generator, share: float = 0.0) -> torch.Tensor:
+    """A chunk's video start noise ``[B, C, L, h, w]``: each frame its own, or with ``share`` r > 0
+    ``sqrt(r) * shared + sqrt(1 - r) * own``, one shared draw per chunk (drawn after the frames' own), as a
+    teacher trained with ``train.teacher.video_noise_share`` r saw it; each frame's noise stays unit Gaussian."""
+    own = torch.randn(shape, generator=generator)
+    if share <= 0:
+        return own
+    b, c, _, h, w = shape
+    shared = torch.randn((b, c, 1, h, w), generator=generator)
+    return math.sqrt(share) * shared + math.sqrt(1 - share) * own
 
 
 def sampling_grid(steps: int, shift: float = 1.0, start: float = 1.0) -> torch.Tensor:
@@ -167,7 +187,8 @@ class EulerSampler:
     """Euler steps on ``sampling_grid(steps, shift, start)``. ``start < 1`` is shallow sampling (DiffSinger):
     the noise is scaled to the state at ``start`` whose clean end is 0, which for a residual denoiser is the
     priors' means noised to ``start`` (``mu + start * s * noise``). ``start=None``: the model's own
-    ``sample_start`` (what it was trained for; 1 for a plain denoiser)."""
+    ``sample_start`` (what it was trained for; 1 for a plain denoiser), and for the video its
+    ``sample_start_video`` (the video's own grid, as many steps, from there)."""
 
     steps: int = 16
     shift: float = 1.0
@@ -199,16 +220,19 @@ class EulerSampler:
             ``(video [B, C, L, h, w], audio [B, L_a, D_a])``.
         """
         start = self.start if self.start is not None else float(getattr(model, "sample_start", 1.0))
-        video = start * video_noise
+        start_video = start if self.start is not None else float(getattr(model, "sample_start_video", start))
+        video = start_video * video_noise
         audio = given_audio if given_audio is not None else start * audio_noise
         grid = sampling_grid(self.steps, self.shift, start).tolist()
-        for t, t_next in zip(grid[:-1], grid[1:], strict=True):
-            t_video = torch.full((video.shape[0],), t, device=video.device)
-            t_audio = torch.zeros_like(t_video) if given_audio is not None else t_video
+        grid_video = sampling_grid(self.steps, self.shift, start_video).tolist()
+        steps = zip(grid_video[:-1], grid_video[1:], grid[:-1], grid[1:], strict=True)
+        for tv, tv_next, t, t_next in steps:
+            t_video = torch.full((video.shape[0],), tv, device=video.device)
+            t_audio = torch.zeros_like(t_video) if given_audio is not None else torch.full_like(t_video, t)
             v_video, v_audio = guided_velocity(
                 model, self.guidance, video, audio, (t_video, t_audio), conditions, context, audio_valid
             )
-            video = video + (t_next - t) * v_video
+            video = video + (tv_next - tv) * v_video
             if given_audio is None:
                 audio = audio + (t_next - t) * v_audio
         return video, audio

@@ -13,11 +13,20 @@ weighted ``mouth_weight`` times inside the frame's mouth box, normalised, where 
 A residual denoiser (:mod:`streamchar.denoiser.residual`) is trained on the states around the priors'
 means, which the loss computes from the frozen ``priors`` after the draws (an audio-driven window's audio
 mean is its own audio).
+
+Two settings train the video tokens apart from the audio's. ``max_t_video`` draws the video's time on its
+own, in ``(0, max_t_video]``: a residual teacher whose audio is sampled shallowly can learn the whole flow for
+the video, whose shallow start holds no residual for it to denoise (docs/results/formulations.md, "What the
+video correction is: its start noise"). ``video_noise_share`` gives every frame of a window one share of its
+noise, ``sqrt(r) * shared + sqrt(1 - r) * own`` (each frame's noise still unit Gaussian; PYoCo's mixed noise),
+as the residual it stands in for is shared by frames that follow each other. Both are drawn after every
+other number, so a run without them draws what it drew before.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -64,6 +73,18 @@ class TeacherObjective:
     audio_driven_cond_drop: float = 0.5
     audio_loss_weight: float = 1.0
     mouth_weight: float = 1.0
+    max_t_video: float | None = None  # None: the video's time is the audio's
+    video_noise_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.max_t_video is not None and not 0.0 < self.max_t_video <= 1.0:
+            raise ValueError(
+                f"train.teacher.max_t_video must be in (0, 1] (or null), got {self.max_t_video}."
+            )
+        if not 0.0 <= self.video_noise_share < 1.0:
+            raise ValueError(
+                f"train.teacher.video_noise_share must be in [0, 1), got {self.video_noise_share}."
+            )
 
     def draw(
         self, batch: dict, generator: torch.Generator, total: int | None = None, offset: int = 0
@@ -91,6 +112,13 @@ class TeacherObjective:
             "drop_ref_image": coin(self.ref_image_drop),
             "drop_ref_voice": coin(self.ref_voice_drop),
         }
+        if self.max_t_video is not None:
+            draws["t_video"] = replace(self.flow, max_t=self.max_t_video).sample_timesteps(n, generator)
+        if self.video_noise_share > 0:
+            c, _, h, w = batch["video"].shape[1:]
+            shared = torch.randn((n, c, 1, h, w), generator=generator)
+            r = self.video_noise_share
+            draws["noise_video"] = math.sqrt(r) * shared + math.sqrt(1 - r) * draws["noise_video"]
         return {k: v[offset : offset + b] for k, v in draws.items()}
 
     @staticmethod
@@ -120,14 +148,17 @@ class TeacherObjective:
         batch = residual_batch(model, batch, priors, driven)
         x0_video, x0_audio = batch["video"], batch["audio"]
         t_audio = torch.where(driven, torch.zeros_like(t), t)
-        video_t = self.flow.interpolate(x0_video, draws["noise_video"], t)
+        t_video = draws.get("t_video", t)
+        video_t = self.flow.interpolate(x0_video, draws["noise_video"], t_video)
         audio_t = self.flow.interpolate(x0_audio, draws["noise_audio"], t_audio)
         null_unit = getattr(model, "module", model).num_units  # DDP wraps the model
         conditions = Conditions.of(batch).dropped(draws["drop_cond"], null_unit)
         context = self.context(batch).with_dropped_references(
             draws["drop_ref_image"], draws["drop_ref_voice"]
         )
-        v_video, v_audio = model(video_t, audio_t, (t, t_audio), conditions, context, batch["audio_mask"])
+        v_video, v_audio = model(
+            video_t, audio_t, (t_video, t_audio), conditions, context, batch["audio_mask"]
+        )
         target_video = self.flow.velocity_target(x0_video, draws["noise_video"])
         target_audio = self.flow.velocity_target(x0_audio, draws["noise_audio"])
         video_err = (v_video.float() - target_video).pow(2)  # [B, C, L, h, w]

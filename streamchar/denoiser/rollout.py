@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from streamchar.denoiser.dit import Conditions, JointDiT, WindowContext
-from streamchar.denoiser.flow import EulerSampler, repeat_batch, set_reference_for_guidance
+from streamchar.denoiser.flow import EulerSampler, repeat_batch, set_reference_for_guidance, video_noise
 from streamchar.denoiser.residual import Timbre, VideoMean, fed_back, to_latents, video_correction_mask
 from streamchar.memory.window import WindowMemory
 
@@ -172,6 +172,7 @@ def generate(
     video_mask: torch.Tensor | None = None,
     video_time_memory: float | None = None,
     video_feedback: bool = True,
+    video_noise_share: float = 0.0,
 ) -> Rollout:
     """Generate ``len(conditions)`` chunks.
 
@@ -198,6 +199,8 @@ def generate(
             (:func:`~streamchar.denoiser.residual.fed_back`, ``engine.video_correction_feedback``).
         prior_last_noise: :class:`LastNoise` on the video prior's last latent (``engine.prior_last_noise``),
             seeded from ``generator``'s initial seed, as a session seeded alike.
+        video_noise_share: the share of each chunk's video noise its frames have in common
+            (:func:`~streamchar.denoiser.flow.video_noise`, ``engine.video_noise_share``).
         prior_anchor: ``[h, w]``, how far each cell of the video prior's last motion latent is moved toward the
             reference before that noise (:func:`prior_anchor_map`, ``engine.prior_anchor``).
     """
@@ -226,7 +229,7 @@ def generate(
         for index, cond in enumerate(conditions):
             start = time.perf_counter()
             context = enter_window(model, memory, n, use_cache, (ref_video, ref_voice, ref_voice_valid))
-            noise_video = torch.randn(b, c, L, h, w, generator=generator).to(device)
+            noise_video = video_noise((b, c, L, h, w), generator, video_noise_share).to(device)
             noise_audio = torch.randn(b, L_a, ref_voice.shape[-1], generator=generator).to(device)
             audio_in = given_audio[index].to(device) if given_audio is not None else None
             mu_video = mu_audio = None

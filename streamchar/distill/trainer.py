@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from streamchar.checkpoints import CheckpointError
 from streamchar.config import StreamCharConfig, resolve_asset_path, to_dict
 from streamchar.data.latents import LatentCache
 from streamchar.denoiser.flow import Guidance
@@ -67,6 +68,12 @@ class DistillRun(TrainingRun):
 
         self.teacher_path = str(resolve_asset_path(dcfg.teacher))
         teacher = load_teacher(self.teacher_path, cfg, self.latent_spec).requires_grad_(False)
+        if teacher.sample_start_video != teacher.sample_start:
+            raise CheckpointError(
+                f"{self.teacher_path} samples its video from {teacher.sample_start_video} and its audio from "
+                f"{teacher.sample_start}; distilling a teacher with two starts is not built yet: sample the teacher "
+                "itself (streamchar eval protocol --ckpt NAME=TEACHER@STEPS)."
+            )
         self.teacher = teacher.to(self.device)
         # a shallow teacher's students start where it does, and DMD re-noises only within the times it learnt
         max_t = trained_max_t(self.teacher_path) if teacher.residual else 1.0

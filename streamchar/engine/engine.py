@@ -17,7 +17,7 @@ import time
 import torch
 
 from streamchar.denoiser.build import latent_spec
-from streamchar.denoiser.flow import EulerSampler, Guidance
+from streamchar.denoiser.flow import EulerSampler, Guidance, check_video_noise_share
 from streamchar.denoiser.residual import (
     check_audio_correction,
     check_timbre_memory,
@@ -84,6 +84,7 @@ class Engine:
         check_video_correction(ecfg.video_correction, ecfg.mouth_box)
         check_last_noise(ecfg.prior_last_noise)
         check_prior_anchor(ecfg.prior_anchor)
+        check_video_noise_share(ecfg.video_noise_share)
         check_video_correction_time(ecfg.video_correction_time, ecfg.video_correction_memory)
         if ecfg.worker_threads < 0:
             raise ValueError(f"engine.worker_threads must be 0 (auto) or more, got {ecfg.worker_threads}.")

@@ -36,7 +36,7 @@ from torch.profiler import record_function
 
 from streamchar.data.phonemes import SILENCE_ID
 from streamchar.denoiser.dit import NULL_SPEAKING, Conditions
-from streamchar.denoiser.flow import set_reference_for_guidance
+from streamchar.denoiser.flow import set_reference_for_guidance, video_noise
 from streamchar.denoiser.residual import (
     audio_correction_of,
     fed_back,
@@ -157,6 +157,7 @@ class StreamSession:
             ecfg.video_correction, ecfg.mouth_box, tuple(ref_video.shape[-2:])
         )
         self._video_feedback = bool(ecfg.video_correction_feedback)
+        self._video_noise_share = ecfg.video_noise_share
         self._video_time = video_correction_time(ecfg.video_correction_time, ecfg.video_correction_memory)
         self._prior_anchor = prior_anchor_map(ecfg.prior_anchor, ecfg.mouth_box, tuple(ref_video.shape[-2:]))
         self._use_priors = eng.priors is not None and (eng.denoiser.residual or not self.refine)
@@ -379,8 +380,8 @@ class StreamSession:
             return None
         B, n = len(self.characters), self.sampler.guidance.num_branches
         L = tl.chunk_latent_frames
-        noise_video = torch.randn(B, model.latent_channels, L, model.latent_size, model.latent_size,
-                                  generator=self.generator).to(device)  # fmt: skip
+        shape = (B, model.latent_channels, L, model.latent_size, model.latent_size)
+        noise_video = video_noise(shape, self.generator, self._video_noise_share).to(device)
         noise_audio = torch.randn(B, tl.chunk_audio_tokens, model.audio_dim, generator=self.generator).to(
             device
         )

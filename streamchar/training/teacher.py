@@ -54,6 +54,8 @@ def objective_from_config(tcfg, residual: bool = True) -> TeacherObjective:
         audio_driven_cond_drop=tcfg.audio_driven_cond_drop,
         audio_loss_weight=tcfg.audio_loss_weight,
         mouth_weight=tcfg.mouth_weight,
+        max_t_video=tcfg.max_t_video if residual else None,
+        video_noise_share=tcfg.video_noise_share,
     )
 
 
@@ -87,6 +89,20 @@ def evaluate(
     return {k: v / len(windows) for k, v in totals.items()}
 
 
+def start_from(model: JointDiT, init: str | Path, cfg: StreamCharConfig, spec: LatentSpec) -> None:
+    """Load a trained teacher's weights (its EMA when it has one; ``train.teacher.init``) into ``model``."""
+    from streamchar.checkpoints import CheckpointError
+    from streamchar.loaders import load_teacher
+
+    try:
+        model.load_state_dict(load_teacher(init, cfg, spec).state_dict())
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"train.teacher.init: {init} is another denoiser than the one configured ({str(err)[:120]}...); "
+            "pass the denoiser config it was trained with."
+        ) from err
+
+
 def train_teacher(
     cfg: StreamCharConfig,
     latents: str | Path,
@@ -109,6 +125,8 @@ def train_teacher(
 
     torch.manual_seed(tcfg.seed)  # the same initial weights on every process
     model = build_denoiser(cfg.denoiser, timeline, spec)
+    if tcfg.init:
+        start_from(model, tcfg.init, cfg, spec)
     priors = load_priors(cfg, run.device) if model.residual else None
     unit_context = priors.context if priors is not None else 0
     adamw = {"lr": tcfg.lr, "weight_decay": tcfg.weight_decay, "betas": (0.9, 0.99)}
