@@ -389,3 +389,16 @@ def test_stage2_video_mean_regression_reaches_the_student_and_bad_weights_are_re
         distill_stage2(_config(teacher, [f"distill.init={teacher}", "distill.video_mean_weight=-1"]), cache,
                        tmp_path / "s2-bad", progress=False)  # fmt: skip
     assert not (tmp_path / "s2-bad").exists()  # refused before the run folder was made
+
+
+def test_a_teacher_with_two_starts_is_not_distilled():
+    from streamchar.checkpoints import CheckpointError
+    from streamchar.distill.trainer import check_one_start
+    from tests.denoiser_helpers import tiny_dit
+
+    model = tiny_dit(residual_scales=(0.5, 0.5))
+    model.sample_start = 0.3
+    check_one_start(model, "teacher")  # one start: distilled as before
+    model.sample_start_video = 1.0  # the video sampled from noise, the audio shallowly
+    with pytest.raises(CheckpointError, match="two starts"):
+        check_one_start(model, "teacher")

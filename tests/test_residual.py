@@ -575,8 +575,9 @@ def test_video_noise_share_mixes_one_draw_per_chunk_and_reaches_the_rollout():
     conds = [Conditions(cond.units, cond.speaking), Conditions(cond.units.flip(1), cond.speaking)]
 
     def run(share: float, cache: bool = True):
-        return generate(model, EulerSampler(steps=2), ctx.ref_video, ctx.ref_voice, conds,
-                        torch.Generator().manual_seed(0), use_cache=cache, priors=priors, video_noise_share=share)  # fmt: skip
+        g = torch.Generator().manual_seed(0)
+        return generate(model, EulerSampler(steps=2), ctx.ref_video, ctx.ref_voice, conds, g, use_cache=cache,
+                        priors=priors, video_noise_share=share)  # fmt: skip
 
     mixed, recomputed, own_only = run(0.5), run(0.5, cache=False), run(0.0)
     torch.testing.assert_close(mixed.video, recomputed.video, rtol=1e-4, atol=1e-4)

@@ -48,6 +48,17 @@ def objective_from_config(dcfg) -> DistillObjective:
     )
 
 
+def check_one_start(teacher, path: str) -> None:
+    """The students' samplers start both modalities where the teacher's does: a teacher whose video starts
+    elsewhere (``denoiser.sample_start_video``) is refused."""
+    if teacher.sample_start_video != teacher.sample_start:
+        raise CheckpointError(
+            f"{path} samples its video from {teacher.sample_start_video} and its audio from "
+            f"{teacher.sample_start}; distilling a teacher with two starts is not built yet: sample the teacher "
+            "itself (streamchar eval protocol --ckpt NAME=TEACHER@STEPS)."
+        )
+
+
 class DistillRun(TrainingRun):
     """One distillation stage on the training loop: the student (``models["student"]``, its optimiser saved
     as ``optimizer``) and the fake score (``models["fake"]``, ``optimizer-fake``) beside the frozen teacher."""
@@ -68,12 +79,7 @@ class DistillRun(TrainingRun):
 
         self.teacher_path = str(resolve_asset_path(dcfg.teacher))
         teacher = load_teacher(self.teacher_path, cfg, self.latent_spec).requires_grad_(False)
-        if teacher.sample_start_video != teacher.sample_start:
-            raise CheckpointError(
-                f"{self.teacher_path} samples its video from {teacher.sample_start_video} and its audio from "
-                f"{teacher.sample_start}; distilling a teacher with two starts is not built yet: sample the teacher "
-                "itself (streamchar eval protocol --ckpt NAME=TEACHER@STEPS)."
-            )
+        check_one_start(teacher, self.teacher_path)
         self.teacher = teacher.to(self.device)
         # a shallow teacher's students start where it does, and DMD re-noises only within the times it learnt
         max_t = trained_max_t(self.teacher_path) if teacher.residual else 1.0
