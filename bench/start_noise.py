@@ -13,8 +13,7 @@ from drawn noise and from none, and this prints per modality:
 - ``truth``: the RMS of the true residual state, what a correction could be at most;
 - ``denoised``: the RMS error of the model's one-step clean estimate from the true residual noised to ``start``
   (the video's own start for a model with two; the state it is trained on), against ``as_given`` for taking
-  that state as the estimate: what the model
-  knows of the residual when it is in its input.
+  that state as the estimate: what the model knows of the residual when it is in its input.
 
 A correlation near 1 with a gain near ``start`` says the sample is its start noise passed through: the denoiser
 cannot tell that noise from the residual it was trained on, so the correction it plays is noise, not detail.
