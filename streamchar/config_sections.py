@@ -291,6 +291,10 @@ class DenoiserConfig:
     # residual made from noise around the video prior's means, the audio refined shallowly; the teacher then
     # needs train.teacher.max_t_video above it); null = sample_start
     sample_start_video: float | None = None
+    # what the video head predicts: velocity (the flow's v) or x0 (the clean state, v = (z_t - x0) / t), whose
+    # untrained output, near 0, is the priors' means as they are instead of the state kept as it is (the start
+    # noise played); residual formulation only
+    video_prediction: str = "velocity"
 
 
 @dataclass

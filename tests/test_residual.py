@@ -582,3 +582,42 @@ def test_video_noise_share_mixes_one_draw_per_chunk_and_reaches_the_rollout():
     mixed, recomputed, own_only = run(0.5), run(0.5, cache=False), run(0.0)
     torch.testing.assert_close(mixed.video, recomputed.video, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(mixed.video, own_only.video, atol=1e-3)
+
+
+def test_an_x0_video_head_is_the_velocity_head_read_as_the_clean_state():
+    """denoiser.video_prediction=x0: the same weights' video output is the clean state, its velocity
+    (z_t - out) / t; the teacher's video loss is then the clean state's error, |out - z0|^2, and the audio
+    is untouched. Against the velocity head and a manual computation."""
+    from streamchar.denoiser.dit import X0_MIN_T
+
+    velocity, priors = tiny_dit(residual_scales=SCALES), _tiny_priors()
+    x0 = tiny_dit(residual_scales=SCALES)
+    x0.load_state_dict(velocity.state_dict())
+    x0.video_prediction = "x0"
+    batch = _prior_batch()
+    objective = TeacherObjective(
+        cond_drop=0.0, ref_image_drop=0.0, ref_voice_drop=0.0, audio_driven_fraction=0.0
+    )
+    draws = objective.draw(batch, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mu_video, mu_audio = priors.window_means(batch)
+        zv, za = (batch["video"] - mu_video) / SCALES[0], (batch["audio"] - mu_audio) / SCALES[1]
+        t = draws["t"]
+        video_t = FlowMatching().interpolate(zv, draws["noise_video"], t)
+        audio_t = FlowMatching().interpolate(za, draws["noise_audio"], t)
+        cond, ctx = (
+            Conditions(batch["units"], batch["speaking"], mu_audio, mu_video),
+            TeacherObjective.context(batch),
+        )
+        out_video, out_audio = velocity(video_t, audio_t, (t, t), cond, ctx, batch["audio_mask"])
+        v_video, v_audio = x0(video_t, audio_t, (t, t), cond, ctx, batch["audio_mask"])
+        torch.testing.assert_close(
+            v_video, (video_t - out_video) / t.clamp_min(X0_MIN_T).view(-1, 1, 1, 1, 1)
+        )
+        torch.testing.assert_close(v_audio, out_audio)
+        _, parts = objective.loss(x0, batch, draws, priors)
+    torch.testing.assert_close(
+        parts["video"], (out_video - zv).pow(2).flatten(1).mean(1), rtol=1e-4, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="video_prediction"):
+        tiny_dit(residual_scales=SCALES, video_prediction="eps")

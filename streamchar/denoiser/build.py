@@ -55,6 +55,7 @@ def build_denoiser(section, timeline: Timeline, spec: LatentSpec) -> JointDiT:
         # shallow sampling starts from the priors' means: a plain model always starts from noise
         sample_start=float(section.sample_start) if scales else 1.0,
         sample_start_video=section.sample_start_video if scales else None,
+        video_prediction=section.video_prediction,
     )
 
 

@@ -37,6 +37,10 @@ VIDEO, AUDIO = 0, 1
 NULL_SPEAKING = 2  # speaking is 0 / 1; 2 is the dropped condition
 
 
+VIDEO_PREDICTIONS = ("velocity", "x0")
+X0_MIN_T = 1e-3  # an x0 head's velocity divides by t: never by less than this
+
+
 # -- values that travel into the model ------------------------------------------------------------
 @dataclass(frozen=True)
 class Conditions:
@@ -294,6 +298,7 @@ class JointDiT(StreamingModule):
         residual_scales: tuple[float, float] | None = None,
         sample_start: float = 1.0,
         sample_start_video: float | None = None,
+        video_prediction: str = "velocity",
     ) -> None:
         super().__init__()
         if latent_size % patch_size:
@@ -319,6 +324,9 @@ class JointDiT(StreamingModule):
                 f"denoiser.sample_start_video must be in (0, 1] or null, got {sample_start_video}."
             )
         self.video_start = None if sample_start_video is None else float(sample_start_video)
+        if video_prediction not in VIDEO_PREDICTIONS:
+            raise ValueError(f"denoiser.video_prediction must be velocity or x0, got '{video_prediction}'.")
+        self.video_prediction = video_prediction
         grid = latent_size // patch_size
         self.layout = WindowLayout(timeline, (grid, grid))
         self._geometry: dict[tuple, ChunkGeometry] = {}
@@ -541,14 +549,19 @@ class JointDiT(StreamingModule):
             ``(v_video [B, C, L, h, w], v_audio [B, L_a, D_a])``.
         """
         if context is None:  # 3'. the current chunk over cached context K/V (the streaming step)
-            return self._streaming_step(video, audio, timesteps, conditions, audio_valid)
-        frames, n_audio = video.shape[2], audio.shape[1]
-        current, modulation, final_modulation, cross = self._current_tokens(
-            video, audio, timesteps, conditions, audio_valid
-        )
-        # 3. the blocks over the whole window under its mask
-        hidden = self._window_hidden(current, modulation, cross, context)[:, -current.x.shape[1] :]
-        return self._velocity(hidden, current, final_modulation, frames, n_audio)
+            out = self._streaming_step(video, audio, timesteps, conditions, audio_valid)
+        else:
+            frames, n_audio = video.shape[2], audio.shape[1]
+            current, modulation, final_modulation, cross = self._current_tokens(
+                video, audio, timesteps, conditions, audio_valid
+            )
+            # 3. the blocks over the whole window under its mask
+            hidden = self._window_hidden(current, modulation, cross, context)[:, -current.x.shape[1] :]
+            out = self._velocity(hidden, current, final_modulation, frames, n_audio)
+        if self.video_prediction == "x0":  # the head's clean state read as the velocity that reaches it
+            t = timesteps[0].clamp_min(X0_MIN_T).to(out[0].dtype).view(-1, 1, 1, 1, 1)
+            return (video - out[0]) / t, out[1]
+        return out
 
     def _velocity(self, hidden, current: _Tokens, final_modulation, frames: int, n_audio: int):
         """4. velocity heads on the current chunk only."""

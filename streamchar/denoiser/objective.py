@@ -161,7 +161,10 @@ class TeacherObjective:
         )
         target_video = self.flow.velocity_target(x0_video, draws["noise_video"])
         target_audio = self.flow.velocity_target(x0_audio, draws["noise_audio"])
-        video_err = (v_video.float() - target_video).pow(2)  # [B, C, L, h, w]
+        if getattr(model, "module", model).video_prediction == "x0":  # the clean state's error, not v's
+            video_err = (self.flow.predict_x0(video_t, v_video.float(), t_video) - x0_video).pow(2)
+        else:
+            video_err = (v_video.float() - target_video).pow(2)  # [B, C, L, h, w]
         if self.mouth_weight != 1.0 and "mouth_box" in batch:
             cells = mouth_weight_map(batch["mouth_box"], batch["has_mouth_box"], tuple(video_err.shape[-2:]),
                                      self.mouth_weight)  # fmt: skip
