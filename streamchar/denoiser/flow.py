@@ -63,6 +63,12 @@ def check_video_noise_share(share: float) -> None:
         )
 
 
+def mixed_noise(own: torch.Tensor, shared: torch.Tensor, share: float) -> torch.Tensor:
+    """``sqrt(share) * shared + sqrt(1 - share) * own``: frames' own noise ``[B, C, L, h, w]`` with one draw
+    ``[B, C, 1, h, w]`` they all have in common (PYoCo's mixed noise); each frame's noise stays unit Gaussian."""
+    return math.sqrt(share) * shared + math.sqrt(1 - share) * own
+
+
 def video_noise(shape: tuple[int, ...], generator: torch.Generator, share: float = 0.0) -> torch.Tensor:
     """A chunk's video start noise ``[B, C, L, h, w]``: each frame its own, or with ``share`` r > 0
     ``sqrt(r) * shared + sqrt(1 - r) * own``, one shared draw per chunk (drawn after the frames' own), as a
@@ -71,8 +77,7 @@ def video_noise(shape: tuple[int, ...], generator: torch.Generator, share: float
     if share <= 0:
         return own
     b, c, _, h, w = shape
-    shared = torch.randn((b, c, 1, h, w), generator=generator)
-    return math.sqrt(share) * shared + math.sqrt(1 - share) * own
+    return mixed_noise(own, torch.randn((b, c, 1, h, w), generator=generator), share)
 
 
 def sampling_grid(steps: int, shift: float = 1.0, start: float = 1.0) -> torch.Tensor:

@@ -25,13 +25,12 @@ other number, so a run without them draws what it drew before.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
 
 from streamchar.denoiser.dit import Conditions, JointDiT, WindowContext
-from streamchar.denoiser.flow import FlowMatching
+from streamchar.denoiser.flow import FlowMatching, mixed_noise
 from streamchar.denoiser.residual import residual_batch
 
 
@@ -117,8 +116,7 @@ class TeacherObjective:
         if self.video_noise_share > 0:
             c, _, h, w = batch["video"].shape[1:]
             shared = torch.randn((n, c, 1, h, w), generator=generator)
-            r = self.video_noise_share
-            draws["noise_video"] = math.sqrt(r) * shared + math.sqrt(1 - r) * draws["noise_video"]
+            draws["noise_video"] = mixed_noise(draws["noise_video"], shared, self.video_noise_share)
         return {k: v[offset : offset + b] for k, v in draws.items()}
 
     @staticmethod
