@@ -116,15 +116,15 @@ def trained_denoiser_section(checkpoint: Path, cfg: StreamCharConfig):
     return cfg.denoiser
 
 
-def trained_max_t(run_or_checkpoint: str | Path) -> float:
-    """The largest flow time a residual teacher was trained on (``train.teacher.max_t`` in the
-    ``train_teacher.json`` of its folder or run); 1 when no record is found."""
+def teacher_record(run_or_checkpoint: str | Path) -> dict:
+    """The ``train.teacher`` settings a teacher was trained with (the ``train_teacher.json`` of its folder or
+    run); empty when no record is found."""
     path = resolve_asset_path(run_or_checkpoint)
     for folder in (path, path.parent, path.parent.parent):
         record = folder / "train_teacher.json"
         if record.is_file():
-            return float(json.loads(record.read_text()).get("max_t", 1.0))
-    return 1.0
+            return json.loads(record.read_text())
+    return {}
 
 
 def load_teacher(

@@ -8,6 +8,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from streamchar.denoiser.dit import Conditions
+from streamchar.denoiser.flow import Guidance
+from streamchar.denoiser.objective import TeacherObjective
 from streamchar.distill.losses import (
     chunk_mean_loss,
     dmd_gradient,
@@ -391,14 +394,133 @@ def test_stage2_video_mean_regression_reaches_the_student_and_bad_weights_are_re
     assert not (tmp_path / "s2-bad").exists()  # refused before the run folder was made
 
 
-def test_a_teacher_with_two_starts_is_not_distilled():
-    from streamchar.checkpoints import CheckpointError
-    from streamchar.distill.trainer import check_one_start
+class _TimeSpy(torch.nn.Module):
+    """A denoiser that records the ``(t_video, t_audio)`` of every call and returns the wrapped model's."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model, self.times, self.num_units = model, [], model.num_units
+
+    def forward(self, video, audio, t, *args):
+        self.times.append((t[0].clone(), t[1].clone()))
+        return self.model(video, audio, t, *args)
+
+
+def test_two_start_student_is_the_euler_sampler_on_each_modalitys_grid():
+    """A student of a teacher with two starts: its clean prediction after the last step equals the sampler with
+    the same two starts (tested against a naive loop in test_residual), and from its first step, the naive one-step
+    prediction from each modality's own start and time."""
+    from streamchar.denoiser.flow import EulerSampler
+    from streamchar.distill.objective import DistillObjective
+    from tests.denoiser_helpers import random_window, tiny_dit
+
+    model = tiny_dit()
+    model.sample_start, model.sample_start_video = 0.3, 1.0
+    video, audio, _, cond, ctx = random_window()
+    mask = torch.ones(audio.shape[:2], dtype=torch.bool)
+    obj = DistillObjective(steps=2, guidance=Guidance(), start=0.3, start_video=1.0)
+    assert obj.grid_video == [1.0, 0.5, 0.0] and obj.grid == pytest.approx([0.3, 0.15, 0.0])
+    with torch.no_grad():
+        x0 = obj.student_x0(model, (video, audio), cond, ctx, mask)
+        reference = EulerSampler(steps=2).sample(model, video, audio, cond, ctx, audio_valid=mask)
+        torch.testing.assert_close(x0[0], reference[0])
+        torch.testing.assert_close(x0[1], reference[1])
+        first = obj.student_x0(model, (video, audio), cond, ctx, mask, exit_step=0)
+        b = video.shape[0]
+        v_video, v_audio = model(video, 0.3 * audio, (torch.ones(b), torch.full((b,), 0.3)), cond, ctx, mask)
+        torch.testing.assert_close(first[0], video - v_video)
+        torch.testing.assert_close(first[1], 0.3 * audio - 0.3 * v_audio)
+
+
+def test_two_start_draws_add_the_videos_own_times_and_keep_one_start_draws_as_they_were():
+    from streamchar.denoiser.flow import video_noise
+    from streamchar.distill.objective import DistillObjective
+    from tests.denoiser_helpers import random_batch
+
+    batch = random_batch(b=3)
+    shape_v, shape_a = (3, *batch["video"].shape[1:]), (3, *batch["audio"].shape[1:])
+    one = DistillObjective(t_min=0.02, t_max=0.5, fake_updates=2).draw(
+        batch, torch.Generator().manual_seed(5)
+    )
+    g = torch.Generator().manual_seed(5)  # the naive replay of one start's draws
+    naive = {"noise_video": torch.randn(shape_v, generator=g), "noise_audio": torch.randn(shape_a, generator=g),
+             "t": 0.02 + 0.48 * torch.rand(3, generator=g), "renoise_video": torch.randn(shape_v, generator=g),
+             "renoise_audio": torch.randn(shape_a, generator=g)}  # fmt: skip
+    for i in range(2):
+        naive[f"fake_t{i}"] = 0.02 + 0.48 * torch.rand(3, generator=g)
+        naive[f"fake_video{i}"], naive[f"fake_audio{i}"] = (
+            torch.randn(shape_v, generator=g),
+            torch.randn(shape_a, generator=g),
+        )
+    naive["exit"] = torch.randint(0, 2, (1,), generator=g)
+    assert one.keys() == naive.keys()
+    for k in naive:
+        torch.testing.assert_close(one[k], naive[k])
+
+    two = DistillObjective(t_min=0.02, t_max=0.5, fake_updates=2, start=0.3, start_video=1.0, t_max_video=0.98,
+                           video_noise_share=0.5).draw(batch, torch.Generator().manual_seed(5))  # fmt: skip
+    g = torch.Generator().manual_seed(5)
+    torch.testing.assert_close(two["noise_video"], video_noise(shape_v, g, 0.5))
+    for k in ("t_video", "fake_t_video0", "fake_t_video1"):
+        assert two[k].shape == (3,) and ((two[k] >= 0.02) & (two[k] <= 0.98)).all()
+    assert not torch.equal(two["t_video"], two["t"]) and (two["t"] <= 0.5).all()
+
+
+def test_dmd_and_the_fake_score_renoise_each_modality_at_its_own_time():
+    from streamchar.distill.objective import DistillObjective
+    from tests.denoiser_helpers import random_batch, tiny_dit
+
+    batch = random_batch(b=2)
+    obj = DistillObjective(guidance=Guidance(), t_max=0.5, start=0.3, start_video=1.0, t_max_video=0.98)
+    draws = obj.draw(batch, torch.Generator().manual_seed(2))
+    real, fake = _TimeSpy(tiny_dit(seed=1)), _TimeSpy(tiny_dit(seed=2))
+    x0 = (torch.randn_like(batch["video"]), torch.randn_like(batch["audio"]))
+    obj.dmd(x0, real, fake, batch, draws)
+    obj.fake_score(fake, x0, batch, draws, 0)
+    for spy in (real, fake):
+        torch.testing.assert_close(spy.times[0][0], draws["t_video"])
+        torch.testing.assert_close(spy.times[0][1], draws["t"])
+    torch.testing.assert_close(fake.times[1][0], draws["fake_t_video0"])
+    torch.testing.assert_close(fake.times[1][1], draws["fake_t0"])
+
+
+def test_the_students_objective_follows_the_teachers_starts_and_training_record(tmp_path):
+    from streamchar.distill.objective import DistillObjective
+    from streamchar.distill.trainer import objective_for_teacher
     from tests.denoiser_helpers import tiny_dit
 
     model = tiny_dit(residual_scales=(0.5, 0.5))
     model.sample_start = 0.3
-    check_one_start(model, "teacher")  # one start: distilled as before
+    (tmp_path / "train_teacher.json").write_text(json.dumps({"max_t": 0.5, "max_t_video": 1.0,
+                                                             "video_noise_share": 0.5}))  # fmt: skip
+    one = objective_for_teacher(DistillObjective(t_max=0.98), model, str(tmp_path))
+    assert (one.start, one.t_max, one.start_video, one.t_max_video) == (0.3, 0.5, None, None)
     model.sample_start_video = 1.0  # the video sampled from noise, the audio shallowly
-    with pytest.raises(CheckpointError, match="two starts"):
-        check_one_start(model, "teacher")
+    two = objective_for_teacher(DistillObjective(t_max=0.98), model, str(tmp_path))
+    assert (two.start, two.t_max, two.start_video, two.t_max_video, two.video_noise_share) == (
+        0.3, 0.5, 1.0, 0.98, 0.5)  # fmt: skip
+
+
+def test_a_two_start_teachers_pair_trajectory_ends_where_its_sampler_does():
+    """The pair trajectory of a teacher with two starts ends where its sampler does, each modality from its own
+    start (the sampler is tested against a naive loop in test_residual)."""
+    from streamchar.denoiser.flow import EulerSampler
+    from streamchar.distill.pairs import PairSpec, teacher_trajectory
+    from tests.denoiser_helpers import random_batch, tiny_dit
+
+    model = tiny_dit()
+    model.sample_start, model.sample_start_video = 0.5, 1.0
+    batch = random_batch(b=2)
+    noise = (torch.randn_like(batch["video"]), torch.randn_like(batch["audio"]))
+    spec = PairSpec(teacher_steps=4, record_steps=2, guidance=(1.5, 1.0, 1.0), start=0.5, start_video=1.0)
+    with torch.no_grad():
+        path = teacher_trajectory(model, spec, batch, noise)
+        sampler = EulerSampler(steps=4, guidance=Guidance(1.5, 1.0, 1.0))
+        end = sampler.sample(model, *noise, Conditions.of(batch), TeacherObjective.context(batch),
+                             audio_valid=batch["audio_mask"])  # fmt: skip
+    torch.testing.assert_close(path["video_x0"], end[0])
+    torch.testing.assert_close(path["audio_x0"], end[1])
+    torch.testing.assert_close(path["video_0"], noise[0])  # the video from t = 1, the audio from 0.5
+    torch.testing.assert_close(path["audio_0"], 0.5 * noise[1])
+    assert "start_video" not in PairSpec().record()  # one start's pairs.json is as before
+    assert spec.record()["start_video"] == 1.0

@@ -428,6 +428,57 @@ def test_prior_last_noise_against_a_naive_loop(anchor):
     torch.testing.assert_close(got.audio, clean.audio)  # the acoustic prior does not read the video
 
 
+def test_a_teacher_with_two_starts_is_distilled_in_both_stages(cache, trained_priors, tmp_path):
+    """A teacher whose video is made from noise (denoiser.sample_start_video=1, the whole video flow, shared noise)
+    and whose audio is refined shallowly: stage 1's pairs and both stages' students carry both starts and the
+    noise share, and the students load with them."""
+    import json
+
+    from streamchar.config import load_config
+    from streamchar.data.latents import LatentCache
+    from streamchar.distill.stage1 import distill_stage1
+    from streamchar.distill.stage2 import distill_stage2
+    from streamchar.loaders import load_teacher, read_distilled
+    from streamchar.training.teacher import latent_spec_from_cache, train_teacher
+    from tests.conftest import TINY_CORPUS_OVERRIDES
+    from tests.test_distill import DISTILL_OVERRIDES
+    from tests.test_teacher import TRAIN_OVERRIDES
+
+    overrides, _ = trained_priors
+    two = [
+        "denoiser.sample_start_video=1.0",
+        "train.teacher.max_t_video=1.0",
+        "train.teacher.video_noise_share=0.5",
+    ]
+    base = TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + overrides + two
+    train_teacher(load_config(None, base), cache, tmp_path / "teacher", progress=False)
+    teacher = [f"distill.teacher={tmp_path / 'teacher'}", "distill.student_steps=2"]
+    s1 = distill_stage1(
+        load_config(None, base + DISTILL_OVERRIDES + teacher), cache, tmp_path / "s1", progress=False
+    )
+    pairs = json.loads((tmp_path / "s1" / "pairs" / "pairs.json").read_text())
+    assert s1["finished"] and (pairs["start"], pairs["start_video"], pairs["video_noise_share"]) == (
+        0.3,
+        1.0,
+        0.5,
+    )
+    s2cfg = load_config(None, base + DISTILL_OVERRIDES + teacher + [f"distill.init={tmp_path / 'teacher'}"])
+    s2 = distill_stage2(s2cfg, cache, tmp_path / "s2", progress=False)
+    assert s2["finished"] and np.isfinite(s2["last"]["dmd"])
+    spec = latent_spec_from_cache(LatentCache(cache))
+    for run in ("s1", "s2"):
+        info = read_distilled(tmp_path / run)
+        assert (info["start"], info["start_video"], info["video_noise_share"]) == (
+            pytest.approx(0.3),
+            1.0,
+            0.5,
+        )
+        student = load_teacher(
+            tmp_path / run / "student", load_config(None, TINY_CORPUS_OVERRIDES + overrides), spec
+        )
+        assert (student.sample_start, student.sample_start_video) == (pytest.approx(0.3), 1.0)
+
+
 def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_path):
     from streamchar.config import load_config
     from streamchar.data.latents import LatentCache

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from streamchar.denoiser.dit import Conditions, JointDiT, WindowContext
-from streamchar.denoiser.flow import FlowMatching, Guidance, guided_velocity, sampling_grid
+from streamchar.denoiser.flow import FlowMatching, Guidance, guided_velocity, sampling_grid, video_noise
 from streamchar.denoiser.objective import TeacherObjective
 from streamchar.distill.losses import dmd_loss, flow_matching_loss, ode_regression_loss
 
@@ -42,10 +42,25 @@ class DistillObjective:
     fake_updates: int = 1  # fake-score updates per student update
     audio_loss_weight: float = 1.0
     start: float = 1.0  # where the student's sampling starts (the teacher's sample_start)
+    # a teacher with two starts (denoiser.sample_start_video, trained with train.teacher.max_t_video): where the
+    # video's sampling starts, the video's own DMD re-noising bound, and the share of a window's video noise its
+    # frames have in common (train.teacher.video_noise_share); None: the audio's
+    start_video: float | None = None
+    t_max_video: float | None = None
+    video_noise_share: float = 0.0
 
     @property
     def grid(self) -> list[float]:
         return sampling_grid(self.steps, self.shift, self.start).tolist()
+
+    @property
+    def video_start(self) -> float:
+        return self.start if self.start_video is None else self.start_video
+
+    @property
+    def grid_video(self) -> list[float]:
+        """The video's grid: ``grid``, or with its own start as many steps from there."""
+        return sampling_grid(self.steps, self.shift, self.video_start).tolist()
 
     # -- randomness ---------------------------------------------------------------------------------
     def draw(
@@ -54,26 +69,36 @@ class DistillObjective:
         """Every random number one student update (and its fake-score updates) needs.
 
         ``exit`` (one per step, shared by the batch): the student step whose clean prediction carries the
-        gradient (backward simulation: the steps before it run without a graph).
+        gradient (backward simulation: the steps before it run without a graph). With ``t_max_video`` the video
+        is re-noised at times of its own (``t_video``, ``fake_t_video<i>``, drawn after the rest, so the draws of
+        one start are unchanged); video noise is :func:`~streamchar.denoiser.flow.video_noise` with
+        ``video_noise_share``.
         """
         b = batch["video"].shape[0]
         n = b if total is None else total
         shape_v, shape_a = batch["video"].shape[1:], batch["audio"].shape[1:]
 
-        def t() -> torch.Tensor:
-            return self.t_min + (self.t_max - self.t_min) * torch.rand(n, generator=generator)
+        def t(t_max: float) -> torch.Tensor:
+            return self.t_min + (t_max - self.t_min) * torch.rand(n, generator=generator)
+
+        def noise_v() -> torch.Tensor:
+            return video_noise((n, *shape_v), generator, self.video_noise_share)
 
         draws = {
-            "noise_video": torch.randn((n, *shape_v), generator=generator),
+            "noise_video": noise_v(),
             "noise_audio": torch.randn((n, *shape_a), generator=generator),
-            "t": t(),
-            "renoise_video": torch.randn((n, *shape_v), generator=generator),
+            "t": t(self.t_max),
+            "renoise_video": noise_v(),
             "renoise_audio": torch.randn((n, *shape_a), generator=generator),
         }
         for i in range(self.fake_updates):
-            draws[f"fake_t{i}"] = t()
-            draws[f"fake_video{i}"] = torch.randn((n, *shape_v), generator=generator)
+            draws[f"fake_t{i}"] = t(self.t_max)
+            draws[f"fake_video{i}"] = noise_v()
             draws[f"fake_audio{i}"] = torch.randn((n, *shape_a), generator=generator)
+        if self.t_max_video is not None:
+            draws["t_video"] = t(self.t_max_video)
+            for i in range(self.fake_updates):
+                draws[f"fake_t_video{i}"] = t(self.t_max_video)
         out = {k: v[offset : offset + b] for k, v in draws.items()}
         out["exit"] = torch.randint(0, self.steps, (1,), generator=generator)
         return out
@@ -91,18 +116,21 @@ class DistillObjective:
         """Run the student from ``noise`` to step ``exit_step`` (default: the last) without a graph, then
         predict the clean latents from there with one (the step the gradient flows through)."""
         exit_step = self.steps - 1 if exit_step is None else exit_step
-        grid = self.grid
-        video, audio = self.start * noise[0], self.start * noise[1]
+        grid, grid_v = self.grid, self.grid_video
+        video, audio = self.video_start * noise[0], self.start * noise[1]
         plain = _unwrap(student)
+
+        def times(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            t = torch.full((video.shape[0],), grid[k], device=video.device)
+            return torch.full_like(t, grid_v[k]), t
+
         with torch.no_grad():
             for k in range(exit_step):
-                t = torch.full((video.shape[0],), grid[k], device=video.device)
-                v_video, v_audio = plain(video, audio, (t, t), conditions, context, audio_mask)
-                video = video + (grid[k + 1] - grid[k]) * v_video.float()
+                v_video, v_audio = plain(video, audio, times(k), conditions, context, audio_mask)
+                video = video + (grid_v[k + 1] - grid_v[k]) * v_video.float()
                 audio = audio + (grid[k + 1] - grid[k]) * v_audio.float()
-        t = torch.full((video.shape[0],), grid[exit_step], device=video.device)
-        v_video, v_audio = student(video, audio, (t, t), conditions, context, audio_mask)
-        return video - grid[exit_step] * v_video.float(), audio - grid[exit_step] * v_audio.float()
+        v_video, v_audio = student(video, audio, times(exit_step), conditions, context, audio_mask)
+        return video - grid_v[exit_step] * v_video.float(), audio - grid[exit_step] * v_audio.float()
 
     def _masks(self, batch: dict) -> torch.Tensor:
         return batch["audio_mask"].float()[..., None]  # [B, L_a, 1]
@@ -112,22 +140,26 @@ class DistillObjective:
 
     # -- losses -------------------------------------------------------------------------------------
     def regression(
-        self, student: JointDiT, batch: dict, states: Latents, t: torch.Tensor, targets: Latents
-    ) -> tuple[torch.Tensor, dict]:
-        """ODE-pair regression: from the teacher's trajectory state at student time ``t`` [B], the student's
-        clean prediction against the teacher's final sample. Returns ``(mean loss, parts)``."""
+        self, student: JointDiT, batch: dict, states: Latents, t: tuple[torch.Tensor, torch.Tensor],
+        targets: Latents,
+    ) -> tuple[torch.Tensor, dict]:  # fmt: skip
+        """ODE-pair regression: from the teacher's trajectory state at student times ``t`` (``(video [B], audio
+        [B])``), the student's clean prediction against the teacher's final sample. Returns ``(mean loss, parts)``."""
         conditions, context = Conditions.of(batch), TeacherObjective.context(batch)
-        v_video, v_audio = student(states[0], states[1], (t, t), conditions, context, batch["audio_mask"])
-        tv = t.reshape(-1, 1, 1, 1, 1)
-        video = ode_regression_loss(states[0] - tv * v_video.float(), targets[0])
+        v_video, v_audio = student(states[0], states[1], t, conditions, context, batch["audio_mask"])
+        flow = FlowMatching()
+        video = ode_regression_loss(flow.predict_x0(states[0], v_video.float(), t[0]), targets[0])
         audio = ode_regression_loss(
-            states[1] - t[:, None, None] * v_audio.float(), targets[1], self._masks(batch)
+            flow.predict_x0(states[1], v_audio.float(), t[1]), targets[1], self._masks(batch)
         )
         return self._combine(video, audio).mean(), {"video": video.detach(), "audio": audio.detach()}
 
-    def _renoise(self, x0: Latents, t: torch.Tensor, noise: Latents) -> Latents:
+    @staticmethod
+    def _renoise(x0: Latents, t: tuple[torch.Tensor, torch.Tensor], noise: Latents) -> Latents:
         flow = FlowMatching()
-        return flow.interpolate(x0[0].detach(), noise[0], t), flow.interpolate(x0[1].detach(), noise[1], t)
+        return flow.interpolate(x0[0].detach(), noise[0], t[0]), flow.interpolate(
+            x0[1].detach(), noise[1], t[1]
+        )
 
     def dmd(
         self,
@@ -143,16 +175,22 @@ class DistillObjective:
         conditions = Conditions.of(batch)
         context = context if context is not None else TeacherObjective.context(batch)
         mask = batch["audio_mask"]
-        t = draws["t"]
+        t = draws.get("t_video", draws["t"]), draws["t"]
         video_t, audio_t = self._renoise(x0, t, (draws["renoise_video"], draws["renoise_audio"]))
         flow = FlowMatching()
         with torch.no_grad():
             real_v, real_a = guided_velocity(
-                teacher, self.guidance, video_t, audio_t, (t, t), conditions, context, mask
+                teacher, self.guidance, video_t, audio_t, t, conditions, context, mask
             )
-            fake_v, fake_a = _unwrap(fake)(video_t, audio_t, (t, t), conditions, context, mask)
-            real = flow.predict_x0(video_t, real_v.float(), t), flow.predict_x0(audio_t, real_a.float(), t)
-            fake_x0 = flow.predict_x0(video_t, fake_v.float(), t), flow.predict_x0(audio_t, fake_a.float(), t)
+            fake_v, fake_a = _unwrap(fake)(video_t, audio_t, t, conditions, context, mask)
+            real = (
+                flow.predict_x0(video_t, real_v.float(), t[0]),
+                flow.predict_x0(audio_t, real_a.float(), t[1]),
+            )
+            fake_x0 = (
+                flow.predict_x0(video_t, fake_v.float(), t[0]),
+                flow.predict_x0(audio_t, fake_a.float(), t[1]),
+            )
         video = dmd_loss(x0[0], real[0], fake_x0[0])
         audio = dmd_loss(x0[1], real[1], fake_x0[1], self._masks(batch))
         return self._combine(video, audio).mean(), {"video": video.detach(), "audio": audio.detach()}
@@ -169,10 +207,10 @@ class DistillObjective:
         """The fake score's flow-matching loss on the detached student samples ``x0`` (update ``update``)."""
         conditions = Conditions.of(batch)
         context = context if context is not None else TeacherObjective.context(batch)
-        t = draws[f"fake_t{update}"]
+        t = draws.get(f"fake_t_video{update}", draws[f"fake_t{update}"]), draws[f"fake_t{update}"]
         noise = draws[f"fake_video{update}"], draws[f"fake_audio{update}"]
         video_t, audio_t = self._renoise(x0, t, noise)
-        v_video, v_audio = fake(video_t, audio_t, (t, t), conditions, context, batch["audio_mask"])
+        v_video, v_audio = fake(video_t, audio_t, t, conditions, context, batch["audio_mask"])
         video = flow_matching_loss(v_video, x0[0], noise[0])
         audio = flow_matching_loss(v_audio, x0[1], noise[1], self._masks(batch))
         return self._combine(video, audio).mean(), {"video": video.detach(), "audio": audio.detach()}

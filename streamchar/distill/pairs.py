@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from streamchar.data.windows import WindowDataset
 from streamchar.denoiser.dit import Conditions, JointDiT
-from streamchar.denoiser.flow import Guidance, guided_velocity, sampling_grid
+from streamchar.denoiser.flow import Guidance, guided_velocity, sampling_grid, video_noise
 from streamchar.denoiser.objective import TeacherObjective
 from streamchar.denoiser.residual import residual_batch
 
@@ -43,6 +43,22 @@ class PairSpec:
     shard_size: int = 8
     seed: int = 101
     start: float = 1.0  # the teacher's sample_start: its trajectories start from noise scaled by it
+    start_video: float | None = None  # the video's own start (denoiser.sample_start_video); None: start
+    video_noise_share: float = 0.0  # the video noise's share one window's frames have in common
+
+    @property
+    def video_start(self) -> float:
+        return self.start if self.start_video is None else self.start_video
+
+    def record(self) -> dict:
+        """What ``pairs.json`` holds (the two-start fields only when set, so older pair folders still match)."""
+        out = asdict(self)
+        out["guidance"] = list(self.guidance)
+        if self.start_video is None:
+            del out["start_video"]
+        if not self.video_noise_share:
+            del out["video_noise_share"]
+        return out
 
     def check(self, student_steps: int) -> None:
         if self.teacher_steps % self.record_steps:
@@ -66,22 +82,25 @@ def pair_windows(cache, spec: PairSpec, timeline, unit_context: int = 0) -> Wind
 def teacher_trajectory(
     teacher: JointDiT, spec: PairSpec, batch: dict, noise: tuple[torch.Tensor, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """The teacher's guided Euler solution from ``noise``, with its states on the record grid."""
+    """The teacher's guided Euler solution from ``noise``, with its states on the record grid (the video on its
+    own grid when it has its own start)."""
     guidance = Guidance(*spec.guidance)
     conditions, context = Conditions.of(batch), TeacherObjective.context(batch)
     grid = sampling_grid(spec.teacher_steps, spec.shift, spec.start).tolist()
+    grid_v = sampling_grid(spec.teacher_steps, spec.shift, spec.video_start).tolist()
     every = spec.teacher_steps // spec.record_steps
-    video, audio = spec.start * noise[0], spec.start * noise[1]
+    video, audio = spec.video_start * noise[0], spec.start * noise[1]
     out = {}
-    for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
+    for i in range(spec.teacher_steps):
         if i % every == 0:
             out[f"video_{i // every}"], out[f"audio_{i // every}"] = video.clone(), audio.clone()
-        tt = torch.full((video.shape[0],), t, device=video.device)
+        ta = torch.full((video.shape[0],), grid[i], device=video.device)
+        tv = torch.full_like(ta, grid_v[i])
         v_video, v_audio = guided_velocity(
-            teacher, guidance, video, audio, (tt, tt), conditions, context, batch["audio_mask"]
+            teacher, guidance, video, audio, (tv, ta), conditions, context, batch["audio_mask"]
         )
-        video = video + (t_next - t) * v_video.float()
-        audio = audio + (t_next - t) * v_audio.float()
+        video = video + (grid_v[i + 1] - grid_v[i]) * v_video.float()
+        audio = audio + (grid[i + 1] - grid[i]) * v_audio.float()
     out["video_x0"], out["audio_x0"] = video, audio
     return out
 
@@ -120,8 +139,7 @@ def generate_pairs(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     record = folder / "pairs.json"
-    wanted = asdict(spec)
-    wanted["guidance"] = list(spec.guidance)
+    wanted = spec.record()
     if rank == 0:
         if record.is_file() and json.loads(record.read_text()) != wanted:
             raise ValueError(
@@ -137,7 +155,7 @@ def generate_pairs(
         indices = list(range(first, min(first + spec.shard_size, spec.count)))
         batch = residual_batch(teacher, to_device(collate([windows[i] for i in indices]), device), priors)
         g = torch.Generator().manual_seed(spec.seed * 1_000_003 + first)
-        noise = (torch.randn(batch["video"].shape, generator=g).to(device),
+        noise = (video_noise(tuple(batch["video"].shape), g, spec.video_noise_share).to(device),
                  torch.randn(batch["audio"].shape, generator=g).to(device))  # fmt: skip
         with autocast():
             tensors = teacher_trajectory(teacher, spec, batch, noise)
@@ -167,11 +185,14 @@ class PairSet:
     def __len__(self) -> int:
         return self.spec.count
 
-    def item(self, i: int, student_steps: int, k: int) -> tuple[dict, tuple, tuple, float]:
-        """Pair ``i``'s window, its state at student step ``k``, its final sample, and that state's time."""
+    def item(self, i: int, student_steps: int, k: int) -> tuple[dict, tuple, tuple, tuple[float, float]]:
+        """Pair ``i``'s window, its state at student step ``k``, its final sample, and that state's times
+        ``(video, audio)``."""
         shard, j = self.where[i]
         every = self.spec.record_steps // student_steps
         state = shard[f"video_{k * every}"][j], shard[f"audio_{k * every}"][j]
         target = shard["video_x0"][j], shard["audio_x0"][j]
-        t = sampling_grid(student_steps, self.spec.shift, self.spec.start)[k].item()
-        return self.windows[i], state, target, t
+        spec = self.spec
+        t_audio = sampling_grid(student_steps, spec.shift, spec.start)[k].item()
+        t_video = sampling_grid(student_steps, spec.shift, spec.video_start)[k].item()
+        return self.windows[i], state, target, (t_video, t_audio)

@@ -33,8 +33,10 @@ from streamchar.training.loop import collate, to_device
 logger = logging.getLogger(__name__)
 
 
-def pair_spec_from_config(dcfg, start: float = 1.0) -> PairSpec:
-    """The pairs of a ``distill`` section, for a teacher sampled from ``start`` (its ``sample_start``)."""
+def pair_spec_from_config(dcfg, start: float = 1.0, start_video: float | None = None,
+                          video_noise_share: float = 0.0) -> PairSpec:  # fmt: skip
+    """The pairs of a ``distill`` section, for a teacher sampled from ``start`` (its ``sample_start``; its video
+    from ``start_video`` with ``video_noise_share``, as its objective has them)."""
     return PairSpec(
         count=dcfg.pairs,
         teacher_steps=dcfg.pair_teacher_steps,
@@ -43,6 +45,8 @@ def pair_spec_from_config(dcfg, start: float = 1.0) -> PairSpec:
         guidance=(dcfg.guidance_conditions, dcfg.guidance_ref_image, dcfg.guidance_ref_voice),
         seed=dcfg.seed + 101,
         start=start,
+        start_video=start_video,
+        video_noise_share=video_noise_share,
     )
 
 
@@ -56,7 +60,7 @@ def regression_batch(pairs: PairSet, steps: int, indices: list[int], ks: list[in
         batch = residual_batch(model, batch, priors)
     states = tuple(torch.stack([s[m] for _, s, _, _ in items]).to(device) for m in (0, 1))
     targets = tuple(torch.stack([x[m] for _, _, x, _ in items]).to(device) for m in (0, 1))
-    t = torch.tensor([t for _, _, _, t in items], device=device)
+    t = tuple(torch.tensor([t[m] for _, _, _, t in items], device=device) for m in (0, 1))
     return batch, states, targets, t
 
 
@@ -73,8 +77,9 @@ def distill_stage1(
     total = dcfg.regression_steps + dcfg.dmd_steps
     run = DistillRun(cfg, latents, out, "stage1", total, f"distill stage 1 ({dcfg.student_steps}-step)",
                      progress=progress)  # fmt: skip
-    spec = pair_spec_from_config(dcfg, run.objective.start)
-    acc, obj, b = run.accelerator, run.objective, dcfg.batch_size
+    obj = run.objective
+    spec = pair_spec_from_config(dcfg, obj.start, obj.start_video, obj.video_noise_share)
+    acc, b = run.accelerator, dcfg.batch_size
     pairs_dir = Path(dcfg.pairs_dir) if dcfg.pairs_dir else run.out / "pairs"
     if run.start < dcfg.regression_steps:
         generate_pairs(run.teacher, run.cache, run.timeline, spec, pairs_dir, run.device, acc.autocast,

@@ -22,12 +22,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from streamchar.checkpoints import CheckpointError
 from streamchar.config import StreamCharConfig, resolve_asset_path, to_dict
 from streamchar.data.latents import LatentCache
 from streamchar.denoiser.flow import Guidance
 from streamchar.distill.objective import DistillObjective
-from streamchar.loaders import DISTILLED, load_priors, load_teacher, trained_max_t
+from streamchar.loaders import DISTILLED, load_priors, load_teacher, teacher_record
 from streamchar.training import cosine_lr
 from streamchar.training.distributed import full_state_dict
 from streamchar.training.loop import LoopSpec, TrainingRun, TrainStep, run_loop
@@ -48,15 +47,22 @@ def objective_from_config(dcfg) -> DistillObjective:
     )
 
 
-def check_one_start(teacher, path: str) -> None:
-    """The students' samplers start both modalities where the teacher's does: a teacher whose video starts
-    elsewhere (``denoiser.sample_start_video``) is refused."""
+def objective_for_teacher(objective: DistillObjective, teacher, path: str) -> DistillObjective:
+    """The students' sampler and DMD re-noising where the teacher's were trained: a shallow residual teacher's
+    students start where it does and are re-noised only within the times it learnt (``train.teacher.max_t``); a
+    teacher whose video has its own start (``denoiser.sample_start_video``, trained to
+    ``train.teacher.max_t_video``) gets a student with the same two starts, the video re-noised within its own
+    range, and video noise with the share of it the teacher's frames had in common."""
+    record = teacher_record(path) if teacher.residual else {}
+    max_t = float(record.get("max_t", 1.0))
+    out = replace(objective, start=teacher.sample_start, t_max=min(objective.t_max, max_t),
+                  video_noise_share=float(record.get("video_noise_share") or 0.0))  # fmt: skip
     if teacher.sample_start_video != teacher.sample_start:
-        raise CheckpointError(
-            f"{path} samples its video from {teacher.sample_start_video} and its audio from "
-            f"{teacher.sample_start}; distilling a teacher with two starts is not built yet: sample the teacher "
-            "itself (streamchar eval protocol --ckpt NAME=TEACHER@STEPS)."
+        max_t_video = float(record.get("max_t_video") or max_t)
+        out = replace(
+            out, start_video=teacher.sample_start_video, t_max_video=min(objective.t_max, max_t_video)
         )
+    return out
 
 
 class DistillRun(TrainingRun):
@@ -79,15 +85,15 @@ class DistillRun(TrainingRun):
 
         self.teacher_path = str(resolve_asset_path(dcfg.teacher))
         teacher = load_teacher(self.teacher_path, cfg, self.latent_spec).requires_grad_(False)
-        check_one_start(teacher, self.teacher_path)
         self.teacher = teacher.to(self.device)
-        # a shallow teacher's students start where it does, and DMD re-noises only within the times it learnt
-        max_t = trained_max_t(self.teacher_path) if teacher.residual else 1.0
-        self.objective = replace(objective_from_config(dcfg), start=teacher.sample_start,
-                                 t_max=min(dcfg.t_max, max_t))  # fmt: skip
-        if self.objective.t_max < dcfg.t_max:
+        self.objective = objective_for_teacher(objective_from_config(dcfg), teacher, self.teacher_path)
+        o = self.objective
+        if o.t_max < dcfg.t_max:
             logger.info("distill: DMD re-noises t in [%.2f, %.2f], the range the teacher was trained on",
-                        self.objective.t_min, self.objective.t_max)  # fmt: skip
+                        o.t_min, o.t_max)  # fmt: skip
+        if o.start_video is not None:
+            logger.info("distill: the video starts at %.2f (re-noised up to %.2f, noise share %.2f), the audio at %.2f",
+                        o.start_video, o.t_max_video, o.video_noise_share, o.start)  # fmt: skip
         # a residual teacher's students refine the same priors' means
         self.priors = load_priors(cfg, self.device) if teacher.residual else None
         self.unit_context = self.priors.context if self.priors is not None else 0
@@ -147,6 +153,8 @@ class DistillRun(TrainingRun):
             o = self.objective
             info = {
                 "steps": o.steps, "shift": o.shift, "start": o.start,
+                **({"start_video": o.start_video} if o.start_video is not None else {}),
+                **({"video_noise_share": o.video_noise_share} if o.video_noise_share else {}),
                 "folded_guidance": list(o.guidance.__dict__.values()),
                 "stage": self.stage, "step": step, "teacher": self.teacher_path, **(extra or {}),
             }  # fmt: skip
