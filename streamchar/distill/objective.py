@@ -11,7 +11,10 @@ space: for a residual denoiser the batches come prepared by :func:`~streamchar.d
 (states around the priors' means, which ride along in the conditions). Its output at step ``k`` is the clean
 prediction ``x0 = x_{t_k} - t_k v``; the final step's Euler update lands exactly on it. A shallow student
 (``start < 1``, the teacher's ``sample_start``) starts from noise scaled by ``start``, as
-:class:`~streamchar.denoiser.flow.EulerSampler` does.
+:class:`~streamchar.denoiser.flow.EulerSampler` does. A teacher with two starts (its video made from noise,
+``denoiser.sample_start_video``) has students with the same two: each modality on its own grid of as many steps,
+DMD re-noising each within the times the teacher learnt for it, the video noise shared by a window's frames as
+the teacher's was (``train.teacher.video_noise_share``).
 """
 
 from __future__ import annotations
