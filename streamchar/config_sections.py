@@ -466,6 +466,10 @@ class DistillConfig:
     """Two-stage distillation (``streamchar distill stage1|stage2``), DESIGN.md section 9."""
 
     teacher: str = "checkpoints/tiny/teacher"  # the frozen teacher (real score; the students start from it)
+    # a second frozen teacher whose audio score DMD matches instead of the teacher's (its video stays the
+    # teacher's): a student that takes its video from one teacher and its voice from another; residual teachers
+    # with the same audio start. null = the teacher's own
+    audio_teacher: str | None = None
     student_steps: int = 2  # 1, 2 or 4
     shift: float = 1.0  # the student's sampling grid
     # the real score's classifier-free guidance, folded into the student

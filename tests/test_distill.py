@@ -524,3 +524,42 @@ def test_a_two_start_teachers_pair_trajectory_ends_where_its_sampler_does():
     torch.testing.assert_close(path["audio_0"], 0.5 * noise[1])
     assert "start_video" not in PairSpec().record()  # one start's pairs.json is as before
     assert spec.record()["start_video"] == 1.0
+
+
+def test_an_audio_teacher_scores_the_audio_and_the_teacher_the_video():
+    """distill.audio_teacher: the audio's real score is the second teacher's, read at the audio's time for both
+    modalities (a naive recomputation); the video's part is the teacher's as without it."""
+    from streamchar.checkpoints import CheckpointError
+    from streamchar.denoiser.flow import FlowMatching
+    from streamchar.distill.objective import DistillObjective
+    from streamchar.distill.trainer import check_audio_teacher
+    from tests.denoiser_helpers import random_batch, tiny_dit
+
+    batch = random_batch(b=2)
+    obj = DistillObjective(guidance=Guidance(), t_max=0.5, start=0.3, start_video=1.0, t_max_video=0.98)
+    draws = obj.draw(batch, torch.Generator().manual_seed(4))
+    teacher, audio_teacher, fake = _TimeSpy(tiny_dit(seed=1)), _TimeSpy(tiny_dit(seed=2)), tiny_dit(seed=3)
+    x0 = (torch.randn_like(batch["video"]), torch.randn_like(batch["audio"]))
+    with torch.no_grad():
+        _, parts = obj.dmd(x0, teacher, fake, batch, draws, audio_teacher=audio_teacher)
+        _, alone = obj.dmd(x0, teacher, fake, batch, draws)
+        t, tv, flow = draws["t"], draws["t_video"], FlowMatching()
+        torch.testing.assert_close(audio_teacher.times[0][0], t)
+        torch.testing.assert_close(teacher.times[0][0], tv)
+        cond, ctx, mask = Conditions.of(batch), TeacherObjective.context(batch), batch["audio_mask"]
+        audio_t = flow.interpolate(x0[1], draws["renoise_audio"], t)
+        video_t = flow.interpolate(x0[0], draws["renoise_video"], tv)
+        _, real = audio_teacher.model(
+            flow.interpolate(x0[0], draws["renoise_video"], t), audio_t, (t, t), cond, ctx, mask
+        )
+        _, fake_a = fake(video_t, audio_t, (tv, t), cond, ctx, mask)
+        expected = dmd_loss(x0[1], flow.predict_x0(audio_t, real, t), flow.predict_x0(audio_t, fake_a, t),
+                            mask.float()[..., None])  # fmt: skip
+    torch.testing.assert_close(parts["audio"], expected)
+    torch.testing.assert_close(parts["video"], alone["video"])
+    assert not torch.allclose(parts["audio"], alone["audio"])
+
+    residual = tiny_dit(residual_scales=(0.5, 0.5))
+    check_audio_teacher(tiny_dit(residual_scales=(0.5, 0.5)), residual, "same")
+    with pytest.raises(CheckpointError, match="distill.audio_teacher"):
+        check_audio_teacher(tiny_dit(), residual, "plain")

@@ -465,6 +465,10 @@ def test_a_teacher_with_two_starts_is_distilled_in_both_stages(cache, trained_pr
     s2cfg = load_config(None, base + DISTILL_OVERRIDES + teacher + [f"distill.init={tmp_path / 'teacher'}"])
     s2 = distill_stage2(s2cfg, cache, tmp_path / "s2", progress=False)
     assert s2["finished"] and np.isfinite(s2["last"]["dmd"])
+    # the audio scored by a second teacher (here the same one, which exercises the wiring)
+    both = [f"distill.init={tmp_path / 'teacher'}", f"distill.audio_teacher={tmp_path / 'teacher'}"]
+    scored = load_config(None, base + DISTILL_OVERRIDES + teacher + both)
+    assert distill_stage2(scored, cache, tmp_path / "s2-audio", progress=False)["finished"]
     spec = latent_spec_from_cache(LatentCache(cache))
     for run in ("s1", "s2"):
         info = read_distilled(tmp_path / run)

@@ -172,9 +172,11 @@ class DistillObjective:
         batch: dict,
         draws: dict,
         context: WindowContext | None = None,
+        audio_teacher: JointDiT | None = None,
     ) -> tuple[torch.Tensor, dict]:
-        """The DMD loss of student samples ``x0`` (with a graph); ``context`` defaults to the batch's.
-        Returns ``(mean loss, parts)``."""
+        """The DMD loss of student samples ``x0`` (with a graph); ``context`` defaults to the batch's. With
+        ``audio_teacher`` the audio's real score is that teacher's, both modalities re-noised at the audio's time
+        (the times it was trained on). Returns ``(mean loss, parts)``."""
         conditions = Conditions.of(batch)
         context = context if context is not None else TeacherObjective.context(batch)
         mask = batch["audio_mask"]
@@ -186,6 +188,11 @@ class DistillObjective:
                 teacher, self.guidance, video_t, audio_t, t, conditions, context, mask
             )
             fake_v, fake_a = _unwrap(fake)(video_t, audio_t, t, conditions, context, mask)
+            if audio_teacher is not None:
+                video_ta = flow.interpolate(x0[0].detach(), draws["renoise_video"], t[1])
+                _, real_a = guided_velocity(
+                    audio_teacher, self.guidance, video_ta, audio_t, (t[1], t[1]), conditions, context, mask
+                )
             real = (
                 flow.predict_x0(video_t, real_v.float(), t[0]),
                 flow.predict_x0(audio_t, real_a.float(), t[1]),

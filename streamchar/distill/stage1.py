@@ -112,7 +112,7 @@ def distill_stage1(
         with acc.autocast():
             x0 = obj.student_x0(run.student, (draws["noise_video"], draws["noise_audio"]), conditions, context,
                                 batch["audio_mask"], int(draws["exit"]))  # fmt: skip
-            loss, parts = obj.dmd(x0, run.teacher, run.fake, batch, draws)
+            loss, parts = obj.dmd(x0, run.teacher, run.fake, batch, draws, audio_teacher=run.audio_teacher)
         run.backward(loss, "student")
         run.update("student", run.lr_at(step - dcfg.regression_steps, dcfg.dmd_steps, dcfg.lr_student))
         samples = (x0[0].detach(), x0[1].detach())

@@ -276,7 +276,7 @@ def distill_stage2(
                 # the state is (x0 - mu) / s, so its timbre is the correction's divided by s
                 if timbre_bins is not None:
                     x0 = (x0[0], timbre_of(x0[1], timbre_bins))
-                loss, _ = obj.dmd(x0, run.teacher, run.fake, cb, draws, context)
+                loss, _ = obj.dmd(x0, run.teacher, run.fake, cb, draws, context, run.audio_teacher)
                 losses.append(loss.item())
                 if phonemes is not None:
                     ce = phonemes.loss(run.teacher, x0[1], cb).mean()

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from streamchar.checkpoints import CheckpointError
 from streamchar.config import StreamCharConfig, resolve_asset_path, to_dict
 from streamchar.data.latents import LatentCache
 from streamchar.denoiser.flow import Guidance
@@ -47,6 +48,25 @@ def objective_from_config(dcfg) -> DistillObjective:
     )
 
 
+def teacher_max_t(teacher, path: str) -> float:
+    """The largest (audio) flow time a teacher was trained on: ``train.teacher.max_t`` for a residual teacher."""
+    return float(teacher_record(path).get("max_t", 1.0)) if teacher.residual else 1.0
+
+
+def check_audio_teacher(audio_teacher, teacher, path: str) -> None:
+    """An audio teacher scores the same audio states as the teacher: the same formulation, residual scales and
+    audio start."""
+    same = (audio_teacher.residual, audio_teacher.residual_scales, audio_teacher.sample_start) == (
+        teacher.residual, teacher.residual_scales, teacher.sample_start)  # fmt: skip
+    if not same:
+        raise CheckpointError(
+            f"{path} cannot score the student's audio: its formulation, residual scales or audio start "
+            f"({audio_teacher.residual}, {audio_teacher.residual_scales}, {audio_teacher.sample_start}) differ from "
+            f"the teacher's ({teacher.residual}, {teacher.residual_scales}, {teacher.sample_start}); pick a teacher "
+            "trained with the same denoiser settings or leave distill.audio_teacher unset."
+        )
+
+
 def objective_for_teacher(objective: DistillObjective, teacher, path: str) -> DistillObjective:
     """The students' sampler and DMD re-noising where the teacher's were trained: a shallow residual teacher's
     students start where it does and are re-noised only within the times it learnt (``train.teacher.max_t``); a
@@ -54,7 +74,7 @@ def objective_for_teacher(objective: DistillObjective, teacher, path: str) -> Di
     ``train.teacher.max_t_video``) gets a student with the same two starts, the video re-noised within its own
     range, and video noise with the share of it the teacher's frames had in common."""
     record = teacher_record(path) if teacher.residual else {}
-    max_t = float(record.get("max_t", 1.0))
+    max_t = teacher_max_t(teacher, path)
     out = replace(objective, start=teacher.sample_start, t_max=min(objective.t_max, max_t),
                   video_noise_share=float(record.get("video_noise_share") or 0.0))  # fmt: skip
     if teacher.sample_start_video != teacher.sample_start:
@@ -87,6 +107,16 @@ class DistillRun(TrainingRun):
         teacher = load_teacher(self.teacher_path, cfg, self.latent_spec).requires_grad_(False)
         self.teacher = teacher.to(self.device)
         self.objective = objective_for_teacher(objective_from_config(dcfg), teacher, self.teacher_path)
+        self.audio_teacher = None
+        if dcfg.audio_teacher:
+            path = str(resolve_asset_path(dcfg.audio_teacher))
+            audio_teacher = load_teacher(path, cfg, self.latent_spec).requires_grad_(False)
+            check_audio_teacher(audio_teacher, teacher, path)
+            self.audio_teacher = audio_teacher.to(self.device)
+            self.objective = replace(
+                self.objective, t_max=min(self.objective.t_max, teacher_max_t(audio_teacher, path))
+            )
+            logger.info("distill: the audio's real score from %s", path)
         o = self.objective
         if o.t_max < dcfg.t_max:
             logger.info("distill: DMD re-noises t in [%.2f, %.2f], the range the teacher was trained on",
