@@ -499,6 +499,23 @@ def test_the_students_objective_follows_the_teachers_starts_and_training_record(
     two = objective_for_teacher(DistillObjective(t_max=0.98), model, str(tmp_path))
     assert (two.start, two.t_max, two.start_video, two.t_max_video, two.video_noise_share) == (
         0.3, 0.5, 1.0, 0.98, 0.5)  # fmt: skip
+    # a one-start student of another teacher keeps its start; the re-noising follows this teacher
+    from streamchar.checkpoints import CheckpointError
+    from streamchar.distill.trainer import check_student_state
+
+    own = tiny_dit(residual_scales=(0.5, 0.5))
+    own.sample_start = 0.3
+    kept = objective_for_teacher(DistillObjective(t_max=0.98), model, str(tmp_path), own)
+    assert (kept.start, kept.start_video, kept.video_start, kept.t_max, kept.t_max_video) == (
+        0.3,
+        None,
+        0.3,
+        0.5,
+        0.98,
+    )
+    check_student_state(own, model, "student")
+    with pytest.raises(CheckpointError, match="distill.init"):
+        check_student_state(tiny_dit(), model, "plain student")
 
 
 def test_a_two_start_teachers_pair_trajectory_ends_where_its_sampler_does():

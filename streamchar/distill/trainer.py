@@ -67,22 +67,35 @@ def check_audio_teacher(audio_teacher, teacher, path: str) -> None:
         )
 
 
-def objective_for_teacher(objective: DistillObjective, teacher, path: str) -> DistillObjective:
+def objective_for_teacher(objective: DistillObjective, teacher, path: str, student=None) -> DistillObjective:
     """The students' sampler and DMD re-noising where the teacher's were trained: a shallow residual teacher's
     students start where it does and are re-noised only within the times it learnt (``train.teacher.max_t``); a
     teacher whose video has its own start (``denoiser.sample_start_video``, trained to
     ``train.teacher.max_t_video``) gets a student with the same two starts, the video re-noised within its own
-    range, and video noise with the share of it the teacher's frames had in common."""
+    range, and video noise with the share of it the teacher's frames had in common. A ``student`` that starts
+    from another model (``distill.init``: a student of another teacher) keeps its own starts; the re-noising
+    still follows the teacher."""
     record = teacher_record(path) if teacher.residual else {}
     max_t = teacher_max_t(teacher, path)
-    out = replace(objective, start=teacher.sample_start, t_max=min(objective.t_max, max_t),
+    starts = teacher if student is None else student
+    out = replace(objective, start=starts.sample_start, t_max=min(objective.t_max, max_t),
                   video_noise_share=float(record.get("video_noise_share") or 0.0))  # fmt: skip
     if teacher.sample_start_video != teacher.sample_start:
-        max_t_video = float(record.get("max_t_video") or max_t)
-        out = replace(
-            out, start_video=teacher.sample_start_video, t_max_video=min(objective.t_max, max_t_video)
-        )
+        out = replace(out, t_max_video=min(objective.t_max, float(record.get("max_t_video") or max_t)))
+    if starts.sample_start_video != starts.sample_start:
+        out = replace(out, start_video=starts.sample_start_video)
     return out
+
+
+def check_student_state(student, teacher, path: str) -> None:
+    """A student started from another model refines the same states as the teacher scores: the same formulation
+    and residual scales."""
+    if (student.residual, student.residual_scales) != (teacher.residual, teacher.residual_scales):
+        raise CheckpointError(
+            f"{path} refines other states than the teacher scores (formulation, residual scales "
+            f"{student.residual}, {student.residual_scales} against {teacher.residual}, {teacher.residual_scales}); "
+            "start from a student of a teacher trained with the same denoiser settings (distill.init)."
+        )
 
 
 class DistillRun(TrainingRun):
@@ -106,7 +119,13 @@ class DistillRun(TrainingRun):
         self.teacher_path = str(resolve_asset_path(dcfg.teacher))
         teacher = load_teacher(self.teacher_path, cfg, self.latent_spec).requires_grad_(False)
         self.teacher = teacher.to(self.device)
-        self.objective = objective_for_teacher(objective_from_config(dcfg), teacher, self.teacher_path)
+        self.init_path = init
+        student = load_teacher(init, cfg, self.latent_spec) if init else copy.deepcopy(teacher)
+        if init:
+            check_student_state(student, teacher, init)
+        self.objective = objective_for_teacher(
+            objective_from_config(dcfg), teacher, self.teacher_path, student
+        )
         self.audio_teacher = None
         if dcfg.audio_teacher:
             path = str(resolve_asset_path(dcfg.audio_teacher))
@@ -121,13 +140,12 @@ class DistillRun(TrainingRun):
         if o.t_max < dcfg.t_max:
             logger.info("distill: DMD re-noises t in [%.2f, %.2f], the range the teacher was trained on",
                         o.t_min, o.t_max)  # fmt: skip
-        if o.start_video is not None:
+        if o.t_max_video is not None or o.video_noise_share:
             logger.info("distill: the video starts at %.2f (re-noised up to %.2f, noise share %.2f), the audio at %.2f",
-                        o.start_video, o.t_max_video, o.video_noise_share, o.start)  # fmt: skip
+                        o.video_start, o.t_max_video or o.t_max, o.video_noise_share, o.start)  # fmt: skip
         # a residual teacher's students refine the same priors' means
         self.priors = load_priors(cfg, self.device) if teacher.residual else None
         self.unit_context = self.priors.context if self.priors is not None else 0
-        student = load_teacher(init, cfg, self.latent_spec) if init else copy.deepcopy(teacher)
         fake = copy.deepcopy(teacher)
         student.requires_grad_(True)
         fake.requires_grad_(True)
@@ -166,7 +184,8 @@ class DistillRun(TrainingRun):
         return run_loop(self, train_step, None, max_steps)
 
     def export_student(self, step: int, extra: dict | None = None) -> Path | None:
-        """Write ``RUN/student/``: the student's weights, the teacher's architecture record, and
+        """Write ``RUN/student/``: the student's weights, the architecture record of the model it started from,
+        and
         ``distilled.json`` (steps, shift, folded guidance, stage, step)."""
         weights = full_state_dict(self.accelerator.unwrap_model(self.student))
         folder = self.out / "student"
@@ -175,8 +194,8 @@ class DistillRun(TrainingRun):
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             save_file(weights, str(tmp / "model.safetensors"))
-            teacher = Path(self.teacher_path)
-            for record in (teacher / "denoiser.json", teacher.parent.parent / "denoiser.json"):
+            source = Path(resolve_asset_path(self.init_path) if self.init_path else self.teacher_path)
+            for record in (source / "denoiser.json", source.parent.parent / "denoiser.json"):
                 if record.is_file():
                     shutil.copy(record, tmp / "denoiser.json")
                     break
