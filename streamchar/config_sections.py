@@ -503,6 +503,10 @@ class DistillConfig:
     # when engine.video_correction=outside_mouth: the distribution match alone leaves that mean at the video
     # prior's (DMD with a regression on real data); 0 = DMD alone
     video_mean_weight: float = 0.0
+    # stage 2: weight of a regression of each rolled-out chunk's timbre (the student's audio sample's mean over
+    # the chunk's speech frames per frequency bin: what engine.audio_correction=timbre plays) on the ground
+    # truth's, in the same residual state; 0 = DMD alone
+    audio_timbre_weight: float = 0.0
     # stage 2: the audio correction the student is trained to make: whole, or timbre (only its mean over each
     # chunk's frames per frequency bin reaches the distribution match and the rollout: what the engine plays
     # with engine.audio_correction=timbre)

@@ -580,3 +580,46 @@ def test_an_audio_teacher_scores_the_audio_and_the_teacher_the_video():
     check_audio_teacher(tiny_dit(residual_scales=(0.5, 0.5)), residual, "same")
     with pytest.raises(CheckpointError, match="distill.audio_teacher"):
         check_audio_teacher(tiny_dit(), residual, "plain")
+
+
+def test_timbre_loss_compares_the_mean_spectra_over_the_kept_frames():
+    from streamchar.distill.losses import timbre_loss
+
+    g = torch.Generator().manual_seed(0)
+    b, t, bins, per = 3, 5, 4, 2
+    x, y = torch.randn(b, t, bins * per, generator=g), torch.randn(b, t, bins * per, generator=g)
+    mask = torch.tensor([[1, 1, 0, 1, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    got = timbre_loss(x, y, mask, bins)
+    for i in range(b):
+        frames_x = [x[i, k, j * bins : (j + 1) * bins] for k in range(t) if mask[i, k] for j in range(per)]
+        frames_y = [y[i, k, j * bins : (j + 1) * bins] for k in range(t) if mask[i, k] for j in range(per)]
+        if not frames_x:
+            assert got[i] == 0
+            continue
+        expected = (torch.stack(frames_x).mean(0) - torch.stack(frames_y).mean(0)).pow(2).mean()
+        torch.testing.assert_close(got[i], expected)
+    # a change of the spectrum within the chunk that keeps its mean costs nothing
+    shifted = y.clone()
+    shifted[:, 0, :bins] += 1.0
+    shifted[:, 1, :bins] -= 1.0
+    torch.testing.assert_close(
+        timbre_loss(shifted, y, torch.ones(b, t, dtype=torch.bool), bins), torch.zeros(b)
+    )
+
+
+def test_stage2_timbre_regression_reaches_the_student_and_bad_weights_are_refused(cache, teacher, tmp_path):
+    from streamchar.distill.stage2 import distill_stage2
+
+    cfg = _config(teacher, [f"distill.init={teacher}", "distill.audio_timbre_weight=1.0"])
+    run = distill_stage2(cfg, cache, tmp_path / "s2-timbre", progress=False)
+    assert run["audio_timbre_weight"] == 1.0 and math.isfinite(run["last"]["audio_timbre"])
+    plain = distill_stage2(
+        _config(teacher, [f"distill.init={teacher}"]), cache, tmp_path / "s2", progress=False
+    )
+    assert "audio_timbre" not in plain["last"]
+    a, b = _weights(tmp_path / "s2")["model"], _weights(tmp_path / "s2-timbre")["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="distill.audio_timbre_weight"):
+        distill_stage2(_config(teacher, [f"distill.init={teacher}", "distill.audio_timbre_weight=-1"]), cache,
+                       tmp_path / "s2-bad", progress=False)  # fmt: skip
+    assert not (tmp_path / "s2-bad").exists()

@@ -103,3 +103,18 @@ def chunk_mean_loss(
     ``cell_weights`` ``[h, w]`` (all cells alike when None)."""
     error = (x0_video.float().mean(2) - target.float().mean(2)).pow(2)  # [B, C, h, w]
     return masked_mean(error, cell_weights)
+
+
+def timbre_loss(x0_audio: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, bins: int) -> torch.Tensor:
+    """Per item ``[B]``: the squared error between the timbres of ``x0_audio`` and ``target`` (both ``[B, T_a,
+    D_a]``, each token packing ``D_a / bins`` frames of ``bins`` frequency bins): their means per bin over the
+    frames of the tokens ``mask`` ``[B, T_a]`` keeps, averaged over the bins (0 for an item with no frame kept)."""
+    b, t, d = x0_audio.shape
+    per_token = d // bins
+    weights = mask.float().repeat_interleave(per_token, dim=1)[..., None]  # [B, frames, 1]
+    count = weights.sum(1).clamp_min(1.0)
+
+    def timbre(x: torch.Tensor) -> torch.Tensor:
+        return (x.float().reshape(b, t * per_token, bins) * weights).sum(1) / count  # [B, bins]
+
+    return (timbre(x0_audio) - timbre(target)).pow(2).mean(1) * (weights.sum((1, 2)) > 0).float()

@@ -51,7 +51,7 @@ from streamchar.denoiser.residual import (
     to_latents,
     video_correction_mask,
 )
-from streamchar.distill.losses import chunk_mean_loss, frame_phoneme_loss
+from streamchar.distill.losses import chunk_mean_loss, frame_phoneme_loss, timbre_loss
 from streamchar.distill.trainer import DistillRun
 from streamchar.training.loop import collate, to_device
 
@@ -129,6 +129,26 @@ class VideoMeanTarget:
         target = truth if self.scale is None else (truth - cb["prior_video"]) / self.scale
         cells = None if self.cells is None else self.cells.to(x0_video.device)
         return chunk_mean_loss(x0_video, target, cells)
+
+
+class AudioTimbreTarget:
+    """The timbre regression of stage 2 (``distill.audio_timbre_weight``): the timbre of the student's audio sample
+    (its mean over the chunk's speech frames per frequency bin) against the ground truth chunk's, in the same
+    residual state (``(x0 - mu) / s`` for a residual student)."""
+
+    def __init__(self, cfg: StreamCharConfig, model) -> None:
+        from streamchar.codecs.audio import build_audio_codec
+
+        self.bins = audio_correction_bins("timbre", build_audio_codec(cfg, cfg.timeline))
+        scales = scales_of(model)
+        self.scale = None if scales is None else scales[1]
+
+    def loss(self, x0_audio: torch.Tensor, cb: dict, r: int) -> torch.Tensor:
+        """Per item ``[B]`` for rolled-out chunk ``r``."""
+        truth = cb["chunk_audio"][:, r].to(x0_audio.device)
+        target = truth if self.scale is None else (truth - cb["prior_audio"]) / self.scale
+        speech = cb["audio_mask"].bool() & (cb["speaking"] > 0)
+        return timbre_loss(x0_audio, target, speech, self.bins)
 
 
 def rollout_means(priors, cb: dict, chunks: list[tuple[torch.Tensor, torch.Tensor]],
@@ -238,8 +258,9 @@ def distill_stage2(
         raise ValueError(
             f"distill.rollout_conditions must be corpus or orchestrator, got '{dcfg.rollout_conditions}'."
         )
-    if dcfg.video_mean_weight < 0:
-        raise ValueError(f"distill.video_mean_weight must be 0 (off) or more, got {dcfg.video_mean_weight}.")
+    for name in ("video_mean_weight", "audio_timbre_weight"):
+        if getattr(dcfg, name) < 0:
+            raise ValueError(f"distill.{name} must be 0 (off) or more, got {getattr(dcfg, name)}.")
     timbre_bins = trained_timbre_bins(cfg)
     R, total = dcfg.rollout_chunks, dcfg.rollout_steps
     desc = f"distill stage 2 ({dcfg.student_steps}-step, {R} chunks)"
@@ -250,13 +271,14 @@ def distill_stage2(
     planner = PlannedConditions(cfg, run.cache) if dcfg.rollout_conditions == "orchestrator" else None
     phonemes = PhonemeTarget(run.cache, run.device) if dcfg.phoneme_weight > 0 else None
     video_mean = VideoMeanTarget(cfg, run.teacher) if dcfg.video_mean_weight > 0 else None
+    audio_timbre = AudioTimbreTarget(cfg, run.teacher) if dcfg.audio_timbre_weight > 0 else None
 
     def train_step(step: int, g: torch.Generator):
         first = (step * run.world + run.rank) * b
         batch = to_device(collate([rollouts[first + i] for i in range(b)]), run.device)
         # the student's samples (its state space) and the same chunks as clean latents (the window memory)
         samples, chunks, history, contexts, draws_all, losses, lags, ces = [], [], [], [], [], [], [], []
-        video_means = []
+        video_means, timbres = [], []
         sessions = planner.start(batch["key"]) if planner else None
         for r in range(R):
             cb = chunk_batch(batch, r)
@@ -286,6 +308,10 @@ def distill_stage2(
                     vm = video_mean.loss(x0[0], cb, r).mean()
                     video_means.append(vm.item())
                     loss = loss + dcfg.video_mean_weight * vm
+                if audio_timbre is not None:
+                    timbre_error = audio_timbre.loss(x0[1], cb, r).mean()
+                    timbres.append(timbre_error.item())
+                    loss = loss + dcfg.audio_timbre_weight * timbre_error
             run.backward(loss / R, "student", sync=r == R - 1)
             samples.append((x0[0].detach().float(), x0[1].detach().float()))
             chunks.append(to_latents(run.teacher, *samples[-1], cb.get("prior_video"), cb.get("prior_audio")))
@@ -310,12 +336,15 @@ def distill_stage2(
             last["phoneme_ce"] = sum(ces) / R
         if video_mean is not None:
             last["video_mean"] = sum(video_means) / R
+        if audio_timbre is not None:
+            last["audio_timbre"] = sum(timbres) / R
         # the loop checks the chunks' summed loss once the step is done (the check is all it is used for)
-        summed = sum(losses) + dcfg.phoneme_weight * sum(ces) + dcfg.video_mean_weight * sum(video_means)
+        summed = (sum(losses) + dcfg.phoneme_weight * sum(ces) + dcfg.video_mean_weight * sum(video_means)
+                  + dcfg.audio_timbre_weight * sum(timbres))  # fmt: skip
         return torch.tensor(summed), last
 
     summary = {"rollout_chunks": R, "rollout_conditions": dcfg.rollout_conditions,
                "phoneme_probe": planner.probe_scores if planner else None,
                "phoneme_loss": {"weight": dcfg.phoneme_weight, **phonemes.scores} if phonemes else None,
-               "video_mean_weight": dcfg.video_mean_weight}  # fmt: skip
+               "video_mean_weight": dcfg.video_mean_weight, "audio_timbre_weight": dcfg.audio_timbre_weight}  # fmt: skip
     return run.train(train_step, max_steps, summary, export={"init": str(init), "rollout_chunks": R})
