@@ -76,7 +76,7 @@ def objective_for_teacher(objective: DistillObjective, teacher, path: str, stude
     from another model (``distill.init``: a student of another teacher) keeps its own starts; the re-noising
     still follows the teacher."""
     record = teacher_record(path) if teacher.residual else {}
-    max_t = teacher_max_t(teacher, path)
+    max_t = float(record.get("max_t", 1.0))  # what teacher_max_t reads, from the record already read
     starts = teacher if student is None else student
     out = replace(objective, start=starts.sample_start, t_max=min(objective.t_max, max_t),
                   video_noise_share=float(record.get("video_noise_share") or 0.0))  # fmt: skip
