@@ -423,6 +423,9 @@ class EngineConfig:
     # (x0, y0, x1, y1), fractions of the frame: where characters' mouths are drawn. The default holds the tiny
     # corpus's renderer mouth boxes from their 1st to 99th percentile over training clips (docs/results/formulations.md)
     mouth_box: list[float] = field(default_factory=lambda: [0.30, 0.48, 0.70, 0.80])
+    # outside_mouth: how far (a fraction of the frame, on every side) the box the correction stays out of reaches
+    # past mouth_box, for the cells whose decoded pixels reach into the mouth; 0 = mouth_box itself
+    video_correction_margin: float = 0.0
     # whether the video correction played is also what later chunks read (the sink chunk, the motion frames,
     # the video prior's last latent); false shows it and feeds back the video prior's means alone, so the session's
     # course (the audio included) is the one the means set and the correction cannot compound over minutes

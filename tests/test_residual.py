@@ -87,6 +87,27 @@ def test_the_video_correction_outside_the_mouth_leaves_the_mouth_to_the_prior():
             video_correction_mask(kind, bad, (h, w))
 
 
+def test_the_video_correction_margin_widens_the_box_it_stays_out_of():
+    """engine.video_correction_margin: the cells the correction stays out of are those of the mouth box widened by
+    the margin on every side and clipped to the frame; against a naive loop, and a bad margin refused."""
+    h = w = 16
+    box, margin = [0.05, 0.5, 0.7, 0.97], 0.0625
+    wide = [0.0, 0.5 - margin, 0.7 + margin, 1.0]  # clipped at the frame's left and bottom edges
+    naive = torch.ones(h, w)
+    for i in range(h):
+        for j in range(w):
+            inside_x = max(0.0, min(wide[2], (j + 1) / w) - max(wide[0], j / w)) * w
+            inside_y = max(0.0, min(wide[3], (i + 1) / h) - max(wide[1], i / h)) * h
+            naive[i, j] = 1.0 - inside_x * inside_y
+    got = video_correction_mask("outside_mouth", box, (h, w), margin)
+    torch.testing.assert_close(got, naive)
+    assert (got <= video_correction_mask("outside_mouth", box, (h, w))).all()  # never more correction
+    assert (got[:, :2] == 0).sum() > 0 and got[-1].sum() < w  # reaches the frame's edges
+    for bad in (-0.1, 0.5):
+        with pytest.raises(ValueError, match="engine.video_correction_margin"):
+            video_correction_mask("outside_mouth", box, (h, w), bad)
+
+
 def test_the_timbre_of_a_correction_is_its_mean_spectrum_over_the_chunk():
     """engine.audio_correction=timbre: the audio correction's mean over every frame of the chunk (the tokens
     pack ``D_a / bins`` frames each), per frequency bin, played at every frame; against a naive loop."""

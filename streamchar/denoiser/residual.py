@@ -125,8 +125,13 @@ def sounding(units: torch.Tensor) -> torch.Tensor:
 VIDEO_CORRECTIONS = ("whole", "outside_mouth")
 
 
-def check_video_correction(kind: str, box) -> None:
-    """``engine.video_correction`` and ``engine.mouth_box`` (checked whatever the kind: a config holds both)."""
+def check_video_correction(kind: str, box, margin: float = 0.0) -> None:
+    """``engine.video_correction``, ``engine.mouth_box`` and ``engine.video_correction_margin`` (checked whatever
+    the kind: a config holds all three)."""
+    if not 0.0 <= margin < 0.5:
+        raise ValueError(
+            f"engine.video_correction_margin must be in [0, 0.5) (a fraction of the frame), got {margin}."
+        )
     if kind not in VIDEO_CORRECTIONS:
         raise ValueError(f"engine.video_correction must be {' or '.join(VIDEO_CORRECTIONS)}, got '{kind}'.")
     box = list(box)
@@ -136,17 +141,21 @@ def check_video_correction(kind: str, box) -> None:
         )
 
 
-def video_correction_mask(kind: str, box, size: tuple[int, int]) -> torch.Tensor | None:
+def video_correction_mask(kind: str, box, size: tuple[int, int], margin: float = 0.0) -> torch.Tensor | None:
     """``engine.video_correction`` -> the share of the video correction played at each latent cell ``[h, w]``:
     None (``whole``: all of it), or for ``outside_mouth`` one minus the share of the cell inside ``box``
-    (``(x0, y0, x1, y1)``, fractions of the frame: where the character's mouth is drawn), so the video prior's
-    lip shapes stay as they are and the correction acts on the rest of the face."""
-    check_video_correction(kind, box)
+    (``(x0, y0, x1, y1)``, fractions of the frame: where the character's mouth is drawn) widened by ``margin`` on
+    every side (clipped to the frame), so the video prior's lip shapes stay as they are and the correction acts
+    on the rest of the face. The margin keeps the correction off the cells whose decoded pixels reach into the
+    mouth (the video decoder's receptive field spans neighbouring cells)."""
+    check_video_correction(kind, box, margin)
     if kind == "whole":
         return None
     from streamchar.denoiser.objective import mouth_weight_map  # the objective imports this module
 
-    boxes = torch.tensor([float(v) for v in box]).reshape(1, 1, 4)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    widened = [max(0.0, x0 - margin), max(0.0, y0 - margin), min(1.0, x1 + margin), min(1.0, y1 + margin)]
+    boxes = torch.tensor(widened).reshape(1, 1, 4)
     return mouth_weight_map(boxes, torch.ones(1), size, 0.0)[0, 0]  # 1 + (0 - 1) * inside
 
 

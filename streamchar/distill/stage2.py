@@ -119,7 +119,9 @@ class VideoMeanTarget:
 
     def __init__(self, cfg: StreamCharConfig, model) -> None:
         size = (model.latent_size, model.latent_size)
-        self.cells = video_correction_mask(cfg.engine.video_correction, cfg.engine.mouth_box, size)
+        self.cells = video_correction_mask(
+            cfg.engine.video_correction, cfg.engine.mouth_box, size, cfg.engine.video_correction_margin
+        )
         scales = scales_of(model)
         self.scale = None if scales is None else scales[0]
 

@@ -81,7 +81,7 @@ class Engine:
             raise ValueError(f"engine.keep_correction must be [video, audio], each in 0..2, got {keep}.")
         check_audio_correction(ecfg.audio_correction)
         check_timbre_memory(ecfg.timbre_memory)
-        check_video_correction(ecfg.video_correction, ecfg.mouth_box)
+        check_video_correction(ecfg.video_correction, ecfg.mouth_box, ecfg.video_correction_margin)
         check_last_noise(ecfg.prior_last_noise)
         check_prior_anchor(ecfg.prior_anchor)
         check_video_noise_share(ecfg.video_noise_share)

@@ -154,7 +154,7 @@ class StreamSession:
         ecfg = eng.cfg.engine
         self._timbre = audio_correction_of(ecfg.audio_correction, eng.audio_codec, ecfg.timbre_memory)
         self._video_mask = video_correction_mask(
-            ecfg.video_correction, ecfg.mouth_box, tuple(ref_video.shape[-2:])
+            ecfg.video_correction, ecfg.mouth_box, tuple(ref_video.shape[-2:]), ecfg.video_correction_margin
         )
         self._video_feedback = bool(ecfg.video_correction_feedback)
         self._video_noise_share = ecfg.video_noise_share
