@@ -473,6 +473,10 @@ class DistillConfig:
     # teacher's): a student that takes its video from one teacher and its voice from another; residual teachers
     # with the same audio start. null = the teacher's own
     audio_teacher: str | None = None
+    # DMD scores the audio (the real and the fake score) with the video re-noised at the audio's time instead of
+    # at the video's own (a teacher with two starts re-noises its video up to 0.98, where it tells the audio
+    # nothing); with one start the two times are the same and this only costs two more model calls
+    audio_score_tied: bool = False
     student_steps: int = 2  # 1, 2 or 4
     shift: float = 1.0  # the student's sampling grid
     # the real score's classifier-free guidance, folded into the student

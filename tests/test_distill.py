@@ -3,6 +3,7 @@ corpus (export, resume, two processes equal one), and the engine running a stude
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -580,6 +581,39 @@ def test_an_audio_teacher_scores_the_audio_and_the_teacher_the_video():
     check_audio_teacher(tiny_dit(residual_scales=(0.5, 0.5)), residual, "same")
     with pytest.raises(CheckpointError, match="distill.audio_teacher"):
         check_audio_teacher(tiny_dit(), residual, "plain")
+
+
+def test_a_tied_audio_score_reads_the_video_at_the_audios_time():
+    """distill.audio_score_tied: the audio's real and fake scores both read the video re-noised at the audio's time
+    (a naive recomputation); the video's part is as without it."""
+    from streamchar.denoiser.flow import FlowMatching
+    from streamchar.distill.objective import DistillObjective
+    from tests.denoiser_helpers import random_batch, tiny_dit
+
+    batch = random_batch(b=2)
+    plain = DistillObjective(guidance=Guidance(), t_max=0.5, start=0.3, start_video=1.0, t_max_video=0.98)
+    tied = replace(plain, audio_score_tied=True)
+    draws = plain.draw(batch, torch.Generator().manual_seed(5))
+    teacher, fake = tiny_dit(seed=1), _TimeSpy(tiny_dit(seed=3))
+    x0 = (torch.randn_like(batch["video"]), torch.randn_like(batch["audio"]))
+    with torch.no_grad():
+        _, parts = tied.dmd(x0, teacher, fake, batch, draws)
+        assert len(fake.times) == 2  # the fake at both times, once each
+        torch.testing.assert_close(
+            fake.times[1][0], draws["t"]
+        )  # the fake's second call: the video at t_audio
+        _, alone = plain.dmd(x0, teacher, fake.model, batch, draws)
+        t, flow = draws["t"], FlowMatching()
+        cond, ctx, mask = Conditions.of(batch), TeacherObjective.context(batch), batch["audio_mask"]
+        audio_t = flow.interpolate(x0[1], draws["renoise_audio"], t)
+        video_ta = flow.interpolate(x0[0], draws["renoise_video"], t)
+        _, real = teacher(video_ta, audio_t, (t, t), cond, ctx, mask)
+        _, fake_a = fake.model(video_ta, audio_t, (t, t), cond, ctx, mask)
+        expected = dmd_loss(x0[1], flow.predict_x0(audio_t, real, t), flow.predict_x0(audio_t, fake_a, t),
+                            mask.float()[..., None])  # fmt: skip
+    torch.testing.assert_close(parts["audio"], expected)
+    torch.testing.assert_close(parts["video"], alone["video"])
+    assert not torch.allclose(parts["audio"], alone["audio"])
 
 
 def test_timbre_loss_compares_the_mean_spectra_over_the_kept_frames():

@@ -51,6 +51,9 @@ class DistillObjective:
     start_video: float | None = None
     t_max_video: float | None = None
     video_noise_share: float = 0.0
+    # score the audio (real and fake) with the video re-noised at the audio's time, as a one-start teacher saw it
+    # in training, instead of at the video's own draw (a video near pure noise tells the audio nothing)
+    audio_score_tied: bool = False
 
     @property
     def grid(self) -> list[float]:
@@ -176,7 +179,8 @@ class DistillObjective:
     ) -> tuple[torch.Tensor, dict]:
         """The DMD loss of student samples ``x0`` (with a graph); ``context`` defaults to the batch's. With
         ``audio_teacher`` the audio's real score is that teacher's, both modalities re-noised at the audio's time
-        (the times it was trained on). Returns ``(mean loss, parts)``."""
+        (the times it was trained on); with ``audio_score_tied`` the audio's real and fake scores both read the
+        video re-noised at the audio's time. Returns ``(mean loss, parts)``."""
         conditions = Conditions.of(batch)
         context = context if context is not None else TeacherObjective.context(batch)
         mask = batch["audio_mask"]
@@ -188,11 +192,14 @@ class DistillObjective:
                 teacher, self.guidance, video_t, audio_t, t, conditions, context, mask
             )
             fake_v, fake_a = _unwrap(fake)(video_t, audio_t, t, conditions, context, mask)
-            if audio_teacher is not None:
+            if audio_teacher is not None or self.audio_score_tied:
                 video_ta = flow.interpolate(x0[0].detach(), draws["renoise_video"], t[1])
+                scorer = audio_teacher if audio_teacher is not None else teacher
                 _, real_a = guided_velocity(
-                    audio_teacher, self.guidance, video_ta, audio_t, (t[1], t[1]), conditions, context, mask
+                    scorer, self.guidance, video_ta, audio_t, (t[1], t[1]), conditions, context, mask
                 )
+                if self.audio_score_tied:
+                    _, fake_a = _unwrap(fake)(video_ta, audio_t, (t[1], t[1]), conditions, context, mask)
             real = (
                 flow.predict_x0(video_t, real_v.float(), t[0]),
                 flow.predict_x0(audio_t, real_a.float(), t[1]),

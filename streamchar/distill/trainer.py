@@ -45,6 +45,7 @@ def objective_from_config(dcfg) -> DistillObjective:
         t_max=dcfg.t_max,
         fake_updates=dcfg.fake_updates,
         audio_loss_weight=dcfg.audio_loss_weight,
+        audio_score_tied=dcfg.audio_score_tied,
     )
 
 
