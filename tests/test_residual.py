@@ -60,6 +60,17 @@ def test_state_and_latents_are_inverse_and_plain_is_the_identity():
     assert to_state(plain, video, audio, None, None) == (video, audio)
 
 
+def _naive_outside(box, h: int, w: int) -> torch.Tensor:
+    """One minus each latent cell's share inside ``box`` (fractions of the frame), cell by cell."""
+    naive = torch.ones(h, w)
+    for i in range(h):
+        for j in range(w):
+            inside_x = max(0.0, min(box[2], (j + 1) / w) - max(box[0], j / w)) * w
+            inside_y = max(0.0, min(box[3], (i + 1) / h) - max(box[1], i / h)) * h
+            naive[i, j] = 1.0 - inside_x * inside_y
+    return naive
+
+
 def test_the_video_correction_outside_the_mouth_leaves_the_mouth_to_the_prior():
     """engine.video_correction=outside_mouth: each latent cell plays the share of the video correction that lies
     outside the mouth box; against a naive loop over cells, and the audio untouched."""
@@ -69,12 +80,7 @@ def test_the_video_correction_outside_the_mouth_leaves_the_mouth_to_the_prior():
     h, w = video.shape[-2:]
     box = [0.3, 0.5, 0.7, 0.8]
     mask = video_correction_mask("outside_mouth", box, (h, w))
-    naive = torch.ones(h, w)
-    for i in range(h):
-        for j in range(w):
-            inside_x = max(0.0, min(box[2], (j + 1) / w) - max(box[0], j / w)) * w
-            inside_y = max(0.0, min(box[3], (i + 1) / h) - max(box[1], i / h)) * h
-            naive[i, j] = 1.0 - inside_x * inside_y
+    naive = _naive_outside(box, h, w)
     torch.testing.assert_close(mask, naive)
     assert mask.min() == 0.0 and mask.max() == 1.0  # cells wholly inside play none of it, outside all of it
     z = to_state(model, video, audio, cond.prior_video, cond.prior_audio)
@@ -93,12 +99,7 @@ def test_the_video_correction_margin_widens_the_box_it_stays_out_of():
     h = w = 16
     box, margin = [0.05, 0.5, 0.7, 0.97], 0.0625
     wide = [0.0, 0.5 - margin, 0.7 + margin, 1.0]  # clipped at the frame's left and bottom edges
-    naive = torch.ones(h, w)
-    for i in range(h):
-        for j in range(w):
-            inside_x = max(0.0, min(wide[2], (j + 1) / w) - max(wide[0], j / w)) * w
-            inside_y = max(0.0, min(wide[3], (i + 1) / h) - max(wide[1], i / h)) * h
-            naive[i, j] = 1.0 - inside_x * inside_y
+    naive = _naive_outside(wide, h, w)
     got = video_correction_mask("outside_mouth", box, (h, w), margin)
     torch.testing.assert_close(got, naive)
     assert (got <= video_correction_mask("outside_mouth", box, (h, w))).all()  # never more correction
