@@ -55,7 +55,8 @@ MICRO = {
         "stage1-4step": {"overrides": ["distill.student_steps=4"]},
         "stage2-2step": {"overrides": ["distill.student_steps=2", "distill.rollout_chunks=2", "distill.rollout_steps=1",
                                        "distill.batch_size=1"]},
-        "ship": {"characters": {"ada": 0, "ben": 1}, "settings": {"engine.keep_correction": [0.5, 0.75]}},
+        "ship": {"characters": {"ada": 0, "ben": 1}, "settings": {"engine.keep_correction": [0.5, 0.75],
+                                                               "engine.audio_correction": "whole"}},
         "instruments": {"steps": {"recognizer": 2, "sync": 2, "identity": 2, "speaker": 2, "mouth": 2}},
         "results": {"short_clips": 1, "teacher_clips": 1, "long_minutes": 0.15, "segment_seconds": 4,
                     "teacher_steps": 4, "unseen_character": "ada", "unseen_sentences": 1},
@@ -104,6 +105,8 @@ def test_recipe_runs_every_stage_then_skips_them_and_ships_a_loadable_model(tmp_
     assert cfg.prior.audio_path == str(tmp_path / "model" / "prior-audio")
     card = (tmp_path / "model" / "README.md").read_text()  # its figures come from the run's own records
     assert "`engine.keep_correction=[0.5,0.75]`" in card
+    # the note of the setting's value, not of another value
+    assert "plays the student's whole correction" in card and "mean spectrum" not in card
     assert "64x64 frames to 8x8x4 latents" in card and "): 4\nprocedurally drawn characters" in card
     assert "at 1, 2 and 4 steps" in card and "shards." in card
     assert "acoustic prior" in (tmp_path / "model" / "prior-audio" / "README.md").read_text()

@@ -222,6 +222,18 @@ def _stage2_start(recipe: Recipe) -> str:
     )
 
 
+def _teacher_start(folder: Path) -> str:
+    """Where the shipped teacher's samples start, from its ``denoiser.json``."""
+    arch = json.loads((folder / "teacher" / "denoiser.json").read_text())
+    video = arch.get("sample_start_video")
+    if video is None or video == arch.get("sample_start"):
+        return " from a shallow start"
+    return (
+        f": the audio from a shallow start (t = {arch['sample_start']:g}), the video from t = {video:g}"
+        f"{' (noise), predicting the clean residual' if arch.get('video_prediction') == 'x0' else ''}"
+    )
+
+
 def _in_words(numbers: list) -> str:
     """``[1, 2, 4]`` as ``1, 2 and 4``."""
     words = [str(n) for n in numbers]
@@ -245,8 +257,15 @@ def _cache_shards(recipe: Recipe) -> str:
 SETTING_NOTES = {
     "engine.keep_correction": "`engine.keep_correction` is the share of the student's correction of the video and "
                               "audio priors' means that is kept",
-    "engine.audio_correction": "`engine.audio_correction=timbre` keeps only the audio correction's mean spectrum over "
-                               "each chunk (the voice), not its changes in time (the phonemes)",
+    "engine.audio_correction=timbre": "`engine.audio_correction=timbre` keeps only the audio correction's mean "
+                                      "spectrum over each chunk (the voice), not its changes in time (the phonemes)",
+    "engine.audio_correction=whole": "`engine.audio_correction=whole` plays the student's whole correction of the "
+                                     "acoustic prior's means",
+    "engine.video_noise_share": "`engine.video_noise_share` is the share of a window's video noise its frames have in "
+                                "common, as the teacher was trained (`train.teacher.video_noise_share`)",
+    "engine.video_correction_margin": "`engine.video_correction_margin` widens the mouth box the video correction "
+                                      "stays off by that fraction of the frame on every side, since the video decoder "
+                                      "carries a cell's correction into its neighbours",
     "engine.timbre_memory": "`engine.timbre_memory` makes that spectrum a running average over the session's chunks",
     "engine.prior_last_noise": "`engine.prior_last_noise` is the noise on the last motion latent the video prior "
                                "reads, which keeps long sessions on the character's face",
@@ -269,7 +288,8 @@ def _settings_text(record: dict) -> str:
     if not settings:
         return ""
     listed = ", ".join(f"`{override_text(key, value)}`" for key, value in settings.items())
-    notes = "; ".join(SETTING_NOTES[key] for key in settings if key in SETTING_NOTES)
+    notes = "; ".join(SETTING_NOTES.get(f"{key}={value}", SETTING_NOTES.get(key)) for key, value in settings.items()
+                      if key in SETTING_NOTES or f"{key}={value}" in SETTING_NOTES)  # fmt: skip
     return (
         f"\nIt is played with {listed} (loading it by name applies them; a later `key=value` overrides "
         f"them). {notes + '. ' if notes else ''}Chosen on held-out clips the results table does not use."
@@ -311,7 +331,7 @@ chosen with `engine.denoiser_path=checkpoints/{recipe.name}/NAME`.{_settings_tex
 | `vae/` | video autoencoder ({codec_class}), {size}x{size} frames to {latent}x{latent}x{channels} latents |
 | `orchestrator/` | unit language model (transcript -> one phoneme x F0 unit per audio frame), Hugging Face folder |
 | `prior-audio/`, `prior-video/` | the priors: regression networks whose means carry each chunk's content (own cards) |
-| `teacher/` | the joint audio-video DiT (EMA weights, bf16) that denoises around the priors' means from a shallow start |
+| `teacher/` | the joint audio-video DiT (EMA weights, bf16) that denoises around the priors' means{_teacher_start(folder)} |
 | `student-s1-*step/` | stage-1 students (ODE-pair regression + DMD; one branch, `distilled.json`) at {s1_steps} steps |
 | `student-s2-2step/` | the stage-2 student: {_stage2_start(recipe)}, fine-tuned on its own rollouts |
 | `characters/` | shipped characters (reference image, {voice:g} s of voice, voice prompt) from training identities |
