@@ -288,8 +288,9 @@ def _settings_text(record: dict) -> str:
     if not settings:
         return ""
     listed = ", ".join(f"`{override_text(key, value)}`" for key, value in settings.items())
-    notes = "; ".join(SETTING_NOTES.get(f"{key}={value}", SETTING_NOTES.get(key)) for key, value in settings.items()
-                      if key in SETTING_NOTES or f"{key}={value}" in SETTING_NOTES)  # fmt: skip
+    # a note of the setting's value (`KEY=VALUE`) where there is one, else of the setting
+    found = (SETTING_NOTES.get(f"{key}={value}") or SETTING_NOTES.get(key) for key, value in settings.items())
+    notes = "; ".join(note for note in found if note)
     return (
         f"\nIt is played with {listed} (loading it by name applies them; a later `key=value` overrides "
         f"them). {notes + '. ' if notes else ''}Chosen on held-out clips the results table does not use."
