@@ -435,6 +435,9 @@ class EngineConfig:
     # (m * last + (1 - m) * this chunk's; 0 plays each chunk's own)
     video_correction_time: str = "frames"
     video_correction_memory: float = 0.0
+    # the video correction's spatial detail alone: at each cell, minus its mean over the n x n cells around it
+    # among those it is played on (an odd n >= 3), so it sharpens without shifting colour or shape; 0 = all of it
+    video_correction_detail: int = 0
     # the standard deviation of Gaussian noise on the last motion latent the video prior reads (never on the
     # reference): a prior fine-tuned on noisy last latents then pulls each chunk back toward the reference
     # instead of carrying its own small errors on over minutes; 0 = off

@@ -13,6 +13,7 @@ from streamchar.denoiser.prior import AcousticPrior, Priors, VideoPrior
 from streamchar.denoiser.residual import (
     Timbre,
     VideoMean,
+    correction_detail,
     residual_batch,
     timbre_of,
     to_latents,
@@ -174,6 +175,39 @@ def test_the_video_mean_is_a_running_average_of_the_chunks_frame_means():
             last = own if last is None else m * last + (1 - m) * own
             for f in range(length):
                 assert abs(float(got[i, ch, f, y, x]) - last) < 1e-5
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_video_correction_detail_against_a_naive_loop(masked):
+    """engine.video_correction_detail=n: each played cell keeps its correction minus the mean of the played
+    cells' corrections among the n x n around it (indices past the frame's edge clamped to it); cells not
+    played stay 0. Against a naive loop over plain numbers; 0 gives the correction back, and a correction that
+    is the same everywhere has no detail."""
+    g = torch.Generator().manual_seed(4)
+    b, c, length, h, w, n = 1, 2, 2, 6, 5, 3
+    mask = video_correction_mask("outside_mouth", [0.3, 0.4, 0.7, 0.8], (h, w)) if masked else None
+    played = torch.ones(h, w) if mask is None else mask
+    correction = torch.randn(b, c, length, h, w, generator=g) * played
+    got = correction_detail(correction, n, mask)
+    on = played > 0
+    for i, ch, f, y, x in np.ndindex(b, c, length, h, w):
+        if not on[y, x]:
+            assert float(got[i, ch, f, y, x]) == 0.0
+            continue
+        total = count = 0.0
+        for dy in range(-(n // 2), n // 2 + 1):
+            for dx in range(-(n // 2), n // 2 + 1):
+                yy, xx = min(max(y + dy, 0), h - 1), min(max(x + dx, 0), w - 1)
+                if on[yy, xx]:
+                    total += float(correction[i, ch, f, yy, xx])
+                    count += 1
+        want = float(correction[i, ch, f, y, x]) - total / count
+        assert abs(float(got[i, ch, f, y, x]) - want) < 1e-5
+    assert torch.equal(correction_detail(correction, 0, mask), correction)
+    flat = torch.full((b, c, length, h, w), 0.7) * on
+    assert correction_detail(flat, n, mask).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="video_correction_detail"):
+        correction_detail(correction, 4, mask)
 
 
 def test_the_speech_timbre_averages_and_plays_on_speaking_tokens_only():
@@ -397,6 +431,13 @@ def test_residual_batch_and_streamed_generation_with_priors():
             shown.video[:, :, piece] - means[:, :, piece],
         )
         torch.testing.assert_close(got, own.mean(2, keepdim=True).expand_as(got), rtol=1e-4, atol=1e-5)
+    # and only that mean's spatial detail (engine.video_correction_detail): the same audio, the detail of the
+    # played correction (correction_detail of the mean run's)
+    detail = run(video_feedback=False, video_time_memory=0.0, video_detail=3)
+    torch.testing.assert_close(detail.audio, shown.audio, rtol=0, atol=0)
+    torch.testing.assert_close(
+        detail.video - means, correction_detail(still.video - means, 3), rtol=1e-4, atol=1e-5
+    )
     with pytest.raises(ValueError, match="pass priors"):
         generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0))
     plain = tiny_dit()
@@ -614,6 +655,7 @@ def model_spec(cache):
         "prior_anchor=1.0",
         "video_correction_time=blur",
         "video_correction_memory=1.0",
+        "video_correction_detail=2",
         "video_correction=mouth",
         "mouth_box=[0.5,0.5,0.4,0.9]",
     ],

@@ -204,6 +204,33 @@ def video_correction_time(kind: str, memory: float = 0.0) -> VideoMean | None:
     return None if kind == "frames" else VideoMean(memory)
 
 
+def check_video_correction_detail(cells: int) -> None:
+    if cells != 0 and (cells < 3 or cells % 2 == 0):
+        raise ValueError(
+            f"engine.video_correction_detail must be 0 (off) or an odd number of latent cells, 3 or more, got {cells}."
+        )
+
+
+def correction_detail(correction: torch.Tensor, cells: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The spatial detail of a video correction ``[B, C, L, h, w]`` (``engine.video_correction_detail``): at each
+    cell the correction minus its mean over the ``cells`` x ``cells`` cells around it, among the cells it is
+    played on (``mask`` ``[h, w]`` > 0: those outside the mouth box; all without a mask), the frame's edge
+    repeated. What stays is the texture it adds (edges, pupils, sharpness); what goes is its smooth part, which
+    the video decoder turns into shifts of colour and shape that move a long session away from the character's
+    own frames (docs/results/formulations.md, "The video correction's detail alone")."""
+    check_video_correction_detail(cells)
+    if not cells:
+        return correction
+    b, c, length, h, w = correction.shape
+    played = torch.ones(h, w) if mask is None else (mask > 0).float()
+    played = played.to(correction)[None, None]
+    x = correction.reshape(b * c * length, 1, h, w)
+    pad, box = (cells // 2,) * 4, torch.ones(1, 1, cells, cells, dtype=x.dtype, device=x.device)
+    total = torch.nn.functional.conv2d(torch.nn.functional.pad(x * played, pad, mode="replicate"), box)
+    count = torch.nn.functional.conv2d(torch.nn.functional.pad(played, pad, mode="replicate"), box)
+    return ((x - total / count.clamp_min(1e-6)) * played).reshape(correction.shape)
+
+
 def audio_correction_of(kind: str, audio_codec, memory: float = 0.0) -> Timbre | None:
     """``engine.audio_correction`` (and ``engine.timbre_memory``) -> the ``timbre`` of :func:`to_latents` for
     one session: None (``whole``) or a fresh :class:`Timbre`."""
@@ -214,13 +241,14 @@ def audio_correction_of(kind: str, audio_codec, memory: float = 0.0) -> Timbre |
 def to_latents(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_video: torch.Tensor | None,
                mu_audio: torch.Tensor | None, keep: tuple[float, float] = (1.0, 1.0), timbre: Timbre | None = None,
                units: torch.Tensor | None = None, video_mask: torch.Tensor | None = None,
-               video_time: VideoMean | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+               video_time: VideoMean | None = None, video_detail: int = 0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The model's state -> clean latents: ``mu + s * z`` (residual) or ``z`` (plain). ``keep`` scales
     the correction per modality: ``mu + keep * s * z`` (``engine.keep_correction``; 0: the means alone);
     ``timbre`` keeps only the audio correction's timbre (:class:`Timbre`, given the chunk's ``units``;
     ``engine.audio_correction``); ``video_mask`` ``[h, w]`` scales the video correction per latent cell
     (:func:`video_correction_mask`, ``engine.video_correction``); ``video_time`` keeps only its mean over the
-    chunk's frames (:class:`VideoMean`, ``engine.video_correction_time``)."""
+    chunk's frames (:class:`VideoMean`, ``engine.video_correction_time``); ``video_detail`` only its spatial
+    detail over that many cells (:func:`correction_detail`, ``engine.video_correction_detail``)."""
     scales = scales_of(model)
     if scales is None:
         return video, audio
@@ -232,6 +260,8 @@ def to_latents(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_vid
         video_correction = video_time(video_correction)
     if video_mask is not None:
         video_correction = video_correction * video_mask.to(video_correction)
+    if video_detail:
+        video_correction = correction_detail(video_correction, video_detail, video_mask)
     return mu_video + keep[0] * video_correction, mu_audio + keep[1] * correction
 
 

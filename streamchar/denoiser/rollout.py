@@ -171,6 +171,7 @@ def generate(
     prior_anchor: torch.Tensor | None = None,
     video_mask: torch.Tensor | None = None,
     video_time_memory: float | None = None,
+    video_detail: int = 0,
     video_feedback: bool = True,
     video_noise_share: float = 0.0,
 ) -> Rollout:
@@ -195,6 +196,8 @@ def generate(
         video_time_memory: None plays every frame's own video correction; a number its mean over the chunk's
             frames, a running average over the chunks with that memory (:class:`~streamchar.denoiser.residual.
             VideoMean`, ``engine.video_correction_time=mean`` and ``engine.video_correction_memory``).
+        video_detail: plays only the video correction's spatial detail over that many cells
+            (:func:`~streamchar.denoiser.residual.correction_detail`, ``engine.video_correction_detail``).
         video_feedback: False feeds the next chunk the video prior's means alone, the correction only shown
             (:func:`~streamchar.denoiser.residual.fed_back`, ``engine.video_correction_feedback``).
         prior_last_noise: :class:`LastNoise` on the video prior's last latent (``engine.prior_last_noise``),
@@ -249,7 +252,7 @@ def generate(
                     model, noise_video, noise_audio, cond, context, given_audio=audio_in
                 )
                 video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio, keep, timbre,
-                                          cond.units, video_mask, video_time)  # fmt: skip
+                                          cond.units, video_mask, video_time, video_detail)  # fmt: skip
             if given_audio is not None:
                 audio = given_audio[index].to(device).float()
             videos.append(video)

@@ -128,6 +128,7 @@ SETTINGS = {
         "audio_correction": "whole",
         "video_correction": "whole",
         "video_correction_feedback": True,
+        "video_correction_detail": 0,
     },
 }
 # flag -> what drives the character instead of the text (an audio-driven session; short protocol only)
@@ -155,7 +156,8 @@ def parse_ckpt(spec: str) -> CkptSpec:
     """``[NAME=]PATH[@STEPS][:FLAG...]``; ablations switch an engine part off: ``:nosink``, ``:nomotion``,
     ``:norealign`` (engine.sink, engine.motion_frames, engine.realign) and ``:prioronly`` (engine.refine: the
     priors alone); ``:keepall`` keeps all of the student's correction of the means (engine.keep_correction,
-    engine.audio_correction, engine.video_correction, engine.video_correction_feedback);
+    engine.audio_correction, engine.video_correction, engine.video_correction_feedback,
+    engine.video_correction_detail);
     drivers replace the text by speech: ``:cascade`` (espeak-ng in the character's voice) and
     ``:speech`` (the clip's own)."""
     name, rest = "", spec
