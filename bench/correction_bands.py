@@ -30,7 +30,6 @@ correction shown.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import numpy as np
 import torch
@@ -42,20 +41,21 @@ def record(out: str, protocol_args: list[str]) -> None:
     from streamchar.cli import main
     from streamchar.engine.engine import Engine
 
-    played, means, sessions, seen = [], [], [], []
-    warming = [False]
+    played, means, sessions = [], [], []
+    warming, current = [False], [-1]  # the session now running: a protocol runs them one after another
     fed_back, warm_up = session_module.fed_back, Engine.warm_up
+    start = session_module.StreamSession.__init__
+
+    def hooked_start(self, *args, **kwargs):
+        start(self, *args, **kwargs)
+        if not warming[0]:
+            current[0] += 1
 
     def hooked_fed_back(video, mu_video, feedback):
-        caller = sys._getframe(1).f_locals.get("self")  # the session feeding this chunk back
         if mu_video is not None and not warming[0]:
-            index = next((i for i, s in enumerate(seen) if s is caller), None)
-            if index is None:
-                seen.append(caller)
-                index = len(seen) - 1
             played.append(video[0].float().cpu().numpy().astype(np.float16))
             means.append(mu_video[0].float().cpu().numpy().astype(np.float16))
-            sessions.append(index)
+            sessions.append(current[0])
         return fed_back(video, mu_video, feedback)
 
     def hooked_warm_up(self, *args, **kwargs):
@@ -66,13 +66,15 @@ def record(out: str, protocol_args: list[str]) -> None:
             warming[0] = False
 
     session_module.fed_back, Engine.warm_up = hooked_fed_back, hooked_warm_up
+    session_module.StreamSession.__init__ = hooked_start
     try:
         main(["eval", "protocol", *protocol_args])
     finally:
         session_module.fed_back, Engine.warm_up = fed_back, warm_up
+        session_module.StreamSession.__init__ = start
         if played:
             np.savez_compressed(out, video=np.stack(played), mu=np.stack(means), session=np.array(sessions))
-            print(f"recorded {len(played)} chunks of {len(seen)} sessions: {out}")
+            print(f"recorded {len(played)} chunks of {current[0] + 1} sessions: {out}")
 
 
 def variants(correction: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:

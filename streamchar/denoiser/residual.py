@@ -217,7 +217,7 @@ def correction_detail(correction: torch.Tensor, cells: int, mask: torch.Tensor |
     played on (``mask`` ``[h, w]`` > 0: those outside the mouth box; all without a mask), the frame's edge
     repeated. What stays is the texture it adds (edges, pupils, sharpness); what goes is its smooth part, which
     the video decoder turns into shifts of colour and shape that move a long session away from the character's
-    own frames (docs/results/formulations.md, "The video correction's detail alone")."""
+    own frames (docs/results/formulations.md, "The video correction's detail alone: shipped")."""
     check_video_correction_detail(cells)
     if not cells:
         return correction
