@@ -378,7 +378,7 @@ def test_a_ckpt_spec_names_its_ablations_and_settings():
     assert spec.name == "s2" and spec.switches == {
         "sink": False, "keep_correction": [1.0, 1.0], "audio_correction": "whole",
         "video_correction": "whole", "video_correction_feedback": True,
-        "video_correction_detail": 0}  # fmt: skip
+        "video_correction_detail": 0, "video_correction_skip": 0}  # fmt: skip
     with pytest.raises(ValueError, match=":keepall"):
         parse_ckpt("checkpoints/tiny/student-s2-2step:keepnone")
 

@@ -438,6 +438,20 @@ def test_residual_batch_and_streamed_generation_with_priors():
     torch.testing.assert_close(
         detail.video - means, correction_detail(still.video - means, 3), rtol=1e-4, atol=1e-5
     )
+    # the first chunk skipped (engine.video_correction_skip=1) with a running mean (memory m): the same audio, the
+    # first chunk the means alone, and the second m * 0 + (1 - m) * its own mean correction (the skipped chunk
+    # counts as zero)
+    m = 0.5
+    skipped = run(video_feedback=False, video_time_memory=m, video_skip=1)
+    torch.testing.assert_close(skipped.audio, shown.audio, rtol=0, atol=0)
+    torch.testing.assert_close(skipped.video[:, :, :first], means[:, :, :first], rtol=0, atol=0)
+    second = slice(first, 2 * first)
+    torch.testing.assert_close(
+        skipped.video[:, :, second] - means[:, :, second],
+        (1 - m) * (still.video[:, :, second] - means[:, :, second]),
+        rtol=1e-4,
+        atol=1e-5,
+    )
     with pytest.raises(ValueError, match="pass priors"):
         generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0))
     plain = tiny_dit()
@@ -592,7 +606,8 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
                 "speech timbre": "engine.audio_correction=speech_timbre engine.timbre_memory=0.8",
                 "outside mouth": "engine.video_correction=outside_mouth",
                 "no video correction": "engine.keep_correction=[0.0,1.0]",
-                "shown only": "engine.video_correction_feedback=false"}  # fmt: skip
+                "shown only": "engine.video_correction_feedback=false",
+                "first skipped": "engine.video_correction_feedback=false engine.video_correction_skip=1"}  # fmt: skip
     for name, switch in variants.items():
         ecfg = load_config(None, TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + overrides + [
             f"video_codec.path={codec}", f"engine.denoiser_path={tmp_path / 's2' / 'student'}",
@@ -633,6 +648,10 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
     assert np.array_equal(outputs["shown only"][1][:frames], outputs["refine"][1][:frames])
     assert not np.array_equal(outputs["shown only"][1], outputs["no video correction"][1])
     assert not np.array_equal(outputs["shown only"][1][frames:], outputs["refine"][1][frames:])
+    # the first chunk's video correction skipped: the same course, the first chunk's frames the priors' alone
+    assert np.array_equal(outputs["first skipped"][0], outputs["shown only"][0])
+    assert np.array_equal(outputs["first skipped"][1][:frames], outputs["no video correction"][1][:frames])
+    assert not np.array_equal(outputs["first skipped"][1][frames:], outputs["no video correction"][1][frames:])
 
 
 def model_spec(cache):
@@ -656,6 +675,7 @@ def model_spec(cache):
         "video_correction_time=blur",
         "video_correction_memory=1.0",
         "video_correction_detail=2",
+        "video_correction_skip=-1",
         "video_correction=mouth",
         "mouth_box=[0.5,0.5,0.4,0.9]",
     ],

@@ -17,7 +17,9 @@ frequency bin, :func:`timbre_of`: the prior keeps the time-varying part, which c
 prior keeps the lip shapes, :func:`video_correction_mask`; ``engine.video_correction_time``: ``frames``, or
 ``mean``, the video correction's mean over the chunk's frames (averaged over the session's chunks with
 ``engine.video_correction_memory``), :func:`video_correction_time`, so what it adds holds still instead of
-flickering from frame to frame; ``engine.video_correction_feedback``: whether the next chunk reads the
+flickering from frame to frame; ``engine.video_correction_detail``: its spatial detail alone,
+:func:`correction_detail`; ``engine.video_correction_skip``: a session's first chunks show the means alone, the
+correction fading in after them; ``engine.video_correction_feedback``: whether the next chunk reads the
 corrected video or the means alone, :func:`fed_back`).
 
 The plain formulation (no prior) is ``mu = 0``, ``s = 1``: these functions then return their input.
@@ -231,6 +233,13 @@ def correction_detail(correction: torch.Tensor, cells: int, mask: torch.Tensor |
     return ((x - total / count.clamp_min(1e-6)) * played).reshape(correction.shape)
 
 
+def check_video_correction_skip(chunks: int) -> None:
+    if not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 0:
+        raise ValueError(
+            f"engine.video_correction_skip must be a whole number of chunks, 0 or more (0: off), got {chunks!r}."
+        )
+
+
 def audio_correction_of(kind: str, audio_codec, memory: float = 0.0) -> Timbre | None:
     """``engine.audio_correction`` (and ``engine.timbre_memory``) -> the ``timbre`` of :func:`to_latents` for
     one session: None (``whole``) or a fresh :class:`Timbre`."""
@@ -241,14 +250,17 @@ def audio_correction_of(kind: str, audio_codec, memory: float = 0.0) -> Timbre |
 def to_latents(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_video: torch.Tensor | None,
                mu_audio: torch.Tensor | None, keep: tuple[float, float] = (1.0, 1.0), timbre: Timbre | None = None,
                units: torch.Tensor | None = None, video_mask: torch.Tensor | None = None,
-               video_time: VideoMean | None = None, video_detail: int = 0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+               video_time: VideoMean | None = None, video_detail: int = 0,
+               skip_video: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The model's state -> clean latents: ``mu + s * z`` (residual) or ``z`` (plain). ``keep`` scales
     the correction per modality: ``mu + keep * s * z`` (``engine.keep_correction``; 0: the means alone);
     ``timbre`` keeps only the audio correction's timbre (:class:`Timbre`, given the chunk's ``units``;
     ``engine.audio_correction``); ``video_mask`` ``[h, w]`` scales the video correction per latent cell
     (:func:`video_correction_mask`, ``engine.video_correction``); ``video_time`` keeps only its mean over the
     chunk's frames (:class:`VideoMean`, ``engine.video_correction_time``); ``video_detail`` only its spatial
-    detail over that many cells (:func:`correction_detail`, ``engine.video_correction_detail``)."""
+    detail over that many cells (:func:`correction_detail`, ``engine.video_correction_detail``); ``skip_video``
+    (one of a session's first ``engine.video_correction_skip`` chunks) shows the video means alone and counts the
+    chunk's video correction as zero in ``video_time``'s average."""
     scales = scales_of(model)
     if scales is None:
         return video, audio
@@ -256,6 +268,8 @@ def to_latents(model: JointDiT, video: torch.Tensor, audio: torch.Tensor, mu_vid
     if timbre is not None:
         correction = timbre(correction, None if units is None else sounding(units))
     video_correction = scales[0] * video
+    if skip_video:
+        video_correction = torch.zeros_like(video_correction)
     if video_time is not None:
         video_correction = video_time(video_correction)
     if video_mask is not None:

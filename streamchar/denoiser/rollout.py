@@ -172,6 +172,7 @@ def generate(
     video_mask: torch.Tensor | None = None,
     video_time_memory: float | None = None,
     video_detail: int = 0,
+    video_skip: int = 0,
     video_feedback: bool = True,
     video_noise_share: float = 0.0,
 ) -> Rollout:
@@ -198,6 +199,8 @@ def generate(
             VideoMean`, ``engine.video_correction_time=mean`` and ``engine.video_correction_memory``).
         video_detail: plays only the video correction's spatial detail over that many cells
             (:func:`~streamchar.denoiser.residual.correction_detail`, ``engine.video_correction_detail``).
+        video_skip: the first that many chunks show the video means alone, their correction counted as zero in
+            the average over chunks (``engine.video_correction_skip``).
         video_feedback: False feeds the next chunk the video prior's means alone, the correction only shown
             (:func:`~streamchar.denoiser.residual.fed_back`, ``engine.video_correction_feedback``).
         prior_last_noise: :class:`LastNoise` on the video prior's last latent (``engine.prior_last_noise``),
@@ -252,7 +255,8 @@ def generate(
                     model, noise_video, noise_audio, cond, context, given_audio=audio_in
                 )
                 video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio, keep, timbre,
-                                          cond.units, video_mask, video_time, video_detail)  # fmt: skip
+                                          cond.units, video_mask, video_time, video_detail,
+                                          index < video_skip)  # fmt: skip
             if given_audio is not None:
                 audio = given_audio[index].to(device).float()
             videos.append(video)

@@ -23,6 +23,7 @@ from streamchar.denoiser.residual import (
     check_timbre_memory,
     check_video_correction,
     check_video_correction_detail,
+    check_video_correction_skip,
     check_video_correction_time,
 )
 from streamchar.denoiser.rollout import check_last_noise, check_prior_anchor
@@ -88,6 +89,7 @@ class Engine:
         check_video_noise_share(ecfg.video_noise_share)
         check_video_correction_time(ecfg.video_correction_time, ecfg.video_correction_memory)
         check_video_correction_detail(ecfg.video_correction_detail)
+        check_video_correction_skip(ecfg.video_correction_skip)
         if ecfg.worker_threads < 0:
             raise ValueError(f"engine.worker_threads must be 0 (auto) or more, got {ecfg.worker_threads}.")
         device = _engine_device(ecfg.device)

@@ -159,7 +159,7 @@ class StreamSession:
         self._video_feedback = bool(ecfg.video_correction_feedback)
         self._video_noise_share = ecfg.video_noise_share
         self._video_time = video_correction_time(ecfg.video_correction_time, ecfg.video_correction_memory)
-        self._video_detail = ecfg.video_correction_detail
+        self._video_detail, self._video_skip = ecfg.video_correction_detail, ecfg.video_correction_skip
         self._prior_anchor = prior_anchor_map(ecfg.prior_anchor, ecfg.mouth_box, tuple(ref_video.shape[-2:]))
         self._use_priors = eng.priors is not None and (eng.denoiser.residual or not self.refine)
         if self._use_priors:
@@ -419,7 +419,8 @@ class StreamSession:
                     )
                     video, audio = to_latents(model, video.float(), audio.float(), mu_video, mu_audio,
                                               self._keep, self._timbre, cond.units, self._video_mask,
-                                              self._video_time, self._video_detail)  # fmt: skip
+                                              self._video_time, self._video_detail,
+                                              self._index < self._video_skip)  # fmt: skip
             timer.stop()
             if given_latents is not None:
                 audio = given_latents

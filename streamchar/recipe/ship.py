@@ -282,6 +282,9 @@ SETTING_NOTES = {
     "engine.video_correction_detail": "`engine.video_correction_detail` plays only its spatial detail (minus its "
                                       "mean over that many cells around each), which sharpens the face without "
                                       "moving a long session away from the character's own frames",
+    "engine.video_correction_skip": "`engine.video_correction_skip` shows a session's first chunks as the video "
+                                    "prior made them and fades the correction in after them, as the first chunk's "
+                                    "correction (made before any motion frames) is blotchy",
 }  # fmt: skip
 
 

@@ -129,6 +129,7 @@ SETTINGS = {
         "video_correction": "whole",
         "video_correction_feedback": True,
         "video_correction_detail": 0,
+        "video_correction_skip": 0,
     },
 }
 # flag -> what drives the character instead of the text (an audio-driven session; short protocol only)
@@ -157,7 +158,7 @@ def parse_ckpt(spec: str) -> CkptSpec:
     ``:norealign`` (engine.sink, engine.motion_frames, engine.realign) and ``:prioronly`` (engine.refine: the
     priors alone); ``:keepall`` keeps all of the student's correction of the means (engine.keep_correction,
     engine.audio_correction, engine.video_correction, engine.video_correction_feedback,
-    engine.video_correction_detail);
+    engine.video_correction_detail, engine.video_correction_skip);
     drivers replace the text by speech: ``:cascade`` (espeak-ng in the character's voice) and
     ``:speech`` (the clip's own)."""
     name, rest = "", spec
