@@ -453,6 +453,10 @@ class EngineConfig:
     # the share of each chunk's video start noise that all its frames have in common, sqrt(r) * shared +
     # sqrt(1 - r) * own: for a teacher trained so (train.teacher.video_noise_share); 0 = each frame its own
     video_noise_share: float = 0.0
+    # the audio start noise times this (a sampling temperature, as Glow-TTS's noise scale): below 1 the student's
+    # audio correction comes nearer the likeliest speech for the chunk, which the recognizer hears better; 1 = as
+    # trained
+    audio_noise_scale: float = 1.0
     phoneme_reader: str = (
         "checkpoints/eval/recognizer"  # a recognizer folder (streamchar eval train recognizer)
     )

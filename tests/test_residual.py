@@ -452,6 +452,24 @@ def test_residual_batch_and_streamed_generation_with_priors():
         rtol=1e-4,
         atol=1e-5,
     )
+    # the audio start noise scaled (engine.audio_noise_scale): the sampler gets the same draws, the audio's times the
+    # scale and the video's as they were
+    class Recording(EulerSampler):
+        def sample(self, model, video_noise, audio_noise, *args, **kwargs):
+            self.seen.append((video_noise.clone(), audio_noise.clone()))
+            return super().sample(model, video_noise, audio_noise, *args, **kwargs)
+
+    seen = {}
+    for scale in (1.0, 0.5):
+        recording = Recording(steps=2)
+        recording.seen = []
+        generate(model, recording, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0),
+                 priors=priors, audio_noise_scale=scale)  # fmt: skip
+        seen[scale] = recording.seen
+    assert len(seen[0.5]) == len(conds)
+    for (video_1, audio_1), (video_half, audio_half) in zip(seen[1.0], seen[0.5], strict=True):
+        torch.testing.assert_close(video_half, video_1, rtol=0, atol=0)
+        torch.testing.assert_close(audio_half, 0.5 * audio_1, rtol=0, atol=0)
     with pytest.raises(ValueError, match="pass priors"):
         generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0))
     plain = tiny_dit()
@@ -676,6 +694,7 @@ def model_spec(cache):
         "video_correction_memory=1.0",
         "video_correction_detail=2",
         "video_correction_skip=-1",
+        "audio_noise_scale=-0.5",
         "video_correction=mouth",
         "mouth_box=[0.5,0.5,0.4,0.9]",
     ],

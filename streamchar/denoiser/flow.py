@@ -63,6 +63,11 @@ def check_video_noise_share(share: float) -> None:
         )
 
 
+def check_audio_noise_scale(scale: float) -> None:
+    if not 0.0 <= scale <= 2.0:
+        raise ValueError(f"engine.audio_noise_scale must be in [0, 2] (1: the noise as trained), got {scale}.")
+
+
 def mixed_noise(own: torch.Tensor, shared: torch.Tensor, share: float) -> torch.Tensor:
     """``sqrt(share) * shared + sqrt(1 - share) * own``: frames' own noise ``[B, C, L, h, w]`` with one draw
     ``[B, C, 1, h, w]`` they all have in common (PYoCo's mixed noise); each frame's noise stays unit Gaussian."""

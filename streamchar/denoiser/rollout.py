@@ -175,6 +175,7 @@ def generate(
     video_skip: int = 0,
     video_feedback: bool = True,
     video_noise_share: float = 0.0,
+    audio_noise_scale: float = 1.0,
 ) -> Rollout:
     """Generate ``len(conditions)`` chunks.
 
@@ -207,6 +208,7 @@ def generate(
             seeded from ``generator``'s initial seed, as a session seeded alike.
         video_noise_share: the share of each chunk's video noise its frames have in common
             (:func:`~streamchar.denoiser.flow.video_noise`, ``engine.video_noise_share``).
+        audio_noise_scale: each chunk's audio start noise times this (``engine.audio_noise_scale``).
         prior_anchor: ``[h, w]``, how far each cell of the video prior's last motion latent is moved toward the
             reference before that noise (:func:`prior_anchor_map`, ``engine.prior_anchor``).
     """
@@ -236,7 +238,8 @@ def generate(
             start = time.perf_counter()
             context = enter_window(model, memory, n, use_cache, (ref_video, ref_voice, ref_voice_valid))
             noise_video = video_noise((b, c, L, h, w), generator, video_noise_share).to(device)
-            noise_audio = torch.randn(b, L_a, ref_voice.shape[-1], generator=generator).to(device)
+            noise_audio = torch.randn(b, L_a, ref_voice.shape[-1], generator=generator)
+            noise_audio = (audio_noise_scale * noise_audio).to(device)
             audio_in = given_audio[index].to(device) if given_audio is not None else None
             mu_video = mu_audio = None
             if use_priors:

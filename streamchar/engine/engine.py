@@ -17,7 +17,7 @@ import time
 import torch
 
 from streamchar.denoiser.build import latent_spec
-from streamchar.denoiser.flow import EulerSampler, Guidance, check_video_noise_share
+from streamchar.denoiser.flow import EulerSampler, Guidance, check_audio_noise_scale, check_video_noise_share
 from streamchar.denoiser.residual import (
     check_audio_correction,
     check_timbre_memory,
@@ -87,6 +87,7 @@ class Engine:
         check_last_noise(ecfg.prior_last_noise)
         check_prior_anchor(ecfg.prior_anchor)
         check_video_noise_share(ecfg.video_noise_share)
+        check_audio_noise_scale(ecfg.audio_noise_scale)
         check_video_correction_time(ecfg.video_correction_time, ecfg.video_correction_memory)
         check_video_correction_detail(ecfg.video_correction_detail)
         check_video_correction_skip(ecfg.video_correction_skip)

@@ -157,7 +157,7 @@ class StreamSession:
             ecfg.video_correction, ecfg.mouth_box, tuple(ref_video.shape[-2:]), ecfg.video_correction_margin
         )
         self._video_feedback = bool(ecfg.video_correction_feedback)
-        self._video_noise_share = ecfg.video_noise_share
+        self._video_noise_share, self._audio_noise_scale = ecfg.video_noise_share, ecfg.audio_noise_scale
         self._video_time = video_correction_time(ecfg.video_correction_time, ecfg.video_correction_memory)
         self._video_detail, self._video_skip = ecfg.video_correction_detail, ecfg.video_correction_skip
         self._prior_anchor = prior_anchor_map(ecfg.prior_anchor, ecfg.mouth_box, tuple(ref_video.shape[-2:]))
@@ -383,9 +383,8 @@ class StreamSession:
         L = tl.chunk_latent_frames
         shape = (B, model.latent_channels, L, model.latent_size, model.latent_size)
         noise_video = video_noise(shape, self.generator, self._video_noise_share).to(device)
-        noise_audio = torch.randn(B, tl.chunk_audio_tokens, model.audio_dim, generator=self.generator).to(
-            device
-        )
+        noise_audio = torch.randn(B, tl.chunk_audio_tokens, model.audio_dim, generator=self.generator)
+        noise_audio = (self._audio_noise_scale * noise_audio).to(device)
         cond = Conditions(cond.units.to(device), cond.speaking.to(device))
         given_latents = given.to(device) if given is not None else None
         mu_video = mu_audio = None

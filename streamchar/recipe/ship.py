@@ -282,6 +282,8 @@ SETTING_NOTES = {
     "engine.video_correction_detail": "`engine.video_correction_detail` plays only its spatial detail (minus its "
                                       "mean over that many cells around each), which sharpens the face without "
                                       "moving a long session away from the character's own frames",
+    "engine.audio_noise_scale": "`engine.audio_noise_scale` scales the audio start noise (a sampling temperature), "
+                                "which brings the audio correction nearer the likeliest speech",
     "engine.video_correction_skip": "`engine.video_correction_skip` shows a session's first chunks as the video "
                                     "prior made them and fades the correction in after them, as the first chunk's "
                                     "correction (made before any motion frames) is blotchy",
