@@ -452,6 +452,7 @@ def test_residual_batch_and_streamed_generation_with_priors():
         rtol=1e-4,
         atol=1e-5,
     )
+
     # the audio start noise scaled (engine.audio_noise_scale): the sampler gets the same draws, the audio's times the
     # scale and the video's as they were
     class Recording(EulerSampler):
@@ -669,7 +670,9 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
     # the first chunk's video correction skipped: the same course, the first chunk's frames the priors' alone
     assert np.array_equal(outputs["first skipped"][0], outputs["shown only"][0])
     assert np.array_equal(outputs["first skipped"][1][:frames], outputs["no video correction"][1][:frames])
-    assert not np.array_equal(outputs["first skipped"][1][frames:], outputs["no video correction"][1][frames:])
+    assert not np.array_equal(
+        outputs["first skipped"][1][frames:], outputs["no video correction"][1][frames:]
+    )
 
 
 def model_spec(cache):

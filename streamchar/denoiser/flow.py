@@ -65,7 +65,9 @@ def check_video_noise_share(share: float) -> None:
 
 def check_audio_noise_scale(scale: float) -> None:
     if not 0.0 <= scale <= 2.0:
-        raise ValueError(f"engine.audio_noise_scale must be in [0, 2] (1: the noise as trained), got {scale}.")
+        raise ValueError(
+            f"engine.audio_noise_scale must be in [0, 2] (1: the noise as trained), got {scale}."
+        )
 
 
 def mixed_noise(own: torch.Tensor, shared: torch.Tensor, share: float) -> torch.Tensor:
