@@ -432,7 +432,8 @@ class EngineConfig:
     video_correction_feedback: bool = True
     # the video correction played in time: frames (each frame its own) or mean (its mean over the chunk's frames,
     # so it holds still instead of flickering), averaged over the session's chunks with video_correction_memory
-    # (m * last + (1 - m) * this chunk's; 0 plays each chunk's own)
+    # (m * last + (1 - m) * this chunk's; 0 plays each chunk's own), or session (that mean over all the session's
+    # chunks so far, equally weighted; the memory is not read)
     video_correction_time: str = "frames"
     video_correction_memory: float = 0.0
     # the video correction's spatial detail alone: at each cell, minus its mean over the n x n cells around it

@@ -160,21 +160,25 @@ def test_the_timbre_with_memory_is_a_running_average_over_the_chunks():
         Timbre(bins, 1.0)
 
 
-def test_the_video_mean_is_a_running_average_of_the_chunks_frame_means():
+@pytest.mark.parametrize("session", [False, True])
+def test_the_video_mean_is_a_running_average_of_the_chunks_frame_means(session):
     """engine.video_correction_time=mean: every frame of chunk k plays, at each latent cell, m * (what chunk
-    k - 1 played) + (1 - m) * the mean over chunk k's frames; against a naive loop over plain numbers."""
+    k - 1 played) + (1 - m) * the mean over chunk k's frames; =session: the plain mean of chunks 0..k's frame
+    means. Against a naive loop over plain numbers."""
     g = torch.Generator().manual_seed(2)
     b, c, length, h, w, m = 2, 2, 3, 2, 2, 0.5
-    chunks = [torch.randn(b, c, length, h, w, generator=g) for _ in range(3)]
-    running = VideoMean(m)
+    chunks = [torch.randn(b, c, length, h, w, generator=g) for _ in range(4)]
+    running = VideoMean(m, session=session)
     played = [running(x) for x in chunks]
     for i, ch, y, x in np.ndindex(b, c, h, w):
-        last = None
+        last, owns = None, []
         for chunk, got in zip(chunks, played, strict=True):
             own = sum(float(chunk[i, ch, f, y, x]) for f in range(length)) / length
+            owns.append(own)
             last = own if last is None else m * last + (1 - m) * own
+            want = sum(owns) / len(owns) if session else last
             for f in range(length):
-                assert abs(float(got[i, ch, f, y, x]) - last) < 1e-5
+                assert abs(float(got[i, ch, f, y, x]) - want) < 1e-5
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -381,14 +385,15 @@ def test_residual_batch_and_streamed_generation_with_priors():
 
     model, priors = tiny_dit(residual_scales=SCALES), _tiny_priors()
     video, audio, _, cond, ctx = random_window(b=1)
-    conds = [Conditions(cond.units, cond.speaking), Conditions(cond.units.flip(1), cond.speaking)]
+    conds = [Conditions(cond.units, cond.speaking), Conditions(cond.units.flip(1), cond.speaking),
+             Conditions(cond.units.roll(3, 1), cond.speaking)]  # fmt: skip
     sampler = EulerSampler(steps=2)
     runs = [generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0),
                      use_cache=cache, priors=priors) for cache in (True, False)]  # fmt: skip
     assert (runs[0].video - runs[1].video).abs().max() < 1e-4 and (
         runs[0].audio - runs[1].audio
     ).abs().max() < 1e-4
-    given = [audio, audio * 0.5]
+    given = [audio, audio * 0.5, audio * 0.25]
     driven = generate(model, sampler, ctx.ref_video, ctx.ref_voice, conds, torch.Generator().manual_seed(0),
                       given_audio=given, priors=priors)  # fmt: skip
     assert torch.equal(driven.audio, torch.cat(given, dim=1))
@@ -452,6 +457,18 @@ def test_residual_batch_and_streamed_generation_with_priors():
         rtol=1e-4,
         atol=1e-5,
     )
+
+    # the mean over all the chunks so far (engine.video_correction_time=session): chunk k plays the plain mean of
+    # chunks 0..k's own mean corrections
+    session = run(video_feedback=False, video_time_session=True)
+    torch.testing.assert_close(session.audio, shown.audio, rtol=0, atol=0)
+    owns = []
+    for k in range(len(conds)):
+        piece = slice(k * first, (k + 1) * first)
+        owns.append(still.video[:, :, piece] - means[:, :, piece])
+        torch.testing.assert_close(
+            session.video[:, :, piece] - means[:, :, piece], sum(owns) / len(owns), rtol=1e-4, atol=1e-5
+        )
 
     # the audio start noise scaled (engine.audio_noise_scale): the sampler gets the same draws, the audio's times the
     # scale and the video's as they were

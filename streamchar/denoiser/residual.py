@@ -16,7 +16,7 @@ frequency bin, :func:`timbre_of`: the prior keeps the time-varying part, which c
 ``whole``, or ``outside_mouth``, the video correction played only outside ``engine.mouth_box``, so the video
 prior keeps the lip shapes, :func:`video_correction_mask`; ``engine.video_correction_time``: ``frames``, or
 ``mean``, the video correction's mean over the chunk's frames (averaged over the session's chunks with
-``engine.video_correction_memory``), :func:`video_correction_time`, so what it adds holds still instead of
+``engine.video_correction_memory``; ``session``: over all the session's chunks so far), :func:`video_correction_time`, so what it adds holds still instead of
 flickering from frame to frame; ``engine.video_correction_detail``: its spatial detail alone,
 :func:`correction_detail`; ``engine.video_correction_skip``: a session's first chunks show the means alone, the
 correction fading in after them; ``engine.video_correction_feedback``: whether the next chunk reads the
@@ -166,7 +166,7 @@ def check_timbre_memory(memory: float, name: str = "engine.timbre_memory") -> No
         raise ValueError(f"{name} must be in [0, 1) (0: each chunk's own mean), got {memory}.")
 
 
-VIDEO_CORRECTION_TIMES = ("frames", "mean")
+VIDEO_CORRECTION_TIMES = ("frames", "mean", "session")
 
 
 def check_video_correction_time(kind: str, memory: float) -> None:
@@ -180,20 +180,26 @@ def check_video_correction_time(kind: str, memory: float) -> None:
 class VideoMean:
     """Keeps only the mean over a chunk's frames of a session's video corrections (``engine.video_correction_time
     =mean``): each latent cell gets one offset for the whole chunk, a running average over the session's chunks
-    with ``memory`` (``engine.video_correction_memory``), as :class:`Timbre` does for the voice's spectrum. A
-    2-step student's correction differs from frame to frame by its sampling noise as much as by what it adds
-    (edges and pupils that shift by a pixel: flicker the ground truth does not have); its mean keeps the part
-    that holds still. One per session: it remembers the last chunk."""
+    with ``memory`` (``engine.video_correction_memory``), as :class:`Timbre` does for the voice's spectrum; with
+    ``session`` (``engine.video_correction_time=session``) the plain mean of every chunk's so far, chunk k
+    weighing ``k / (k + 1)`` on the last one played, so the correction settles on what it adds to the session
+    as a whole. A 2-step student's correction differs from frame to frame, and chunk to chunk, by its sampling
+    noise as much as by what it adds (edges and pupils that shift by a pixel: flicker the ground truth does not
+    have); its mean keeps the part that holds still. One per session: it remembers the last chunk."""
 
-    def __init__(self, memory: float = 0.0) -> None:
-        self.memory = memory
+    def __init__(self, memory: float = 0.0, session: bool = False) -> None:
+        self.memory, self.session = memory, session
         self._running: Timbre | None = None
+        self._chunks = 0
 
     def __call__(self, correction: torch.Tensor) -> torch.Tensor:
         """``correction [B, C, L, h, w]`` -> its running mean over frames, at every frame."""
         b, c, length, h, w = correction.shape
         if self._running is None or self._running.bins != c * h * w:
-            self._running = Timbre(c * h * w, self.memory)
+            self._running, self._chunks = Timbre(c * h * w, self.memory), 0
+        if self.session:
+            self._running.memory = self._chunks / (self._chunks + 1)
+        self._chunks += 1
         frames = correction.permute(0, 2, 1, 3, 4).reshape(b, length, c * h * w)
         return self._running(frames).reshape(b, length, c, h, w).permute(0, 2, 1, 3, 4)
 
@@ -201,9 +207,9 @@ class VideoMean:
 def video_correction_time(kind: str, memory: float = 0.0) -> VideoMean | None:
     """``engine.video_correction_time`` (and ``engine.video_correction_memory``) -> the ``video_time`` of
     :func:`to_latents` for one session: None (``frames``: every frame its own correction) or a fresh
-    :class:`VideoMean`."""
+    :class:`VideoMean` (``mean``: averaged over chunks with the memory; ``session``: over all of them)."""
     check_video_correction_time(kind, memory)
-    return None if kind == "frames" else VideoMean(memory)
+    return None if kind == "frames" else VideoMean(memory, session=kind == "session")
 
 
 def check_video_correction_detail(cells: int) -> None:

@@ -171,6 +171,7 @@ def generate(
     prior_anchor: torch.Tensor | None = None,
     video_mask: torch.Tensor | None = None,
     video_time_memory: float | None = None,
+    video_time_session: bool = False,
     video_detail: int = 0,
     video_skip: int = 0,
     video_feedback: bool = True,
@@ -197,7 +198,9 @@ def generate(
             (:func:`~streamchar.denoiser.residual.video_correction_mask`, ``engine.video_correction``).
         video_time_memory: None plays every frame's own video correction; a number its mean over the chunk's
             frames, a running average over the chunks with that memory (:class:`~streamchar.denoiser.residual.
-            VideoMean`, ``engine.video_correction_time=mean`` and ``engine.video_correction_memory``).
+            VideoMean`, ``engine.video_correction_time=mean`` and ``engine.video_correction_memory``);
+            ``video_time_session`` its mean over all the chunks so far instead (``engine.video_correction_time=
+            session``).
         video_detail: plays only the video correction's spatial detail over that many cells
             (:func:`~streamchar.denoiser.residual.correction_detail`, ``engine.video_correction_detail``).
         video_skip: the first that many chunks show the video means alone, their correction counted as zero in
@@ -228,7 +231,9 @@ def generate(
         unit_context = start_unit_context(priors, b, device)
     timbre = None if timbre_bins is None else Timbre(timbre_bins, timbre_memory, timbre_speech_only)
     last_noise = LastNoise(prior_last_noise, generator.initial_seed()) if prior_last_noise > 0 else None
-    video_time = None if video_time_memory is None else VideoMean(video_time_memory)
+    video_time = None
+    if video_time_session or video_time_memory is not None:
+        video_time = VideoMean(video_time_memory or 0.0, session=video_time_session)
     videos, audios, seconds = [], [], []
     memory = WindowMemory(tl, use_sink=use_sink)
     with model.streaming():

@@ -279,6 +279,9 @@ SETTING_NOTES = {
     "engine.video_correction_time": "`engine.video_correction_time=mean` plays the video correction's mean over "
                                     "each chunk's frames, which holds still where each frame's own flickers",
     "engine.video_correction_memory": "`engine.video_correction_memory` averages it over the session's chunks",
+    "engine.video_correction_time=session": "`engine.video_correction_time=session` plays the video correction's "
+                                            "mean over each chunk's frames averaged over all the session's chunks so "
+                                            "far, which settles on what it adds to the whole session",
     "engine.video_correction_detail": "`engine.video_correction_detail` plays only its spatial detail (minus its "
                                       "mean over that many cells around each), which sharpens the face without "
                                       "moving a long session away from the character's own frames",
