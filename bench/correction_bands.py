@@ -14,8 +14,11 @@ The variants are the means alone, the correction as played, half of it, its spat
 cells (:func:`~streamchar.denoiser.residual.correction_detail`, ``engine.video_correction_detail``) and its smooth
 part (the correction minus its 5-cell detail), and for a long session the first segment's corrections replayed
 over every later segment's means (is it the correction that changes, or what it is added to?). Only the
-correction's share changes between rows: the same means, the same chunks. Run with the settings the model plays
-(its ``model.json``), ``engine.video_correction_feedback=false`` making each chunk's means independent of the
+correction's share changes between rows: the same means, the same chunks. With ``--recorded-memory`` (the
+recording's ``engine.video_correction_memory``), each chunk's own correction is recovered and re-averaged as the
+engine would: the 3-cell detail with a session's first chunk not shown (``engine.video_correction_skip=1``), with
+that memory and over the whole session so far (``engine.video_correction_time=session``). Run with the settings
+the model plays (its ``model.json``), ``engine.video_correction_feedback=false`` making each chunk's means independent of the
 correction shown.
 
     .venv/bin/python bench/correction_bands.py record out/bands-dev.npz -- --protocol short --skip-clips 24 \\
@@ -92,8 +95,41 @@ def variants(correction: torch.Tensor, mask: torch.Tensor | None) -> dict[str, t
     }
 
 
+def own_corrections(played: torch.Tensor, sessions: np.ndarray, memory: float) -> torch.Tensor:
+    """Each chunk's own (frame-mean) correction, from corrections ``[N, C, L, h, w]`` recorded as played with
+    ``engine.video_correction_time=mean`` and that ``memory``: ``played_k = m played_(k-1) + (1 - m) own_k``
+    within a session, so ``own_k = (played_k - m played_(k-1)) / (1 - m)`` (a session's first chunk is its own)."""
+    own = played.clone()
+    for k in range(1, len(played)):
+        if sessions[k] == sessions[k - 1]:
+            own[k] = (played[k] - memory * played[k - 1]) / (1.0 - memory)
+    return own
+
+
+def averaged_variants(
+    own: torch.Tensor, sessions: np.ndarray, mask: torch.Tensor | None, memory: float
+) -> dict:
+    """The 3-cell detail of the corrections as the engine averages them over chunks (:class:`~streamchar.denoiser.
+    residual.VideoMean`), a session's first chunk not shown and counted as zero (``engine.video_correction_skip=1``):
+    with the recording's ``memory``, and over all the session's chunks so far (``engine.video_correction_time=
+    session``)."""
+    from streamchar.denoiser.residual import VideoMean, correction_detail
+
+    rows = {}
+    for name, session in ((f"detail 3, first chunk skipped (memory {memory})", False),
+                          ("detail 3, first chunk skipped, over the session", True)):  # fmt: skip
+        out, running = torch.empty_like(own), None
+        for k in range(len(own)):
+            if k == 0 or sessions[k] != sessions[k - 1]:
+                running, first = VideoMean(memory, session=session), True
+            shown = running(torch.zeros_like(own[k : k + 1]) if first else own[k : k + 1])
+            out[k], first = shown[0], False
+        rows[name] = correction_detail(out, 3, mask)
+    return rows
+
+
 def score(path: str, model: str, character: int | None, segment_seconds: float, corpus: str,
-          eval_cache: str, instruments: str) -> None:  # fmt: skip
+          eval_cache: str, instruments: str, recorded_memory: float | None = None) -> None:  # fmt: skip
     from streamchar.config import load_config, model_overrides
     from streamchar.data.shards import Corpus
     from streamchar.denoiser.residual import video_correction_mask
@@ -122,6 +158,9 @@ def score(path: str, model: str, character: int | None, segment_seconds: float, 
     per_segment = int(segment_seconds * cfg.timeline.fps)
     correction = played - mu
     shares = variants(correction, mask)
+    if recorded_memory is not None:
+        own = own_corrections(correction, data["session"], recorded_memory)
+        shares |= averaged_variants(own, data["session"], mask, recorded_memory)
     print(f"{path}: {len(mu)} chunks; Fréchet distance of {what}")
     if character is not None:  # a long session: does the correction grow, or turn, from segment to segment?
         per_chunk = per_segment // mu.shape[2]
@@ -168,6 +207,13 @@ def main() -> None:
     s.add_argument("--corpus", default="data/corpus")
     s.add_argument("--eval-cache", default="data/eval_cache")
     s.add_argument("--instruments", default="checkpoints/eval")
+    s.add_argument(
+        "--recorded-memory",
+        type=float,
+        default=None,
+        help="the engine.video_correction_memory the recording played (time=mean): adds the rows that re-average "
+        "each chunk's own correction (first chunk skipped; over the session)",
+    )
     args = p.parse_args()
     torch.set_grad_enabled(False)
     if args.command == "record":
@@ -175,7 +221,7 @@ def main() -> None:
         record(args.out, rest)
     else:
         score(args.recording, args.model, args.character, args.segment, args.corpus, args.eval_cache,
-              args.instruments)  # fmt: skip
+              args.instruments, args.recorded_memory)  # fmt: skip
 
 
 if __name__ == "__main__":
