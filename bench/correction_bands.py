@@ -17,17 +17,21 @@ over every later segment's means (is it the correction that changes, or what it 
 correction's share changes between rows: the same means, the same chunks. With ``--recorded-memory`` (the
 recording's ``engine.video_correction_memory``), each chunk's own correction is recovered and re-averaged as the
 engine would: the 3-cell detail with a session's first chunk not shown (``engine.video_correction_skip=1``), with
-that memory and over the whole session so far (``engine.video_correction_time=session``). Run with the settings
-the model plays (its ``model.json``), ``engine.video_correction_feedback=false`` making each chunk's means independent of the
-correction shown.
+that memory and over the whole session so far (``engine.video_correction_time=session``). Record with the
+settings the model plays (its ``model.json``; ``engine.video_correction_feedback=false`` makes each chunk's means
+independent of the correction shown) except that the correction is recorded whole and from the first chunk,
+averaged over chunks with a memory: ``engine.video_correction_detail=0 engine.video_correction_skip=0
+engine.video_correction_time=mean engine.video_correction_memory=0.5``, and score with ``--recorded-memory 0.5``.
 
+    AS_RECORDED="engine.video_correction_detail=0 engine.video_correction_skip=0 engine.video_correction_time=mean \\
+        engine.video_correction_memory=0.5"
     .venv/bin/python bench/correction_bands.py record out/bands-dev.npz -- --protocol short --skip-clips 24 \\
-        --model DIR --turns runs/orch-tiny/turns.jsonl --out out/bands-dev --ckpt s2=DIR/student-s2-2step
-    .venv/bin/python bench/correction_bands.py score out/bands-dev.npz --model DIR
+        --model DIR --turns runs/orch-tiny/turns.jsonl --out out/bands-dev --ckpt s2=DIR/student-s2-2step $AS_RECORDED
+    .venv/bin/python bench/correction_bands.py score out/bands-dev.npz --model DIR --recorded-memory 0.5
     .venv/bin/python bench/correction_bands.py record out/bands-c1.npz -- --protocol long --minutes 3 \\
         --characters 1 --model DIR --turns runs/orch-tiny/turns.jsonl --out out/bands-c1 \\
-        --ckpt s2=DIR/student-s2-2step
-    .venv/bin/python bench/correction_bands.py score out/bands-c1.npz --model DIR --character 1
+        --ckpt s2=DIR/student-s2-2step $AS_RECORDED
+    .venv/bin/python bench/correction_bands.py score out/bands-c1.npz --model DIR --character 1 --recorded-memory 0.5
 """
 
 from __future__ import annotations

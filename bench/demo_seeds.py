@@ -1,7 +1,7 @@
 """How much of `make demo`'s WER is the session's seed? The demo text said over several seeds, per setting.
 
 `make demo` speaks one text with one seed (``engine.seed``), so its WER is one draw of the student's sampling
-noise: one word of the demo's 21 is 4.8 points. This renders the demo's monologue (``streamchar.demo.TEXT``, the
+noise, in steps of one word. This renders the demo's monologue (``streamchar.demo.TEXT``, the
 character ``ada``) with session seeds 0..N-1 for each ``--row`` (a name and its ``key=value`` settings over the
 model's own) and prints what the evaluation recognizer hears for each, the WER's mean and standard error over the
 seeds, and espeak-ng's WER on the same text in the character's voice (the demo's ceiling).
@@ -41,6 +41,7 @@ def main() -> None:
     from streamchar.demo import TEXT, judge
     from streamchar.engine.engine import Engine
     from streamchar.engine.render import render_text
+    from streamchar.eval.metrics.error_rates import normalise_words
 
     torch.set_grad_enabled(False)
     preset, parts = model_overrides(args.model)
@@ -70,7 +71,10 @@ def main() -> None:
             )
             if espeak is not None:
                 summary[-1] += f"; espeak {100 * espeak:.0f} %"
-    print(f'\nThe demo text ("{TEXT}"), {args.seeds} seeds per row:')
+    words = len(normalise_words(TEXT))
+    print(
+        f'\nThe demo text ("{TEXT}": {words} words, one is {100 / words:.1f} points), {args.seeds} seeds per row:'
+    )
     print("\n".join(summary))
 
 

@@ -440,8 +440,9 @@ class EngineConfig:
     # among those it is played on (an odd n >= 3), so it sharpens without shifting colour or shape; 0 = all of it
     video_correction_detail: int = 0
     # a session's first n chunks show the video prior's means alone, their video correction counted as zero in the
-    # average over chunks, so the correction fades in: the first chunk, made from the references before any motion
-    # frames, is where a student's correction is largest and blotchy; 0 = from the first chunk
+    # average over chunks (video_correction_time mean or session: the correction then fades in): the first chunk,
+    # made from the references before any motion frames, is where a student's correction is largest and blotchy;
+    # 0 = from the first chunk
     video_correction_skip: int = 0
     # the standard deviation of Gaussian noise on the last motion latent the video prior reads (never on the
     # reference): a prior fine-tuned on noisy last latents then pulls each chunk back toward the reference

@@ -470,6 +470,19 @@ def test_residual_batch_and_streamed_generation_with_priors():
             session.video[:, :, piece] - means[:, :, piece], sum(owns) / len(owns), rtol=1e-4, atol=1e-5
         )
 
+    # as shipped: over the session, the first chunk skipped (counted as zero): chunk k > 0 plays the sum of chunks
+    # 1..k's own mean corrections over k + 1
+    shipped = run(video_feedback=False, video_time_session=True, video_skip=1)
+    torch.testing.assert_close(shipped.video[:, :, :first], means[:, :, :first], rtol=0, atol=0)
+    for k in range(1, len(conds)):
+        piece = slice(k * first, (k + 1) * first)
+        torch.testing.assert_close(
+            shipped.video[:, :, piece] - means[:, :, piece],
+            sum(owns[1 : k + 1]) / (k + 1),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
     # the audio start noise scaled (engine.audio_noise_scale): the sampler gets the same draws, the audio's times the
     # scale and the video's as they were
     class Recording(EulerSampler):
@@ -643,7 +656,8 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
                 "outside mouth": "engine.video_correction=outside_mouth",
                 "no video correction": "engine.keep_correction=[0.0,1.0]",
                 "shown only": "engine.video_correction_feedback=false",
-                "first skipped": "engine.video_correction_feedback=false engine.video_correction_skip=1"}  # fmt: skip
+                "first skipped": "engine.video_correction_feedback=false engine.video_correction_skip=1",
+                "audio noise halved": "engine.video_correction_feedback=false engine.audio_noise_scale=0.5"}  # fmt: skip
     for name, switch in variants.items():
         ecfg = load_config(None, TINY_CORPUS_OVERRIDES + TRAIN_OVERRIDES + overrides + [
             f"video_codec.path={codec}", f"engine.denoiser_path={tmp_path / 's2' / 'student'}",
@@ -684,12 +698,16 @@ def test_residual_teacher_trains_loads_and_distils(cache, trained_priors, tmp_pa
     assert np.array_equal(outputs["shown only"][1][:frames], outputs["refine"][1][:frames])
     assert not np.array_equal(outputs["shown only"][1], outputs["no video correction"][1])
     assert not np.array_equal(outputs["shown only"][1][frames:], outputs["refine"][1][frames:])
-    # the first chunk's video correction skipped: the same course, the first chunk's frames the priors' alone
+    # the first chunk's video correction skipped: the same course, the first chunk's frames the priors' alone, the
+    # second chunk's its own correction's (each frame its own here: nothing averaged over chunks)
     assert np.array_equal(outputs["first skipped"][0], outputs["shown only"][0])
     assert np.array_equal(outputs["first skipped"][1][:frames], outputs["no video correction"][1][:frames])
-    assert not np.array_equal(
-        outputs["first skipped"][1][frames:], outputs["no video correction"][1][frames:]
-    )
+    second = slice(frames, frames + len(chunks[1].frames))
+    assert np.array_equal(outputs["first skipped"][1][second], outputs["shown only"][1][second])
+    assert not np.array_equal(outputs["first skipped"][1][second], outputs["no video correction"][1][second])
+    # the audio start noise halved: another course of speech from the same seed
+    assert outputs["audio noise halved"][0].shape == outputs["shown only"][0].shape
+    assert not np.allclose(outputs["audio noise halved"][0], outputs["shown only"][0])
 
 
 def model_spec(cache):

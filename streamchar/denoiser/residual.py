@@ -16,10 +16,11 @@ frequency bin, :func:`timbre_of`: the prior keeps the time-varying part, which c
 ``whole``, or ``outside_mouth``, the video correction played only outside ``engine.mouth_box``, so the video
 prior keeps the lip shapes, :func:`video_correction_mask`; ``engine.video_correction_time``: ``frames``, or
 ``mean``, the video correction's mean over the chunk's frames (averaged over the session's chunks with
-``engine.video_correction_memory``; ``session``: over all the session's chunks so far), :func:`video_correction_time`, so what it adds holds still instead of
-flickering from frame to frame; ``engine.video_correction_detail``: its spatial detail alone,
-:func:`correction_detail`; ``engine.video_correction_skip``: a session's first chunks show the means alone, the
-correction fading in after them; ``engine.video_correction_feedback``: whether the next chunk reads the
+``engine.video_correction_memory``; ``session``: over all the session's chunks so far),
+:func:`video_correction_time`, so what it adds holds still instead of flickering from frame to frame;
+``engine.video_correction_detail``: its spatial detail alone, :func:`correction_detail`;
+``engine.video_correction_skip``: a session's first chunks show the means alone, their correction counted as zero
+in the average over chunks; ``engine.video_correction_feedback``: whether the next chunk reads the
 corrected video or the means alone, :func:`fed_back`).
 
 The plain formulation (no prior) is ``mu = 0``, ``s = 1``: these functions then return their input.
@@ -190,16 +191,22 @@ class VideoMean:
     def __init__(self, memory: float = 0.0, session: bool = False) -> None:
         self.memory, self.session = memory, session
         self._running: Timbre | None = None
+        self._total: torch.Tensor | None = (
+            None  # session: [B, C, 1, h, w], the sum of the chunks' frame means
+        )
         self._chunks = 0
 
     def __call__(self, correction: torch.Tensor) -> torch.Tensor:
         """``correction [B, C, L, h, w]`` -> its running mean over frames, at every frame."""
         b, c, length, h, w = correction.shape
-        if self._running is None or self._running.bins != c * h * w:
-            self._running, self._chunks = Timbre(c * h * w, self.memory), 0
         if self.session:
-            self._running.memory = self._chunks / (self._chunks + 1)
-        self._chunks += 1
+            mean = correction.mean(2, keepdim=True)
+            if self._total is None or self._total.shape != mean.shape:
+                self._total, self._chunks = torch.zeros_like(mean), 0
+            self._total, self._chunks = self._total + mean, self._chunks + 1
+            return (self._total / self._chunks).expand_as(correction)
+        if self._running is None or self._running.bins != c * h * w:
+            self._running = Timbre(c * h * w, self.memory)
         frames = correction.permute(0, 2, 1, 3, 4).reshape(b, length, c * h * w)
         return self._running(frames).reshape(b, length, c, h, w).permute(0, 2, 1, 3, 4)
 

@@ -199,8 +199,8 @@ def generate(
         video_time_memory: None plays every frame's own video correction; a number its mean over the chunk's
             frames, a running average over the chunks with that memory (:class:`~streamchar.denoiser.residual.
             VideoMean`, ``engine.video_correction_time=mean`` and ``engine.video_correction_memory``);
-            ``video_time_session`` its mean over all the chunks so far instead (``engine.video_correction_time=
-            session``).
+            ``video_time_session`` its mean over all the chunks so far instead, the memory not read
+            (``engine.video_correction_time=session``).
         video_detail: plays only the video correction's spatial detail over that many cells
             (:func:`~streamchar.denoiser.residual.correction_detail`, ``engine.video_correction_detail``).
         video_skip: the first that many chunks show the video means alone, their correction counted as zero in

@@ -288,8 +288,8 @@ SETTING_NOTES = {
     "engine.audio_noise_scale": "`engine.audio_noise_scale` scales the audio start noise (a sampling temperature), "
                                 "which brings the audio correction nearer the likeliest speech",
     "engine.video_correction_skip": "`engine.video_correction_skip` shows a session's first chunks as the video "
-                                    "prior made them and fades the correction in after them, as the first chunk's "
-                                    "correction (made before any motion frames) is blotchy",
+                                    "prior made them, their correction counted as zero in that average, as the "
+                                    "first chunk's correction (made before any motion frames) is blotchy",
 }  # fmt: skip
 
 

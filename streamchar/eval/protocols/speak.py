@@ -158,7 +158,8 @@ def parse_ckpt(spec: str) -> CkptSpec:
     ``:norealign`` (engine.sink, engine.motion_frames, engine.realign) and ``:prioronly`` (engine.refine: the
     priors alone); ``:keepall`` keeps all of the student's correction of the means (engine.keep_correction,
     engine.audio_correction, engine.video_correction, engine.video_correction_feedback,
-    engine.video_correction_detail, engine.video_correction_skip);
+    engine.video_correction_detail, engine.video_correction_skip; the sampling, engine.audio_noise_scale
+    included, stays the model's);
     drivers replace the text by speech: ``:cascade`` (espeak-ng in the character's voice) and
     ``:speech`` (the clip's own)."""
     name, rest = "", spec
