@@ -182,18 +182,17 @@ class VideoMean:
     """Keeps only the mean over a chunk's frames of a session's video corrections (``engine.video_correction_time
     =mean``): each latent cell gets one offset for the whole chunk, a running average over the session's chunks
     with ``memory`` (``engine.video_correction_memory``), as :class:`Timbre` does for the voice's spectrum; with
-    ``session`` (``engine.video_correction_time=session``) the plain mean of every chunk's so far, chunk k
-    weighing ``k / (k + 1)`` on the last one played, so the correction settles on what it adds to the session
-    as a whole. A 2-step student's correction differs from frame to frame, and chunk to chunk, by its sampling
-    noise as much as by what it adds (edges and pupils that shift by a pixel: flicker the ground truth does not
-    have); its mean keeps the part that holds still. One per session: it remembers the last chunk."""
+    ``session`` (``engine.video_correction_time=session``) the plain mean of every chunk's so far (a running
+    sum over a count), so the correction settles on what it adds to the session as a whole. A 2-step student's
+    correction differs from frame to frame, and chunk to chunk, by its sampling noise as much as by what it adds
+    (edges and pupils that shift by a pixel: flicker the ground truth does not have); its mean keeps the part
+    that holds still. One per session: it remembers the last chunk."""
 
     def __init__(self, memory: float = 0.0, session: bool = False) -> None:
         self.memory, self.session = memory, session
         self._running: Timbre | None = None
-        self._total: torch.Tensor | None = (
-            None  # session: [B, C, 1, h, w], the sum of the chunks' frame means
-        )
+        # session: the sum of the chunks' frame means [B, C, 1, h, w], and how many chunks it holds
+        self._total: torch.Tensor | None = None
         self._chunks = 0
 
     def __call__(self, correction: torch.Tensor) -> torch.Tensor:
